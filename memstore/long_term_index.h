@@ -1,0 +1,96 @@
+// Long-term memory bookkeeping of one session, exactly as the official M+ code keeps it
+// (MPLUS-DETAILS.md: ages, pending list and merge cadence, recall-frequency eviction, retrieval
+// with the wrap-around rule and age order). Pure and in RAM: vectors are referenced by token id,
+// persistence is the caller's job.
+#ifndef MPLUS_MEMSTORE_LONG_TERM_INDEX_H_
+#define MPLUS_MEMSTORE_LONG_TERM_INDEX_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/types/span.h"
+
+namespace mplus::memstore {
+
+struct LongTermParams {
+  int64_t tokens_per_inject = 0;      // K (config num_tokens)
+  int64_t retrieved_tokens = 0;       // K_ltm
+  int64_t key_dim = 0;                // p (selector_hidden_dim)
+  int64_t update_ltm_frequency = 1;   // merge every this many injects
+  double decay_frequency = 1.0;
+  double initial_recall_frequency = 1.0;  // initial_rf_when_moving_stm_to_ltm
+};
+
+// One long-term entry. Storage order (merged entries, then pending ones) is semantics: it
+// breaks age ties.
+struct LongTermEntry {
+  uint64_t token_id = 0;
+  int64_t age = 0;
+  double recall_frequency = 0;
+};
+
+// Tokens one inject dropped from one layer's short-term memory.
+struct DroppedTokens {
+  std::vector<uint64_t> token_ids;  // in dropped-slot order (ascending slots)
+  std::vector<float> keys;          // [n * key_dim]
+  std::vector<int64_t> stm_ages;    // their short-term ages
+};
+
+// One layer: keys contiguous in storage order for fast scoring.
+class LongTermLayer {
+ public:
+  explicit LongTermLayer(int64_t key_dim) : key_dim_(key_dim) {}
+
+  int64_t key_dim() const { return key_dim_; }
+  int64_t merged_count() const { return merged_count_; }
+  int64_t size() const { return static_cast<int64_t>(entries_.size()); }
+  const std::vector<LongTermEntry>& entries() const { return entries_; }  // merged, then pending
+  const std::vector<float>& keys() const { return keys_; }               // [size * key_dim]
+
+  // Appends a merged entry (checkpoint LTM, or restoring persisted state).
+  void AddMerged(uint64_t token_id, absl::Span<const float> key, int64_t age,
+                 double recall_frequency);
+  // Appends a pending entry (restoring persisted state).
+  void AddPending(uint64_t token_id, absl::Span<const float> key, int64_t age,
+                  double recall_frequency);
+
+ private:
+  friend class LongTermMemory;
+  int64_t key_dim_;
+  int64_t merged_count_ = 0;
+  std::vector<LongTermEntry> entries_;
+  std::vector<float> keys_;
+};
+
+// All layers of one session plus the inject cadence counter.
+class LongTermMemory {
+ public:
+  LongTermMemory(const LongTermParams& params, int num_layers);
+
+  const LongTermParams& params() const { return params_; }
+  int num_layers() const { return static_cast<int>(layers_.size()); }
+  LongTermLayer& layer(int l) { return layers_[l]; }
+  const LongTermLayer& layer(int l) const { return layers_[l]; }
+  int64_t update_step() const { return update_step_; }
+  void set_update_step(int64_t step) { update_step_ = step; }
+
+  // One inject: every entry (merged or pending) ages by K, then each layer's dropped tokens join
+  // its pending list with their STM ages; every update_ltm_frequency injects the pending lists
+  // merge (recall frequency = initial) and eviction runs. Returns, per layer, the token ids that
+  // eviction removed (their vectors may be deleted).
+  std::vector<std::vector<uint64_t>> ApplyInject(const std::vector<DroppedTokens>& per_layer);
+
+  // Retrieval for layer `l`: the K_ltm chosen entries' indices into entries(), in prefix order
+  // (oldest first, ties: later storage position first); wrap-around when fewer than K_ltm
+  // merged entries. Scores are float32-or-better mean sigmoid over `queries` [num_queries, p].
+  std::vector<int64_t> Select(int l, const float* queries, int64_t num_queries) const;
+
+ private:
+  LongTermParams params_;
+  std::vector<LongTermLayer> layers_;
+  int64_t update_step_ = 0;
+};
+
+}  // namespace mplus::memstore
+
+#endif  // MPLUS_MEMSTORE_LONG_TERM_INDEX_H_
