@@ -1,0 +1,150 @@
+// The device backend: tensors that live on a device and the handful of ops the M+ forward needs.
+// Model code calls only this interface, so CPU (engine/cpu) and CUDA (engine/cuda) backends are
+// interchangeable. Activations are float32; weights may be float32, bfloat16 or float16 and are
+// widened to float32 inside the ops (compute is always float32).
+#ifndef MPLUS_ENGINE_BACKEND_H_
+#define MPLUS_ENGINE_BACKEND_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "engine/dtype.h"
+#include "engine/safetensors.h"
+
+namespace mplus::engine {
+
+enum class Device : uint8_t { kCpu, kCuda };
+
+// A dense row-major tensor on one device. Storage is either owned (shared among copies of the
+// Tensor object, freed with the last one) or borrowed (e.g. a memory-mapped weight). Copying a
+// Tensor copies the handle, not the data.
+class Tensor {
+ public:
+  Tensor() = default;
+
+  // Borrows `data` (not freed by the tensor); the caller keeps it alive.
+  static Tensor Borrow(DType dtype, std::vector<int64_t> shape, Device device, void* data) {
+    Tensor t;
+    t.dtype_ = dtype;
+    t.shape_ = std::move(shape);
+    t.device_ = device;
+    t.data_ = data;
+    return t;
+  }
+  // Takes ownership of `storage` (its deleter frees the device memory).
+  static Tensor Own(DType dtype, std::vector<int64_t> shape, Device device,
+                    std::shared_ptr<void> storage) {
+    Tensor t = Borrow(dtype, std::move(shape), device, storage.get());
+    t.storage_ = std::move(storage);
+    return t;
+  }
+
+  DType dtype() const { return dtype_; }
+  Device device() const { return device_; }
+  const std::vector<int64_t>& shape() const { return shape_; }
+  int64_t dim(int i) const { return shape_[i]; }
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int64_t s : shape_) n *= s;
+    return n;
+  }
+  size_t nbytes() const { return static_cast<size_t>(numel()) * DTypeSize(dtype_); }
+  bool empty() const { return data_ == nullptr; }
+  // Matrices view a tensor as [rows = dim(0), cols = everything else].
+  int64_t rows() const { return shape_.empty() ? 1 : shape_[0]; }
+  int64_t cols() const { return rows() == 0 ? 0 : numel() / rows(); }
+
+  void* data() const { return data_; }
+  template <typename T>
+  T* data_as() const {
+    return static_cast<T*>(data_);
+  }
+
+  // Rows [begin, end) of dim 0, sharing storage (contiguous, so always a valid tensor).
+  Tensor Rows(int64_t begin, int64_t end) const {
+    Tensor t = *this;
+    t.shape_[0] = end - begin;
+    t.data_ = static_cast<char*>(data_) + static_cast<size_t>(begin * cols()) * DTypeSize(dtype_);
+    return t;
+  }
+  // Same storage, another shape with the same element count.
+  Tensor Reshaped(std::vector<int64_t> shape) const {
+    Tensor t = *this;
+    t.shape_ = std::move(shape);
+    return t;
+  }
+
+ private:
+  DType dtype_ = DType::kF32;
+  std::vector<int64_t> shape_;
+  Device device_ = Device::kCpu;
+  void* data_ = nullptr;
+  std::shared_ptr<void> storage_;
+};
+
+// All ops take 2-D views ([rows, cols]); "out" tensors are float32 and preallocated by the
+// caller. Unless an op says otherwise, out must not alias an input. Ops may run asynchronously;
+// CopyToHost and Synchronize wait. Errors (shape/dtype/device mismatches) are InvalidArgument.
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual Device device() const = 0;
+  virtual std::string name() const = 0;
+
+  // --- Memory -----------------------------------------------------------------------------
+  // Uninitialised device tensor.
+  virtual absl::StatusOr<Tensor> Allocate(DType dtype, std::vector<int64_t> shape) = 0;
+  // A checkpoint tensor made usable by the ops (the CPU borrows the mapped bytes; a GPU copies).
+  virtual absl::StatusOr<Tensor> UploadWeight(const TensorView& view) = 0;
+  // Host `src` (numel of dst elements of `src_dtype`, any float dtype) into float32 `dst`,
+  // converting; or a same-dtype byte copy.
+  virtual absl::Status CopyFromHost(const void* src, DType src_dtype, const Tensor& dst) = 0;
+  // Device `src` into host memory of the same dtype (blocking).
+  virtual absl::Status CopyToHost(const Tensor& src, void* dst) = 0;
+  // Device-to-device copy of equal element counts and dtypes.
+  virtual absl::Status Copy(const Tensor& src, const Tensor& dst) = 0;
+  virtual absl::Status Synchronize() = 0;
+
+  // --- Ops --------------------------------------------------------------------------------
+  // out[n, m] = alpha * x[n, k] · w[m, k]^T (+ out when accumulate). x float32; w any float
+  // dtype. LoRA is two of these: t = x·A^T, then out += scale * t·B^T.
+  virtual absl::Status MatMul(const Tensor& x, const Tensor& w, const Tensor& out,
+                              float alpha = 1.0f, bool accumulate = false) = 0;
+  // Llama RMSNorm: out = weight * (x / sqrt(mean(x^2) + eps)), normalised in float32.
+  // out may alias x.
+  virtual absl::Status RmsNorm(const Tensor& x, const Tensor& weight, float eps,
+                               const Tensor& out) = 0;
+  // In-place rotary embedding, HF rotate_half convention (first/second halves of each head).
+  // x is [n, heads * head_dim]; row i has position positions[i]; angles are computed in float32
+  // as float(position) * inv_freq[j] (inv_freq float32 [head_dim / 2] on the device).
+  virtual absl::Status Rope(const Tensor& x, int64_t head_dim, absl::Span<const int64_t> positions,
+                            const Tensor& inv_freq) = 0;
+  // Softmax attention with scale 1/sqrt(head_dim). q [nq, H*hd]; k, v [nk, Hkv*hd] with
+  // nk >= nq; query head h reads kv head h / (H / Hkv). Bottom-right causal mask: query i sees
+  // keys 0 .. nk - nq + i (a prefix of keys seen by all, then causal). out [nq, H*hd].
+  virtual absl::Status Attention(const Tensor& q, const Tensor& k, const Tensor& v,
+                                 int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,
+                                 const Tensor& out) = 0;
+  // out = silu(gate) * up; out may alias gate or up.
+  virtual absl::Status SiluMul(const Tensor& gate, const Tensor& up, const Tensor& out) = 0;
+  // In-place x = silu(x).
+  virtual absl::Status Silu(const Tensor& x) = 0;
+  // out = a + b (same shapes); out may alias a or b.
+  virtual absl::Status Add(const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+  // In-place x[i, :] += row for every row i (row has x.cols() elements, any float dtype).
+  virtual absl::Status AddRow(const Tensor& x, const Tensor& row) = 0;
+  // out[i, :] = table[ids[i], :] widened to float32; ids must be in range (checked).
+  virtual absl::Status Embedding(const Tensor& table, absl::Span<const int32_t> ids,
+                                 const Tensor& out) = 0;
+};
+
+}  // namespace mplus::engine
+
+#endif  // MPLUS_ENGINE_BACKEND_H_
