@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs dependencies, builds everything (CUDA code too when nvcc exists) and runs the whole
+# test suite with ctest: unit tests, goldens against the official code, integration tests with
+# the real server, and the checkpoint-validation tests again under AddressSanitizer.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/build.sh
+ctest --test-dir "${MPLUS_BUILD_DIR:-build}" --output-on-failure -j "${MPLUS_TEST_JOBS:-2}"
+
+# Malformed-input tests once more under ASan (engine only: quick to build).
+ASAN_DIR=${MPLUS_ASAN_BUILD_DIR:-build-asan}
+MPLUS_BUILD_DIR=$ASAN_DIR MPLUS_CMAKE_ARGS="-DMPLUS_SANITIZE=address -DMPLUS_CUDA=OFF" \
+  ./scripts/build.sh bad_checkpoint_test safetensors_test
+ctest --test-dir "$ASAN_DIR" --output-on-failure -R 'unit\.(bad_checkpoint|safetensors)_test'
