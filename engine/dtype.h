@@ -13,7 +13,7 @@ enum class DType : uint8_t { kF32, kBF16, kF16, kI64, kI32 };
 // Bytes per element.
 size_t DTypeSize(DType dtype);
 // Safetensors spelling ("F32", "BF16", ...).
-std::string_view DTypeName(DType dtype);
+const char* DTypeName(DType dtype);
 
 inline float BF16ToFloat(uint16_t bits) {
   uint32_t u = static_cast<uint32_t>(bits) << 16;
