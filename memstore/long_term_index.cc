@@ -1,5 +1,10 @@
 #include "memstore/long_term_index.h"
 
+#include <algorithm>
+#include <numeric>
+
+#include "memstore/retrieval_scorer.h"
+
 namespace mplus::memstore {
 
 void LongTermLayer::AddMerged(uint64_t token_id, absl::Span<const float> key, int64_t age,
@@ -14,6 +19,92 @@ void LongTermLayer::AddPending(uint64_t token_id, absl::Span<const float> key, i
                                double recall_frequency) {
   entries_.push_back(LongTermEntry{token_id, age, recall_frequency});
   keys_.insert(keys_.end(), key.begin(), key.end());
+}
+
+LongTermMemory::LongTermMemory(const LongTermParams& params, int num_layers) : params_(params) {
+  layers_.reserve(static_cast<size_t>(num_layers));
+  for (int l = 0; l < num_layers; ++l) layers_.emplace_back(params.key_dim);
+}
+
+std::vector<std::vector<uint64_t>> LongTermMemory::ApplyInject(
+    const std::vector<DroppedTokens>& per_layer) {
+  const int64_t k = params_.tokens_per_inject;
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    LongTermLayer& layer = layers_[l];
+    // Existing entries (merged and pending) age before this inject's drops join.
+    for (LongTermEntry& e : layer.entries_) e.age += k;
+    if (l < per_layer.size()) {
+      const DroppedTokens& d = per_layer[l];
+      for (size_t i = 0; i < d.token_ids.size(); ++i) {
+        layer.AddPending(d.token_ids[i],
+                         absl::MakeConstSpan(d.keys).subspan(i * layer.key_dim_, layer.key_dim_),
+                         d.stm_ages[i], params_.initial_recall_frequency);
+      }
+    }
+  }
+  std::vector<std::vector<uint64_t>> evicted(layers_.size());
+  update_step_ += k;
+  if (update_step_ < params_.update_ltm_frequency * k) return evicted;
+  update_step_ = 0;
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    LongTermLayer& layer = layers_[l];
+    layer.merged_count_ = layer.size();
+    // Decay every recall frequency; evict those at or below 0.01 only if more than K_ltm entries
+    // survive, otherwise undo the decay (the official rule, so retrieval never runs short).
+    int64_t kept = 0;
+    for (const LongTermEntry& e : layer.entries_) {
+      if (e.recall_frequency - params_.decay_frequency > 0.01) ++kept;
+    }
+    if (kept <= params_.retrieved_tokens) continue;
+    const int64_t p = layer.key_dim_;
+    int64_t out = 0;
+    for (int64_t i = 0; i < layer.size(); ++i) {
+      LongTermEntry e = layer.entries_[i];
+      e.recall_frequency -= params_.decay_frequency;
+      if (e.recall_frequency > 0.01) {
+        layer.entries_[out] = e;
+        std::copy_n(layer.keys_.begin() + i * p, p, layer.keys_.begin() + out * p);
+        ++out;
+      } else {
+        evicted[l].push_back(e.token_id);
+      }
+    }
+    layer.entries_.resize(static_cast<size_t>(out));
+    layer.keys_.resize(static_cast<size_t>(out * p));
+    layer.merged_count_ = out;
+  }
+  return evicted;
+}
+
+std::vector<int64_t> LongTermMemory::Select(int l, const float* queries,
+                                            int64_t num_queries) const {
+  const LongTermLayer& layer = layers_[l];
+  const int64_t want = params_.retrieved_tokens;
+  const int64_t merged = layer.merged_count();
+  std::vector<int64_t> chosen;
+  if (merged == 0 || want <= 0) return chosen;
+  if (merged < want) {
+    // Wrap-around: the last `want` of [0..merged-1] repeated; pending entries are ignored.
+    const int64_t reps = (want + merged - 1) / merged;
+    for (int64_t i = reps * merged - want; i < reps * merged; ++i) chosen.push_back(i % merged);
+  } else {
+    std::vector<float> scores(static_cast<size_t>(layer.size()));
+    MeanSigmoidScores(queries, num_queries, layer.keys().data(), layer.size(), layer.key_dim(),
+                      scores.data());
+    chosen = TopK(scores.data(), layer.size(), want);
+  }
+  // Oldest first; among equal ages the later list position first (upstream's
+  // np.argsort(ages)[::-1] with a stable sort).
+  std::vector<int64_t> order(chosen.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+    const int64_t age_a = layer.entries()[chosen[a]].age, age_b = layer.entries()[chosen[b]].age;
+    if (age_a != age_b) return age_a > age_b;
+    return a > b;
+  });
+  std::vector<int64_t> result(chosen.size());
+  for (size_t i = 0; i < order.size(); ++i) result[i] = chosen[order[i]];
+  return result;
 }
 
 }  // namespace mplus::memstore

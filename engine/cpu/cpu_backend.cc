@@ -1,0 +1,357 @@
+#include "engine/cpu/cpu_backend.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace mplus::engine::cpu {
+namespace {
+
+bool IsFloat(DType d) { return d == DType::kF32 || d == DType::kBF16 || d == DType::kF16; }
+
+std::string ShapeString(const Tensor& t) {
+  return absl::StrCat("[", absl::StrJoin(t.shape(), ","), "]");
+}
+
+absl::Status CheckCpu(const Tensor& t, const char* what) {
+  if (t.empty() && t.numel() != 0)
+    return absl::InvalidArgumentError(absl::StrCat(what, ": null tensor"));
+  if (t.device() != Device::kCpu) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": tensor is not on the CPU"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckF32(const Tensor& t, const char* what) {
+  if (absl::Status s = CheckCpu(t, what); !s.ok()) return s;
+  if (t.dtype() != DType::kF32) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": expected F32, got ", std::string(DTypeName(t.dtype()))));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckFloat(const Tensor& t, const char* what) {
+  if (absl::Status s = CheckCpu(t, what); !s.ok()) return s;
+  if (!IsFloat(t.dtype())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": expected a float dtype, got ", std::string(DTypeName(t.dtype()))));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ShapeError(const char* op, const Tensor& a, const Tensor& b) {
+  return absl::InvalidArgumentError(
+      absl::StrCat(op, ": incompatible shapes ", ShapeString(a), " and ", ShapeString(b)));
+}
+
+// Dot product with several independent accumulators so the compiler can vectorise it without
+// reassociation flags.
+inline float Dot(const float* a, const float* b, int64_t n) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int j = 0; j < 8; ++j) acc[j] += a[i + j] * b[i + j];
+  }
+  float sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+inline float SiluF(float x) { return x / (1.0f + std::exp(-x)); }
+
+}  // namespace
+
+void LoadFloats(const void* data, DType dtype, int64_t offset, int64_t n, float* out) {
+  switch (dtype) {
+    case DType::kF32:
+      std::memcpy(out, static_cast<const float*>(data) + offset, n * sizeof(float));
+      return;
+    case DType::kBF16: {
+      const uint16_t* p = static_cast<const uint16_t*>(data) + offset;
+      for (int64_t i = 0; i < n; ++i) out[i] = BF16ToFloat(p[i]);
+      return;
+    }
+    case DType::kF16: {
+      const uint16_t* p = static_cast<const uint16_t*>(data) + offset;
+      for (int64_t i = 0; i < n; ++i) out[i] = F16ToFloat(p[i]);
+      return;
+    }
+    case DType::kI64:
+    case DType::kI32:
+      std::abort();  // callers check IsFloat first
+  }
+}
+
+absl::StatusOr<Tensor> CpuBackend::Allocate(DType dtype, std::vector<int64_t> shape) {
+  int64_t n = 1;
+  for (int64_t s : shape) {
+    if (s < 0) return absl::InvalidArgumentError("Allocate: negative dimension");
+    n *= s;
+  }
+  const size_t bytes = std::max<size_t>(1, static_cast<size_t>(n) * DTypeSize(dtype));
+  std::shared_ptr<void> storage(std::malloc(bytes), std::free);
+  if (storage == nullptr) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("Allocate: cannot allocate ", bytes, " bytes"));
+  }
+  return Tensor::Own(dtype, std::move(shape), Device::kCpu, std::move(storage));
+}
+
+absl::StatusOr<Tensor> CpuBackend::UploadWeight(const TensorView& view) {
+  if (view.data == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("UploadWeight: ", view.name, " has no data"));
+  }
+  // Weights are only ever read by the ops, so borrowing the mapped (read-only) bytes is safe.
+  return Tensor::Borrow(view.dtype, view.shape, Device::kCpu, const_cast<void*>(view.data));
+}
+
+absl::Status CpuBackend::CopyFromHost(const void* src, DType src_dtype, const Tensor& dst) {
+  if (absl::Status s = CheckCpu(dst, "CopyFromHost"); !s.ok()) return s;
+  if (src_dtype == dst.dtype()) {
+    std::memcpy(dst.data(), src, dst.nbytes());
+    return absl::OkStatus();
+  }
+  if (dst.dtype() != DType::kF32 || !IsFloat(src_dtype)) {
+    return absl::InvalidArgumentError(absl::StrCat("CopyFromHost: cannot convert ",
+                                                   std::string(DTypeName(src_dtype)), " to ",
+                                                   std::string(DTypeName(dst.dtype()))));
+  }
+  LoadFloats(src, src_dtype, 0, dst.numel(), dst.data_as<float>());
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::CopyToHost(const Tensor& src, void* dst) {
+  if (absl::Status s = CheckCpu(src, "CopyToHost"); !s.ok()) return s;
+  std::memcpy(dst, src.data(), src.nbytes());
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::Copy(const Tensor& src, const Tensor& dst) {
+  if (absl::Status s = CheckCpu(src, "Copy"); !s.ok()) return s;
+  if (absl::Status s = CheckCpu(dst, "Copy"); !s.ok()) return s;
+  if (src.dtype() != dst.dtype() || src.numel() != dst.numel()) return ShapeError("Copy", src, dst);
+  std::memmove(dst.data(), src.data(), src.nbytes());
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::MatMul(const Tensor& x, const Tensor& w, const Tensor& out, float alpha,
+                                bool accumulate) {
+  if (absl::Status s = CheckF32(x, "MatMul x"); !s.ok()) return s;
+  if (absl::Status s = CheckFloat(w, "MatMul w"); !s.ok()) return s;
+  if (absl::Status s = CheckF32(out, "MatMul out"); !s.ok()) return s;
+  const int64_t n = x.rows(), k = x.cols(), m = w.rows();
+  if (w.cols() != k) return ShapeError("MatMul", x, w);
+  if (out.rows() != n || out.cols() != m) return ShapeError("MatMul out", out, w);
+  const float* xd = x.data_as<const float>();
+  float* od = out.data_as<float>();
+  const void* wd = w.data();
+  const DType wt = w.dtype();
+  // Blocks of weight rows widened to float32 once, then dotted with every activation row.
+  constexpr int64_t kBlock = 16;
+  pool_.ParallelFor((m + kBlock - 1) / kBlock, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<float> wbuf(static_cast<size_t>(kBlock * k));
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t j0 = b * kBlock, j1 = std::min(m, j0 + kBlock);
+      const float* wrows;
+      if (wt == DType::kF32) {
+        wrows = static_cast<const float*>(wd) + j0 * k;
+      } else {
+        LoadFloats(wd, wt, j0 * k, (j1 - j0) * k, wbuf.data());
+        wrows = wbuf.data();
+      }
+      for (int64_t i = 0; i < n; ++i) {
+        const float* xr = xd + i * k;
+        float* orow = od + i * m;
+        for (int64_t j = j0; j < j1; ++j) {
+          const float v = alpha * Dot(xr, wrows + (j - j0) * k, k);
+          orow[j] = accumulate ? orow[j] + v : v;
+        }
+      }
+    }
+  });
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::RmsNorm(const Tensor& x, const Tensor& weight, float eps,
+                                 const Tensor& out) {
+  if (absl::Status s = CheckF32(x, "RmsNorm x"); !s.ok()) return s;
+  if (absl::Status s = CheckFloat(weight, "RmsNorm weight"); !s.ok()) return s;
+  if (absl::Status s = CheckF32(out, "RmsNorm out"); !s.ok()) return s;
+  const int64_t n = x.rows(), d = x.cols();
+  if (weight.numel() != d || out.rows() != n || out.cols() != d) {
+    return ShapeError("RmsNorm", x, weight);
+  }
+  std::vector<float> wf(static_cast<size_t>(d));
+  LoadFloats(weight.data(), weight.dtype(), 0, d, wf.data());
+  const float* xd = x.data_as<const float>();
+  float* od = out.data_as<float>();
+  pool_.ParallelFor(n, 8, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* xr = xd + r * d;
+      float* orow = od + r * d;
+      const float mean_sq = Dot(xr, xr, d) / static_cast<float>(d);
+      const float inv = 1.0f / std::sqrt(mean_sq + eps);
+      for (int64_t i = 0; i < d; ++i) orow[i] = wf[i] * (xr[i] * inv);
+    }
+  });
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::Rope(const Tensor& x, int64_t head_dim,
+                              absl::Span<const int64_t> positions, const Tensor& inv_freq) {
+  if (absl::Status s = CheckF32(x, "Rope x"); !s.ok()) return s;
+  if (absl::Status s = CheckF32(inv_freq, "Rope inv_freq"); !s.ok()) return s;
+  const int64_t n = x.rows(), cols = x.cols(), half = head_dim / 2;
+  if (head_dim <= 0 || head_dim % 2 != 0 || cols % head_dim != 0 || inv_freq.numel() != half ||
+      static_cast<int64_t>(positions.size()) != n) {
+    return absl::InvalidArgumentError(absl::StrCat("Rope: x ", ShapeString(x), ", head_dim ",
+                                                   head_dim, ", ", positions.size(),
+                                                   " positions, inv_freq ", inv_freq.numel()));
+  }
+  const float* freq = inv_freq.data_as<const float>();
+  float* xd = x.data_as<float>();
+  pool_.ParallelFor(n, 4, [&](int64_t r0, int64_t r1) {
+    std::vector<float> cos_t(static_cast<size_t>(half)), sin_t(static_cast<size_t>(half));
+    for (int64_t r = r0; r < r1; ++r) {
+      // As HF: the angle is a float32 product, cos/sin of it in float32.
+      const float pos = static_cast<float>(positions[r]);
+      for (int64_t j = 0; j < half; ++j) {
+        const float angle = pos * freq[j];
+        cos_t[j] = std::cos(angle);
+        sin_t[j] = std::sin(angle);
+      }
+      for (int64_t h = 0; h < cols / head_dim; ++h) {
+        float* v = xd + r * cols + h * head_dim;
+        for (int64_t j = 0; j < half; ++j) {
+          const float a = v[j], b = v[j + half];
+          v[j] = a * cos_t[j] - b * sin_t[j];
+          v[j + half] = b * cos_t[j] + a * sin_t[j];
+        }
+      }
+    }
+  });
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::Attention(const Tensor& q, const Tensor& k, const Tensor& v,
+                                   int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,
+                                   const Tensor& out) {
+  for (const Tensor* t : {&q, &k, &v, &out}) {
+    if (absl::Status s = CheckF32(*t, "Attention"); !s.ok()) return s;
+  }
+  const int64_t nq = q.rows(), nk = k.rows();
+  if (num_kv_heads <= 0 || num_heads % num_kv_heads != 0 || q.cols() != num_heads * head_dim ||
+      k.cols() != num_kv_heads * head_dim || v.rows() != nk || v.cols() != k.cols() ||
+      out.rows() != nq || out.cols() != q.cols() || nk < nq) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Attention: q ", ShapeString(q), " k ", ShapeString(k), " v ", ShapeString(v), " out ",
+        ShapeString(out), " heads ", num_heads, "/", num_kv_heads, " head_dim ", head_dim));
+  }
+  const int64_t group = num_heads / num_kv_heads, kv_cols = k.cols();
+  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  const float* qd = q.data_as<const float>();
+  const float* kd = k.data_as<const float>();
+  const float* vd = v.data_as<const float>();
+  float* od = out.data_as<float>();
+  pool_.ParallelFor(nq * num_heads, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> p(static_cast<size_t>(nk));
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t i = t / num_heads, h = t % num_heads, kvh = h / group;
+      const int64_t visible = nk - nq + i + 1;
+      const float* qv = qd + i * q.cols() + h * head_dim;
+      float mx = -INFINITY;
+      for (int64_t j = 0; j < visible; ++j) {
+        p[j] = scale * Dot(qv, kd + j * kv_cols + kvh * head_dim, head_dim);
+        mx = std::max(mx, p[j]);
+      }
+      float sum = 0;
+      for (int64_t j = 0; j < visible; ++j) {
+        p[j] = std::exp(p[j] - mx);
+        sum += p[j];
+      }
+      float* o = od + i * out.cols() + h * head_dim;
+      std::fill(o, o + head_dim, 0.0f);
+      for (int64_t j = 0; j < visible; ++j) {
+        const float w = p[j] / sum;
+        const float* vv = vd + j * kv_cols + kvh * head_dim;
+        for (int64_t c = 0; c < head_dim; ++c) o[c] += w * vv[c];
+      }
+    }
+  });
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::SiluMul(const Tensor& gate, const Tensor& up, const Tensor& out) {
+  for (const Tensor* t : {&gate, &up, &out}) {
+    if (absl::Status s = CheckF32(*t, "SiluMul"); !s.ok()) return s;
+  }
+  if (gate.numel() != up.numel() || out.numel() != gate.numel())
+    return ShapeError("SiluMul", gate, up);
+  const float* g = gate.data_as<const float>();
+  const float* u = up.data_as<const float>();
+  float* o = out.data_as<float>();
+  pool_.ParallelFor(gate.numel(), 4096, [&](int64_t a, int64_t b) {
+    for (int64_t i = a; i < b; ++i) o[i] = SiluF(g[i]) * u[i];
+  });
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::Silu(const Tensor& x) {
+  if (absl::Status s = CheckF32(x, "Silu"); !s.ok()) return s;
+  float* d = x.data_as<float>();
+  pool_.ParallelFor(x.numel(), 4096, [&](int64_t a, int64_t b) {
+    for (int64_t i = a; i < b; ++i) d[i] = SiluF(d[i]);
+  });
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::Add(const Tensor& a, const Tensor& b, const Tensor& out) {
+  for (const Tensor* t : {&a, &b, &out}) {
+    if (absl::Status s = CheckF32(*t, "Add"); !s.ok()) return s;
+  }
+  if (a.numel() != b.numel() || out.numel() != a.numel()) return ShapeError("Add", a, b);
+  const float* ad = a.data_as<const float>();
+  const float* bd = b.data_as<const float>();
+  float* o = out.data_as<float>();
+  for (int64_t i = 0; i < a.numel(); ++i) o[i] = ad[i] + bd[i];
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::AddRow(const Tensor& x, const Tensor& row) {
+  if (absl::Status s = CheckF32(x, "AddRow x"); !s.ok()) return s;
+  if (absl::Status s = CheckFloat(row, "AddRow row"); !s.ok()) return s;
+  const int64_t d = x.cols();
+  if (row.numel() != d) return ShapeError("AddRow", x, row);
+  std::vector<float> rf(static_cast<size_t>(d));
+  LoadFloats(row.data(), row.dtype(), 0, d, rf.data());
+  float* xd = x.data_as<float>();
+  for (int64_t r = 0; r < x.rows(); ++r) {
+    for (int64_t i = 0; i < d; ++i) xd[r * d + i] += rf[i];
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::Embedding(const Tensor& table, absl::Span<const int32_t> ids,
+                                   const Tensor& out) {
+  if (absl::Status s = CheckFloat(table, "Embedding table"); !s.ok()) return s;
+  if (absl::Status s = CheckF32(out, "Embedding out"); !s.ok()) return s;
+  const int64_t vocab = table.rows(), d = table.cols();
+  if (out.rows() != static_cast<int64_t>(ids.size()) || out.cols() != d) {
+    return ShapeError("Embedding", table, out);
+  }
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= vocab) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Embedding: token id ", ids[i], " out of range [0, ", vocab, ")"));
+    }
+    LoadFloats(table.data(), table.dtype(), ids[i] * d, d, out.data_as<float>() + i * d);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace mplus::engine::cpu

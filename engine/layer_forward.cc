@@ -1,0 +1,126 @@
+#include "engine/layer_forward.h"
+
+#include <numeric>
+
+#include "engine/status_macros.h"
+
+namespace mplus::engine {
+namespace {
+
+absl::StatusOr<Tensor> UploadOptional(Backend& backend, const TensorView& view) {
+  if (view.data == nullptr) return Tensor();
+  return backend.UploadWeight(view);
+}
+
+absl::StatusOr<DeviceLinear> UploadLinear(Backend& backend, const LinearWeights& w) {
+  DeviceLinear out;
+  MPLUS_ASSIGN_OR_RETURN(out.weight, backend.UploadWeight(w.weight));
+  for (int a = 0; a < kNumAdapters; ++a) {
+    MPLUS_ASSIGN_OR_RETURN(out.lora_a[a], UploadOptional(backend, w.lora_a[a]));
+    MPLUS_ASSIGN_OR_RETURN(out.lora_b[a], UploadOptional(backend, w.lora_b[a]));
+  }
+  return out;
+}
+
+absl::StatusOr<DeviceProjector> UploadProjector(Backend& backend, const ProjectorWeights& w) {
+  DeviceProjector out;
+  for (const TensorView& v : w.linears) {
+    MPLUS_ASSIGN_OR_RETURN(Tensor t, backend.UploadWeight(v));
+    out.linears.push_back(std::move(t));
+  }
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<DeviceLayer> UploadLayer(Backend& backend, const LayerWeights& w) {
+  DeviceLayer out;
+  MPLUS_ASSIGN_OR_RETURN(out.input_layernorm, backend.UploadWeight(w.input_layernorm));
+  MPLUS_ASSIGN_OR_RETURN(out.post_attention_layernorm,
+                         backend.UploadWeight(w.post_attention_layernorm));
+  MPLUS_ASSIGN_OR_RETURN(out.q_proj, UploadLinear(backend, w.q_proj));
+  MPLUS_ASSIGN_OR_RETURN(out.k_proj, UploadLinear(backend, w.k_proj));
+  MPLUS_ASSIGN_OR_RETURN(out.v_proj, UploadLinear(backend, w.v_proj));
+  MPLUS_ASSIGN_OR_RETURN(out.o_proj, UploadLinear(backend, w.o_proj));
+  MPLUS_ASSIGN_OR_RETURN(out.gate_proj, UploadLinear(backend, w.gate_proj));
+  MPLUS_ASSIGN_OR_RETURN(out.up_proj, UploadLinear(backend, w.up_proj));
+  MPLUS_ASSIGN_OR_RETURN(out.down_proj, UploadLinear(backend, w.down_proj));
+  MPLUS_ASSIGN_OR_RETURN(out.query_proj, UploadProjector(backend, w.query_proj));
+  MPLUS_ASSIGN_OR_RETURN(out.key_proj, UploadProjector(backend, w.key_proj));
+  return out;
+}
+
+absl::Status Linear(Backend& backend, const Tensor& x, const DeviceLinear& linear, Adapter adapter,
+                    float lora_scale, const Tensor& out) {
+  MPLUS_RETURN_IF_ERROR(backend.MatMul(x, linear.weight, out));
+  const int a = static_cast<int>(adapter);
+  if (linear.lora_a[a].empty()) return absl::OkStatus();
+  MPLUS_ASSIGN_OR_RETURN(Tensor t,
+                         backend.Allocate(DType::kF32, {x.rows(), linear.lora_a[a].rows()}));
+  MPLUS_RETURN_IF_ERROR(backend.MatMul(x, linear.lora_a[a], t));
+  return backend.MatMul(t, linear.lora_b[a], out, lora_scale, /*accumulate=*/true);
+}
+
+absl::StatusOr<Tensor> Project(Backend& backend, const Tensor& normed,
+                               const DeviceProjector& projector) {
+  Tensor h = normed;
+  for (size_t i = 0; i < projector.linears.size(); ++i) {
+    const Tensor& w = projector.linears[i];
+    MPLUS_ASSIGN_OR_RETURN(Tensor next, backend.Allocate(DType::kF32, {h.rows(), w.rows()}));
+    MPLUS_RETURN_IF_ERROR(backend.MatMul(h, w, next));
+    if (i + 1 < projector.linears.size()) MPLUS_RETURN_IF_ERROR(backend.Silu(next));
+    h = std::move(next);
+  }
+  return h;
+}
+
+absl::StatusOr<Tensor> LayerForward(Backend& backend, const LayerDims& dims,
+                                    const DeviceLayer& layer, Adapter adapter, const Tensor& seq,
+                                    int64_t num_queries, const Tensor& k_cache,
+                                    const Tensor& v_cache, int64_t cache_len,
+                                    const Tensor& inv_freq) {
+  const int64_t s = seq.rows(), nq = num_queries, d = dims.hidden;
+  const int64_t q_cols = dims.heads * dims.head_dim;
+  if (nq <= 0 || nq > s || cache_len + s > k_cache.rows()) {
+    return absl::InternalError("LayerForward: inconsistent sequence / cache sizes");
+  }
+  // One norm over the whole [prefix ; x]; keys and values from every row, queries from x.
+  MPLUS_ASSIGN_OR_RETURN(Tensor normed, backend.Allocate(DType::kF32, {s, d}));
+  MPLUS_RETURN_IF_ERROR(backend.RmsNorm(seq, layer.input_layernorm, dims.rms_eps, normed));
+  MPLUS_ASSIGN_OR_RETURN(Tensor q, backend.Allocate(DType::kF32, {nq, q_cols}));
+  MPLUS_RETURN_IF_ERROR(
+      Linear(backend, normed.Rows(s - nq, s), layer.q_proj, adapter, dims.lora_scale, q));
+  const Tensor k_new = k_cache.Rows(cache_len, cache_len + s);
+  const Tensor v_new = v_cache.Rows(cache_len, cache_len + s);
+  MPLUS_RETURN_IF_ERROR(Linear(backend, normed, layer.k_proj, adapter, dims.lora_scale, k_new));
+  MPLUS_RETURN_IF_ERROR(Linear(backend, normed, layer.v_proj, adapter, dims.lora_scale, v_new));
+
+  std::vector<int64_t> positions(static_cast<size_t>(s));
+  std::iota(positions.begin(), positions.end(), cache_len);
+  MPLUS_RETURN_IF_ERROR(backend.Rope(k_new, dims.head_dim, positions, inv_freq));
+  MPLUS_RETURN_IF_ERROR(
+      backend.Rope(q, dims.head_dim,
+                   absl::MakeConstSpan(positions).subspan(static_cast<size_t>(s - nq)), inv_freq));
+
+  MPLUS_ASSIGN_OR_RETURN(Tensor attn, backend.Allocate(DType::kF32, {nq, q_cols}));
+  MPLUS_RETURN_IF_ERROR(backend.Attention(q, k_cache.Rows(0, cache_len + s),
+                                          v_cache.Rows(0, cache_len + s), dims.heads, dims.kv_heads,
+                                          dims.head_dim, attn));
+  MPLUS_ASSIGN_OR_RETURN(Tensor h, backend.Allocate(DType::kF32, {nq, d}));
+  MPLUS_RETURN_IF_ERROR(Linear(backend, attn, layer.o_proj, adapter, dims.lora_scale, h));
+  MPLUS_RETURN_IF_ERROR(backend.Add(h, seq.Rows(s - nq, s), h));  // residual = the query rows
+
+  // Post-norm SwiGLU MLP.
+  MPLUS_ASSIGN_OR_RETURN(Tensor n2, backend.Allocate(DType::kF32, {nq, d}));
+  MPLUS_RETURN_IF_ERROR(backend.RmsNorm(h, layer.post_attention_layernorm, dims.rms_eps, n2));
+  MPLUS_ASSIGN_OR_RETURN(Tensor gate, backend.Allocate(DType::kF32, {nq, dims.intermediate}));
+  MPLUS_ASSIGN_OR_RETURN(Tensor up, backend.Allocate(DType::kF32, {nq, dims.intermediate}));
+  MPLUS_RETURN_IF_ERROR(Linear(backend, n2, layer.gate_proj, adapter, dims.lora_scale, gate));
+  MPLUS_RETURN_IF_ERROR(Linear(backend, n2, layer.up_proj, adapter, dims.lora_scale, up));
+  MPLUS_RETURN_IF_ERROR(backend.SiluMul(gate, up, gate));
+  MPLUS_RETURN_IF_ERROR(Linear(backend, gate, layer.down_proj, adapter, dims.lora_scale, n2));
+  MPLUS_RETURN_IF_ERROR(backend.Add(h, n2, h));
+  return h;
+}
+
+}  // namespace mplus::engine

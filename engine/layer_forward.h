@@ -1,0 +1,61 @@
+// One decoder layer over [prefix ; x] on a Backend, plus the device copies of the weights it
+// reads. Internal to the model (engine/model.cc); shapes follow MPLUS-DETAILS.md.
+#ifndef MPLUS_ENGINE_LAYER_FORWARD_H_
+#define MPLUS_ENGINE_LAYER_FORWARD_H_
+
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/backend.h"
+#include "engine/model_config.h"
+#include "engine/model_weights.h"
+
+namespace mplus::engine {
+
+struct DeviceLinear {
+  Tensor weight;                // [out, in]
+  Tensor lora_a[kNumAdapters];  // [r, in]; empty when the adapter does not wrap this module
+  Tensor lora_b[kNumAdapters];  // [out, r]
+};
+
+struct DeviceProjector {
+  std::vector<Tensor> linears;  // 1: d->p; 2: d->2p, silu, 2p->p
+};
+
+struct DeviceLayer {
+  Tensor input_layernorm, post_attention_layernorm;
+  DeviceLinear q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj;
+  DeviceProjector query_proj, key_proj;
+};
+
+// Sizes every layer shares.
+struct LayerDims {
+  int64_t hidden = 0, heads = 0, kv_heads = 0, head_dim = 0, intermediate = 0;
+  float rms_eps = 1e-5f;
+  float lora_scale = 0;  // alpha / r
+  int64_t kv_cols() const { return kv_heads * head_dim; }
+};
+
+absl::StatusOr<DeviceLayer> UploadLayer(Backend& backend, const LayerWeights& weights);
+
+// out = x W^T (+ lora_scale * (x A^T) B^T when `adapter` wraps the module).
+absl::Status Linear(Backend& backend, const Tensor& x, const DeviceLinear& linear, Adapter adapter,
+                    float lora_scale, const Tensor& out);
+
+// The retriever projector on already-normalised rows: returns [rows, p].
+absl::StatusOr<Tensor> Project(Backend& backend, const Tensor& normed,
+                               const DeviceProjector& projector);
+
+// Runs one layer. `seq` holds S rows at positions cache_len .. cache_len + S - 1: their keys
+// and values are written to rows [cache_len, cache_len + S) of k_cache / v_cache ([capacity,
+// kv_cols]); the last `num_queries` rows of seq are the queries, attending to all cached keys
+// up to their own position. Returns the num_queries output rows [num_queries, hidden].
+absl::StatusOr<Tensor> LayerForward(Backend& backend, const LayerDims& dims,
+                                    const DeviceLayer& layer, Adapter adapter, const Tensor& seq,
+                                    int64_t num_queries, const Tensor& k_cache,
+                                    const Tensor& v_cache, int64_t cache_len,
+                                    const Tensor& inv_freq);
+
+}  // namespace mplus::engine
+
+#endif  // MPLUS_ENGINE_LAYER_FORWARD_H_

@@ -1,0 +1,296 @@
+#include "engine/model.h"
+
+#include <algorithm>
+#include <limits>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "engine/cpu/cpu_backend.h"
+#include "engine/rope.h"
+#include "engine/status_macros.h"
+
+namespace mplus::engine {
+namespace {
+
+absl::StatusOr<Tensor> Alloc(Backend& backend, int64_t rows, int64_t cols) {
+  return backend.Allocate(DType::kF32, {rows, cols});
+}
+
+// Row `row` of a host [rows, cols] float-typed view, as a pointer.
+const void* HostRow(const TensorView& view, int64_t row, int64_t cols) {
+  return static_cast<const char*>(view.data) +
+         static_cast<size_t>(row * cols) * DTypeSize(view.dtype);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& checkpoint_dir,
+                                                   const ModelOptions& options) {
+  std::unique_ptr<Model> m(new Model());
+  MPLUS_ASSIGN_OR_RETURN(m->config_, LoadModelConfig(checkpoint_dir + "/config.json"));
+  const ModelConfig& c = m->config_;
+  if (c.hidden_act != "silu") {
+    return absl::UnimplementedError(absl::StrCat(checkpoint_dir, "/config.json: hidden_act \"",
+                                                 c.hidden_act, "\" is not supported (only silu)"));
+  }
+  MPLUS_ASSIGN_OR_RETURN(m->store_, WeightStore::OpenDirectory(checkpoint_dir));
+  MPLUS_ASSIGN_OR_RETURN(m->weights_, ModelWeights::Load(*m->store_, c));
+  m->backend_ =
+      options.backend ? options.backend : std::make_shared<cpu::CpuBackend>(options.num_threads);
+  Backend& b = *m->backend_;
+
+  m->dims_ = LayerDims{c.hidden_size,
+                       c.num_attention_heads,
+                       c.num_key_value_heads,
+                       c.head_dim,
+                       c.intermediate_size,
+                       static_cast<float>(c.rms_norm_eps),
+                       static_cast<float>(c.lora.scale())};
+  for (const LayerWeights& lw : m->weights_.layers) {
+    MPLUS_ASSIGN_OR_RETURN(DeviceLayer layer, UploadLayer(b, lw));
+    m->layers_.push_back(std::move(layer));
+  }
+  MPLUS_ASSIGN_OR_RETURN(m->embed_tokens_, b.UploadWeight(m->weights_.embed_tokens));
+  MPLUS_ASSIGN_OR_RETURN(m->final_norm_, b.UploadWeight(m->weights_.final_norm));
+  MPLUS_ASSIGN_OR_RETURN(m->lm_head_, b.UploadWeight(m->weights_.lm_head));
+  if (c.has_memory()) {
+    MPLUS_ASSIGN_OR_RETURN(m->new_memory_positional_emb_,
+                           b.UploadWeight(m->weights_.new_memory_positional_emb));
+  }
+  const std::vector<float> inv_freq =
+      RopeInvFreq(c, options.bf16_rope_inv_freq && c.dtype == DType::kBF16);
+  MPLUS_ASSIGN_OR_RETURN(m->inv_freq_,
+                         b.Allocate(DType::kF32, {static_cast<int64_t>(inv_freq.size())}));
+  MPLUS_RETURN_IF_ERROR(b.CopyFromHost(inv_freq.data(), DType::kF32, m->inv_freq_));
+  m->max_context_ = options.max_context > 0         ? options.max_context
+                    : c.max_position_embeddings > 0 ? c.max_position_embeddings
+                                                    : std::numeric_limits<int64_t>::max() / 2;
+  return m;
+}
+
+int64_t Model::prefix_length() const {
+  if (!config_.has_memory()) return 0;
+  return (weights_.bos_embedding.data != nullptr ? 1 : 0) + config_.ltm_retrieved_tokens() +
+         config_.stm_tokens();
+}
+
+absl::Status Model::CheckIds(absl::Span<const int32_t> ids, const char* what) const {
+  if (ids.empty()) return absl::InvalidArgumentError(absl::StrCat(what, ": no tokens"));
+  for (int32_t id : ids) {
+    if (id < 0 || id >= config_.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, ": token id ", id, " is out of range for vocabulary size ", config_.vocab_size));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<TensorView> Model::CheckedShortTerm(const SessionMemory& mem, int layer) const {
+  TensorView v = mem.ShortTerm(layer);
+  const int64_t n = config_.stm_tokens(), d = config_.hidden_size;
+  const bool float_type =
+      v.dtype == DType::kF32 || v.dtype == DType::kBF16 || v.dtype == DType::kF16;
+  if (v.data == nullptr || !float_type || v.numel() != n * d) {
+    return absl::InternalError(absl::StrCat("session short-term memory of layer ", layer,
+                                            " is not ", n, " x ", d, " floats"));
+  }
+  return v;
+}
+
+absl::Status Model::CopyBos(int layer, const Tensor& row) const {
+  const TensorView& bos = weights_.bos_embedding;
+  return backend_->CopyFromHost(HostRow(bos, layer, config_.hidden_size), bos.dtype, row);
+}
+
+absl::StatusOr<std::vector<float>> Model::Logits(const Tensor& last_hidden) const {
+  Backend& b = *backend_;
+  MPLUS_ASSIGN_OR_RETURN(Tensor normed, Alloc(b, 1, config_.hidden_size));
+  MPLUS_RETURN_IF_ERROR(b.RmsNorm(last_hidden, final_norm_, dims_.rms_eps, normed));
+  MPLUS_ASSIGN_OR_RETURN(Tensor logits, Alloc(b, 1, lm_head_.rows()));
+  MPLUS_RETURN_IF_ERROR(b.MatMul(normed, lm_head_, logits));
+  std::vector<float> out(static_cast<size_t>(lm_head_.rows()));
+  MPLUS_RETURN_IF_ERROR(b.CopyToHost(logits, out.data()));
+  return out;
+}
+
+absl::StatusOr<std::vector<float>> Model::DroppedKeys(int layer, const TensorView& stm,
+                                                      absl::Span<const int32_t> slots) const {
+  Backend& b = *backend_;
+  const int64_t d = config_.hidden_size, k = static_cast<int64_t>(slots.size());
+  MPLUS_ASSIGN_OR_RETURN(Tensor tokens, Alloc(b, k, d));
+  for (int64_t i = 0; i < k; ++i) {
+    MPLUS_RETURN_IF_ERROR(
+        b.CopyFromHost(HostRow(stm, slots[i], d), stm.dtype, tokens.Rows(i, i + 1)));
+  }
+  // key = key_proj(input_layernorm(token)), from the token as stored when it is dropped.
+  MPLUS_RETURN_IF_ERROR(b.RmsNorm(tokens, layers_[layer].input_layernorm, dims_.rms_eps, tokens));
+  MPLUS_ASSIGN_OR_RETURN(Tensor keys, Project(b, tokens, layers_[layer].key_proj));
+  std::vector<float> out(static_cast<size_t>(keys.numel()));
+  MPLUS_RETURN_IF_ERROR(b.CopyToHost(keys, out.data()));
+  return out;
+}
+
+absl::StatusOr<InjectResult> Model::Inject(const SessionMemory& mem, absl::Span<const int32_t> ids,
+                                           const std::vector<std::vector<int32_t>>& drops) const {
+  if (!config_.has_memory()) {
+    return absl::FailedPreconditionError("inject: this checkpoint has no memory (plain Llama)");
+  }
+  MPLUS_RETURN_IF_ERROR(CheckIds(ids, "inject"));
+  const int num_layers = static_cast<int>(layers_.size());
+  const int64_t t = static_cast<int64_t>(ids.size()), k = config_.num_tokens;
+  const int64_t n = config_.stm_tokens(), d = config_.hidden_size;
+  const int64_t bos = weights_.bos_embedding.data != nullptr ? 1 : 0;
+  const int64_t s = bos + k + t;  // [bos ; STM[N-K:] ; chunk]
+  if (s > max_context_) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "inject: chunk of ", t, " tokens exceeds the context limit ", max_context_ - bos - k));
+  }
+  if (static_cast<int>(drops.size()) != num_layers) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("inject: drop lists for ", drops.size(), " layers, expected ", num_layers));
+  }
+  InjectResult result;
+  result.delta.resize(num_layers);
+  result.dropped.resize(num_layers);
+  for (int l = 0; l < num_layers; ++l) {
+    std::vector<int32_t> slots = drops[l];
+    std::sort(slots.begin(), slots.end());
+    const bool in_range = slots.empty() || (slots.front() >= 0 && slots.back() < n);
+    if (static_cast<int64_t>(slots.size()) != k || !in_range ||
+        std::adjacent_find(slots.begin(), slots.end()) != slots.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("inject: layer ", l, " must drop ", k, " distinct slots of [0, ", n, ")"));
+    }
+    result.dropped[l] = std::move(slots);
+  }
+
+  Backend& b = *backend_;
+  const int64_t nq = std::max(t, k);  // if T < K the last K - T STM tokens are queries too
+  MPLUS_ASSIGN_OR_RETURN(Tensor h, Alloc(b, t, d));
+  MPLUS_RETURN_IF_ERROR(b.Embedding(embed_tokens_, ids, h));
+  MPLUS_ASSIGN_OR_RETURN(Tensor seq, Alloc(b, s, d));
+  MPLUS_ASSIGN_OR_RETURN(Tensor k_cache, Alloc(b, s, dims_.kv_cols()));
+  MPLUS_ASSIGN_OR_RETURN(Tensor v_cache, Alloc(b, s, dims_.kv_cols()));
+  for (int l = 0; l < num_layers; ++l) {
+    MPLUS_ASSIGN_OR_RETURN(TensorView stm, CheckedShortTerm(mem, l));
+    if (bos) MPLUS_RETURN_IF_ERROR(CopyBos(l, seq.Rows(0, 1)));
+    MPLUS_RETURN_IF_ERROR(
+        b.CopyFromHost(HostRow(stm, n - k, d), stm.dtype, seq.Rows(bos, bos + k)));
+    MPLUS_RETURN_IF_ERROR(b.Copy(h, seq.Rows(bos + k, s)));
+    MPLUS_RETURN_IF_ERROR(b.AddRow(seq.Rows(s - k, s), new_memory_positional_emb_));
+    MPLUS_ASSIGN_OR_RETURN(Tensor out, LayerForward(b, dims_, layers_[l], Adapter::kEncoder, seq,
+                                                    nq, k_cache, v_cache, 0, inv_freq_));
+    result.delta[l].resize(static_cast<size_t>(k * d));
+    MPLUS_RETURN_IF_ERROR(b.CopyToHost(out.Rows(nq - k, nq), result.delta[l].data()));
+    h = out.Rows(nq - t, nq);
+  }
+  if (config_.has_long_term()) {
+    result.dropped_keys.resize(num_layers);
+    for (int l = 0; l < num_layers; ++l) {
+      MPLUS_ASSIGN_OR_RETURN(TensorView stm, CheckedShortTerm(mem, l));
+      MPLUS_ASSIGN_OR_RETURN(result.dropped_keys[l], DroppedKeys(l, stm, result.dropped[l]));
+    }
+  }
+  return result;
+}
+
+absl::StatusOr<std::unique_ptr<DecodeState>> Model::Prefill(SessionMemory& mem,
+                                                            absl::Span<const int32_t> prompt,
+                                                            int64_t max_new_tokens,
+                                                            bool want_retrieved,
+                                                            PrefillOutput* out) const {
+  MPLUS_RETURN_IF_ERROR(CheckIds(prompt, "generate"));
+  if (max_new_tokens < 0) {
+    return absl::InvalidArgumentError("generate: max_new_tokens must not be negative");
+  }
+  const int num_layers = static_cast<int>(layers_.size());
+  const int64_t t = static_cast<int64_t>(prompt.size()), d = config_.hidden_size;
+  const int64_t p = prefix_length(), k_ltm = config_.ltm_retrieved_tokens();
+  const int64_t bos = config_.has_memory() && weights_.bos_embedding.data != nullptr ? 1 : 0;
+  if (p + t + max_new_tokens > max_context_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("generate: prompt of ", t, " tokens plus ", max_new_tokens,
+                     " new tokens exceeds the context limit ", max_context_ - p));
+  }
+  Backend& b = *backend_;
+  auto state = std::make_unique<DecodeState>();
+  state->capacity_ = p + t + max_new_tokens;
+  for (int l = 0; l < num_layers; ++l) {
+    MPLUS_ASSIGN_OR_RETURN(Tensor kc, Alloc(b, state->capacity_, dims_.kv_cols()));
+    MPLUS_ASSIGN_OR_RETURN(Tensor vc, Alloc(b, state->capacity_, dims_.kv_cols()));
+    state->k_cache_.push_back(std::move(kc));
+    state->v_cache_.push_back(std::move(vc));
+  }
+  if (want_retrieved) out->retrieved.assign(num_layers, {});
+
+  MPLUS_ASSIGN_OR_RETURN(Tensor h, Alloc(b, t, d));
+  MPLUS_RETURN_IF_ERROR(b.Embedding(embed_tokens_, prompt, h));
+  MPLUS_ASSIGN_OR_RETURN(Tensor seq, Alloc(b, p + t, d));
+  std::vector<float> retrieved(static_cast<size_t>(k_ltm * d));
+  for (int l = 0; l < num_layers; ++l) {
+    if (config_.has_long_term()) {
+      // Retrieval scores with this layer's input hidden states of the prompt.
+      MPLUS_ASSIGN_OR_RETURN(Tensor normed, Alloc(b, t, d));
+      MPLUS_RETURN_IF_ERROR(b.RmsNorm(h, layers_[l].input_layernorm, dims_.rms_eps, normed));
+      MPLUS_ASSIGN_OR_RETURN(Tensor queries, Project(b, normed, layers_[l].query_proj));
+      std::vector<float> host_queries(static_cast<size_t>(queries.numel()));
+      MPLUS_RETURN_IF_ERROR(b.CopyToHost(queries, host_queries.data()));
+      MPLUS_RETURN_IF_ERROR(mem.RetrieveLongTerm(l, host_queries.data(), t, retrieved.data()));
+      MPLUS_RETURN_IF_ERROR(
+          b.CopyFromHost(retrieved.data(), DType::kF32, seq.Rows(bos, bos + k_ltm)));
+      if (want_retrieved) out->retrieved[l] = retrieved;
+    }
+    if (config_.has_memory()) {
+      if (bos) MPLUS_RETURN_IF_ERROR(CopyBos(l, seq.Rows(0, 1)));
+      MPLUS_ASSIGN_OR_RETURN(TensorView stm, CheckedShortTerm(mem, l));
+      MPLUS_RETURN_IF_ERROR(b.CopyFromHost(stm.data, stm.dtype, seq.Rows(bos + k_ltm, p)));
+    }
+    MPLUS_RETURN_IF_ERROR(b.Copy(h, seq.Rows(p, p + t)));
+    MPLUS_ASSIGN_OR_RETURN(h, LayerForward(b, dims_, layers_[l], Adapter::kDecoder, seq, t,
+                                           state->k_cache_[l], state->v_cache_[l], 0, inv_freq_));
+  }
+  state->length_ = p + t;
+  MPLUS_ASSIGN_OR_RETURN(out->logits, Logits(h.Rows(t - 1, t)));
+  return state;
+}
+
+absl::StatusOr<std::vector<float>> Model::Decode(DecodeState& state, int32_t token) const {
+  MPLUS_RETURN_IF_ERROR(CheckIds(absl::MakeConstSpan(&token, 1), "decode"));
+  if (state.length_ >= state.capacity_) {
+    return absl::OutOfRangeError(
+        absl::StrCat("decode: the cache is full (", state.capacity_, " positions)"));
+  }
+  Backend& b = *backend_;
+  MPLUS_ASSIGN_OR_RETURN(Tensor h, Alloc(b, 1, config_.hidden_size));
+  MPLUS_RETURN_IF_ERROR(b.Embedding(embed_tokens_, absl::MakeConstSpan(&token, 1), h));
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    MPLUS_ASSIGN_OR_RETURN(
+        h, LayerForward(b, dims_, layers_[l], Adapter::kDecoder, h, 1, state.k_cache_[l],
+                        state.v_cache_[l], state.length_, inv_freq_));
+  }
+  ++state.length_;
+  return Logits(h);
+}
+
+absl::StatusOr<std::vector<int32_t>> Model::Generate(SessionMemory& mem,
+                                                     absl::Span<const int32_t> prompt,
+                                                     int64_t max_new_tokens,
+                                                     const TokenPicker& pick,
+                                                     const TokenCallback& on_token) const {
+  std::vector<int32_t> tokens;
+  if (max_new_tokens == 0) return tokens;
+  PrefillOutput first;
+  MPLUS_ASSIGN_OR_RETURN(std::unique_ptr<DecodeState> state,
+                         Prefill(mem, prompt, max_new_tokens, false, &first));
+  std::vector<float> logits = std::move(first.logits);
+  while (true) {
+    const int32_t token = pick(logits);
+    tokens.push_back(token);
+    if ((on_token && !on_token(token)) || static_cast<int64_t>(tokens.size()) == max_new_tokens) {
+      return tokens;
+    }
+    MPLUS_ASSIGN_OR_RETURN(logits, Decode(*state, token));
+  }
+}
+
+}  // namespace mplus::engine

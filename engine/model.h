@@ -1,0 +1,122 @@
+// The M+ / MemoryLLM / Llama forward: inject (write a chunk into memory), prefill with
+// long-term retrieval, and KV-cached decoding, all through one Backend. Plain Llama checkpoints
+// have an empty memory prefix; MemoryLLM has [bos ; STM]; M+ has [bos ; retrieved LTM ; STM].
+// The model never changes memory itself: Inject returns what the session must commit.
+#ifndef MPLUS_ENGINE_MODEL_H_
+#define MPLUS_ENGINE_MODEL_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "engine/backend.h"
+#include "engine/drop_slots.h"
+#include "engine/layer_forward.h"
+#include "engine/model_config.h"
+#include "engine/model_weights.h"
+#include "engine/safetensors.h"
+#include "engine/session_memory.h"
+
+namespace mplus::engine {
+
+struct ModelOptions {
+  // CPU backend threads (<= 0: one per hardware thread); ignored when `backend` is given.
+  int num_threads = 0;
+  // bf16 checkpoints only: round RoPE inv_freq to bf16 as the official bf16 recipe does
+  // (MPLUS.md); false keeps the float32 frequencies. float32 checkpoints always use float32.
+  bool bf16_rope_inv_freq = true;
+  // Longest sequence one forward may hold (prefix + prompt + generated tokens);
+  // 0: config max_position_embeddings (no limit if that is 0).
+  int64_t max_context = 0;
+  // Backend to run on; null: a CPU backend.
+  std::shared_ptr<Backend> backend;
+};
+
+// Chooses the next token from the logits of the last position (greedy, sampling, ...).
+using TokenPicker = std::function<int32_t(absl::Span<const float> logits)>;
+// Receives each generated token; returning false stops generation.
+using TokenCallback = std::function<bool(int32_t token)>;
+
+// The KV cache of one generation (prefix + prompt + decoded tokens), on the model's device.
+class DecodeState {
+ public:
+  int64_t length() const { return length_; }
+  int64_t capacity() const { return capacity_; }
+
+ private:
+  friend class Model;
+  std::vector<Tensor> k_cache_, v_cache_;  // per layer [capacity, kv_heads * head_dim]
+  int64_t length_ = 0;
+  int64_t capacity_ = 0;
+};
+
+struct PrefillOutput {
+  std::vector<float> logits;                  // [vocab] at the last prompt position
+  std::vector<std::vector<float>> retrieved;  // [L][K_ltm * hidden] in prefix order, if asked
+};
+
+class Model {
+ public:
+  // Opens `checkpoint_dir` (config.json + safetensors), validates every tensor, and makes the
+  // weights usable by the backend.
+  static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& checkpoint_dir,
+                                                     const ModelOptions& options);
+
+  const ModelConfig& config() const { return config_; }
+  // Host views of every checkpoint tensor (initial memory for sessions); valid while the model
+  // lives.
+  const ModelWeights& weights() const { return weights_; }
+  Backend& backend() const { return *backend_; }
+  int64_t max_context() const { return max_context_; }
+  // Rows before the prompt in a generate forward: bos + K_ltm + N (0 for plain Llama).
+  int64_t prefix_length() const;
+
+  // Writes the chunk `ids` (no BOS added) against `mem`'s current short-term memory and returns
+  // the new memory tokens, the dropped slots (`drops[l]`: K distinct slots of [0, N) per layer,
+  // any order) and, for M+, their retrieval keys. Encoder LoRA. Memory checkpoints only.
+  absl::StatusOr<InjectResult> Inject(const SessionMemory& mem, absl::Span<const int32_t> ids,
+                                      const std::vector<std::vector<int32_t>>& drops) const;
+
+  // First forward of a generation over `prompt` with retrieval (decoder LoRA). Room is kept in
+  // the cache for `max_new_tokens` more tokens. Fills `out` (retrieved only when
+  // `want_retrieved`).
+  absl::StatusOr<std::unique_ptr<DecodeState>> Prefill(SessionMemory& mem,
+                                                       absl::Span<const int32_t> prompt,
+                                                       int64_t max_new_tokens, bool want_retrieved,
+                                                       PrefillOutput* out) const;
+  // Appends `token` and returns the logits of its position.
+  absl::StatusOr<std::vector<float>> Decode(DecodeState& state, int32_t token) const;
+
+  // Prefill, then up to max_new_tokens tokens chosen by `pick`, each passed to `on_token`
+  // (which may stop early by returning false). Returns the generated tokens.
+  absl::StatusOr<std::vector<int32_t>> Generate(SessionMemory& mem,
+                                                absl::Span<const int32_t> prompt,
+                                                int64_t max_new_tokens, const TokenPicker& pick,
+                                                const TokenCallback& on_token) const;
+
+ private:
+  Model() = default;
+  absl::Status CheckIds(absl::Span<const int32_t> ids, const char* what) const;
+  absl::StatusOr<TensorView> CheckedShortTerm(const SessionMemory& mem, int layer) const;
+  absl::Status CopyBos(int layer, const Tensor& row) const;
+  absl::StatusOr<std::vector<float>> Logits(const Tensor& last_hidden) const;
+  absl::StatusOr<std::vector<float>> DroppedKeys(int layer, const TensorView& stm,
+                                                 absl::Span<const int32_t> slots) const;
+
+  ModelConfig config_;
+  std::unique_ptr<WeightStore> store_;
+  ModelWeights weights_;
+  std::shared_ptr<Backend> backend_;
+  LayerDims dims_;
+  std::vector<DeviceLayer> layers_;
+  Tensor embed_tokens_, final_norm_, lm_head_, new_memory_positional_emb_, inv_freq_;
+  int64_t max_context_ = 0;
+};
+
+}  // namespace mplus::engine
+
+#endif  // MPLUS_ENGINE_MODEL_H_

@@ -1,0 +1,192 @@
+#include "memstore/in_memory_session.h"
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace mplus::memstore {
+namespace {
+
+using engine::DType;
+
+void ToFloats(const uint8_t* src, DType dtype, int64_t n, float* dst) {
+  for (int64_t i = 0; i < n; ++i) {
+    switch (dtype) {
+      case DType::kBF16: {
+        uint16_t v;
+        std::memcpy(&v, src + 2 * i, 2);
+        dst[i] = engine::BF16ToFloat(v);
+        break;
+      }
+      case DType::kF16: {
+        uint16_t v;
+        std::memcpy(&v, src + 2 * i, 2);
+        dst[i] = engine::F16ToFloat(v);
+        break;
+      }
+      default:
+        std::memcpy(dst + i, src + 4 * i, 4);
+    }
+  }
+}
+
+// Rounds to the storage dtype (bf16: nearest even, like torch).
+void FromFloats(const float* src, int64_t n, DType dtype, uint8_t* dst) {
+  for (int64_t i = 0; i < n; ++i) {
+    uint16_t v;
+    switch (dtype) {
+      case DType::kBF16:
+        v = engine::FloatToBF16(src[i]);
+        std::memcpy(dst + 2 * i, &v, 2);
+        break;
+      case DType::kF16:
+        v = engine::FloatToF16(src[i]);
+        std::memcpy(dst + 2 * i, &v, 2);
+        break;
+      default:
+        std::memcpy(dst + 4 * i, src + i, 4);
+    }
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<InMemorySession>> InMemorySession::Create(
+    const engine::Model& model) {
+  const engine::ModelConfig& c = model.config();
+  if (!c.has_memory()) {
+    return absl::FailedPreconditionError("session memory needs a MemoryLLM or M+ checkpoint");
+  }
+  const engine::ModelWeights& w = model.weights();
+  std::unique_ptr<InMemorySession> s(new InMemorySession());
+  s->num_layers_ = static_cast<int>(c.num_hidden_layers);
+  s->n_ = c.stm_tokens();
+  s->d_ = c.hidden_size;
+  s->k_ = c.num_tokens;
+  s->dtype_ = w.memory.dtype;
+  const size_t row_bytes = static_cast<size_t>(s->d_) * engine::DTypeSize(s->dtype_);
+  const size_t layer_bytes = static_cast<size_t>(s->n_) * row_bytes;
+  for (int l = 0; l < s->num_layers_; ++l) {
+    const uint8_t* src = static_cast<const uint8_t*>(w.memory.data) + l * layer_bytes;
+    s->stm_.emplace_back(src, src + layer_bytes);
+    s->stm_ages_.emplace_back(static_cast<size_t>(s->n_), 0);  // not in the checkpoint
+  }
+  if (!c.has_long_term()) return s;
+
+  LongTermParams params;
+  params.tokens_per_inject = c.num_tokens;
+  params.retrieved_tokens = c.ltm_retrieved_tokens();
+  params.key_dim = c.selector_hidden_dim;
+  params.update_ltm_frequency = c.update_ltm_frequency;
+  params.decay_frequency = c.decay_frequency;
+  params.initial_recall_frequency = c.initial_rf_when_moving_stm_to_ltm;
+  s->ltm_ = std::make_unique<LongTermMemory>(params, s->num_layers_);
+  std::vector<float> key(static_cast<size_t>(params.key_dim));
+  std::vector<float> row(static_cast<size_t>(s->d_));
+  for (int l = 0; l < s->num_layers_; ++l) {
+    const engine::TensorView& vecs = w.ltm[l];
+    const engine::TensorView& keys = w.ltm_keys[l];
+    const int64_t count = vecs.shape.empty() ? 0 : vecs.shape[0];
+    for (int64_t i = 0; i < count; ++i) {
+      for (int64_t j = 0; j < s->d_; ++j) row[j] = vecs.GetFloat(i * s->d_ + j);
+      for (int64_t j = 0; j < params.key_dim; ++j) key[j] = keys.GetFloat(i * params.key_dim + j);
+      const uint64_t id = s->next_token_id_++;
+      std::vector<uint8_t>& stored = s->vectors_[id];
+      stored.resize(row_bytes);
+      FromFloats(row.data(), s->d_, s->dtype_, stored.data());
+      // The official code reads ages with .int(): truncation.
+      s->ltm_->layer(l).AddMerged(id, key, static_cast<int64_t>(w.ltm_ages[l].GetFloat(i)),
+                                  w.ltm_recall_frequencies[l].GetFloat(i));
+    }
+  }
+  return s;
+}
+
+engine::TensorView InMemorySession::ShortTerm(int layer) const {
+  engine::TensorView v;
+  v.name = absl::StrCat("stm.", layer);
+  v.dtype = dtype_;
+  v.shape = {n_, d_};
+  v.data = stm_[layer].data();
+  v.nbytes = stm_[layer].size();
+  return v;
+}
+
+absl::Status InMemorySession::RetrieveLongTerm(int layer, const float* queries, int64_t num_queries,
+                                               float* out) {
+  if (ltm_ == nullptr) return absl::FailedPreconditionError("no long-term memory");
+  if (layer < 0 || layer >= num_layers_ || num_queries <= 0) {
+    return absl::InvalidArgumentError("RetrieveLongTerm: bad layer or no queries");
+  }
+  const std::vector<int64_t> chosen = ltm_->Select(layer, queries, num_queries);
+  if (static_cast<int64_t>(chosen.size()) != ltm_->params().retrieved_tokens) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("layer ", layer, " has no merged long-term entries to retrieve"));
+  }
+  const std::vector<LongTermEntry>& entries = ltm_->layer(layer).entries();
+  for (size_t i = 0; i < chosen.size(); ++i) {
+    auto it = vectors_.find(entries[chosen[i]].token_id);
+    if (it == vectors_.end()) return absl::InternalError("long-term token vector missing");
+    ToFloats(it->second.data(), dtype_, d_, out + i * d_);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status InMemorySession::ApplyInject(const engine::InjectResult& inject) {
+  const size_t layers = static_cast<size_t>(num_layers_);
+  if (inject.delta.size() != layers || inject.dropped.size() != layers ||
+      (ltm_ != nullptr && inject.dropped_keys.size() != layers)) {
+    return absl::InvalidArgumentError("ApplyInject: result does not cover every layer");
+  }
+  const size_t row_bytes = static_cast<size_t>(d_) * engine::DTypeSize(dtype_);
+  const int64_t p = ltm_ != nullptr ? ltm_->params().key_dim : 0;
+  for (size_t l = 0; l < layers; ++l) {
+    if (static_cast<int64_t>(inject.delta[l].size()) != k_ * d_ ||
+        static_cast<int64_t>(inject.dropped[l].size()) != k_ ||
+        (ltm_ != nullptr && static_cast<int64_t>(inject.dropped_keys[l].size()) != k_ * p)) {
+      return absl::InvalidArgumentError(absl::StrCat("ApplyInject: bad sizes for layer ", l));
+    }
+    for (int32_t slot : inject.dropped[l]) {
+      if (slot < 0 || slot >= n_) return absl::InvalidArgumentError("ApplyInject: bad slot");
+    }
+  }
+  std::vector<DroppedTokens> dropped(layers);
+  for (size_t l = 0; l < layers; ++l) {
+    std::vector<bool> drop(static_cast<size_t>(n_), false);
+    for (int32_t slot : inject.dropped[l]) drop[slot] = true;
+    std::vector<uint8_t> next(stm_[l].size());
+    std::vector<int64_t> next_ages;
+    next_ages.reserve(static_cast<size_t>(n_));
+    int64_t out = 0;
+    for (int64_t slot = 0; slot < n_; ++slot) {
+      const uint8_t* row = stm_[l].data() + slot * row_bytes;
+      if (drop[slot]) {
+        if (ltm_ == nullptr) continue;
+        const uint64_t id = next_token_id_++;
+        vectors_[id].assign(row, row + row_bytes);
+        dropped[l].token_ids.push_back(id);
+        dropped[l].stm_ages.push_back(stm_ages_[l][slot]);
+      } else {
+        std::memcpy(next.data() + out * row_bytes, row, row_bytes);
+        next_ages.push_back(stm_ages_[l][slot]);
+        ++out;
+      }
+    }
+    FromFloats(inject.delta[l].data(), k_ * d_, dtype_, next.data() + out * row_bytes);
+    for (int64_t i = 0; i < k_; ++i) next_ages.push_back(k_ - 1 - i);  // first new token oldest
+    stm_[l] = std::move(next);
+    stm_ages_[l] = std::move(next_ages);
+    if (ltm_ != nullptr) dropped[l].keys = inject.dropped_keys[l];
+  }
+  if (ltm_ == nullptr) return absl::OkStatus();
+  for (const std::vector<uint64_t>& evicted : ltm_->ApplyInject(dropped)) {
+    for (uint64_t id : evicted) vectors_.erase(id);
+  }
+  return absl::OkStatus();
+}
+
+int64_t InMemorySession::ltm_count(int layer) const {
+  return ltm_ == nullptr ? 0 : ltm_->layer(layer).size();
+}
+
+}  // namespace mplus::memstore
