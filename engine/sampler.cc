@@ -1,0 +1,153 @@
+#include "engine/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+
+namespace mplus::engine {
+
+namespace {
+
+// How many of the best candidates top-p sorts first; more only when their mass is needed.
+constexpr size_t kTopPFirstSort = 1024;
+
+// Argmax over non-NaN scores, lowest id on ties; 0 when every score is NaN.
+int32_t Argmax(const std::vector<float>& scores) {
+  int32_t best = -1;
+  for (size_t i = 0; i < scores.size(); ++i) {
+    if (std::isnan(scores[i])) continue;
+    if (best < 0 || scores[i] > scores[best]) best = static_cast<int32_t>(i);
+  }
+  return best < 0 ? 0 : best;
+}
+
+}  // namespace
+
+absl::Status ValidateSamplingOptions(const SamplingOptions& o) {
+  if (o.max_new_tokens < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_new_tokens must be at least 1, got ", o.max_new_tokens));
+  }
+  if (!std::isfinite(o.temperature) || o.temperature < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("temperature must be a finite number >= 0, got ", o.temperature));
+  }
+  if (!(o.top_p >= 0 && o.top_p <= 1)) {
+    return absl::InvalidArgumentError(absl::StrCat("top_p must be in [0, 1], got ", o.top_p));
+  }
+  if (o.top_k < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("top_k must be >= 0, got ", o.top_k));
+  }
+  if (!(o.min_p >= 0 && o.min_p <= 1)) {
+    return absl::InvalidArgumentError(absl::StrCat("min_p must be in [0, 1], got ", o.min_p));
+  }
+  if (!std::isfinite(o.repetition_penalty) || o.repetition_penalty < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "repetition_penalty must be a finite number >= 0, got ", o.repetition_penalty));
+  }
+  return absl::OkStatus();
+}
+
+Sampler::Sampler(const SamplingOptions& options) : options_(options), rng_(options.seed) {}
+
+double Sampler::NextUniform() { return static_cast<double>(rng_() >> 11) * 0x1.0p-53; }
+
+int32_t Sampler::Sample(absl::Span<const float> logits, absl::Span<const int32_t> history) {
+  const auto n = static_cast<int32_t>(logits.size());
+  scores_.assign(logits.begin(), logits.end());
+
+  const float penalty = options_.repetition_penalty;
+  if (penalty != 0.0f && penalty != 1.0f) {
+    penalized_.clear();
+    for (int32_t id : history) {
+      if (id >= 0 && id < n) penalized_.push_back(id);
+    }
+    std::sort(penalized_.begin(), penalized_.end());
+    penalized_.erase(std::unique(penalized_.begin(), penalized_.end()), penalized_.end());
+    for (int32_t id : penalized_) {
+      float& s = scores_[id];
+      s = s < 0 ? s * penalty : s / penalty;
+    }
+  }
+  if (options_.temperature == 0.0f) return Argmax(scores_);
+
+  // Candidates in a canonical order (ids ascending, or best first once sorted) so that the
+  // draw does not depend on the standard library's partitioning algorithms.
+  candidates_.clear();
+  for (int32_t i = 0; i < n; ++i) {
+    const float s = scores_[i] / options_.temperature;
+    if (!std::isnan(s) && s != -std::numeric_limits<float>::infinity()) {
+      candidates_.push_back({s, i, 0.0});
+    }
+  }
+  if (candidates_.empty()) return Argmax(scores_);
+  const auto better = [](const Candidate& a, const Candidate& b) {
+    return a.score > b.score || (a.score == b.score && a.id < b.id);
+  };
+
+  // Top-k keeps every token tied with the k-th best score, as transformers does.
+  const int top_k = options_.top_k;
+  if (top_k > 0 && static_cast<size_t>(top_k) < candidates_.size()) {
+    std::nth_element(candidates_.begin(), candidates_.begin() + (top_k - 1), candidates_.end(),
+                     better);
+    const float kth = candidates_[top_k - 1].score;
+    std::erase_if(candidates_, [&](const Candidate& c) { return c.score < kth; });
+    std::sort(candidates_.begin(), candidates_.end(),
+              [](const Candidate& a, const Candidate& b) { return a.id < b.id; });
+  }
+
+  float max_score = -std::numeric_limits<float>::infinity();
+  for (const Candidate& c : candidates_) max_score = std::max(max_score, c.score);
+  if (std::isinf(max_score)) {
+    // +inf logits: only they can be drawn, uniformly.
+    std::erase_if(candidates_, [&](const Candidate& c) { return c.score != max_score; });
+    return candidates_[static_cast<size_t>(NextUniform() * candidates_.size())].id;
+  }
+  double total = 0;
+  for (Candidate& c : candidates_) {
+    c.weight = std::exp(c.score - max_score);
+    total += c.weight;
+  }
+
+  // Top-p: the smallest best-first prefix whose mass reaches top_p (at least one token).
+  // Sorting a growing head first keeps peaked distributions cheap.
+  const float top_p = options_.top_p;
+  if (top_p > 0.0f && top_p < 1.0f && candidates_.size() > 1) {
+    const double target = static_cast<double>(top_p) * total;
+    double mass = 0;
+    size_t keep = 0;
+    size_t sorted = 0;
+    while (keep < candidates_.size() && mass < target) {
+      if (keep == sorted) {
+        const auto first = candidates_.begin() + sorted;
+        const size_t head = std::min(std::max(kTopPFirstSort, 8 * sorted), candidates_.size());
+        std::nth_element(first, candidates_.begin() + (head - 1), candidates_.end(), better);
+        std::sort(first, candidates_.begin() + head, better);
+        sorted = head;
+      }
+      mass += candidates_[keep++].weight;
+    }
+    candidates_.resize(std::max<size_t>(keep, 1));
+    total = mass;
+  }
+
+  // Min-p: drop tokens less likely than min_p times the most likely one (weight 1).
+  if (options_.min_p > 0.0f) {
+    const double min_p = options_.min_p;
+    std::erase_if(candidates_, [&](const Candidate& c) { return c.weight < min_p; });
+    total = 0;
+    for (const Candidate& c : candidates_) total += c.weight;
+  }
+
+  const double u = NextUniform() * total;
+  double cumulative = 0;
+  for (const Candidate& c : candidates_) {
+    cumulative += c.weight;
+    if (u < cumulative) return c.id;
+  }
+  return candidates_.back().id;
+}
+
+}  // namespace mplus::engine

@@ -1,0 +1,173 @@
+#include "engine/sampler.h"
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace mplus::engine {
+namespace {
+
+SamplingOptions Sampling(float temperature, uint64_t seed = 0) {
+  SamplingOptions o;
+  o.temperature = temperature;
+  o.seed = seed;
+  return o;
+}
+
+// Draw counts per id over `draws` samples.
+std::vector<int> Histogram(const SamplingOptions& o, const std::vector<float>& logits,
+                           int draws = 20000) {
+  Sampler sampler(o);
+  std::vector<int> counts(logits.size());
+  for (int i = 0; i < draws; ++i) ++counts[sampler.Sample(logits, {})];
+  return counts;
+}
+
+TEST(SamplerTest, GreedyPicksLowestIdOnTies) {
+  Sampler sampler(Sampling(0));
+  EXPECT_EQ(sampler.Sample({1.0f, 3.0f, 2.0f, 3.0f}, {}), 1);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_EQ(sampler.Sample({nan, -1.0f, nan, 0.5f}, {}), 3);
+  EXPECT_EQ(sampler.Sample({nan, nan}, {}), 0);
+}
+
+TEST(SamplerTest, TopKOneEqualsGreedy) {
+  SamplingOptions o = Sampling(1.5f, 42);
+  o.top_k = 1;
+  Sampler sampler(o);
+  const std::vector<float> logits = {0.1f, 2.0f, 1.9f, -3.0f};
+  for (int i = 0; i < 100; ++i) EXPECT_EQ(sampler.Sample(logits, {}), 1);
+}
+
+TEST(SamplerTest, SeedsAreReproducible) {
+  std::vector<float> logits(1000);
+  for (size_t i = 0; i < logits.size(); ++i) logits[i] = std::sin(i * 0.37f) * 3;
+  SamplingOptions o = Sampling(1.0f, 1234);
+  o.top_p = 0.9f;
+  o.top_k = 500;
+  o.min_p = 0.01f;
+  const auto run = [&](const SamplingOptions& opts) {
+    Sampler s(opts);
+    std::vector<int32_t> out;
+    for (int i = 0; i < 64; ++i) out.push_back(s.Sample(logits, out));
+    return out;
+  };
+  EXPECT_EQ(run(o), run(o));
+  SamplingOptions other = o;
+  other.seed = 1235;
+  EXPECT_NE(run(o), run(other));
+}
+
+TEST(SamplerTest, DistributionMatchesSoftmax) {
+  const std::vector<float> logits = {0.0f, std::log(2.0f), std::log(7.0f)};  // 1:2:7
+  const auto counts = Histogram(Sampling(1.0f, 7), logits);
+  EXPECT_NEAR(counts[0] / 20000.0, 0.1, 0.01);
+  EXPECT_NEAR(counts[1] / 20000.0, 0.2, 0.015);
+  EXPECT_NEAR(counts[2] / 20000.0, 0.7, 0.015);
+  // Temperature 2 flattens to sqrt weights 1 : 1.41 : 2.65.
+  const auto flat = Histogram(Sampling(2.0f, 7), logits);
+  EXPECT_NEAR(flat[0] / 20000.0, 1 / (1 + std::sqrt(2.0) + std::sqrt(7.0)), 0.015);
+}
+
+TEST(SamplerTest, TopPKeepsSmallestPrefixReachingMass) {
+  // Probabilities 0.5, 0.3, 0.15, 0.05.
+  const std::vector<float> logits = {std::log(0.15f), std::log(0.5f), std::log(0.05f),
+                                     std::log(0.3f)};
+  SamplingOptions o = Sampling(1.0f, 3);
+  o.top_p = 0.75f;  // 0.5 + 0.3 reaches it: ids 1 and 3
+  auto counts = Histogram(o, logits);
+  EXPECT_EQ(counts[0] + counts[2], 0);
+  EXPECT_NEAR(counts[1] / 20000.0, 0.5 / 0.8, 0.015);
+  o.top_p = 0.85f;  // needs the third token too
+  counts = Histogram(o, logits);
+  EXPECT_GT(counts[0], 0);
+  EXPECT_EQ(counts[2], 0);
+  o.top_p = 0.1f;  // at least one token
+  counts = Histogram(o, logits, 100);
+  EXPECT_EQ(counts[1], 100);
+}
+
+TEST(SamplerTest, TopKKeepsTies) {
+  SamplingOptions o = Sampling(1.0f, 5);
+  o.top_k = 2;
+  const auto counts = Histogram(o, {1.0f, 2.0f, 1.0f, 0.0f}, 3000);
+  EXPECT_GT(counts[0], 0);
+  EXPECT_GT(counts[2], 0);
+  EXPECT_EQ(counts[3], 0);
+}
+
+TEST(SamplerTest, MinPDropsUnlikelyTokens) {
+  SamplingOptions o = Sampling(1.0f, 9);
+  o.min_p = 0.3f;  // relative probabilities 1, 0.5, 0.2
+  const auto counts = Histogram(o, {0.0f, std::log(0.5f), std::log(0.2f)}, 3000);
+  EXPECT_GT(counts[1], 0);
+  EXPECT_EQ(counts[2], 0);
+}
+
+TEST(SamplerTest, RepetitionPenaltyDividesPositiveAndMultipliesNegative) {
+  SamplingOptions o = Sampling(0);
+  o.repetition_penalty = 2.0f;
+  Sampler sampler(o);
+  // Token 0: 3 -> 1.5 loses to token 1's 2. Applied once even if repeated in the history.
+  EXPECT_EQ(sampler.Sample({3.0f, 2.0f}, {0, 0, 0}), 1);
+  EXPECT_EQ(sampler.Sample({4.5f, 2.0f}, {0, 0}), 0);  // 2.25 > 2
+  // Negative: -1 -> -2 loses to -1.5; out-of-range history ids are ignored.
+  EXPECT_EQ(sampler.Sample({-1.0f, -1.5f}, {0, 7, -3}), 1);
+  // Penalty 0 and 1 disable it.
+  o.repetition_penalty = 0.0f;
+  EXPECT_EQ(Sampler(o).Sample({3.0f, 2.0f}, {0}), 0);
+}
+
+TEST(SamplerTest, Validation) {
+  SamplingOptions o;
+  EXPECT_TRUE(ValidateSamplingOptions(o).ok());
+  const auto message = [](SamplingOptions bad) {
+    return std::string(ValidateSamplingOptions(bad).message());
+  };
+  using ::testing::HasSubstr;
+  SamplingOptions bad = o;
+  bad.temperature = -1;
+  EXPECT_THAT(message(bad), HasSubstr("temperature"));
+  bad.temperature = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_THAT(message(bad), HasSubstr("temperature"));
+  bad = o;
+  bad.top_p = 1.5f;
+  EXPECT_THAT(message(bad), HasSubstr("top_p"));
+  bad.top_p = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_THAT(message(bad), HasSubstr("top_p"));
+  bad = o;
+  bad.top_k = -1;
+  EXPECT_THAT(message(bad), HasSubstr("top_k"));
+  bad = o;
+  bad.min_p = -0.1f;
+  EXPECT_THAT(message(bad), HasSubstr("min_p"));
+  bad = o;
+  bad.repetition_penalty = -1;
+  EXPECT_THAT(message(bad), HasSubstr("repetition_penalty"));
+  bad = o;
+  bad.max_new_tokens = 0;
+  EXPECT_THAT(message(bad), HasSubstr("max_new_tokens"));
+  EXPECT_EQ(ValidateSamplingOptions(bad).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(SamplerTest, LargeVocabularyIsFast) {
+  std::vector<float> logits(128256);
+  for (size_t i = 0; i < logits.size(); ++i) logits[i] = std::sin(i * 0.001f) * 8;
+  SamplingOptions o = Sampling(0.8f, 1);
+  o.top_p = 0.95f;
+  o.top_k = 0;
+  o.repetition_penalty = 1.1f;
+  Sampler sampler(o);
+  std::vector<int32_t> history(4000, 5);
+  for (int i = 0; i < 50; ++i) {
+    const int32_t id = sampler.Sample(logits, history);
+    ASSERT_GE(id, 0);
+    ASSERT_LT(id, 128256);
+  }
+}
+
+}  // namespace
+}  // namespace mplus::engine
