@@ -1,0 +1,242 @@
+#include <math_constants.h>
+
+#include <algorithm>
+
+#include "engine/cuda/attention.h"
+
+namespace mplus::engine::cuda {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kRowsPerWarp = 4;
+constexpr int kRows = kWarps * kRowsPerWarp;  // (query, head) rows per block
+constexpr int kKeys = 32;                     // keys per tile: one per lane
+constexpr int kHd = static_cast<int>(kMaxAttentionHeadDim);
+constexpr float kLog2e = 1.4426950408889634f;
+
+struct Params {
+  const float* q;
+  const float* k;
+  const float* v;
+  float* out;
+  float* part_o;  // [splits, nq * H, hd] normalised partial outputs (splits > 1)
+  float* part_m;  // [splits, nq * H] running max (log2 domain)
+  float* part_l;  // [splits, nq * H] running sum
+  int64_t nq, nk, heads, kv_heads, hd, group;
+  int64_t keys_per_split;
+  float scale_log2;  // log2(e) / sqrt(hd): scores live in the log2 domain, so exp2f is used
+};
+
+__device__ __forceinline__ float WarpMax(float v) {
+  for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+  return v;
+}
+__device__ __forceinline__ float WarpSum(float v) {
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
+// Block (row tile, kv head g, split s). Rows of kv head g are (query i, head g*group + r % group)
+// for r = i * group + .., so the group's query heads share every K/V tile (GQA).
+// CH = ceil(hd / 32): the output dims a lane owns are lane + 32 * c.
+template <int CH>
+__global__ void __launch_bounds__(kWarps * 32)
+    AttentionKernel(Params p) {
+  __shared__ float q_s[kRows][kHd];
+  __shared__ float k_s[kKeys][kHd + 1];  // +1: lane j reads row j, conflict-free
+  __shared__ float v_s[kKeys][kHd];
+  __shared__ float p_s[kWarps][kRowsPerWarp][kKeys];
+
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int64_t g = blockIdx.y, split = blockIdx.z;
+  const int64_t hd = p.hd, total_rows = p.nq * p.group;
+  const int64_t row0 = blockIdx.x * int64_t{kRows};
+  const int64_t q_cols = p.heads * hd, kv_cols = p.kv_heads * hd;
+
+  for (int idx = tid; idx < kRows * hd; idx += blockDim.x) {
+    const int r = idx / static_cast<int>(hd), d = idx % static_cast<int>(hd);
+    const int64_t row = row0 + r;
+    float val = 0.0f;
+    if (row < total_rows) {
+      const int64_t i = row / p.group, h = g * p.group + row % p.group;
+      val = p.q[i * q_cols + h * hd + d] * p.scale_log2;
+    }
+    q_s[r][d] = val;
+  }
+
+  // Keys this block visits: its split, cut at the last visible key of its last query.
+  const int64_t last_row = min(total_rows, row0 + kRows) - 1;
+  const int64_t last_query = last_row / p.group;
+  const int64_t split_begin = split * p.keys_per_split;
+  const int64_t key_end =
+      min(min(p.nk, split_begin + p.keys_per_split), p.nk - p.nq + last_query + 1);
+
+  float m[kRowsPerWarp], l[kRowsPerWarp], acc[kRowsPerWarp][CH];
+  int64_t key_limit[kRowsPerWarp];  // exclusive end of the keys row rr may see
+  for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+    m[rr] = -CUDART_INF_F;
+    l[rr] = 0.0f;
+    for (int c = 0; c < CH; ++c) acc[rr][c] = 0.0f;
+    const int64_t row = row0 + warp * kRowsPerWarp + rr;
+    key_limit[rr] = row < total_rows ? min(key_end, p.nk - p.nq + row / p.group + 1) : 0;
+  }
+
+  for (int64_t kb = split_begin; kb < key_end; kb += kKeys) {
+    __syncthreads();  // q_s written / previous tile fully consumed
+    for (int idx = tid; idx < kKeys * hd; idx += blockDim.x) {
+      const int j = idx / static_cast<int>(hd), d = idx % static_cast<int>(hd);
+      const int64_t key = kb + j;
+      const bool in = key < key_end;
+      const int64_t off = key * kv_cols + g * hd + d;
+      k_s[j][d] = in ? p.k[off] : 0.0f;
+      v_s[j][d] = in ? p.v[off] : 0.0f;
+    }
+    __syncthreads();
+
+    float s[kRowsPerWarp];
+    for (int rr = 0; rr < kRowsPerWarp; ++rr) s[rr] = 0.0f;
+    for (int d = 0; d < hd; ++d) {
+      const float kv = k_s[lane][d];
+      for (int rr = 0; rr < kRowsPerWarp; ++rr) s[rr] += q_s[warp * kRowsPerWarp + rr][d] * kv;
+    }
+    const int64_t key = kb + lane;
+    for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+      const float score = key < key_limit[rr] ? s[rr] : -CUDART_INF_F;
+      const float m_new = fmaxf(m[rr], WarpMax(score));
+      // A row may have seen no visible key yet (m_new = -inf): keep it empty, avoid inf - inf.
+      const float prob = m_new == -CUDART_INF_F ? 0.0f : exp2f(score - m_new);
+      const float corr = m_new == -CUDART_INF_F ? 1.0f : exp2f(m[rr] - m_new);
+      l[rr] = l[rr] * corr + WarpSum(prob);
+      m[rr] = m_new;
+      for (int c = 0; c < CH; ++c) acc[rr][c] *= corr;
+      p_s[warp][rr][lane] = prob;
+    }
+    __syncwarp();
+    for (int j = 0; j < kKeys; ++j) {
+      float vv[CH];
+      for (int c = 0; c < CH; ++c) {
+        const int d = lane + 32 * c;
+        vv[c] = d < hd ? v_s[j][d] : 0.0f;
+      }
+      for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+        const float pj = p_s[warp][rr][j];
+        for (int c = 0; c < CH; ++c) acc[rr][c] += pj * vv[c];
+      }
+    }
+  }
+
+  const bool split_mode = gridDim.z > 1;
+  for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+    const int64_t row = row0 + warp * kRowsPerWarp + rr;
+    if (row >= total_rows) continue;
+    const int64_t i = row / p.group, h = g * p.group + row % p.group;
+    const float inv_l = l[rr] > 0.0f ? 1.0f / l[rr] : 0.0f;
+    float* dst = split_mode ? p.part_o + ((split * p.nq + i) * p.heads + h) * hd
+                            : p.out + i * q_cols + h * hd;
+    for (int c = 0; c < CH; ++c) {
+      const int d = lane + 32 * c;
+      if (d < hd) dst[d] = acc[rr][c] * inv_l;
+    }
+    if (split_mode && lane == 0) {
+      p.part_m[(split * p.nq + i) * p.heads + h] = m[rr];
+      p.part_l[(split * p.nq + i) * p.heads + h] = l[rr];
+    }
+  }
+}
+
+// One block per (query, head): merges the splits' partial softmaxes.
+__global__ void CombineKernel(Params p, int splits) {
+  const int64_t rows = p.nq * p.heads, row = blockIdx.x;
+  float mx = -CUDART_INF_F;
+  for (int s = 0; s < splits; ++s) mx = fmaxf(mx, p.part_m[s * rows + row]);
+  const int64_t i = row / p.heads, h = row % p.heads;
+  for (int64_t d = threadIdx.x; d < p.hd; d += blockDim.x) {
+    float num = 0.0f, den = 0.0f;
+    for (int s = 0; s < splits; ++s) {
+      const float ms = p.part_m[s * rows + row];
+      if (ms == -CUDART_INF_F) continue;  // split saw no visible key
+      const float w = p.part_l[s * rows + row] * exp2f(ms - mx);
+      num += w * p.part_o[(s * rows + row) * p.hd + d];
+      den += w;
+    }
+    p.out[i * p.heads * p.hd + h * p.hd + d] = num / den;
+  }
+}
+
+int64_t KeysPerSplit(const AttentionShape& shape, int splits) {
+  const int64_t per = (shape.nk + splits - 1) / splits;
+  return (per + kKeys - 1) / kKeys * kKeys;
+}
+
+}  // namespace
+
+int AttentionSplits(const AttentionShape& shape, int num_sms) {
+  const int64_t group = shape.num_heads / shape.num_kv_heads;
+  const int64_t blocks = (shape.nq * group + kRows - 1) / kRows * shape.num_kv_heads;
+  if (blocks >= num_sms) return 1;
+  // About two waves of blocks, but no split shorter than 256 keys.
+  const int64_t want = (2 * int64_t{num_sms} + blocks - 1) / blocks;
+  const int64_t most = std::max<int64_t>(1, shape.nk / 256);
+  return static_cast<int>(std::clamp<int64_t>(std::min(want, most), 1, 128));
+}
+
+size_t AttentionWorkspaceBytes(const AttentionShape& shape, int splits) {
+  if (splits <= 1) return 0;
+  return static_cast<size_t>(splits * shape.nq * shape.num_heads * (shape.head_dim + 2)) *
+         sizeof(float);
+}
+
+cudaError_t LaunchAttention(const float* q, const float* k, const float* v, float* out,
+                            const AttentionShape& shape, int splits, void* workspace,
+                            cudaStream_t stream) {
+  if (shape.nq == 0) return cudaSuccess;
+  if (shape.head_dim <= 0 || shape.head_dim > kMaxAttentionHeadDim || splits < 1 ||
+      shape.num_kv_heads <= 0 || shape.num_kv_heads > 65535) {
+    return cudaErrorInvalidValue;
+  }
+  Params p;
+  p.q = q;
+  p.k = k;
+  p.v = v;
+  p.out = out;
+  p.nq = shape.nq;
+  p.nk = shape.nk;
+  p.heads = shape.num_heads;
+  p.kv_heads = shape.num_kv_heads;
+  p.hd = shape.head_dim;
+  p.group = shape.num_heads / shape.num_kv_heads;
+  p.keys_per_split = KeysPerSplit(shape, splits);
+  // The same float32 scale as the reference, folded with log2(e) for exp2f.
+  p.scale_log2 = (1.0f / sqrtf(static_cast<float>(shape.head_dim))) * kLog2e;
+  const int64_t rows = shape.nq * shape.num_heads;
+  float* ws = static_cast<float*>(workspace);
+  p.part_o = ws;
+  p.part_m = splits > 1 ? ws + splits * rows * shape.head_dim : nullptr;
+  p.part_l = splits > 1 ? p.part_m + splits * rows : nullptr;
+
+  const int64_t tiles = (shape.nq * p.group + kRows - 1) / kRows;
+  if (tiles > 0x7fffffff) return cudaErrorInvalidValue;
+  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(shape.num_kv_heads),
+                  static_cast<unsigned>(splits));
+  const int threads = kWarps * 32;
+  switch ((shape.head_dim + 31) / 32) {
+    case 1:
+      AttentionKernel<1><<<grid, threads, 0, stream>>>(p);
+      break;
+    case 2:
+      AttentionKernel<2><<<grid, threads, 0, stream>>>(p);
+      break;
+    case 3:
+      AttentionKernel<3><<<grid, threads, 0, stream>>>(p);
+      break;
+    default:
+      AttentionKernel<4><<<grid, threads, 0, stream>>>(p);
+      break;
+  }
+  if (cudaError_t err = cudaGetLastError(); err != cudaSuccess || splits == 1) return err;
+  if (rows > 0x7fffffff) return cudaErrorInvalidValue;
+  CombineKernel<<<static_cast<unsigned>(rows), 128, 0, stream>>>(p, splits);
+  return cudaGetLastError();
+}
+
+}  // namespace mplus::engine::cuda

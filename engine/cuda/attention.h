@@ -1,0 +1,35 @@
+// Tiled online-softmax attention on CUDA (float32), with GQA and the bottom-right causal mask.
+// No [nq, nk] score matrix is ever materialised: each block streams key/value tiles through
+// shared memory keeping a running max and sum per query row. When there are too few
+// (query, head) rows to fill the GPU (decode: nq = 1), keys are split across blocks
+// (flash-decoding) and a second kernel merges the partial results.
+#ifndef MPLUS_ENGINE_CUDA_ATTENTION_H_
+#define MPLUS_ENGINE_CUDA_ATTENTION_H_
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace mplus::engine::cuda {
+
+inline constexpr int64_t kMaxAttentionHeadDim = 128;
+
+struct AttentionShape {
+  int64_t nq = 0, nk = 0;
+  int64_t num_heads = 0, num_kv_heads = 0, head_dim = 0;
+};
+
+// How many key splits to use on a device with `num_sms` multiprocessors (1: no split).
+int AttentionSplits(const AttentionShape& shape, int num_sms);
+// Scratch bytes LaunchAttention needs for `splits` (0 when splits == 1).
+size_t AttentionWorkspaceBytes(const AttentionShape& shape, int splits);
+// q [nq, H*hd], k/v [nk, Hkv*hd], out [nq, H*hd]; all float32, row-major, on the device.
+// Requires 0 < head_dim <= kMaxAttentionHeadDim, H % Hkv == 0, nk >= nq (checked by caller).
+cudaError_t LaunchAttention(const float* q, const float* k, const float* v, float* out,
+                            const AttentionShape& shape, int splits, void* workspace,
+                            cudaStream_t stream);
+
+}  // namespace mplus::engine::cuda
+
+#endif  // MPLUS_ENGINE_CUDA_ATTENTION_H_

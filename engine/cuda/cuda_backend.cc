@@ -1,0 +1,458 @@
+#include "engine/cuda/cuda_backend.h"
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
+#include "engine/cuda/attention.h"
+#include "engine/cuda/cuda_status.h"
+#include "engine/cuda/device_memory.h"
+#include "engine/cuda/gemm.h"
+#include "engine/cuda/kernels.h"
+#include "engine/status_macros.h"
+
+namespace mplus::engine::cuda {
+namespace {
+
+// Hopper's recommended cuBLASLt workspace.
+constexpr size_t kGemmWorkspaceBytes = size_t{32} << 20;
+
+bool IsFloat(DType d) { return d == DType::kF32 || d == DType::kBF16 || d == DType::kF16; }
+
+std::string ShapeString(const Tensor& t) {
+  return absl::StrCat("[", absl::StrJoin(t.shape(), ","), "]");
+}
+
+absl::Status CheckCuda(const Tensor& t, const char* what) {
+  if (t.empty() && t.numel() != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": null tensor"));
+  }
+  if (t.device() != Device::kCuda) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": tensor is not on the GPU"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckF32(const Tensor& t, const char* what) {
+  MPLUS_RETURN_IF_ERROR(CheckCuda(t, what));
+  if (t.dtype() != DType::kF32) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": expected F32, got ", DTypeName(t.dtype())));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckFloat(const Tensor& t, const char* what) {
+  MPLUS_RETURN_IF_ERROR(CheckCuda(t, what));
+  if (!IsFloat(t.dtype())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": expected a float dtype, got ", DTypeName(t.dtype())));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ShapeError(const char* op, const Tensor& a, const Tensor& b) {
+  return absl::InvalidArgumentError(
+      absl::StrCat(op, ": incompatible shapes ", ShapeString(a), " and ", ShapeString(b)));
+}
+
+}  // namespace
+
+class CudaBackend : public Backend {
+ public:
+  static absl::StatusOr<std::unique_ptr<Backend>> Create(int ordinal);
+  ~CudaBackend() override;
+
+  Device device() const override { return Device::kCuda; }
+  std::string name() const override { return absl::StrCat("cuda:", state_->ordinal()); }
+
+  absl::StatusOr<Tensor> Allocate(DType dtype, std::vector<int64_t> shape) override;
+  absl::StatusOr<Tensor> UploadWeight(const TensorView& view) override;
+  absl::Status CopyFromHost(const void* src, DType src_dtype, const Tensor& dst) override;
+  absl::Status CopyToHost(const Tensor& src, void* dst) override;
+  absl::Status Copy(const Tensor& src, const Tensor& dst) override;
+  absl::Status Synchronize() override;
+
+  absl::Status MatMul(const Tensor& x, const Tensor& w, const Tensor& out, float alpha,
+                      bool accumulate) override;
+  absl::Status RmsNorm(const Tensor& x, const Tensor& weight, float eps,
+                       const Tensor& out) override;
+  absl::Status Rope(const Tensor& x, int64_t head_dim, absl::Span<const int64_t> positions,
+                    const Tensor& inv_freq) override;
+  absl::Status Attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t num_heads,
+                         int64_t num_kv_heads, int64_t head_dim, const Tensor& out) override;
+  absl::Status SiluMul(const Tensor& gate, const Tensor& up, const Tensor& out) override;
+  absl::Status Silu(const Tensor& x) override;
+  absl::Status Add(const Tensor& a, const Tensor& b, const Tensor& out) override;
+  absl::Status AddRow(const Tensor& x, const Tensor& row) override;
+  absl::Status Embedding(const Tensor& table, absl::Span<const int32_t> ids,
+                         const Tensor& out) override;
+
+  CudaMemoryStats MemoryStats() const;
+
+ private:
+  explicit CudaBackend(std::shared_ptr<DeviceState> state)
+      : state_(state),
+        convert_(state, MemCategory::kWorkspace),
+        attention_(state, MemCategory::kWorkspace),
+        indices_(state, MemCategory::kWorkspace) {}
+
+  cudaStream_t stream() const { return state_->stream(); }
+  // Copies a small host array into the index scratch. The host data is first copied into a
+  // pageable vector we own, so cudaMemcpyAsync stages it before returning even when the
+  // caller's memory is pinned and freed right after the call.
+  template <typename T>
+  absl::StatusOr<const T*> UploadIndices(absl::Span<const T> host)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Widens `numel` host elements of `dtype` into float32 device memory at dst.
+  absl::Status UploadWidened(const void* src, DType dtype, int64_t numel, float* dst)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const std::shared_ptr<DeviceState> state_;
+  int num_sms_ = 0;
+  mutable absl::Mutex mu_;
+  std::shared_ptr<void> gemm_workspace_;
+  std::unique_ptr<LtGemm> gemm_ ABSL_GUARDED_BY(mu_);
+  ScratchBuffer convert_ ABSL_GUARDED_BY(mu_);    // bf16 activations, widened weights
+  ScratchBuffer attention_ ABSL_GUARDED_BY(mu_);  // split-key partial results
+  ScratchBuffer indices_ ABSL_GUARDED_BY(mu_);    // positions, token ids
+};
+
+absl::StatusOr<std::unique_ptr<Backend>> CudaBackend::Create(int ordinal) {
+  MPLUS_ASSIGN_OR_RETURN(std::shared_ptr<DeviceState> state, DeviceState::Create(ordinal));
+  std::unique_ptr<CudaBackend> backend(new CudaBackend(state));
+  MPLUS_CUDA_RETURN_IF_ERROR(
+      cudaDeviceGetAttribute(&backend->num_sms_, cudaDevAttrMultiProcessorCount, ordinal));
+  MPLUS_ASSIGN_OR_RETURN(backend->gemm_workspace_,
+                         DeviceState::Alloc(state, kGemmWorkspaceBytes, MemCategory::kWorkspace));
+  absl::MutexLock lock(&backend->mu_);
+  MPLUS_ASSIGN_OR_RETURN(backend->gemm_,
+                         LtGemm::Create(backend->gemm_workspace_.get(), kGemmWorkspaceBytes));
+  return backend;
+}
+
+CudaBackend::~CudaBackend() {
+  // Work still queued may use the scratch buffers and the GEMM plans destroyed below.
+  if (state_->Activate().ok()) cudaStreamSynchronize(stream());
+}
+
+CudaMemoryStats CudaBackend::MemoryStats() const {
+  CudaMemoryStats stats;
+  stats.weights_bytes = state_->bytes(MemCategory::kWeights);
+  stats.workspace_bytes = state_->bytes(MemCategory::kWorkspace);
+  stats.other_bytes = state_->bytes(MemCategory::kOther);
+  stats.peak_total_bytes = state_->peak_bytes();
+  return stats;
+}
+
+template <typename T>
+absl::StatusOr<const T*> CudaBackend::UploadIndices(absl::Span<const T> host) {
+  const std::vector<T> staged(host.begin(), host.end());
+  MPLUS_ASSIGN_OR_RETURN(void* dst, indices_.Get(staged.size() * sizeof(T)));
+  MPLUS_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst, staged.data(), staged.size() * sizeof(T),
+                                             cudaMemcpyHostToDevice, stream()));
+  return static_cast<const T*>(dst);
+}
+
+absl::Status CudaBackend::UploadWidened(const void* src, DType dtype, int64_t numel, float* dst) {
+  const size_t bytes = static_cast<size_t>(numel) * DTypeSize(dtype);
+  MPLUS_ASSIGN_OR_RETURN(void* raw, convert_.Get(bytes));
+  MPLUS_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(raw, src, bytes, cudaMemcpyHostToDevice, stream()));
+  MPLUS_CUDA_RETURN_IF_ERROR(LaunchWidenToF32(raw, dtype, numel, dst, stream()));
+  // The caller may free or reuse `src` once we return, pinned or not.
+  MPLUS_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream()));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Tensor> CudaBackend::Allocate(DType dtype, std::vector<int64_t> shape) {
+  int64_t n = 1;
+  for (int64_t s : shape) {
+    if (s < 0) return absl::InvalidArgumentError("Allocate: negative dimension");
+    n *= s;
+  }
+  MPLUS_RETURN_IF_ERROR(state_->Activate());
+  MPLUS_ASSIGN_OR_RETURN(
+      std::shared_ptr<void> storage,
+      DeviceState::Alloc(state_, static_cast<size_t>(n) * DTypeSize(dtype), MemCategory::kOther));
+  return Tensor::Own(dtype, std::move(shape), Device::kCuda, std::move(storage));
+}
+
+absl::StatusOr<Tensor> CudaBackend::UploadWeight(const TensorView& view) {
+  if (view.data == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("UploadWeight: ", view.name, " has no data"));
+  }
+  if (!IsFloat(view.dtype)) {
+    return absl::InvalidArgumentError(absl::StrCat("UploadWeight: ", view.name, " has dtype ",
+                                                   DTypeName(view.dtype)));
+  }
+  // float16 is widened once here (see the header) so MatMul never sees it.
+  const DType dtype = view.dtype == DType::kF16 ? DType::kF32 : view.dtype;
+  const int64_t numel = view.numel();
+  absl::MutexLock lock(&mu_);
+  MPLUS_RETURN_IF_ERROR(state_->Activate());
+  MPLUS_ASSIGN_OR_RETURN(std::shared_ptr<void> storage,
+                         DeviceState::Alloc(state_, static_cast<size_t>(numel) * DTypeSize(dtype),
+                                            MemCategory::kWeights));
+  if (dtype == view.dtype) {
+    MPLUS_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(storage.get(), view.data, view.nbytes,
+                                               cudaMemcpyHostToDevice, stream()));
+    MPLUS_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream()));
+  } else {
+    MPLUS_RETURN_IF_ERROR(
+        UploadWidened(view.data, view.dtype, numel, static_cast<float*>(storage.get())));
+  }
+  return Tensor::Own(dtype, view.shape, Device::kCuda, std::move(storage));
+}
+
+absl::Status CudaBackend::CopyFromHost(const void* src, DType src_dtype, const Tensor& dst) {
+  MPLUS_RETURN_IF_ERROR(CheckCuda(dst, "CopyFromHost"));
+  absl::MutexLock lock(&mu_);
+  MPLUS_RETURN_IF_ERROR(state_->Activate());
+  if (src_dtype == dst.dtype()) {
+    MPLUS_CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(dst.data(), src, dst.nbytes(), cudaMemcpyHostToDevice, stream()));
+    MPLUS_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream()));
+    return absl::OkStatus();
+  }
+  if (dst.dtype() != DType::kF32 || !IsFloat(src_dtype)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "CopyFromHost: cannot convert ", DTypeName(src_dtype), " to ", DTypeName(dst.dtype())));
+  }
+  return UploadWidened(src, src_dtype, dst.numel(), dst.data_as<float>());
+}
+
+absl::Status CudaBackend::CopyToHost(const Tensor& src, void* dst) {
+  MPLUS_RETURN_IF_ERROR(CheckCuda(src, "CopyToHost"));
+  absl::MutexLock lock(&mu_);
+  MPLUS_RETURN_IF_ERROR(state_->Activate());
+  MPLUS_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(dst, src.data(), src.nbytes(), cudaMemcpyDeviceToHost, stream()));
+  MPLUS_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream()));
+  return state_->TakeDeferredError();
+}
+
+absl::Status CudaBackend::Copy(const Tensor& src, const Tensor& dst) {
+  MPLUS_RETURN_IF_ERROR(CheckCuda(src, "Copy"));
+  MPLUS_RETURN_IF_ERROR(CheckCuda(dst, "Copy"));
+  if (src.dtype() != dst.dtype() || src.numel() != dst.numel()) return ShapeError("Copy", src, dst);
+  const size_t bytes = src.nbytes();
+  if (bytes == 0 || src.data() == dst.data()) return absl::OkStatus();
+  absl::MutexLock lock(&mu_);
+  MPLUS_RETURN_IF_ERROR(state_->Activate());
+  const char* s = static_cast<const char*>(src.data());
+  char* d = static_cast<char*>(dst.data());
+  if (s < d + bytes && d < s + bytes) {
+    // Overlapping ranges (memmove semantics, as on the CPU): go through scratch.
+    MPLUS_ASSIGN_OR_RETURN(void* tmp, convert_.Get(bytes));
+    MPLUS_CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(tmp, s, bytes, cudaMemcpyDeviceToDevice, stream()));
+    s = static_cast<const char*>(tmp);
+  }
+  MPLUS_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d, s, bytes, cudaMemcpyDeviceToDevice, stream()));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::Synchronize() {
+  MPLUS_RETURN_IF_ERROR(state_->Activate());
+  MPLUS_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream()));
+  return state_->TakeDeferredError();
+}
+
+absl::Status CudaBackend::MatMul(const Tensor& x, const Tensor& w, const Tensor& out, float alpha,
+                                 bool accumulate) {
+  MPLUS_RETURN_IF_ERROR(CheckF32(x, "MatMul x"));
+  MPLUS_RETURN_IF_ERROR(CheckFloat(w, "MatMul w"));
+  MPLUS_RETURN_IF_ERROR(CheckF32(out, "MatMul out"));
+  const int64_t n = x.rows(), k = x.cols(), m = w.rows();
+  if (w.cols() != k) return ShapeError("MatMul", x, w);
+  if (out.rows() != n || out.cols() != m) return ShapeError("MatMul out", out, w);
+  if (n == 0 || m == 0) return absl::OkStatus();
+  absl::MutexLock lock(&mu_);
+  MPLUS_RETURN_IF_ERROR(state_->Activate());
+  if (k == 0) {
+    if (!accumulate) {
+      MPLUS_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(out.data(), 0, out.nbytes(), stream()));
+    }
+    return absl::OkStatus();
+  }
+  const float beta = accumulate ? 1.0f : 0.0f;
+  float* d = out.data_as<float>();
+  switch (w.dtype()) {
+    case DType::kBF16: {
+      MPLUS_ASSIGN_OR_RETURN(void* xb, convert_.Get(static_cast<size_t>(n * k) * 2));
+      MPLUS_CUDA_RETURN_IF_ERROR(
+          LaunchF32ToBF16(x.data_as<const float>(), n * k, static_cast<uint16_t*>(xb), stream()));
+      return gemm_->Run(DType::kBF16, xb, w.data(), d, n, m, k, alpha, beta, stream());
+    }
+    case DType::kF16: {
+      // Only tensors that bypassed UploadWeight get here: widen per call (slow path).
+      MPLUS_ASSIGN_OR_RETURN(void* wf, convert_.Get(static_cast<size_t>(m * k) * sizeof(float)));
+      MPLUS_CUDA_RETURN_IF_ERROR(
+          LaunchWidenToF32(w.data(), DType::kF16, m * k, static_cast<float*>(wf), stream()));
+      return gemm_->Run(DType::kF32, x.data(), wf, d, n, m, k, alpha, beta, stream());
+    }
+    default:
+      return gemm_->Run(DType::kF32, x.data(), w.data(), d, n, m, k, alpha, beta, stream());
+  }
+}
+
+absl::Status CudaBackend::RmsNorm(const Tensor& x, const Tensor& weight, float eps,
+                                  const Tensor& out) {
+  MPLUS_RETURN_IF_ERROR(CheckF32(x, "RmsNorm x"));
+  MPLUS_RETURN_IF_ERROR(CheckFloat(weight, "RmsNorm weight"));
+  MPLUS_RETURN_IF_ERROR(CheckF32(out, "RmsNorm out"));
+  const int64_t n = x.rows(), d = x.cols();
+  if (weight.numel() != d || out.rows() != n || out.cols() != d) {
+    return ShapeError("RmsNorm", x, weight);
+  }
+  absl::MutexLock lock(&mu_);
+  MPLUS_RETURN_IF_ERROR(state_->Activate());
+  MPLUS_CUDA_RETURN_IF_ERROR(LaunchRmsNorm(x.data_as<const float>(), weight.data(),
+                                           weight.dtype(), n, d, eps, out.data_as<float>(),
+                                           stream()));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::Rope(const Tensor& x, int64_t head_dim,
+                               absl::Span<const int64_t> positions, const Tensor& inv_freq) {
+  MPLUS_RETURN_IF_ERROR(CheckF32(x, "Rope x"));
+  MPLUS_RETURN_IF_ERROR(CheckF32(inv_freq, "Rope inv_freq"));
+  const int64_t n = x.rows(), cols = x.cols(), half = head_dim / 2;
+  if (head_dim <= 0 || head_dim % 2 != 0 || cols % head_dim != 0 || inv_freq.numel() != half ||
+      static_cast<int64_t>(positions.size()) != n) {
+    return absl::InvalidArgumentError(absl::StrCat("Rope: x ", ShapeString(x), ", head_dim ",
+                                                   head_dim, ", ", positions.size(),
+                                                   " positions, inv_freq ", inv_freq.numel()));
+  }
+  if (n == 0) return absl::OkStatus();
+  absl::MutexLock lock(&mu_);
+  MPLUS_RETURN_IF_ERROR(state_->Activate());
+  MPLUS_ASSIGN_OR_RETURN(const int64_t* pos, UploadIndices(positions));
+  MPLUS_CUDA_RETURN_IF_ERROR(LaunchRope(x.data_as<float>(), n, cols, head_dim, pos,
+                                        inv_freq.data_as<const float>(), stream()));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::Attention(const Tensor& q, const Tensor& k, const Tensor& v,
+                                    int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,
+                                    const Tensor& out) {
+  for (const Tensor* t : {&q, &k, &v, &out}) MPLUS_RETURN_IF_ERROR(CheckF32(*t, "Attention"));
+  const int64_t nq = q.rows(), nk = k.rows();
+  if (num_kv_heads <= 0 || num_heads % num_kv_heads != 0 || head_dim <= 0 ||
+      q.cols() != num_heads * head_dim || k.cols() != num_kv_heads * head_dim ||
+      v.rows() != nk || v.cols() != k.cols() || out.rows() != nq || out.cols() != q.cols() ||
+      nk < nq) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Attention: q ", ShapeString(q), " k ", ShapeString(k), " v ", ShapeString(v), " out ",
+        ShapeString(out), " heads ", num_heads, "/", num_kv_heads, " head_dim ", head_dim));
+  }
+  if (head_dim > kMaxAttentionHeadDim) {
+    return absl::UnimplementedError(absl::StrCat("Attention: head_dim ", head_dim,
+                                                 " > ", kMaxAttentionHeadDim,
+                                                 " is not supported on CUDA"));
+  }
+  if (nq == 0) return absl::OkStatus();
+  const AttentionShape shape{nq, nk, num_heads, num_kv_heads, head_dim};
+  const int splits = AttentionSplits(shape, num_sms_);
+  absl::MutexLock lock(&mu_);
+  MPLUS_RETURN_IF_ERROR(state_->Activate());
+  void* ws = nullptr;
+  if (const size_t bytes = AttentionWorkspaceBytes(shape, splits); bytes > 0) {
+    MPLUS_ASSIGN_OR_RETURN(ws, attention_.Get(bytes));
+  }
+  MPLUS_CUDA_RETURN_IF_ERROR(LaunchAttention(q.data_as<const float>(), k.data_as<const float>(),
+                                             v.data_as<const float>(), out.data_as<float>(),
+                                             shape, splits, ws, stream()));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::SiluMul(const Tensor& gate, const Tensor& up, const Tensor& out) {
+  for (const Tensor* t : {&gate, &up, &out}) MPLUS_RETURN_IF_ERROR(CheckF32(*t, "SiluMul"));
+  if (gate.numel() != up.numel() || out.numel() != gate.numel()) {
+    return ShapeError("SiluMul", gate, up);
+  }
+  absl::MutexLock lock(&mu_);
+  MPLUS_RETURN_IF_ERROR(state_->Activate());
+  MPLUS_CUDA_RETURN_IF_ERROR(LaunchSiluMul(gate.data_as<const float>(), up.data_as<const float>(),
+                                           out.data_as<float>(), gate.numel(), stream()));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::Silu(const Tensor& x) {
+  MPLUS_RETURN_IF_ERROR(CheckF32(x, "Silu"));
+  absl::MutexLock lock(&mu_);
+  MPLUS_RETURN_IF_ERROR(state_->Activate());
+  MPLUS_CUDA_RETURN_IF_ERROR(LaunchSilu(x.data_as<float>(), x.numel(), stream()));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::Add(const Tensor& a, const Tensor& b, const Tensor& out) {
+  for (const Tensor* t : {&a, &b, &out}) MPLUS_RETURN_IF_ERROR(CheckF32(*t, "Add"));
+  if (a.numel() != b.numel() || out.numel() != a.numel()) return ShapeError("Add", a, b);
+  absl::MutexLock lock(&mu_);
+  MPLUS_RETURN_IF_ERROR(state_->Activate());
+  MPLUS_CUDA_RETURN_IF_ERROR(LaunchAdd(a.data_as<const float>(), b.data_as<const float>(),
+                                       out.data_as<float>(), a.numel(), stream()));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::AddRow(const Tensor& x, const Tensor& row) {
+  MPLUS_RETURN_IF_ERROR(CheckF32(x, "AddRow x"));
+  MPLUS_RETURN_IF_ERROR(CheckFloat(row, "AddRow row"));
+  const int64_t d = x.cols();
+  if (row.numel() != d) return ShapeError("AddRow", x, row);
+  absl::MutexLock lock(&mu_);
+  MPLUS_RETURN_IF_ERROR(state_->Activate());
+  MPLUS_CUDA_RETURN_IF_ERROR(
+      LaunchAddRow(x.data_as<float>(), x.rows(), d, row.data(), row.dtype(), stream()));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::Embedding(const Tensor& table, absl::Span<const int32_t> ids,
+                                    const Tensor& out) {
+  MPLUS_RETURN_IF_ERROR(CheckFloat(table, "Embedding table"));
+  MPLUS_RETURN_IF_ERROR(CheckF32(out, "Embedding out"));
+  const int64_t vocab = table.rows(), d = table.cols();
+  if (out.rows() != static_cast<int64_t>(ids.size()) || out.cols() != d) {
+    return ShapeError("Embedding", table, out);
+  }
+  // Checked here, on the host copy, so a bad id never reaches the GPU.
+  for (int32_t id : ids) {
+    if (id < 0 || id >= vocab) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Embedding: token id ", id, " out of range [0, ", vocab, ")"));
+    }
+  }
+  if (ids.empty()) return absl::OkStatus();
+  absl::MutexLock lock(&mu_);
+  MPLUS_RETURN_IF_ERROR(state_->Activate());
+  MPLUS_ASSIGN_OR_RETURN(const int32_t* dev_ids, UploadIndices(ids));
+  MPLUS_CUDA_RETURN_IF_ERROR(LaunchEmbedding(table.data(), table.dtype(), d, dev_ids,
+                                             static_cast<int64_t>(ids.size()),
+                                             out.data_as<float>(), stream()));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(int device_ordinal) {
+  return CudaBackend::Create(device_ordinal);
+}
+
+absl::StatusOr<CudaMemoryStats> GetCudaMemoryStats(const Backend& backend) {
+  const auto* cuda = dynamic_cast<const CudaBackend*>(&backend);
+  if (cuda == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("GetCudaMemoryStats: backend ", backend.name(), " is not a CUDA backend"));
+  }
+  return cuda->MemoryStats();
+}
+
+}  // namespace mplus::engine::cuda

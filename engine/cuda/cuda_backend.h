@@ -1,0 +1,43 @@
+// The CUDA backend: every Backend op on one GPU, enqueued on one compute stream per backend.
+//
+// Precision (vs. the float32 CPU reference):
+//  - MatMul with float32 weights: float32 GEMM (no TF32) — same math, different summation order.
+//  - MatMul with bfloat16 weights: activations are rounded to bfloat16 (round to nearest even,
+//    as torch does in a bf16 model) and multiplied on tensor cores with float32 accumulation and
+//    float32 output: relative error per product term ~2^-9 from the activation rounding.
+//  - float16 weights are widened to float32 by UploadWeight (no fp16 activations: Llama
+//    activations can exceed the fp16 range); a float16 tensor from Allocate is widened per call.
+//  - Everything else (RMSNorm, RoPE with float32 angles and precise sinf/cosf, attention with an
+//    online softmax, SiLU, adds, embedding) computes in float32.
+//
+// Thread-safety: ops may be called from several threads; enqueueing is serialised by a mutex,
+// ordering across threads is the caller's business (as with the CPU backend).
+#ifndef MPLUS_ENGINE_CUDA_CUDA_BACKEND_H_
+#define MPLUS_ENGINE_CUDA_CUDA_BACKEND_H_
+
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "engine/backend.h"
+
+namespace mplus::engine::cuda {
+
+// Creates a backend on GPU `device_ordinal`; FailedPrecondition without a usable device.
+absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(int device_ordinal);
+
+// Device memory a CUDA backend currently holds, by what it is for.
+struct CudaMemoryStats {
+  int64_t weights_bytes = 0;    // UploadWeight
+  int64_t workspace_bytes = 0;  // cuBLASLt workspace, op scratch (bf16 activations, splits)
+  int64_t other_bytes = 0;      // Allocate (activations, KV caches, ...)
+  int64_t peak_total_bytes = 0;
+  int64_t total() const { return weights_bytes + workspace_bytes + other_bytes; }
+};
+
+// Stats of a backend made by CreateCudaBackend; InvalidArgument for any other backend.
+absl::StatusOr<CudaMemoryStats> GetCudaMemoryStats(const Backend& backend);
+
+}  // namespace mplus::engine::cuda
+
+#endif  // MPLUS_ENGINE_CUDA_CUDA_BACKEND_H_

@@ -1,0 +1,83 @@
+#include "engine/cuda/device_memory.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <utility>
+
+#include "engine/cuda/cuda_status.h"
+#include "engine/cuda/device_info.h"
+#include "engine/status_macros.h"
+
+namespace mplus::engine::cuda {
+
+absl::StatusOr<std::shared_ptr<DeviceState>> DeviceState::Create(int ordinal) {
+  MPLUS_RETURN_IF_ERROR(GetDeviceInfo(ordinal).status());
+  std::shared_ptr<DeviceState> state(new DeviceState(ordinal));
+  MPLUS_RETURN_IF_ERROR(state->Activate());
+  MPLUS_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&state->stream_, cudaStreamNonBlocking));
+  // Keep freed blocks in the pool: a forward pass allocates and frees activations every step.
+  cudaMemPool_t pool = nullptr;
+  MPLUS_CUDA_RETURN_IF_ERROR(cudaDeviceGetDefaultMemPool(&pool, ordinal));
+  uint64_t threshold = UINT64_MAX;
+  MPLUS_CUDA_RETURN_IF_ERROR(
+      cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
+  return state;
+}
+
+DeviceState::~DeviceState() {
+  if (stream_ == nullptr) return;
+  // Errors here have nobody to go to; the process is tearing the device state down.
+  cudaSetDevice(ordinal_);
+  cudaStreamSynchronize(stream_);
+  cudaStreamDestroy(stream_);
+}
+
+absl::Status DeviceState::Activate() const {
+  MPLUS_CUDA_RETURN_IF_ERROR(cudaSetDevice(ordinal_));
+  return absl::OkStatus();
+}
+
+void DeviceState::Account(MemCategory category, int64_t delta) {
+  bytes_[static_cast<int>(category)].fetch_add(delta, std::memory_order_relaxed);
+  const int64_t total = total_.fetch_add(delta, std::memory_order_relaxed) + delta;
+  int64_t peak = peak_.load(std::memory_order_relaxed);
+  while (total > peak && !peak_.compare_exchange_weak(peak, total, std::memory_order_relaxed)) {
+  }
+}
+
+void DeviceState::Defer(absl::Status status) {
+  absl::MutexLock lock(&mu_);
+  if (deferred_.ok()) deferred_ = std::move(status);
+}
+
+absl::Status DeviceState::TakeDeferredError() {
+  absl::MutexLock lock(&mu_);
+  return std::exchange(deferred_, absl::OkStatus());
+}
+
+absl::StatusOr<std::shared_ptr<void>> DeviceState::Alloc(const std::shared_ptr<DeviceState>& self,
+                                                         size_t bytes, MemCategory category) {
+  bytes = std::max<size_t>(bytes, 1);
+  void* ptr = nullptr;
+  MPLUS_CUDA_RETURN_IF_ERROR(cudaMallocAsync(&ptr, bytes, self->stream_));
+  self->Account(category, static_cast<int64_t>(bytes));
+  return std::shared_ptr<void>(ptr, [self, bytes, category](void* p) {
+    cudaError_t err = cudaSetDevice(self->ordinal_);
+    if (err == cudaSuccess) err = cudaFreeAsync(p, self->stream_);
+    self->Account(category, -static_cast<int64_t>(bytes));
+    if (err != cudaSuccess) self->Defer(CudaError(err, "cudaFreeAsync", __FILE__, __LINE__));
+  });
+}
+
+absl::StatusOr<void*> ScratchBuffer::Get(size_t bytes) {
+  if (bytes <= bytes_ && mem_ != nullptr) return mem_.get();
+  // Grow by at least half again so slowly growing shapes do not reallocate every call.
+  const size_t want = std::max(bytes, bytes_ + bytes_ / 2);
+  mem_.reset();
+  bytes_ = 0;
+  MPLUS_ASSIGN_OR_RETURN(mem_, DeviceState::Alloc(state_, want, category_));
+  bytes_ = want;
+  return mem_.get();
+}
+
+}  // namespace mplus::engine::cuda

@@ -1,0 +1,79 @@
+// Stream-ordered device allocations with per-category accounting, shared by the CUDA backend
+// and the deleters of the tensors it hands out (which may outlive the backend object).
+#ifndef MPLUS_ENGINE_CUDA_DEVICE_MEMORY_H_
+#define MPLUS_ENGINE_CUDA_DEVICE_MEMORY_H_
+
+#include <cuda_runtime_api.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+
+namespace mplus::engine::cuda {
+
+enum class MemCategory : int { kWeights = 0, kWorkspace = 1, kOther = 2 };
+
+// One device and its compute stream. Memory comes from the device's stream-ordered pool on that
+// stream, so freeing a buffer never waits for the GPU and never races work already enqueued.
+class DeviceState {
+ public:
+  static absl::StatusOr<std::shared_ptr<DeviceState>> Create(int ordinal);
+  ~DeviceState();  // waits for the stream, then destroys it
+  DeviceState(const DeviceState&) = delete;
+  DeviceState& operator=(const DeviceState&) = delete;
+
+  int ordinal() const { return ordinal_; }
+  cudaStream_t stream() const { return stream_; }
+  // Makes this device current for the calling thread.
+  absl::Status Activate() const;
+
+  // `bytes` (at least 1) of device memory accounted to `category`; freed (stream-ordered) when
+  // the last copy of the pointer goes away.
+  static absl::StatusOr<std::shared_ptr<void>> Alloc(const std::shared_ptr<DeviceState>& self,
+                                                     size_t bytes, MemCategory category);
+
+  int64_t bytes(MemCategory category) const {
+    return bytes_[static_cast<int>(category)].load(std::memory_order_relaxed);
+  }
+  int64_t peak_bytes() const { return peak_.load(std::memory_order_relaxed); }
+  // The first error a deleter hit (deleters cannot return one); reported by Synchronize.
+  absl::Status TakeDeferredError();
+
+ private:
+  explicit DeviceState(int ordinal) : ordinal_(ordinal) {}
+  void Account(MemCategory category, int64_t delta);
+  void Defer(absl::Status status);
+
+  const int ordinal_;
+  cudaStream_t stream_ = nullptr;
+  std::atomic<int64_t> bytes_[3] = {0, 0, 0};
+  std::atomic<int64_t> total_{0}, peak_{0};
+  absl::Mutex mu_;
+  absl::Status deferred_ ABSL_GUARDED_BY(mu_);
+};
+
+// A growable device buffer (op scratch). Growing frees the old buffer stream-ordered, so work
+// already enqueued on the stream keeps a valid pointer.
+class ScratchBuffer {
+ public:
+  ScratchBuffer(std::shared_ptr<DeviceState> state, MemCategory category)
+      : state_(std::move(state)), category_(category) {}
+  absl::StatusOr<void*> Get(size_t bytes);
+
+ private:
+  std::shared_ptr<DeviceState> state_;
+  MemCategory category_;
+  std::shared_ptr<void> mem_;
+  size_t bytes_ = 0;
+};
+
+}  // namespace mplus::engine::cuda
+
+#endif  // MPLUS_ENGINE_CUDA_DEVICE_MEMORY_H_

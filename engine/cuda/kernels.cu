@@ -1,0 +1,229 @@
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <type_traits>
+
+#include "engine/cuda/kernels.h"
+
+namespace mplus::engine::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename T>
+__device__ __forceinline__ float ToFloat(T v);
+template <>
+__device__ __forceinline__ float ToFloat<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ float ToFloat<__nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+template <>
+__device__ __forceinline__ float ToFloat<__half>(__half v) {
+  return __half2float(v);
+}
+
+// Grid-stride loops keep the grid small for huge tensors (no 2^31 grid-size concerns).
+unsigned GridFor(int64_t n) {
+  const int64_t blocks = (n + kThreads - 1) / kThreads;
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(blocks, 65536)));
+}
+
+__device__ __forceinline__ float SiluF(float x) { return x / (1.0f + expf(-x)); }
+
+template <typename T>
+__global__ void WidenKernel(const T* __restrict__ src, int64_t n, float* __restrict__ dst) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    dst[i] = ToFloat(src[i]);
+  }
+}
+
+__global__ void ToBF16Kernel(const float* __restrict__ src, int64_t n, __nv_bfloat16* dst) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    dst[i] = __float2bfloat16_rn(src[i]);
+  }
+}
+
+// One block per row; the sum of squares is reduced in float32 over warps.
+template <typename T>
+__global__ void RmsNormKernel(const float* x, const T* __restrict__ w, int64_t d, float eps,
+                              float* out) {
+  const float* xr = x + blockIdx.x * d;
+  float* orow = out + blockIdx.x * d;
+  float sum = 0.0f;
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) sum += xr[i] * xr[i];
+  for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+  __shared__ float warp_sums[kThreads / 32];
+  __shared__ float inv;
+  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = sum;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float total = 0.0f;
+    for (int i = 0; i < kThreads / 32; ++i) total += warp_sums[i];
+    inv = 1.0f / sqrtf(total / static_cast<float>(d) + eps);
+  }
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) orow[i] = ToFloat(w[i]) * (xr[i] * inv);
+}
+
+// One block per row; thread j handles frequency j of every head (x is read once).
+__global__ void RopeKernel(float* x, int64_t cols, int64_t head_dim, const int64_t* positions,
+                           const float* __restrict__ inv_freq) {
+  const int64_t half = head_dim / 2, heads = cols / head_dim;
+  const float pos = static_cast<float>(positions[blockIdx.x]);
+  float* row = x + blockIdx.x * cols;
+  for (int64_t j = threadIdx.x; j < half; j += blockDim.x) {
+    // float32 angle and precise cosf/sinf, as the HF reference (no fast-math intrinsics).
+    const float angle = pos * inv_freq[j];
+    const float c = cosf(angle), s = sinf(angle);
+    for (int64_t h = 0; h < heads; ++h) {
+      float* v = row + h * head_dim;
+      const float a = v[j], b = v[j + half];
+      v[j] = a * c - b * s;
+      v[j + half] = b * c + a * s;
+    }
+  }
+}
+
+__global__ void SiluMulKernel(const float* gate, const float* up, float* out, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    out[i] = SiluF(gate[i]) * up[i];
+  }
+}
+
+__global__ void SiluKernel(float* x, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    x[i] = SiluF(x[i]);
+  }
+}
+
+__global__ void AddKernel(const float* a, const float* b, float* out, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    out[i] = a[i] + b[i];
+  }
+}
+
+template <typename T>
+__global__ void AddRowKernel(float* x, int64_t n, int64_t d, const T* __restrict__ row) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    x[i] += ToFloat(row[i % d]);
+  }
+}
+
+template <typename T>
+__global__ void EmbeddingKernel(const T* __restrict__ table, int64_t d,
+                                const int32_t* __restrict__ ids, float* __restrict__ out) {
+  const T* src = table + static_cast<int64_t>(ids[blockIdx.x]) * d;
+  float* dst = out + blockIdx.x * d;
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) dst[i] = ToFloat(src[i]);
+}
+
+// Calls f with a typed null pointer selecting the element type of `dtype`.
+template <typename F>
+cudaError_t DispatchFloat(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::kF32:
+      f(static_cast<const float*>(nullptr));
+      break;
+    case DType::kBF16:
+      f(static_cast<const __nv_bfloat16*>(nullptr));
+      break;
+    case DType::kF16:
+      f(static_cast<const __half*>(nullptr));
+      break;
+    case DType::kI64:
+    case DType::kI32:
+      return cudaErrorInvalidValue;  // callers validate dtypes; this is a backstop
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t LaunchWidenToF32(const void* src, DType src_dtype, int64_t n, float* dst,
+                             cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  return DispatchFloat(src_dtype, [&](auto tag) {
+    using T = std::remove_const_t<std::remove_pointer_t<decltype(tag)>>;
+    WidenKernel<T><<<GridFor(n), kThreads, 0, stream>>>(static_cast<const T*>(src), n, dst);
+  });
+}
+
+cudaError_t LaunchF32ToBF16(const float* src, int64_t n, uint16_t* dst, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  ToBF16Kernel<<<GridFor(n), kThreads, 0, stream>>>(src, n, reinterpret_cast<__nv_bfloat16*>(dst));
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchRmsNorm(const float* x, const void* w, DType w_dtype, int64_t rows, int64_t d,
+                          float eps, float* out, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  if (rows > 0x7fffffff) return cudaErrorInvalidValue;
+  return DispatchFloat(w_dtype, [&](auto tag) {
+    using T = std::remove_const_t<std::remove_pointer_t<decltype(tag)>>;
+    RmsNormKernel<T><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
+        x, static_cast<const T*>(w), d, eps, out);
+  });
+}
+
+cudaError_t LaunchRope(float* x, int64_t rows, int64_t cols, int64_t head_dim,
+                       const int64_t* positions, const float* inv_freq, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  if (rows > 0x7fffffff) return cudaErrorInvalidValue;
+  const int threads = static_cast<int>(std::min<int64_t>(kThreads, std::max<int64_t>(32, head_dim / 2)));
+  RopeKernel<<<static_cast<unsigned>(rows), threads, 0, stream>>>(x, cols, head_dim, positions,
+                                                                   inv_freq);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchSiluMul(const float* gate, const float* up, float* out, int64_t n,
+                          cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  SiluMulKernel<<<GridFor(n), kThreads, 0, stream>>>(gate, up, out, n);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchSilu(float* x, int64_t n, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  SiluKernel<<<GridFor(n), kThreads, 0, stream>>>(x, n);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchAdd(const float* a, const float* b, float* out, int64_t n,
+                      cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  AddKernel<<<GridFor(n), kThreads, 0, stream>>>(a, b, out, n);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchAddRow(float* x, int64_t rows, int64_t d, const void* row, DType row_dtype,
+                         cudaStream_t stream) {
+  const int64_t n = rows * d;
+  if (n == 0) return cudaSuccess;
+  return DispatchFloat(row_dtype, [&](auto tag) {
+    using T = std::remove_const_t<std::remove_pointer_t<decltype(tag)>>;
+    AddRowKernel<T><<<GridFor(n), kThreads, 0, stream>>>(x, n, d, static_cast<const T*>(row));
+  });
+}
+
+cudaError_t LaunchEmbedding(const void* table, DType table_dtype, int64_t d, const int32_t* ids,
+                            int64_t n, float* out, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  if (n > 0x7fffffff) return cudaErrorInvalidValue;
+  return DispatchFloat(table_dtype, [&](auto tag) {
+    using T = std::remove_const_t<std::remove_pointer_t<decltype(tag)>>;
+    EmbeddingKernel<T><<<static_cast<unsigned>(n), kThreads, 0, stream>>>(
+        static_cast<const T*>(table), d, ids, out);
+  });
+}
+
+}  // namespace mplus::engine::cuda

@@ -1,0 +1,41 @@
+// Launchers for the element-wise and row-wise CUDA kernels of the backend. Each enqueues on
+// `stream` and returns the launch error (cudaGetLastError), so the caller can wrap it in a
+// Status. Pointers are device pointers; shapes were validated by the caller. Compiled by nvcc
+// (C++17) and included by host C++ code, so plain types only.
+#ifndef MPLUS_ENGINE_CUDA_KERNELS_H_
+#define MPLUS_ENGINE_CUDA_KERNELS_H_
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "engine/dtype.h"
+
+namespace mplus::engine::cuda {
+
+// dst[i] = float(src[i]) for a float dtype (F32/BF16/F16).
+cudaError_t LaunchWidenToF32(const void* src, DType src_dtype, int64_t n, float* dst,
+                             cudaStream_t stream);
+// dst[i] = bf16(src[i]), round to nearest even (the rounding of torch's .to(bfloat16)).
+cudaError_t LaunchF32ToBF16(const float* src, int64_t n, uint16_t* dst, cudaStream_t stream);
+// out[r, :] = w * x[r, :] / sqrt(mean(x[r, :]^2) + eps); out may alias x.
+cudaError_t LaunchRmsNorm(const float* x, const void* w, DType w_dtype, int64_t rows, int64_t d,
+                          float eps, float* out, cudaStream_t stream);
+// In-place HF rotate_half RoPE of x [rows, cols] with heads of head_dim; positions [rows].
+cudaError_t LaunchRope(float* x, int64_t rows, int64_t cols, int64_t head_dim,
+                       const int64_t* positions, const float* inv_freq, cudaStream_t stream);
+// out = silu(gate) * up (out may alias either input).
+cudaError_t LaunchSiluMul(const float* gate, const float* up, float* out, int64_t n,
+                          cudaStream_t stream);
+cudaError_t LaunchSilu(float* x, int64_t n, cudaStream_t stream);
+cudaError_t LaunchAdd(const float* a, const float* b, float* out, int64_t n, cudaStream_t stream);
+// x[r, :] += row for every r.
+cudaError_t LaunchAddRow(float* x, int64_t rows, int64_t d, const void* row, DType row_dtype,
+                         cudaStream_t stream);
+// out[i, :] = table[ids[i], :]; ids were range-checked on the host.
+cudaError_t LaunchEmbedding(const void* table, DType table_dtype, int64_t d, const int32_t* ids,
+                            int64_t n, float* out, cudaStream_t stream);
+
+}  // namespace mplus::engine::cuda
+
+#endif  // MPLUS_ENGINE_CUDA_KERNELS_H_
