@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -24,7 +25,8 @@ struct RopeScaling {
 struct LoraConfig {
   int64_t r = 0;
   double alpha = 0;
-  std::vector<std::string> target_modules;  // subset of q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
+  std::vector<std::string>
+      target_modules;  // subset of q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
   bool Targets(const std::string& module) const;
   double scale() const { return r > 0 ? alpha / static_cast<double>(r) : 0.0; }
 };
@@ -45,16 +47,17 @@ struct ModelConfig {
   std::vector<int64_t> eos_token_ids;
 
   // MemoryLLM / M+.
-  int64_t num_tokens = 0;        // K
-  int64_t num_blocks = 0;        // short- plus long-term blocks
-  int64_t num_ltm_blocks = 0;    // 0 for MemoryLLM
+  int64_t num_tokens = 0;      // K
+  int64_t num_blocks = 0;      // short- plus long-term blocks
+  int64_t num_ltm_blocks = 0;  // 0 for MemoryLLM
   bool add_bos_embedding = false;
   bool add_decoder_lora = false;
+  bool add_encoder_retriever = false;  // M+: checkpoint also holds (unused) encoder_query_proj
   LoraConfig lora;
 
   // M+ long-term memory and retriever.
-  int64_t selector_hidden_dim = 0;   // p
-  int64_t num_selector_layers = 0;   // 1 or 2
+  int64_t selector_hidden_dim = 0;  // p
+  int64_t num_selector_layers = 0;  // 1 or 2
   int64_t ltm_initial_size = 0;
   int64_t update_ltm_frequency = 0;
   double decay_frequency = 0;
@@ -63,7 +66,7 @@ struct ModelConfig {
   // Derived.
   int64_t stm_tokens() const { return num_tokens * (num_blocks - num_ltm_blocks); }  // N
   int64_t ltm_retrieved_tokens() const { return num_tokens * num_ltm_blocks; }       // K_ltm
-  int64_t prefix_length() const { return 1 + num_tokens * num_blocks; }            // generate P
+  int64_t prefix_length() const { return 1 + num_tokens * num_blocks; }              // generate P
   bool has_memory() const { return kind != ModelKind::kLlama; }
   bool has_long_term() const { return kind == ModelKind::kMPlus; }
 };
@@ -71,6 +74,16 @@ struct ModelConfig {
 // Parses and validates config.json (missing or inconsistent fields are InvalidArgument naming
 // the field and the file).
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& path);
+// Same, from the text of a config.json; `origin` names it in errors.
+absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text,
+                                             const std::string& origin);
+// Checks sizes and cross-field consistency (what LoadModelConfig enforces after parsing).
+absl::Status ValidateModelConfig(const ModelConfig& config, const std::string& origin);
+// config.json text with the official field names (as in tests/fixtures/tiny-mplus); loading it
+// back gives an equal config.
+std::string ModelConfigToJson(const ModelConfig& config);
+// torch_dtype spelling: "float32", "bfloat16", "float16".
+std::string_view TorchDTypeName(DType dtype);
 
 }  // namespace mplus::engine
 

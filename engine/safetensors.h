@@ -4,6 +4,7 @@
 #define MPLUS_ENGINE_SAFETENSORS_H_
 
 #include <cstdint>
+#include <cstdio>
 #include <map>
 #include <memory>
 #include <string>
@@ -47,6 +48,8 @@ class SafetensorsFile {
   void* map_ = nullptr;
   size_t map_size_ = 0;
   std::map<std::string, TensorView> tensors_;
+  // Only for files whose data section is not 8-byte aligned (header not padded).
+  std::unique_ptr<uint64_t[]> aligned_copy_;
 };
 
 // All tensors of a checkpoint directory (single file or sharded).
@@ -79,6 +82,37 @@ struct TensorToWrite {
   std::vector<uint8_t> bytes;
 };
 absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorToWrite>& tensors);
+
+// Name, dtype and shape of a tensor to be streamed by SafetensorsWriter.
+struct TensorSpec {
+  std::string name;
+  DType dtype;
+  std::vector<int64_t> shape;
+  size_t nbytes() const;
+};
+
+// Streams a safetensors file whose header is known up front, so that multi-GB tensors never
+// have to be held in memory: Create writes the header (padded to 8 bytes, "__metadata__":
+// {"format": "pt"}), Append adds the data of the tensors in `specs` order, Finish checks that
+// every byte arrived and closes the file.
+class SafetensorsWriter {
+ public:
+  static absl::StatusOr<std::unique_ptr<SafetensorsWriter>> Create(
+      const std::string& path, const std::vector<TensorSpec>& specs);
+  ~SafetensorsWriter();
+  SafetensorsWriter(const SafetensorsWriter&) = delete;
+  SafetensorsWriter& operator=(const SafetensorsWriter&) = delete;
+
+  absl::Status Append(const void* data, size_t nbytes);
+  absl::Status Finish();
+
+ private:
+  SafetensorsWriter() = default;
+  std::string path_;
+  std::FILE* out_ = nullptr;
+  uint64_t expected_ = 0;
+  uint64_t written_ = 0;
+};
 
 }  // namespace mplus::engine
 
