@@ -13,10 +13,10 @@
 namespace mplus::memstore {
 
 struct LongTermParams {
-  int64_t tokens_per_inject = 0;      // K (config num_tokens)
-  int64_t retrieved_tokens = 0;       // K_ltm
-  int64_t key_dim = 0;                // p (selector_hidden_dim)
-  int64_t update_ltm_frequency = 1;   // merge every this many injects
+  int64_t tokens_per_inject = 0;     // K (config num_tokens)
+  int64_t retrieved_tokens = 0;      // K_ltm
+  int64_t key_dim = 0;               // p (selector_hidden_dim)
+  int64_t update_ltm_frequency = 1;  // merge every this many injects
   double decay_frequency = 1.0;
   double initial_recall_frequency = 1.0;  // initial_rf_when_moving_stm_to_ltm
 };
@@ -45,7 +45,7 @@ class LongTermLayer {
   int64_t merged_count() const { return merged_count_; }
   int64_t size() const { return static_cast<int64_t>(entries_.size()); }
   const std::vector<LongTermEntry>& entries() const { return entries_; }  // merged, then pending
-  const std::vector<float>& keys() const { return keys_; }               // [size * key_dim]
+  const std::vector<float>& keys() const { return keys_; }                // [size * key_dim]
 
   // Appends a merged entry (checkpoint LTM, or restoring persisted state).
   void AddMerged(uint64_t token_id, absl::Span<const float> key, int64_t age,

@@ -1,0 +1,172 @@
+// LongTermMemory bookkeeping (MPLUS-DETAILS.md: ages, pending/merge cadence, eviction with the
+// "> K_ltm" rule, retrieval order and wrap-around) and the retrieval scorer.
+#include "memstore/long_term_index.h"
+
+#include <cmath>
+#include <vector>
+
+#include "engine/drop_slots.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "memstore/retrieval_scorer.h"
+
+namespace mplus::memstore {
+namespace {
+
+using ::testing::ElementsAre;
+
+LongTermParams Params(int64_t k, int64_t k_ltm, int64_t freq, double decay, double rf0) {
+  LongTermParams p;
+  p.tokens_per_inject = k;
+  p.retrieved_tokens = k_ltm;
+  p.key_dim = 1;
+  p.update_ltm_frequency = freq;
+  p.decay_frequency = decay;
+  p.initial_recall_frequency = rf0;
+  return p;
+}
+
+// `n` dropped tokens with ids first_id.., key = id (1-D keys), STM ages as given.
+DroppedTokens Drop(uint64_t first_id, std::vector<int64_t> ages) {
+  DroppedTokens d;
+  for (size_t i = 0; i < ages.size(); ++i) {
+    d.token_ids.push_back(first_id + i);
+    d.keys.push_back(static_cast<float>(first_id + i));
+  }
+  d.stm_ages = std::move(ages);
+  return d;
+}
+
+std::vector<uint64_t> Ids(const LongTermLayer& layer) {
+  std::vector<uint64_t> ids;
+  for (const LongTermEntry& e : layer.entries()) ids.push_back(e.token_id);
+  return ids;
+}
+
+TEST(LongTermMemoryTest, AgesByKThenAppendsPendingWithStmAges) {
+  LongTermMemory ltm(Params(2, 1, 3, 1, 2), 1);
+  ltm.layer(0).AddMerged(100, {0.5f}, 7, 5.0);
+  ltm.ApplyInject({Drop(1, {0, 1})});
+  const auto& e = ltm.layer(0).entries();
+  ASSERT_EQ(e.size(), 3u);
+  EXPECT_EQ(e[0].age, 9);  // aged by K = 2
+  EXPECT_EQ(e[1].age, 0);  // dropped with their STM ages, not aged this inject
+  EXPECT_EQ(e[2].age, 1);
+  EXPECT_EQ(ltm.layer(0).merged_count(), 1);
+  ltm.ApplyInject({Drop(3, {1, 1})});
+  EXPECT_EQ(e[1].age, 2);  // pending entries age too
+  EXPECT_EQ(e[3].age, 1);
+  EXPECT_EQ(ltm.update_step(), 4);
+}
+
+TEST(LongTermMemoryTest, MergesEveryUpdateFrequencyInjectsIncludingTheCurrentDrops) {
+  LongTermMemory ltm(Params(1, 1, 2, 0.5, 10), 1);
+  ltm.layer(0).AddMerged(100, {0.f}, 0, 10);
+  ltm.ApplyInject({Drop(1, {0})});
+  EXPECT_EQ(ltm.layer(0).merged_count(), 1);
+  ltm.ApplyInject({Drop(2, {0})});
+  EXPECT_EQ(ltm.layer(0).merged_count(), 3);
+  EXPECT_EQ(ltm.update_step(), 0);
+  // Every merged entry decayed once, the new ones included.
+  for (const LongTermEntry& e : ltm.layer(0).entries()) EXPECT_DOUBLE_EQ(e.recall_frequency, 9.5);
+}
+
+TEST(LongTermMemoryTest, EvictsAtOrBelowThresholdOnlyWhenMoreThanKltmRemain) {
+  // K = 2, K_ltm = 2, merge every inject, rf0 = 2, decay 1.
+  LongTermMemory ltm(Params(2, 2, 1, 1, 2), 1);
+  auto rf = [&](int i) { return ltm.layer(0).entries()[i].recall_frequency; };
+  // 1, 2 would keep rf 1, but 2 kept is not more than K_ltm: the decay is undone.
+  EXPECT_TRUE(ltm.ApplyInject({Drop(1, {0, 1})})[0].empty());
+  EXPECT_DOUBLE_EQ(rf(0), 2);
+  // 4 kept > 2: decay applies, nothing at or below 0.01 yet.
+  EXPECT_TRUE(ltm.ApplyInject({Drop(3, {0, 1})})[0].empty());
+  EXPECT_DOUBLE_EQ(rf(0), 1);
+  EXPECT_DOUBLE_EQ(rf(3), 1);
+  // 1..4 would reach 0 and only 5, 6 remain: not more than K_ltm, undone again.
+  EXPECT_TRUE(ltm.ApplyInject({Drop(5, {0, 0})})[0].empty());
+  EXPECT_THAT(Ids(ltm.layer(0)), ElementsAre(1, 2, 3, 4, 5, 6));
+  EXPECT_DOUBLE_EQ(rf(0), 1);
+  EXPECT_DOUBLE_EQ(rf(4), 2);
+  // Now 5..8 survive (4 > 2): 1..4 are evicted, storage order and keys preserved.
+  EXPECT_THAT(ltm.ApplyInject({Drop(7, {0, 0})})[0], ElementsAre(1, 2, 3, 4));
+  EXPECT_THAT(Ids(ltm.layer(0)), ElementsAre(5, 6, 7, 8));
+  EXPECT_EQ(ltm.layer(0).merged_count(), 4);
+  EXPECT_THAT(ltm.layer(0).keys(), ElementsAre(5.f, 6.f, 7.f, 8.f));
+  EXPECT_DOUBLE_EQ(rf(0), 1);
+}
+
+TEST(LongTermMemoryTest, WrapAroundRepeatsLastMergedEntriesAndIgnoresPending) {
+  LongTermMemory ltm(Params(1, 8, 100, 1, 1), 1);
+  for (uint64_t i = 0; i < 6; ++i) ltm.layer(0).AddMerged(i, {0.f}, 100 - i, 1);
+  ltm.ApplyInject({Drop(50, {0})});  // one pending entry, never chosen by wrap-around
+  const float query = 1.f;
+  // 4,5,0,1,2,3,4,5 ordered by age, oldest first (copies of one entry adjacent).
+  EXPECT_THAT(ltm.Select(0, &query, 1), ElementsAre(0, 1, 2, 3, 4, 4, 5, 5));
+}
+
+TEST(LongTermMemoryTest, SelectsTopKThenOrdersOldestFirstLaterStorageFirstOnTies) {
+  LongTermMemory ltm(Params(1, 3, 100, 1, 1), 1);
+  // Keys give scores increasing with the key value for a positive query.
+  ltm.layer(0).AddMerged(0, {-5.f}, 10, 1);  // lowest score: not chosen
+  ltm.layer(0).AddMerged(1, {1.f}, 3, 1);
+  ltm.layer(0).AddMerged(2, {2.f}, 7, 1);
+  ltm.layer(0).AddMerged(3, {3.f}, 3, 1);
+  const float query = 1.f;
+  // Chosen 1, 2, 3; age 7 first, then the tie at age 3 with the later entry (3) first.
+  EXPECT_THAT(ltm.Select(0, &query, 1), ElementsAre(2, 3, 1));
+}
+
+TEST(LongTermMemoryTest, PendingEntriesCompeteWithMergedOnesWhenEnoughAreMerged) {
+  LongTermMemory ltm(Params(1, 2, 100, 1, 1), 1);
+  ltm.layer(0).AddMerged(10, {-3.f}, 0, 1);
+  ltm.layer(0).AddMerged(11, {4.f}, 0, 1);
+  ltm.ApplyInject({Drop(5, {0})});  // key 5: the best score; ages: merged 1, pending 0
+  const float query = 1.f;
+  EXPECT_THAT(ltm.Select(0, &query, 1), ElementsAre(1, 2));
+}
+
+TEST(RetrievalScorerTest, MeanSigmoidMatchesDirectFormula) {
+  const int64_t nq = 3, n = 70, p = 5;
+  std::vector<float> q(nq * p), k(n * p), scores(n);
+  for (size_t i = 0; i < q.size(); ++i) q[i] = std::sin(0.7 * i);
+  for (size_t i = 0; i < k.size(); ++i) k[i] = std::cos(1.3 * i);
+  MeanSigmoidScores(q.data(), nq, k.data(), n, p, scores.data());
+  for (int64_t j = 0; j < n; ++j) {
+    double want = 0;
+    for (int64_t t = 0; t < nq; ++t) {
+      double dot = 0;
+      for (int64_t c = 0; c < p; ++c) dot += double{q[t * p + c]} * k[j * p + c];
+      want += 1 / (1 + std::exp(-dot));
+    }
+    EXPECT_NEAR(scores[j], want / nq, 1e-6);
+  }
+}
+
+TEST(RetrievalScorerTest, TopKReturnsAscendingIndicesLowerIndexWinsTies) {
+  const std::vector<float> s = {0.1f, 0.9f, 0.5f, 0.9f, 0.5f, NAN, 0.7f};
+  EXPECT_THAT(TopK(s.data(), 7, 3), ElementsAre(1, 3, 6));
+  EXPECT_THAT(TopK(s.data(), 7, 4), ElementsAre(1, 2, 3, 6));
+  EXPECT_THAT(TopK(s.data(), 7, 0), ElementsAre());
+  EXPECT_EQ(TopK(s.data(), 7, 10).size(), 7u);
+}
+
+TEST(DropSlotsTest, DistinctSortedDeterministicAndSeedDependent) {
+  const auto a = engine::ChooseDropSlots(42, 3, 4, 100, 10);
+  ASSERT_EQ(a.size(), 4u);
+  for (const std::vector<int32_t>& layer : a) {
+    ASSERT_EQ(layer.size(), 10u);
+    for (size_t i = 1; i < layer.size(); ++i) EXPECT_LT(layer[i - 1], layer[i]);
+    EXPECT_GE(layer.front(), 0);
+    EXPECT_LT(layer.back(), 100);
+  }
+  EXPECT_EQ(a, engine::ChooseDropSlots(42, 3, 4, 100, 10));
+  EXPECT_NE(a, engine::ChooseDropSlots(43, 3, 4, 100, 10));
+  EXPECT_NE(a, engine::ChooseDropSlots(42, 4, 4, 100, 10));
+  EXPECT_NE(a[0], a[1]);
+  // Pinned values: the generator is part of the contract (bitwise stable everywhere).
+  EXPECT_EQ(engine::ChooseDropSlots(1, 0, 1, 8, 8)[0],
+            (std::vector<int32_t>{0, 1, 2, 3, 4, 5, 6, 7}));
+}
+
+}  // namespace
+}  // namespace mplus::memstore
