@@ -1,0 +1,253 @@
+#include "memstore/resident_session.h"
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "memstore/byte_codec.h"
+#include "rocksdb/write_batch.h"
+
+namespace mplus::memstore {
+namespace {
+
+absl::Status FromRocks(const rocksdb::Status& s, std::string_view what) {
+  if (s.ok()) return absl::OkStatus();
+  const std::string msg = absl::StrCat("memstore: ", std::string(what), ": ", s.ToString());
+  if (s.IsCorruption()) return absl::DataLossError(msg);
+  if (s.IsNotFound()) return absl::NotFoundError(msg);
+  if (s.IsNoSpace()) return absl::ResourceExhaustedError(msg);
+  return absl::InternalError(msg);
+}
+
+}  // namespace
+
+ResidentSession::ResidentSession(const StoreHandles& store, const SessionRecord& record)
+    : store_(store), base_(*store.base), record_(record) {}
+
+absl::StatusOr<std::unique_ptr<ResidentSession>> ResidentSession::Load(
+    const StoreHandles& store, const SessionRecord& record) {
+  std::unique_ptr<ResidentSession> s(new ResidentSession(store, record));
+  if (static_cast<int>(record.next_ltm_seq.size()) != s->base_.num_layers()) {
+    return absl::DataLossError(
+        absl::StrCat("memstore: session ", record.id, ": record has the wrong number of layers"));
+  }
+  absl::Status st = s->LoadShortTerm();
+  if (st.ok()) st = s->LoadLongTerm();
+  if (!st.ok()) return st;
+  return s;
+}
+
+absl::Status ResidentSession::ReadTokens(const std::vector<uint64_t>& ids,
+                                         uint8_t* out_rows) const {
+  // Sorted keys let MultiGet walk each SST block once.
+  std::vector<std::pair<uint64_t, size_t>> order;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (IsBaseToken(ids[i])) {
+      base_.CopyRow(ids[i], out_rows + i * base_.row_bytes());
+    } else {
+      order.push_back({ids[i], i});
+    }
+  }
+  if (order.empty()) return absl::OkStatus();
+  std::sort(order.begin(), order.end());
+  std::vector<std::string> keys(order.size());
+  std::vector<rocksdb::Slice> slices(order.size());
+  for (size_t i = 0; i < order.size(); ++i) {
+    keys[i] = TokenKey(record_.number, order[i].first);
+    slices[i] = keys[i];
+  }
+  std::vector<rocksdb::PinnableSlice> values(order.size());
+  std::vector<rocksdb::Status> statuses(order.size());
+  store_.db->MultiGet(rocksdb::ReadOptions(), store_.cf[kTokensCf], slices.size(), slices.data(),
+                      values.data(), statuses.data(), /*sorted_input=*/true);
+  for (size_t i = 0; i < order.size(); ++i) {
+    if (!statuses[i].ok()) {
+      return FromRocks(statuses[i],
+                       absl::StrCat("session ", record_.id, ": token ", order[i].first));
+    }
+    if (values[i].size() != base_.row_bytes()) {
+      return absl::DataLossError(absl::StrCat("memstore: session ", record_.id, ": token ",
+                                              order[i].first, " has ", values[i].size(),
+                                              " bytes, expected ", base_.row_bytes()));
+    }
+    std::memcpy(out_rows + order[i].second * base_.row_bytes(), values[i].data(),
+                base_.row_bytes());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ResidentSession::LoadShortTerm() {
+  const int L = base_.num_layers();
+  const int64_t N = base_.config().stm_tokens();
+  stm_.resize(L);
+  stm_rows_.resize(L);
+  for (int l = 0; l < L; ++l) {
+    std::string v;
+    rocksdb::Status s =
+        store_.db->Get(rocksdb::ReadOptions(), store_.cf[kStmCf], StmKey(record_.number, l), &v);
+    if (s.IsNotFound() && record_.inject_count == 0) {
+      stm_[l].ids.resize(N);
+      stm_[l].ages.assign(N, 0);  // the checkpoint's short-term memory has age 0
+      for (int64_t i = 0; i < N; ++i) stm_[l].ids[i] = BaseShortTermId(l, i);
+    } else if (!s.ok()) {
+      return FromRocks(s, absl::StrCat("session ", record_.id, ": short-term list of layer ", l));
+    } else {
+      absl::StatusOr<ShortTermList> list = DecodeShortTermList(v, N);
+      if (!list.ok()) return list.status();
+      stm_[l] = *std::move(list);
+    }
+    stm_rows_[l].resize(N * base_.row_bytes());
+    absl::Status st = ReadTokens(stm_[l].ids, stm_rows_[l].data());
+    if (!st.ok()) return st;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ResidentSession::LoadLongTerm() {
+  if (!base_.config().has_long_term()) return absl::OkStatus();
+  const int L = base_.num_layers();
+  const int64_t K = base_.config().num_tokens, p = base_.config().selector_hidden_dim;
+  const int64_t age_shift = K * record_.inject_count;
+  std::unique_ptr<LongTermMemory> base_ltm = base_.NewLongTermMemory();
+  ltm_ = std::make_unique<LongTermMemory>(base_.long_term_params(), L);
+  ltm_->set_update_step(record_.update_step);
+  ltm_slots_.assign(L, {});
+  ltm_meta_.assign(L, {});
+  auto corrupt = [&](int l, std::string_view why) {
+    return absl::DataLossError(absl::StrCat("memstore: session ", record_.id,
+                                            ": long-term memory of layer ", l, ": ",
+                                            std::string(why)));
+  };
+  for (int l = 0; l < L; ++l) {
+    const int64_t n0 = base_.long_term_size(l);
+    std::optional<LongTermLayerMeta> meta;
+    absl::flat_hash_set<uint64_t> evicted_base;
+    std::map<uint64_t, LongTermRecord> entries;
+    const std::string prefix = LtmLayerPrefix(record_.number, l);
+    std::unique_ptr<rocksdb::Iterator> it(
+        store_.db->NewIterator(rocksdb::ReadOptions(), store_.cf[kLtmCf]));
+    for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+      ByteReader r(std::string_view(it->key().data(), it->key().size()).substr(prefix.size()));
+      const uint8_t kind = r.U8();
+      if (kind == kLtmLayerMeta && r.done()) {
+        absl::StatusOr<LongTermLayerMeta> m = DecodeLongTermLayerMeta(it->value().ToStringView());
+        if (!m.ok()) return m.status();
+        meta = *std::move(m);
+        continue;
+      }
+      const uint64_t seq = r.U64();
+      if (!r.done()) return corrupt(l, "malformed key");
+      if (kind == kLtmBaseEvicted && static_cast<int64_t>(seq) < n0) {
+        evicted_base.insert(seq);
+      } else if (kind == kLtmEntry && static_cast<int64_t>(seq) >= n0) {
+        absl::StatusOr<LongTermRecord> e = DecodeLongTermRecord(it->value().ToStringView(), p);
+        if (!e.ok()) return e.status();
+        entries.emplace(seq, *std::move(e));
+      } else {
+        return corrupt(l, "unknown row");
+      }
+    }
+    if (!it->status().ok()) return FromRocks(it->status(), "reading long-term memory");
+    const uint64_t merged_end = meta ? meta->merged_end : static_cast<uint64_t>(n0);
+    // Merged recall frequencies: from the runs once a merge happened, else the checkpoint's.
+    std::vector<double> merged_rf;
+    if (meta) {
+      for (const auto& [count, rf] : meta->rf_runs) merged_rf.insert(merged_rf.end(), count, rf);
+    }
+    size_t merged_index = 0;
+    LongTermLayer& layer = ltm_->layer(l);
+    const LongTermLayer& base_layer = base_ltm->layer(l);
+    auto add = [&](uint64_t seq, uint64_t id, absl::Span<const float> key, int64_t age,
+                   double initial_rf, double pending_rf) -> absl::Status {
+      if (seq < merged_end) {
+        if (meta && merged_index >= merged_rf.size()) return corrupt(l, "too few frequencies");
+        layer.AddMerged(id, key, age, meta ? merged_rf[merged_index] : initial_rf);
+        ++merged_index;
+      } else {
+        layer.AddPending(id, key, age, pending_rf);
+      }
+      ltm_slots_[l].push_back({seq, id});
+      return absl::OkStatus();
+    };
+    for (int64_t i = 0; i < n0; ++i) {
+      if (evicted_base.contains(i)) continue;
+      const LongTermEntry& e = base_layer.entries()[i];
+      absl::Status st = add(i, e.token_id, absl::MakeConstSpan(base_layer.keys()).subspan(i * p, p),
+                            e.age + age_shift, e.recall_frequency, e.recall_frequency);
+      if (!st.ok()) return st;
+    }
+    for (const auto& [seq, e] : entries) {
+      if (!meta && seq < merged_end) return corrupt(l, "merged entry without frequencies");
+      absl::Status st =
+          add(seq, e.token_id, e.key, e.age_base + age_shift, 0.0, e.pending_recall_frequency);
+      if (!st.ok()) return st;
+    }
+    if (meta && merged_index != merged_rf.size()) return corrupt(l, "frequency count mismatch");
+    ltm_meta_[l] = meta ? *meta : LayerMeta(l, ltm_slots_[l], record_.next_ltm_seq[l]);
+  }
+  return absl::OkStatus();
+}
+
+LongTermLayerMeta ResidentSession::LayerMeta(int l, const std::vector<LongTermSlot>& slots,
+                                             uint64_t next_seq) const {
+  const LongTermLayer& layer = ltm_->layer(l);
+  LongTermLayerMeta m;
+  const int64_t merged = layer.merged_count();
+  m.merged_end = merged < layer.size() ? slots[merged].seq : next_seq;
+  for (int64_t i = 0; i < merged; ++i) {
+    const double rf = layer.entries()[i].recall_frequency;
+    if (!m.rf_runs.empty() && std::memcmp(&m.rf_runs.back().second, &rf, sizeof rf) == 0) {
+      ++m.rf_runs.back().first;
+    } else {
+      m.rf_runs.push_back({1, rf});
+    }
+  }
+  return m;
+}
+
+engine::TensorView ResidentSession::ShortTerm(int layer) const {
+  engine::TensorView t;
+  t.name = absl::StrCat("stm.", layer);
+  t.dtype = base_.storage_dtype();
+  t.shape = {base_.config().stm_tokens(), base_.hidden()};
+  t.data = stm_rows_[layer].data();
+  t.nbytes = stm_rows_[layer].size();
+  return t;
+}
+
+absl::Status ResidentSession::RetrieveLongTerm(int layer, const float* queries, int64_t num_queries,
+                                               float* out) {
+  if (ltm_ == nullptr) return absl::FailedPreconditionError("model has no long-term memory");
+  if (layer < 0 || layer >= base_.num_layers()) {
+    return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " out of range"));
+  }
+  const std::vector<int64_t> chosen = ltm_->Select(layer, queries, num_queries);
+  const auto& entries = ltm_->layer(layer).entries();
+  std::vector<uint64_t> ids(chosen.size());
+  for (size_t i = 0; i < chosen.size(); ++i) ids[i] = entries[chosen[i]].token_id;
+  const int64_t d = base_.hidden();
+  std::vector<uint8_t> rows(ids.size() * base_.row_bytes());
+  absl::Status st = ReadTokens(ids, rows.data());
+  if (!st.ok()) return st;
+  DTypeToFloats(rows.data(), base_.storage_dtype(), static_cast<int64_t>(ids.size()) * d, out);
+  return absl::OkStatus();
+}
+
+size_t ResidentSession::ResidentBytes() const {
+  size_t bytes = sizeof(*this);
+  for (size_t l = 0; l < stm_.size(); ++l) {
+    bytes += stm_rows_[l].size() + stm_[l].ids.size() * (sizeof(uint64_t) + sizeof(int32_t));
+  }
+  if (ltm_) {
+    for (int l = 0; l < ltm_->num_layers(); ++l) {
+      bytes += ltm_->layer(l).keys().size() * sizeof(float) +
+               ltm_->layer(l).entries().size() * (sizeof(LongTermEntry) + sizeof(LongTermSlot));
+    }
+  }
+  return bytes;
+}
+
+}  // namespace mplus::memstore

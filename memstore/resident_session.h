@@ -1,0 +1,81 @@
+// One session's memory state held in RAM: the short-term lists and their vectors (what the
+// engine reads on every generate), and the long-term index with the storage sequence number of
+// every entry. Rebuilt from RocksDB on demand; every inject is committed as ONE WriteBatch.
+#ifndef MPLUS_MEMSTORE_RESIDENT_SESSION_H_
+#define MPLUS_MEMSTORE_RESIDENT_SESSION_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/session_memory.h"
+#include "memstore/base_memory.h"
+#include "memstore/long_term_index.h"
+#include "memstore/store_schema.h"
+#include "rocksdb/db.h"
+
+namespace mplus::memstore {
+
+// What a resident session needs from its store.
+struct StoreHandles {
+  rocksdb::DB* db = nullptr;
+  std::vector<rocksdb::ColumnFamilyHandle*> cf;  // indexed by ColumnFamily
+  rocksdb::WriteOptions write_options;
+  const BaseMemory* base = nullptr;
+};
+
+class ResidentSession : public engine::SessionMemory {
+ public:
+  // Rebuilds the session `record` describes from the database (a session that never injected
+  // has only its record: everything else is the checkpoint's memory).
+  static absl::StatusOr<std::unique_ptr<ResidentSession>> Load(const StoreHandles& store,
+                                                               const SessionRecord& record);
+
+  engine::TensorView ShortTerm(int layer) const override;
+  absl::Status RetrieveLongTerm(int layer, const float* queries, int64_t num_queries,
+                                float* out) override;
+
+  // Validates `result`, applies it, and writes one WriteBatch (new tokens, dropped tokens moving
+  // to long-term memory with their keys, evictions, the new short-term lists, counters, the
+  // request record when `request_id` is set). Returns after the batch is durable. On an error
+  // after validation the in-RAM state may be ahead of the database: drop this object.
+  absl::Status Commit(const engine::InjectResult& result, int64_t tokens_in_chunk,
+                      std::optional<std::string_view> request_id, int64_t now_micros,
+                      int64_t* evicted_ltm_tokens);
+
+  const SessionRecord& record() const { return record_; }
+  const ShortTermList& short_term_list(int layer) const { return stm_[layer]; }
+  const LongTermMemory* long_term() const { return ltm_.get(); }  // null for MemoryLLM
+  // Bytes this object holds (short-term vectors and lists, long-term index).
+  size_t ResidentBytes() const;
+
+ private:
+  struct LongTermSlot {
+    uint64_t seq;
+    uint64_t token_id;
+  };
+  ResidentSession(const StoreHandles& store, const SessionRecord& record);
+  absl::Status LoadShortTerm();
+  absl::Status LoadLongTerm();
+  absl::Status ReadTokens(const std::vector<uint64_t>& ids, uint8_t* out_rows) const;
+  absl::Status CheckResult(const engine::InjectResult& result) const;
+  // The layer meta matching the in-RAM index, given the entries' slots.
+  LongTermLayerMeta LayerMeta(int layer, const std::vector<LongTermSlot>& slots,
+                              uint64_t next_seq) const;
+
+  StoreHandles store_;
+  const BaseMemory& base_;
+  SessionRecord record_;
+  std::vector<ShortTermList> stm_;
+  std::vector<std::vector<uint8_t>> stm_rows_;  // [L][N * row_bytes], storage dtype
+  std::unique_ptr<LongTermMemory> ltm_;
+  std::vector<std::vector<LongTermSlot>> ltm_slots_;  // parallel to ltm_->layer(l).entries()
+  std::vector<LongTermLayerMeta> ltm_meta_;           // as persisted
+};
+
+}  // namespace mplus::memstore
+
+#endif  // MPLUS_MEMSTORE_RESIDENT_SESSION_H_

@@ -1,0 +1,212 @@
+// ResidentSession::Commit: one inject → one durable WriteBatch.
+#include <cstring>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "memstore/resident_session.h"
+#include "rocksdb/write_batch.h"
+
+namespace mplus::memstore {
+
+absl::Status ResidentSession::CheckResult(const engine::InjectResult& r) const {
+  const engine::ModelConfig& c = base_.config();
+  const size_t L = base_.num_layers();
+  const int64_t K = c.num_tokens, N = c.stm_tokens(), d = c.hidden_size;
+  if (r.delta.size() != L || r.dropped.size() != L ||
+      (c.has_long_term() && r.dropped_keys.size() != L)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("inject result must have ", L, " layers of delta, dropped slots and keys"));
+  }
+  for (size_t l = 0; l < L; ++l) {
+    if (static_cast<int64_t>(r.delta[l].size()) != K * d) {
+      return absl::InvalidArgumentError(absl::StrCat("layer ", l, ": delta has ", r.delta[l].size(),
+                                                     " floats, expected ", K * d));
+    }
+    if (static_cast<int64_t>(r.dropped[l].size()) != K) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("layer ", l, ": ", r.dropped[l].size(), " dropped slots, expected ", K));
+    }
+    for (int64_t j = 0; j < K; ++j) {
+      const int32_t s = r.dropped[l][j];
+      if (s < 0 || s >= N || (j > 0 && s <= r.dropped[l][j - 1])) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "layer ", l, ": dropped slots must be ascending, distinct and in [0, ", N, ")"));
+      }
+    }
+    if (c.has_long_term() &&
+        static_cast<int64_t>(r.dropped_keys[l].size()) != K * c.selector_hidden_dim) {
+      return absl::InvalidArgumentError(absl::StrCat("layer ", l, ": dropped keys have ",
+                                                     r.dropped_keys[l].size(), " floats, expected ",
+                                                     K * c.selector_hidden_dim));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ResidentSession::Commit(const engine::InjectResult& result, int64_t tokens_in_chunk,
+                                     std::optional<std::string_view> request_id, int64_t now_micros,
+                                     int64_t* evicted_ltm_tokens) {
+  absl::Status st = CheckResult(result);
+  if (!st.ok()) return st;
+  const engine::ModelConfig& c = base_.config();
+  const int L = base_.num_layers();
+  const int64_t K = c.num_tokens, N = c.stm_tokens(), d = c.hidden_size;
+  const size_t row_bytes = base_.row_bytes();
+  const uint64_t number = record_.number;
+  SessionRecord rec = record_;
+  rec.inject_count += 1;
+  rec.injected_tokens += tokens_in_chunk;
+  rec.updated_micros = now_micros;
+  rocksdb::WriteBatch batch;
+  auto* tokens_cf = store_.cf[kTokensCf];
+  auto* ltm_cf = store_.cf[kLtmCf];
+
+  // New tokens, in the storage dtype (what the short-term cache will hold, bit for bit).
+  std::vector<std::vector<uint8_t>> new_rows(L);
+  std::vector<std::vector<uint64_t>> new_ids(L);
+  for (int l = 0; l < L; ++l) {
+    new_rows[l].resize(K * row_bytes);
+    FloatsToDType(result.delta[l].data(), K * d, base_.storage_dtype(), new_rows[l].data());
+    for (int64_t j = 0; j < K; ++j) {
+      const uint64_t id = rec.next_token_id++;
+      new_ids[l].push_back(id);
+      batch.Put(tokens_cf, TokenKey(number, id),
+                rocksdb::Slice(reinterpret_cast<const char*>(new_rows[l].data() + j * row_bytes),
+                               row_bytes));
+    }
+  }
+
+  // Dropped tokens leave short-term memory: into long-term memory (M+) or gone (MemoryLLM).
+  std::vector<DroppedTokens> dropped(L);
+  for (int l = 0; l < L; ++l) {
+    for (int32_t slot : result.dropped[l]) {
+      dropped[l].token_ids.push_back(stm_[l].ids[slot]);
+      dropped[l].stm_ages.push_back(stm_[l].ages[slot]);
+    }
+    if (ltm_) {
+      dropped[l].keys = result.dropped_keys[l];
+    } else {
+      for (uint64_t id : dropped[l].token_ids) {
+        if (!IsBaseToken(id)) batch.Delete(tokens_cf, TokenKey(number, id));
+      }
+    }
+  }
+
+  std::vector<std::vector<LongTermSlot>> new_slots;
+  std::vector<LongTermLayerMeta> new_meta;
+  int64_t evicted_total = 0;
+  if (ltm_) {
+    // From here on the in-RAM long-term index is ahead of the database until the write succeeds.
+    const std::vector<std::vector<uint64_t>> evicted = ltm_->ApplyInject(dropped);
+    new_slots.resize(L);
+    new_meta.resize(L);
+    rec.update_step = ltm_->update_step();
+    rec.ltm_tokens = 0;
+    for (int l = 0; l < L; ++l) {
+      const int64_t n0 = base_.long_term_size(l);
+      const absl::flat_hash_set<uint64_t> gone(evicted[l].begin(), evicted[l].end());
+      evicted_total += static_cast<int64_t>(evicted[l].size());
+      for (const LongTermSlot& s : ltm_slots_[l]) {
+        if (!gone.contains(s.token_id)) {
+          new_slots[l].push_back(s);
+          continue;
+        }
+        if (static_cast<int64_t>(s.seq) < n0) {
+          batch.Put(ltm_cf, LtmKey(number, l, kLtmBaseEvicted, s.seq), "");
+        } else {
+          batch.Delete(ltm_cf, LtmKey(number, l, kLtmEntry, s.seq));
+        }
+        if (!IsBaseToken(s.token_id)) batch.Delete(tokens_cf, TokenKey(number, s.token_id));
+      }
+      const LongTermLayer& layer = ltm_->layer(l);
+      const size_t first_new = new_slots[l].size();
+      if (first_new + dropped[l].token_ids.size() != layer.entries().size()) {
+        return absl::InternalError(
+            absl::StrCat("memstore: layer ", l, ": long-term index changed unexpectedly"));
+      }
+      for (size_t j = 0; j < dropped[l].token_ids.size(); ++j) {
+        const LongTermEntry& e = layer.entries()[first_new + j];
+        if (e.token_id != dropped[l].token_ids[j]) {
+          return absl::InternalError(
+              absl::StrCat("memstore: layer ", l, ": long-term entry order mismatch"));
+        }
+        const uint64_t seq = rec.next_ltm_seq[l]++;
+        new_slots[l].push_back({seq, e.token_id});
+        LongTermRecord r;
+        r.token_id = e.token_id;
+        r.age_base = e.age - K * rec.inject_count;
+        r.pending_recall_frequency = e.recall_frequency;
+        r.key.assign(dropped[l].keys.begin() + j * c.selector_hidden_dim,
+                     dropped[l].keys.begin() + (j + 1) * c.selector_hidden_dim);
+        batch.Put(ltm_cf, LtmKey(number, l, kLtmEntry, seq), EncodeLongTermRecord(r));
+      }
+      rec.ltm_tokens += layer.size();
+    }
+    for (int l = 0; l < L; ++l) {
+      new_meta[l] = LayerMeta(l, new_slots[l], rec.next_ltm_seq[l]);
+      if (!SameLayerMeta(new_meta[l], ltm_meta_[l])) {
+        batch.Put(ltm_cf, LtmKey(number, l, kLtmLayerMeta, 0),
+                  EncodeLongTermLayerMeta(new_meta[l]));
+      }
+    }
+  }
+
+  // New short-term lists: kept slots in order, then the new tokens (ages K-1 .. 0).
+  std::vector<ShortTermList> new_stm(L);
+  for (int l = 0; l < L; ++l) {
+    ShortTermList& s = new_stm[l];
+    s.ids.reserve(N);
+    s.ages.reserve(N);
+    size_t next_drop = 0;
+    for (int64_t i = 0; i < N; ++i) {
+      if (next_drop < result.dropped[l].size() && result.dropped[l][next_drop] == i) {
+        ++next_drop;
+        continue;
+      }
+      s.ids.push_back(stm_[l].ids[i]);
+      s.ages.push_back(stm_[l].ages[i]);
+    }
+    for (int64_t j = 0; j < K; ++j) {
+      s.ids.push_back(new_ids[l][j]);
+      s.ages.push_back(static_cast<int32_t>(K - 1 - j));
+    }
+    batch.Put(store_.cf[kStmCf], StmKey(number, l), EncodeShortTermList(s));
+  }
+
+  batch.Put(store_.cf[kSessionsCf], SessionKey(rec.id), EncodeSessionRecord(rec));
+  if (request_id) {
+    RequestRecord q{rec.inject_count, tokens_in_chunk, now_micros};
+    batch.Put(store_.cf[kRequestsCf], RequestKey(number, *request_id), EncodeRequestRecord(q));
+  }
+  const rocksdb::Status ws = store_.db->Write(store_.write_options, &batch);
+  if (!ws.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("memstore: session ", rec.id, ": inject not committed: ", ws.ToString()));
+  }
+
+  // Durable: bring the short-term cache in line (compact kept rows, append the new ones).
+  for (int l = 0; l < L; ++l) {
+    uint8_t* rows = stm_rows_[l].data();
+    size_t next_drop = 0;
+    int64_t out = 0;
+    for (int64_t i = 0; i < N; ++i) {
+      if (next_drop < result.dropped[l].size() && result.dropped[l][next_drop] == i) {
+        ++next_drop;
+        continue;
+      }
+      if (out != i) std::memmove(rows + out * row_bytes, rows + i * row_bytes, row_bytes);
+      ++out;
+    }
+    std::memcpy(rows + out * row_bytes, new_rows[l].data(), K * row_bytes);
+  }
+  stm_ = std::move(new_stm);
+  if (ltm_) {
+    ltm_slots_ = std::move(new_slots);
+    ltm_meta_ = std::move(new_meta);
+  }
+  record_ = std::move(rec);
+  if (evicted_ltm_tokens) *evicted_ltm_tokens = evicted_total;
+  return absl::OkStatus();
+}
+
+}  // namespace mplus::memstore

@@ -1,0 +1,343 @@
+// MemoryStore: session lifecycle, copy-on-write isolation, restart, deletion, residency,
+// corruption handling.
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "memstore/memory_store.h"
+#include "rocksdb/db.h"
+#include "tests/unit/memstore_test_util.h"
+
+namespace mplus::memstore {
+namespace {
+
+using testing::CompareWithReference;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using testing::MakeInject;
+using testing::MakeTinyModel;
+using testing::ReferenceSession;
+using testing::TempDir;
+
+std::unique_ptr<MemoryStore> OpenStore(const testing::TinyModel& m, const std::string& path,
+                                       size_t budget = size_t{1} << 30) {
+  StoreOptions o;
+  o.path = path;
+  o.resident_budget_bytes = budget;
+  absl::StatusOr<std::unique_ptr<MemoryStore>> s = MemoryStore::Open(o, m.config, m.weights);
+  EXPECT_TRUE(s.ok()) << s.status();
+  return s.ok() ? *std::move(s) : nullptr;
+}
+
+void Inject(MemoryStore& store, const std::string& id, uint64_t stream, int64_t n,
+            ReferenceSession* ref = nullptr) {
+  absl::StatusOr<SessionHandle> h = store.Acquire(id);
+  ASSERT_TRUE(h.ok()) << h.status();
+  const engine::InjectResult r = MakeInject(store.base().config(), stream, n);
+  ASSERT_TRUE(h->Commit(r, 100 + n).ok());
+  if (ref) ref->Apply(r);
+}
+
+TEST(MemstoreStoreTest, SessionLifecycleAndListing) {
+  auto m = MakeTinyModel();
+  auto store = OpenStore(*m, TempDir("lifecycle"));
+  EXPECT_TRUE(absl::IsInvalidArgument(store->CreateSession("", {}, 1).status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(store->CreateSession("bad/id", {}, 1).status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(store->CreateSession(std::string(129, 'a'), {}, 1).status()));
+  for (const char* id : {"c", "a", "b.2", "b_1", "Z-9"}) {
+    ASSERT_TRUE(store->CreateSession(id, {{"k", id}}, 42).ok());
+  }
+  EXPECT_TRUE(absl::IsAlreadyExists(store->CreateSession("a", {}, 1).status()));
+  absl::StatusOr<SessionInfo> a = store->GetSession("a");
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->seed, 42u);
+  EXPECT_EQ(a->labels.at("k"), "a");
+  EXPECT_GT(a->created_micros, 0);
+  EXPECT_EQ(a->ltm_tokens, 20);  // the checkpoint's 10 entries on each of 2 layers
+
+  std::vector<std::string> seen;
+  std::string token;
+  do {
+    absl::StatusOr<SessionPage> page = store->ListSessions(2, token);
+    ASSERT_TRUE(page.ok());
+    for (const SessionInfo& s : page->sessions) seen.push_back(s.id);
+    token = page->next_page_token;
+  } while (!token.empty());
+  EXPECT_THAT(seen, ElementsAre("Z-9", "a", "b.2", "b_1", "c"));
+
+  Inject(*store, "a", 1, 0);
+  a = store->GetSession("a");
+  EXPECT_EQ(a->inject_count, 1);
+  EXPECT_EQ(a->injected_tokens, 100);
+  ASSERT_TRUE(store->DeleteSession("a").ok());
+  EXPECT_TRUE(absl::IsNotFound(store->GetSession("a").status()));
+  EXPECT_TRUE(absl::IsNotFound(store->Acquire("a").status()));
+  EXPECT_TRUE(absl::IsNotFound(store->DeleteSession("a")));
+  EXPECT_EQ(store->Stats().total_sessions, 4);
+}
+
+TEST(MemstoreStoreTest, CopyOnWriteIsolation) {
+  auto m = MakeTinyModel(engine::DType::kBF16);
+  const std::vector<uint8_t> base_before = *m->buffers[0];
+  auto store = OpenStore(*m, TempDir("cow"));
+  ASSERT_TRUE(store->CreateSession("a", {}, 1).ok());
+  ASSERT_TRUE(store->CreateSession("b", {}, 2).ok());
+  ReferenceSession ref_a(store->base()), ref_b(store->base());
+  for (int n = 0; n < 8; ++n) Inject(*store, "a", 7, n, &ref_a);
+  EXPECT_EQ(*m->buffers[0], base_before);  // the checkpoint memory is never written
+  for (const auto& [id, ref] :
+       {std::pair<const char*, ReferenceSession*>{"a", &ref_a}, {"b", &ref_b}}) {
+    absl::StatusOr<SessionHandle> h = store->Acquire(id);
+    ASSERT_TRUE(h.ok());
+    ResidentSession& s = const_cast<ResidentSession&>(h->resident());
+    EXPECT_EQ(CompareWithReference(s, *ref), "") << id;
+  }
+  // b still sees exactly the checkpoint's memory.
+  absl::StatusOr<SessionHandle> b = store->Acquire("b");
+  const engine::TensorView t = b->memory().ShortTerm(1);
+  EXPECT_EQ(std::memcmp(t.data, m->buffers[0]->data() + t.nbytes, t.nbytes), 0);
+}
+
+TEST(MemstoreStoreTest, RestartRestoresBitwiseIdenticalState) {
+  for (engine::DType dtype : {engine::DType::kF32, engine::DType::kBF16}) {
+    for (bool mplus : {true, false}) {
+      auto m = MakeTinyModel(dtype, mplus);
+      const std::string path = TempDir("restart");
+      std::vector<std::unique_ptr<ReferenceSession>> refs;
+      {
+        auto store = OpenStore(*m, path);
+        for (int s = 0; s < 3; ++s) {
+          const std::string id = "s" + std::to_string(s);
+          ASSERT_TRUE(store->CreateSession(id, {}, s).ok());
+          refs.push_back(std::make_unique<ReferenceSession>(store->base()));
+          // Enough injects for several merges and evictions.
+          for (int n = 0; n < 5 + 7 * s; ++n) Inject(*store, id, s, n, refs.back().get());
+        }
+      }
+      auto store = OpenStore(*m, path);
+      EXPECT_EQ(store->Stats().resident_sessions, 0);
+      for (int s = 0; s < 3; ++s) {
+        absl::StatusOr<SessionHandle> h = store->Acquire("s" + std::to_string(s));
+        ASSERT_TRUE(h.ok()) << h.status();
+        EXPECT_EQ(CompareWithReference(const_cast<ResidentSession&>(h->resident()), *refs[s]), "")
+            << "session " << s << " dtype " << static_cast<int>(dtype) << " mplus " << mplus;
+      }
+      if (mplus) {
+        EXPECT_GT(store->Stats().ltm_tokens, 0);
+      }
+    }
+  }
+}
+
+TEST(MemstoreStoreTest, MergeEveryInjectAndLongRuns) {
+  auto m = MakeTinyModel(engine::DType::kF32, true, 3, /*update_ltm_frequency=*/1);
+  const std::string path = TempDir("merge1");
+  ReferenceSession ref(*BaseMemory::Create(m->config, m->weights).value());
+  {
+    auto store = OpenStore(*m, path);
+    ASSERT_TRUE(store->CreateSession("x", {}, 0).ok());
+    for (int n = 0; n < 30; ++n) Inject(*store, "x", 3, n, &ref);
+    EXPECT_GT(store->Stats().ltm_evicted_tokens, 0);
+  }
+  auto store = OpenStore(*m, path);
+  absl::StatusOr<SessionHandle> h = store->Acquire("x");
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ(CompareWithReference(const_cast<ResidentSession&>(h->resident()), ref), "");
+}
+
+TEST(MemstoreStoreTest, DeletionLeavesNoKeys) {
+  auto m = MakeTinyModel();
+  const std::string path = TempDir("delete");
+  {
+    auto store = OpenStore(*m, path);
+    ASSERT_TRUE(store->CreateSession("gone", {}, 1).ok());
+    ASSERT_TRUE(store->CreateSession("kept", {}, 1).ok());
+    for (int n = 0; n < 10; ++n) Inject(*store, "gone", 1, n);
+    {
+      absl::StatusOr<SessionHandle> h = store->Acquire("gone");
+      ASSERT_TRUE(h->Commit(MakeInject(m->config, 1, 10), 5, "req-1").ok());
+    }
+    ASSERT_TRUE(store->Flush().ok());
+    ASSERT_TRUE(store->DeleteSession("gone").ok());
+    EXPECT_EQ(store->Stats().ltm_tokens, 20);  // only "kept"'s checkpoint entries
+  }
+  rocksdb::DB* raw = nullptr;
+  std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
+  for (int i = 0; i < kNumColumnFamilies; ++i)
+    cfs.emplace_back(ColumnFamilyName(i), rocksdb::ColumnFamilyOptions());
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  ASSERT_TRUE(rocksdb::DB::OpenForReadOnly(rocksdb::DBOptions(), path, cfs, &handles, &raw).ok());
+  for (int cf = kSessionsCf; cf < kNumColumnFamilies; ++cf) {
+    std::unique_ptr<rocksdb::Iterator> it(raw->NewIterator(rocksdb::ReadOptions(), handles[cf]));
+    int keys = 0;
+    for (it->SeekToFirst(); it->Valid(); it->Next()) ++keys;
+    // "kept" never injected: it has only its session record.
+    EXPECT_EQ(keys, cf == kSessionsCf ? 1 : 0) << ColumnFamilyName(cf);
+  }
+  for (auto* h : handles) raw->DestroyColumnFamilyHandle(h);
+  delete raw;
+}
+
+TEST(MemstoreStoreTest, ResidencySpillsLeastRecentlyUsedSessions) {
+  auto m = MakeTinyModel();
+  const std::string path = TempDir("lru");
+  size_t one = 0;
+  {
+    auto store = OpenStore(*m, path);
+    ASSERT_TRUE(store->CreateSession("probe", {}, 0).ok());
+    { ASSERT_TRUE(store->Acquire("probe").ok()); }
+    one = store->Stats().resident_bytes;
+  }
+  ASSERT_GT(one, 0u);
+  auto store = OpenStore(*m, path, 2 * one + one / 2);  // room for two sessions
+  std::vector<ReferenceSession> refs;
+  for (const char* id : {"a", "b", "c", "d"}) {
+    ASSERT_TRUE(store->CreateSession(id, {}, 0).ok());
+    refs.emplace_back(store->base());
+  }
+  auto touch = [&](const char* id) {
+    const int i = id[0] - 'a';
+    Inject(*store, id, i, refs[i].inject_count(), &refs[i]);
+  };
+  touch("a");
+  touch("b");
+  EXPECT_THAT(store->ResidentSessions(), ElementsAre("b", "a"));
+  touch("c");  // a is least recently used
+  EXPECT_THAT(store->ResidentSessions(), ElementsAre("c", "b"));
+  touch("b");
+  touch("d");  // c now
+  EXPECT_THAT(store->ResidentSessions(), ElementsAre("d", "b"));
+  EXPECT_EQ(store->Stats().session_spills, 2);
+  EXPECT_LE(store->Stats().resident_bytes, 2 * one + one / 2);
+  touch("a");  // restored transparently
+  for (const char* id : {"a", "b", "c", "d"}) {
+    absl::StatusOr<SessionHandle> h = store->Acquire(id);
+    ASSERT_TRUE(h.ok());
+    EXPECT_EQ(CompareWithReference(const_cast<ResidentSession&>(h->resident()), refs[id[0] - 'a']),
+              "");
+  }
+}
+
+TEST(MemstoreStoreTest, IdempotencyRecordsAndValidation) {
+  auto m = MakeTinyModel();
+  auto store = OpenStore(*m, TempDir("idem"));
+  ASSERT_TRUE(store->CreateSession("s", {}, 0).ok());
+  absl::StatusOr<SessionHandle> h = store->Acquire("s");
+  engine::InjectResult bad = MakeInject(m->config, 0, 0);
+  bad.dropped[1][0] = bad.dropped[1][1];
+  EXPECT_TRUE(absl::IsInvalidArgument(h->Commit(bad, 1)));
+  bad = MakeInject(m->config, 0, 0);
+  bad.delta[0].pop_back();
+  EXPECT_TRUE(absl::IsInvalidArgument(h->Commit(bad, 1)));
+  EXPECT_FALSE(h->FindRequest("r1")->has_value());
+  ASSERT_TRUE(h->Commit(MakeInject(m->config, 0, 0), 9, "r1").ok());
+  absl::StatusOr<std::optional<RequestRecord>> r = h->FindRequest("r1");
+  ASSERT_TRUE(r.ok() && r->has_value());
+  EXPECT_EQ((*r)->inject_count, 1);
+  EXPECT_EQ((*r)->tokens, 9);
+  EXPECT_EQ(h->info().inject_count, 1);
+}
+
+TEST(MemstoreStoreTest, ConcurrentSessions) {
+  auto m = MakeTinyModel();
+  auto store = OpenStore(*m, TempDir("threads"));
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    ASSERT_TRUE(store->CreateSession("t" + std::to_string(t), {}, t).ok());
+  }
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int n = 0; n < 10; ++n) Inject(*store, "t" + std::to_string(t), t, n);
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (int t = 0; t < 4; ++t) {
+    EXPECT_EQ(store->GetSession("t" + std::to_string(t))->inject_count, 10);
+  }
+  EXPECT_EQ(store->Stats().commits, 40);
+}
+
+TEST(MemstoreStoreTest, RejectsOtherModel) {
+  auto m = MakeTinyModel();
+  const std::string path = TempDir("digest");
+  { OpenStore(*m, path); }
+  auto other = MakeTinyModel(engine::DType::kBF16);
+  StoreOptions o;
+  o.path = path;
+  absl::StatusOr<std::unique_ptr<MemoryStore>> s =
+      MemoryStore::Open(o, other->config, other->weights);
+  EXPECT_TRUE(absl::IsFailedPrecondition(s.status())) << s.status();
+}
+
+// Flips bytes in the middle of every file whose name ends with `suffix`.
+int CorruptFiles(const std::string& dir, const std::string& suffix) {
+  int n = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    const std::string name = e.path().filename().string();
+    if (name.size() < suffix.size() ||
+        name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0)
+      continue;
+    const auto size = std::filesystem::file_size(e.path());
+    if (size < 64) continue;
+    std::fstream f(e.path(), std::ios::in | std::ios::out | std::ios::binary);
+    for (uint64_t off = size / 3; off < size / 3 + 64; ++off) {
+      f.seekg(off);
+      const char c = static_cast<char>(f.get());
+      f.seekp(off);
+      f.put(static_cast<char>(c ^ 0x5a));
+    }
+    ++n;
+  }
+  return n;
+}
+
+// Opens the store and restores every session: the corruption must surface as an error status.
+absl::Status OpenAndReadAll(const testing::TinyModel& m, const std::string& path) {
+  StoreOptions o;
+  o.path = path;
+  absl::StatusOr<std::unique_ptr<MemoryStore>> store = MemoryStore::Open(o, m.config, m.weights);
+  if (!store.ok()) return store.status();
+  for (const char* id : {"s0", "s1"}) {
+    absl::StatusOr<SessionHandle> h = (*store)->Acquire(id);
+    if (!h.ok()) return h.status();
+  }
+  return absl::OkStatus();
+}
+
+TEST(MemstoreStoreTest, CorruptedSstIsAClearError) {
+  auto m = MakeTinyModel();
+  const std::string path = TempDir("sst");
+  {
+    auto store = OpenStore(*m, path);
+    for (const char* id : {"s0", "s1"}) {
+      ASSERT_TRUE(store->CreateSession(id, {}, 0).ok());
+      for (int n = 0; n < 12; ++n) Inject(*store, id, 1, n);
+    }
+    ASSERT_TRUE(store->Flush().ok());
+  }
+  ASSERT_GT(CorruptFiles(path, ".sst"), 0);
+  const absl::Status s = OpenAndReadAll(*m, path);
+  EXPECT_TRUE(absl::IsDataLoss(s)) << s;
+  EXPECT_THAT(s.message(), HasSubstr("Corruption"));
+}
+
+TEST(MemstoreStoreTest, CorruptedWalIsAClearError) {
+  auto m = MakeTinyModel();
+  const std::string path = TempDir("wal");
+  {
+    auto store = OpenStore(*m, path);
+    for (const char* id : {"s0", "s1"}) {
+      ASSERT_TRUE(store->CreateSession(id, {}, 0).ok());
+      for (int n = 0; n < 12; ++n) Inject(*store, id, 1, n);
+    }
+  }
+  ASSERT_GT(CorruptFiles(path, ".log"), 0);
+  const absl::Status s = OpenAndReadAll(*m, path);
+  EXPECT_TRUE(absl::IsDataLoss(s)) << s;
+  EXPECT_THAT(s.message(), HasSubstr("Corruption"));
+}
+
+}  // namespace
+}  // namespace mplus::memstore
