@@ -1,0 +1,194 @@
+// CPU backend ops against naive double-precision references.
+#include "engine/cpu/cpu_backend.h"
+
+#include <cmath>
+#include <vector>
+
+#include "engine/rope.h"
+#include "gtest/gtest.h"
+
+namespace mplus::engine::cpu {
+namespace {
+
+class CpuBackendTest : public ::testing::Test {
+ protected:
+  Tensor Make(std::vector<int64_t> shape, const std::vector<float>& values) {
+    Tensor t = *backend_.Allocate(DType::kF32, std::move(shape));
+    EXPECT_TRUE(backend_.CopyFromHost(values.data(), DType::kF32, t).ok());
+    return t;
+  }
+  Tensor Zeros(std::vector<int64_t> shape) {
+    int64_t n = 1;
+    for (int64_t s : shape) n *= s;
+    return Make(std::move(shape), std::vector<float>(static_cast<size_t>(n), 0.f));
+  }
+  static std::vector<float> Values(int64_t n, double seed) {
+    std::vector<float> v(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) v[i] = static_cast<float>(std::sin(seed * (i + 1) + 0.3));
+    return v;
+  }
+  static const float* F(const Tensor& t) { return t.data_as<const float>(); }
+
+  CpuBackend cpu_{3};
+  Backend& backend_ = cpu_;  // the interface carries the default arguments
+};
+
+TEST_F(CpuBackendTest, MatMulFloat32AndBf16WithAlphaAndAccumulate) {
+  const int64_t n = 3, k = 37, m = 21;
+  const std::vector<float> x = Values(n * k, 0.37), w = Values(m * k, 0.11);
+  std::vector<uint16_t> w_bf16(w.size());
+  for (size_t i = 0; i < w.size(); ++i) w_bf16[i] = FloatToBF16(w[i]);
+  const Tensor xt = Make({n, k}, x);
+  const Tensor wt = Make({m, k}, w);
+  const Tensor wb = Tensor::Borrow(DType::kBF16, {m, k}, Device::kCpu, w_bf16.data());
+  Tensor out = Make({n, m}, std::vector<float>(n * m, 1.f));
+  ASSERT_TRUE(backend_.MatMul(xt, wt, out, 0.5f, /*accumulate=*/true).ok());
+  Tensor out_bf16 = Zeros({n, m});
+  ASSERT_TRUE(backend_.MatMul(xt, wb, out_bf16).ok());
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < m; ++j) {
+      double dot = 0, dot_bf16 = 0;
+      for (int64_t c = 0; c < k; ++c) {
+        dot += double{x[i * k + c]} * w[j * k + c];
+        dot_bf16 += double{x[i * k + c]} * BF16ToFloat(w_bf16[j * k + c]);
+      }
+      EXPECT_NEAR(F(out)[i * m + j], 1 + 0.5 * dot, 1e-5);
+      EXPECT_NEAR(F(out_bf16)[i * m + j], dot_bf16, 1e-5);
+    }
+  }
+  EXPECT_FALSE(backend_.MatMul(xt, Zeros({m, k + 1}), out).ok());
+}
+
+TEST_F(CpuBackendTest, RmsNormInPlace) {
+  const int64_t n = 2, d = 10;
+  const std::vector<float> x = Values(n * d, 0.7), w = Values(d, 1.9);
+  Tensor xt = Make({n, d}, x);
+  ASSERT_TRUE(backend_.RmsNorm(xt, Make({d}, w), 1e-5f, xt).ok());
+  for (int64_t i = 0; i < n; ++i) {
+    double ss = 0;
+    for (int64_t c = 0; c < d; ++c) ss += double{x[i * d + c]} * x[i * d + c];
+    const double inv = 1 / std::sqrt(ss / d + 1e-5);
+    for (int64_t c = 0; c < d; ++c) EXPECT_NEAR(F(xt)[i * d + c], w[c] * x[i * d + c] * inv, 1e-5);
+  }
+}
+
+TEST_F(CpuBackendTest, RopeRotatesHalvesByPosition) {
+  const int64_t heads = 2, hd = 8, n = 3;
+  const std::vector<float> x = Values(n * heads * hd, 0.5), freq = {1.f, 0.1f, 0.01f, 0.001f};
+  Tensor xt = Make({n, heads * hd}, x);
+  const std::vector<int64_t> positions = {0, 5, 1000};
+  ASSERT_TRUE(backend_.Rope(xt, hd, positions, Make({hd / 2}, freq)).ok());
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t h = 0; h < heads; ++h) {
+      for (int64_t j = 0; j < hd / 2; ++j) {
+        const double angle = static_cast<double>(static_cast<float>(positions[r]) * freq[j]);
+        const int64_t base = r * heads * hd + h * hd;
+        const double a = x[base + j], b = x[base + j + hd / 2];
+        EXPECT_NEAR(F(xt)[base + j], a * std::cos(angle) - b * std::sin(angle), 1e-5);
+        EXPECT_NEAR(F(xt)[base + j + hd / 2], b * std::cos(angle) + a * std::sin(angle), 1e-5);
+      }
+    }
+  }
+}
+
+TEST_F(CpuBackendTest, AttentionGqaWithPrefixAndBottomRightCausalMask) {
+  const int64_t heads = 4, kv_heads = 2, hd = 3, nq = 2, nk = 5;
+  const std::vector<float> q = Values(nq * heads * hd, 0.9), k = Values(nk * kv_heads * hd, 1.3),
+                           v = Values(nk * kv_heads * hd, 2.1);
+  Tensor out = Zeros({nq, heads * hd});
+  ASSERT_TRUE(backend_
+                  .Attention(Make({nq, heads * hd}, q), Make({nk, kv_heads * hd}, k),
+                             Make({nk, kv_heads * hd}, v), heads, kv_heads, hd, out)
+                  .ok());
+  for (int64_t i = 0; i < nq; ++i) {
+    for (int64_t h = 0; h < heads; ++h) {
+      const int64_t g = h / (heads / kv_heads), visible = nk - nq + i + 1;
+      std::vector<double> p(visible);
+      double mx = -1e300, sum = 0;
+      for (int64_t j = 0; j < visible; ++j) {
+        double dot = 0;
+        for (int64_t c = 0; c < hd; ++c) {
+          dot += double{q[i * heads * hd + h * hd + c]} * k[j * kv_heads * hd + g * hd + c];
+        }
+        p[j] = dot / std::sqrt(double(hd));
+        mx = std::max(mx, p[j]);
+      }
+      for (double& x : p) sum += (x = std::exp(x - mx));
+      for (int64_t c = 0; c < hd; ++c) {
+        double want = 0;
+        for (int64_t j = 0; j < visible; ++j)
+          want += p[j] / sum * v[j * kv_heads * hd + g * hd + c];
+        EXPECT_NEAR(F(out)[i * heads * hd + h * hd + c], want, 1e-5);
+      }
+    }
+  }
+}
+
+TEST_F(CpuBackendTest, ElementwiseOps) {
+  const std::vector<float> a = Values(6, 0.3), b = Values(6, 0.8);
+  Tensor at = Make({2, 3}, a), bt = Make({2, 3}, b);
+  Tensor out = Zeros({2, 3});
+  ASSERT_TRUE(backend_.SiluMul(at, bt, out).ok());
+  for (int i = 0; i < 6; ++i) EXPECT_NEAR(F(out)[i], a[i] / (1 + std::exp(-a[i])) * b[i], 1e-6);
+  ASSERT_TRUE(backend_.Add(at, bt, out).ok());
+  for (int i = 0; i < 6; ++i) EXPECT_NEAR(F(out)[i], a[i] + b[i], 1e-6);
+  ASSERT_TRUE(backend_.AddRow(at, Make({3}, {1.f, 2.f, 3.f})).ok());
+  for (int i = 0; i < 6; ++i) EXPECT_NEAR(F(at)[i], a[i] + 1 + i % 3, 1e-6);
+  ASSERT_TRUE(backend_.Silu(bt).ok());
+  for (int i = 0; i < 6; ++i) EXPECT_NEAR(F(bt)[i], b[i] / (1 + std::exp(-b[i])), 1e-6);
+}
+
+TEST_F(CpuBackendTest, EmbeddingGathersRowsAndRejectsBadIds) {
+  const std::vector<float> table = Values(4 * 3, 0.2);
+  const Tensor tt = Make({4, 3}, table);
+  Tensor out = Zeros({2, 3});
+  const std::vector<int32_t> ids = {3, 1};
+  ASSERT_TRUE(backend_.Embedding(tt, ids, out).ok());
+  for (int c = 0; c < 3; ++c) {
+    EXPECT_EQ(F(out)[c], table[9 + c]);
+    EXPECT_EQ(F(out)[3 + c], table[3 + c]);
+  }
+  const std::vector<int32_t> bad = {4, 0};
+  const absl::Status s = backend_.Embedding(tt, bad, out);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("4"), std::string::npos);
+}
+
+TEST_F(CpuBackendTest, ThreadPoolCoversEveryIndexOnce) {
+  ThreadPool pool(4);
+  std::vector<int> hits(1000, 0);
+  pool.ParallelFor(1000, 7, [&](int64_t a, int64_t b) {
+    for (int64_t i = a; i < b; ++i) ++hits[i];
+  });
+  for (int h : hits) EXPECT_EQ(h, 1);
+}
+
+TEST(RopeInvFreqTest, Llama3ScalingBands) {
+  ModelConfig c;
+  c.head_dim = 64;
+  c.rope_theta = 500000;
+  c.rope_scaling.rope_type = "llama3";
+  c.rope_scaling.factor = 8;
+  c.rope_scaling.low_freq_factor = 1;
+  c.rope_scaling.high_freq_factor = 4;
+  c.rope_scaling.original_max_position_embeddings = 64;
+  const std::vector<float> f = RopeInvFreq(c, false);
+  ASSERT_EQ(f.size(), 32u);
+  for (int j = 0; j < 32; ++j) {
+    const double base = 1 / std::pow(500000.0, 2.0 * j / 64);
+    const double wavelen = 2 * M_PI / base;
+    double want = base;
+    if (wavelen > 64) {
+      want = base / 8;
+    } else if (wavelen >= 16) {
+      const double s = (64 / wavelen - 1) / 3;
+      want = (1 - s) * base / 8 + s * base;
+    }
+    EXPECT_NEAR(f[j] / want, 1, 1e-5) << j;
+  }
+  const std::vector<float> b = RopeInvFreq(c, true);
+  for (int j = 0; j < 32; ++j) EXPECT_EQ(b[j], BF16ToFloat(FloatToBF16(f[j])));
+}
+
+}  // namespace
+}  // namespace mplus::engine::cpu
