@@ -1,0 +1,343 @@
+// Every CUDA backend op against the CPU reference backend, plus GPU retrieval against a CPU
+// reference. Outputs start as NaN so that an element an op forgets to write fails the check.
+//
+// Tolerances (|gpu - cpu| <= bound):
+//  - MatMul, float32 weights: 1e-5 + 1e-5 * sum_i |x_i w_i| (summation order only).
+//  - MatMul, bfloat16 weights: the GPU rounds activations to bf16 (relative error <= 2^-9 per
+//    term), so 1e-5 + 2^-8 * sum_i |x_i w_i|.
+//  - Attention: 2e-5 + 1e-4 * |ref| (online softmax vs. two-pass softmax, exp2f vs. exp).
+//  - RMSNorm, RoPE, SiLU: 1e-5 + 1e-5 * |ref| (float32, libm vs. CUDA math, FMA contraction).
+//  - Add, AddRow, Embedding, copies: exact.
+//  - Retrieval scores: 1e-6 absolute (double sigmoid sums; GEMM summation order only).
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+#include "engine/cpu/cpu_backend.h"
+#include "engine/cuda/cuda_backend.h"
+#include "engine/cuda/retrieval.h"
+#include "gtest/gtest.h"
+#include "tests/gpu/gpu_test_util.h"
+
+namespace mplus::gpu_test {
+namespace {
+
+using engine::cpu::CpuBackend;
+
+class GpuCheck : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    cpu_ = new CpuBackend();
+    absl::StatusOr<std::unique_ptr<Backend>> gpu = engine::cuda::CreateCudaBackend(0);
+    ASSERT_TRUE(gpu.ok()) << gpu.status();
+    gpu_ = gpu->release();
+  }
+  static void TearDownTestSuite() {
+    delete gpu_;
+    delete cpu_;
+    gpu_ = nullptr;
+    cpu_ = nullptr;
+  }
+  void SetUp() override { ASSERT_NE(gpu_, nullptr) << "no CUDA backend"; }
+
+  static Backend* cpu_;
+  static Backend* gpu_;
+};
+Backend* GpuCheck::cpu_ = nullptr;
+Backend* GpuCheck::gpu_ = nullptr;
+
+// Element-wise check with a per-element bound.
+void ExpectNear(const std::vector<float>& got, const std::vector<float>& want,
+                const std::vector<float>& bound, const char* what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  int64_t bad = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (!(std::fabs(got[i] - want[i]) <= bound[i])) {  // NaN fails too
+      if (++bad <= 5) {
+        ADD_FAILURE() << what << " [" << i << "]: gpu " << got[i] << " cpu " << want[i]
+                      << " bound " << bound[i];
+      }
+    }
+  }
+  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << got.size() << " elements off";
+}
+
+std::vector<float> RelBound(const std::vector<float>& want, float atol, float rtol) {
+  std::vector<float> b(want.size());
+  for (size_t i = 0; i < want.size(); ++i) b[i] = atol + rtol * std::fabs(want[i]);
+  return b;
+}
+
+#define ASSERT_OK_AND_ASSIGN(lhs, expr)      \
+  auto lhs##_or = (expr);                    \
+  ASSERT_TRUE(lhs##_or.ok()) << lhs##_or.status(); \
+  auto lhs = std::move(*lhs##_or)
+#define ASSERT_OK(expr)                  \
+  do {                                   \
+    absl::Status s_ = (expr);            \
+    ASSERT_TRUE(s_.ok()) << s_;          \
+  } while (0)
+
+TEST_F(GpuCheck, MatMul) {
+  struct Case {
+    int64_t n, m, k;
+    DType dtype;
+    float alpha;
+    bool accumulate;
+  };
+  const Case cases[] = {{1, 64, 48, DType::kF32, 1.0f, false},
+                        {7, 130, 33, DType::kF32, 0.5f, true},
+                        {64, 512, 256, DType::kF32, 1.0f, false},
+                        {1, 4096, 1024, DType::kBF16, 1.0f, false},
+                        {33, 200, 128, DType::kBF16, 2.0f, true},
+                        {128, 384, 512, DType::kBF16, 1.0f, false},
+                        {5, 96, 64, DType::kF16, 1.0f, false}};
+  uint32_t seed = 1;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(testing::Message() << "n=" << c.n << " m=" << c.m << " k=" << c.k << " dtype="
+                                    << engine::DTypeName(c.dtype));
+    const std::vector<float> x = RandomFloats(c.n * c.k, seed++);
+    const std::vector<float> w = Rounded(RandomFloats(c.m * c.k, seed++), c.dtype);
+    const std::vector<float> init = RandomFloats(c.n * c.m, seed++);
+    auto hw = MakeWeight(w, c.dtype, {c.m, c.k});
+    std::vector<std::vector<float>> results;
+    for (Backend* b : {cpu_, gpu_}) {
+      ASSERT_OK_AND_ASSIGN(xt, Upload(*b, x, {c.n, c.k}));
+      ASSERT_OK_AND_ASSIGN(wt, b->UploadWeight(hw->view));
+      ASSERT_OK_AND_ASSIGN(out, c.accumulate ? Upload(*b, init, {c.n, c.m})
+                                             : Poisoned(*b, {c.n, c.m}));
+      ASSERT_OK(b->MatMul(xt, wt, out, c.alpha, c.accumulate));
+      ASSERT_OK_AND_ASSIGN(host, Download(*b, out));
+      results.push_back(std::move(host));
+    }
+    const float rel = c.dtype == DType::kBF16 ? 1.0f / 256 : 1e-5f;
+    std::vector<float> bound(static_cast<size_t>(c.n * c.m));
+    for (int64_t i = 0; i < c.n; ++i) {
+      for (int64_t j = 0; j < c.m; ++j) {
+        double mag = 0;
+        for (int64_t t = 0; t < c.k; ++t) mag += std::fabs(x[i * c.k + t] * w[j * c.k + t]);
+        bound[i * c.m + j] = 1e-5f + rel * std::fabs(c.alpha) * static_cast<float>(mag);
+      }
+    }
+    ExpectNear(results[1], results[0], bound, "MatMul");
+  }
+}
+
+TEST_F(GpuCheck, RmsNormAliasedAndBf16Weight) {
+  for (DType wd : {DType::kF32, DType::kBF16}) {
+    const int64_t n = 9, d = 1000;
+    const std::vector<float> x = RandomFloats(n * d, 11, -3, 3);
+    auto hw = MakeWeight(Rounded(RandomFloats(d, 12), wd), wd, {d});
+    std::vector<std::vector<float>> res;
+    for (Backend* b : {cpu_, gpu_}) {
+      ASSERT_OK_AND_ASSIGN(xt, Upload(*b, x, {n, d}));
+      ASSERT_OK_AND_ASSIGN(wt, b->UploadWeight(hw->view));
+      ASSERT_OK(b->RmsNorm(xt, wt, 1e-5f, xt));  // out aliases x
+      ASSERT_OK_AND_ASSIGN(host, Download(*b, xt));
+      res.push_back(std::move(host));
+    }
+    ExpectNear(res[1], res[0], RelBound(res[0], 1e-5f, 1e-5f), "RmsNorm");
+  }
+}
+
+TEST_F(GpuCheck, Rope) {
+  for (int64_t hd : {64, 128}) {
+    const int64_t n = 17, heads = 4;
+    const std::vector<float> x = RandomFloats(n * heads * hd, 21);
+    std::vector<float> inv_freq(static_cast<size_t>(hd / 2));
+    for (int64_t j = 0; j < hd / 2; ++j) {
+      inv_freq[j] = 1.0f / std::pow(500000.0f, 2.0f * j / static_cast<float>(hd));
+    }
+    std::vector<int64_t> pos(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) pos[i] = i * 1237 % 20000;
+    std::vector<std::vector<float>> res;
+    for (Backend* b : {cpu_, gpu_}) {
+      ASSERT_OK_AND_ASSIGN(xt, Upload(*b, x, {n, heads * hd}));
+      ASSERT_OK_AND_ASSIGN(ft, Upload(*b, inv_freq, {hd / 2}));
+      ASSERT_OK(b->Rope(xt, hd, pos, ft));
+      ASSERT_OK_AND_ASSIGN(host, Download(*b, xt));
+      res.push_back(std::move(host));
+    }
+    ExpectNear(res[1], res[0], RelBound(res[0], 1e-5f, 1e-5f), "Rope");
+  }
+}
+
+TEST_F(GpuCheck, Attention) {
+  struct Case {
+    int64_t nq, nk, heads, kv_heads, hd;
+  };
+  const Case cases[] = {{5, 5, 4, 4, 64},        {37, 100, 8, 2, 128},   {20, 300, 6, 3, 80},
+                        {1, 12800, 32, 8, 128},  {1, 13001, 8, 8, 64},   {3, 4000, 8, 1, 96},
+                        {64, 64, 4, 2, 32},      {200, 1500, 4, 4, 128}, {1, 1, 2, 1, 16}};
+  uint32_t seed = 100;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(testing::Message() << "nq=" << c.nq << " nk=" << c.nk << " H=" << c.heads
+                                    << " Hkv=" << c.kv_heads << " hd=" << c.hd);
+    const std::vector<float> q = RandomFloats(c.nq * c.heads * c.hd, seed++, -2, 2);
+    const std::vector<float> k = RandomFloats(c.nk * c.kv_heads * c.hd, seed++, -2, 2);
+    const std::vector<float> v = RandomFloats(c.nk * c.kv_heads * c.hd, seed++);
+    std::vector<std::vector<float>> res;
+    for (Backend* b : {cpu_, gpu_}) {
+      ASSERT_OK_AND_ASSIGN(qt, Upload(*b, q, {c.nq, c.heads * c.hd}));
+      ASSERT_OK_AND_ASSIGN(kt, Upload(*b, k, {c.nk, c.kv_heads * c.hd}));
+      ASSERT_OK_AND_ASSIGN(vt, Upload(*b, v, {c.nk, c.kv_heads * c.hd}));
+      ASSERT_OK_AND_ASSIGN(out, Poisoned(*b, {c.nq, c.heads * c.hd}));
+      ASSERT_OK(b->Attention(qt, kt, vt, c.heads, c.kv_heads, c.hd, out));
+      ASSERT_OK_AND_ASSIGN(host, Download(*b, out));
+      res.push_back(std::move(host));
+    }
+    ExpectNear(res[1], res[0], RelBound(res[0], 2e-5f, 1e-4f), "Attention");
+  }
+}
+
+TEST_F(GpuCheck, ElementwiseOps) {
+  const int64_t n = 37, d = 301;
+  const std::vector<float> a = RandomFloats(n * d, 31, -6, 6), b = RandomFloats(n * d, 32);
+  auto row = MakeWeight(Rounded(RandomFloats(d, 33), DType::kBF16), DType::kBF16, {d});
+  std::vector<std::vector<float>> silu_mul, silu, add, add_row;
+  for (Backend* be : {cpu_, gpu_}) {
+    ASSERT_OK_AND_ASSIGN(at, Upload(*be, a, {n, d}));
+    ASSERT_OK_AND_ASSIGN(bt, Upload(*be, b, {n, d}));
+    ASSERT_OK_AND_ASSIGN(out, Poisoned(*be, {n, d}));
+    ASSERT_OK(be->SiluMul(at, bt, out));
+    ASSERT_OK_AND_ASSIGN(h1, Download(*be, out));
+    silu_mul.push_back(std::move(h1));
+    ASSERT_OK(be->Add(at, bt, bt));  // out aliases b
+    ASSERT_OK_AND_ASSIGN(h2, Download(*be, bt));
+    add.push_back(std::move(h2));
+    ASSERT_OK(be->Silu(at));
+    ASSERT_OK_AND_ASSIGN(h3, Download(*be, at));
+    silu.push_back(std::move(h3));
+    ASSERT_OK_AND_ASSIGN(rt, be->UploadWeight(row->view));
+    ASSERT_OK(be->AddRow(at, rt));
+    ASSERT_OK_AND_ASSIGN(h4, Download(*be, at));
+    add_row.push_back(std::move(h4));
+  }
+  ExpectNear(silu_mul[1], silu_mul[0], RelBound(silu_mul[0], 1e-5f, 1e-5f), "SiluMul");
+  ExpectNear(silu[1], silu[0], RelBound(silu[0], 1e-5f, 1e-5f), "Silu");
+  ExpectNear(add[1], add[0], RelBound(add[0], 0, 0), "Add");
+  ExpectNear(add_row[1], add_row[0], RelBound(add_row[0], 1e-5f, 1e-5f), "AddRow");
+}
+
+TEST_F(GpuCheck, EmbeddingAndCopies) {
+  const int64_t vocab = 1000, d = 257;
+  for (DType dt : {DType::kF32, DType::kBF16, DType::kF16}) {
+    auto table = MakeWeight(Rounded(RandomFloats(vocab * d, 41), dt), dt, {vocab, d});
+    const std::vector<int32_t> ids = {0, 999, 5, 5, 123};
+    std::vector<std::vector<float>> res;
+    for (Backend* b : {cpu_, gpu_}) {
+      ASSERT_OK_AND_ASSIGN(tt, b->UploadWeight(table->view));
+      ASSERT_OK_AND_ASSIGN(out, Poisoned(*b, {5, d}));
+      ASSERT_OK(b->Embedding(tt, ids, out));
+      const std::vector<int32_t> bad = {3, 1000};
+      EXPECT_EQ(b->Embedding(tt, bad, out.Rows(0, 2)).code(),
+                absl::StatusCode::kInvalidArgument);
+      ASSERT_OK_AND_ASSIGN(host, Download(*b, out));
+      res.push_back(std::move(host));
+    }
+    ExpectNear(res[1], res[0], RelBound(res[0], 0, 0), "Embedding");
+  }
+  // CopyFromHost widening bf16 -> f32, device copy (overlapping too), row views.
+  const std::vector<float> vals = Rounded(RandomFloats(4 * 64, 42), DType::kBF16);
+  const std::vector<uint8_t> raw = Encode(vals, DType::kBF16);
+  std::vector<std::vector<float>> res;
+  for (Backend* b : {cpu_, gpu_}) {
+    ASSERT_OK_AND_ASSIGN(t, Poisoned(*b, {4, 64}));
+    ASSERT_OK(b->CopyFromHost(raw.data(), DType::kBF16, t));
+    ASSERT_OK(b->Copy(t.Rows(0, 3), t.Rows(1, 4)));  // overlapping, memmove semantics
+    ASSERT_OK_AND_ASSIGN(host, Download(*b, t));
+    res.push_back(std::move(host));
+  }
+  ExpectNear(res[1], res[0], RelBound(res[0], 0, 0), "CopyFromHost/Copy");
+}
+
+TEST_F(GpuCheck, MemoryStatsTrackWeights) {
+  ASSERT_OK_AND_ASSIGN(before, engine::cuda::GetCudaMemoryStats(*gpu_));
+  auto w = MakeWeight(RandomFloats(1024 * 1024, 51), DType::kBF16, {1024, 1024});
+  {
+    ASSERT_OK_AND_ASSIGN(t, gpu_->UploadWeight(w->view));
+    ASSERT_OK_AND_ASSIGN(during, engine::cuda::GetCudaMemoryStats(*gpu_));
+    EXPECT_EQ(during.weights_bytes - before.weights_bytes, 2 * 1024 * 1024);
+    EXPECT_GE(during.peak_total_bytes, during.total());
+  }
+  ASSERT_OK_AND_ASSIGN(after, engine::cuda::GetCudaMemoryStats(*gpu_));
+  EXPECT_EQ(after.weights_bytes, before.weights_bytes);
+  EXPECT_EQ(engine::cuda::GetCudaMemoryStats(*cpu_).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// CPU reference: as memstore's scorer (float32 dots, double sigmoid mean, lower index on ties).
+std::vector<float> RefScores(const std::vector<float>& q, int64_t nq, const std::vector<float>& k,
+                             int64_t n, int64_t p) {
+  std::vector<float> s(static_cast<size_t>(n));
+  for (int64_t j = 0; j < n; ++j) {
+    double sum = 0;
+    for (int64_t t = 0; t < nq; ++t) {
+      float dot = 0;
+      for (int64_t i = 0; i < p; ++i) dot += q[t * p + i] * k[j * p + i];
+      sum += 1.0 / (1.0 + std::exp(-static_cast<double>(dot)));
+    }
+    s[j] = static_cast<float>(sum / nq);
+  }
+  return s;
+}
+
+TEST_F(GpuCheck, RetrievalScoresAndTopK) {
+  ASSERT_OK_AND_ASSIGN(scorer, engine::cuda::GpuRetrievalScorer::Create(0));
+  const int64_t n = 20000, p = 256, nq = 64, k = 2560;
+  const std::vector<float> keys = RandomFloats(n * p, 61, -0.2f, 0.2f);
+  const std::vector<float> q = RandomFloats(nq * p, 62, -0.2f, 0.2f);
+  for (DType dt : {DType::kF32, DType::kBF16}) {
+    SCOPED_TRACE(engine::DTypeName(dt));
+    ASSERT_OK_AND_ASSIGN(set, scorer->NewKeys(p, dt));
+    // Two appends exercise growth.
+    ASSERT_OK(scorer->Append(*set, keys.data(), n / 2));
+    ASSERT_OK(scorer->Append(*set, keys.data() + n / 2 * p, n - n / 2));
+    ASSERT_EQ(set->size(), n);
+    const std::vector<float> want = RefScores(Rounded(q, dt), nq, Rounded(keys, dt), n, p);
+    std::vector<float> got(static_cast<size_t>(n), std::numeric_limits<float>::quiet_NaN());
+    ASSERT_OK(scorer->Scores(*set, q.data(), nq, got.data()));
+    ExpectNear(got, want, RelBound(want, 1e-6f, 0), "Scores");
+
+    ASSERT_OK_AND_ASSIGN(top, scorer->TopK(*set, q.data(), nq, k));
+    ASSERT_EQ(static_cast<int64_t>(top.size()), k);
+    EXPECT_TRUE(std::is_sorted(top.begin(), top.end()));
+    // Equal sets up to near-ties at the boundary: every chosen score >= the CPU's k-th - eps.
+    std::vector<float> sorted = want;
+    std::nth_element(sorted.begin(), sorted.begin() + (k - 1), sorted.end(), std::greater<>());
+    const float kth = sorted[k - 1];
+    for (int64_t idx : top) EXPECT_GE(want[idx], kth - 2e-6f) << "index " << idx;
+  }
+}
+
+TEST_F(GpuCheck, RetrievalTiesAndNaN) {
+  // Zero keys score exactly sigmoid(0) = 0.5: the boundary falls among them, so the lower
+  // indices must win. A NaN key ranks below everything.
+  ASSERT_OK_AND_ASSIGN(scorer, engine::cuda::GpuRetrievalScorer::Create(0));
+  const int64_t n = 1000, p = 64, nq = 3;
+  std::vector<float> keys(static_cast<size_t>(n * p), 0.0f);
+  const std::vector<float> q = RandomFloats(nq * p, 71, 0.5f, 1.0f);  // all positive
+  for (int64_t j = 0; j < 100; ++j) {
+    for (int64_t i = 0; i < p; ++i) keys[(j * 7 + 3) * p + i] = 1.0f;  // 100 clear winners
+  }
+  keys[500 * p] = std::numeric_limits<float>::quiet_NaN();
+  for (DType dt : {DType::kF32, DType::kBF16}) {
+    ASSERT_OK_AND_ASSIGN(set, scorer->NewKeys(p, dt));
+    ASSERT_OK(scorer->Append(*set, keys.data(), n));
+    ASSERT_OK_AND_ASSIGN(top, scorer->TopK(*set, q.data(), nq, 150));
+    std::vector<int64_t> want;
+    for (int64_t j = 0; j < 100; ++j) want.push_back(j * 7 + 3);
+    for (int64_t j = 0; static_cast<int64_t>(want.size()) < 150; ++j) {
+      if (j % 7 != 3 || j / 7 >= 100) want.push_back(j);
+    }
+    std::sort(want.begin(), want.end());
+    EXPECT_EQ(top, want) << engine::DTypeName(dt);
+    ASSERT_OK_AND_ASSIGN(all_but_one, scorer->TopK(*set, q.data(), nq, n - 1));
+    EXPECT_EQ(std::count(all_but_one.begin(), all_but_one.end(), 500), 0);
+  }
+}
+
+}  // namespace
+}  // namespace mplus::gpu_test
