@@ -371,6 +371,18 @@ void MemoryStore::Unpin(const std::shared_ptr<Slot>& slot, size_t bytes) {
   EnforceBudget();
 }
 
+std::shared_ptr<SessionHandle::Slot> MemoryStore::PinAndLock(std::string_view id) {
+  std::shared_ptr<Slot> slot = Pin(id);
+  slot->mu.Lock();
+  return slot;
+}
+
+void MemoryStore::UnlockAndUnpin(const std::shared_ptr<Slot>& slot) {
+  const size_t bytes = slot->state ? slot->state->ResidentBytes() : 0;
+  slot->mu.Unlock();
+  Unpin(slot, bytes);
+}
+
 void MemoryStore::EnforceBudget() {
   // Spill least-recently-used unpinned sessions; their rows are already durable.
   for (auto it = lru_.end();

@@ -156,6 +156,9 @@ class MemoryStore {
   absl::StatusOr<uint64_t> AllocateSessionNumber() ABSL_EXCLUSIVE_LOCKS_REQUIRED(create_mu_);
   std::shared_ptr<Slot> Pin(std::string_view id);
   void Unpin(const std::shared_ptr<Slot>& slot, size_t bytes);
+  // Exclusive use of a session without making it resident (export).
+  std::shared_ptr<Slot> PinAndLock(std::string_view id);
+  void UnlockAndUnpin(const std::shared_ptr<Slot>& slot);
   void EnforceBudget() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void OnCommitted(int64_t ltm_delta, int64_t evicted, double seconds);
   absl::Status DeleteRows(uint64_t number);
