@@ -278,6 +278,7 @@ absl::StatusOr<std::vector<int32_t>> Model::Generate(SessionMemory& mem,
                                                      const TokenPicker& pick,
                                                      const TokenCallback& on_token) const {
   std::vector<int32_t> tokens;
+  MPLUS_RETURN_IF_ERROR(CheckIds(prompt, "generate"));
   if (max_new_tokens == 0) return tokens;
   PrefillOutput first;
   MPLUS_ASSIGN_OR_RETURN(std::unique_ptr<DecodeState> state,
