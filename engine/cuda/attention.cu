@@ -40,8 +40,7 @@ __device__ __forceinline__ float WarpSum(float v) {
 // for r = i * group + .., so the group's query heads share every K/V tile (GQA).
 // CH = ceil(hd / 32): the output dims a lane owns are lane + 32 * c.
 template <int CH>
-__global__ void __launch_bounds__(kWarps * 32)
-    AttentionKernel(Params p) {
+__global__ void __launch_bounds__(kWarps * 32) AttentionKernel(Params p) {
   __shared__ float q_s[kRows][kHd];
   __shared__ float k_s[kKeys][kHd + 1];  // +1: lane j reads row j, conflict-free
   __shared__ float v_s[kKeys][kHd];

@@ -165,8 +165,7 @@ absl::StatusOr<const T*> CudaBackend::UploadIndices(absl::Span<const T> host) {
 absl::Status CudaBackend::UploadWidened(const void* src, DType dtype, int64_t numel, float* dst) {
   const size_t bytes = static_cast<size_t>(numel) * DTypeSize(dtype);
   MPLUS_ASSIGN_OR_RETURN(void* raw, convert_.Get(bytes));
-  MPLUS_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(raw, src, bytes, cudaMemcpyHostToDevice, stream()));
+  MPLUS_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(raw, src, bytes, cudaMemcpyHostToDevice, stream()));
   MPLUS_CUDA_RETURN_IF_ERROR(LaunchWidenToF32(raw, dtype, numel, dst, stream()));
   // The caller may free or reuse `src` once we return, pinned or not.
   MPLUS_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream()));
@@ -191,8 +190,8 @@ absl::StatusOr<Tensor> CudaBackend::UploadWeight(const TensorView& view) {
     return absl::InvalidArgumentError(absl::StrCat("UploadWeight: ", view.name, " has no data"));
   }
   if (!IsFloat(view.dtype)) {
-    return absl::InvalidArgumentError(absl::StrCat("UploadWeight: ", view.name, " has dtype ",
-                                                   DTypeName(view.dtype)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("UploadWeight: ", view.name, " has dtype ", DTypeName(view.dtype)));
   }
   // float16 is widened once here (see the header) so MatMul never sees it.
   const DType dtype = view.dtype == DType::kF16 ? DType::kF32 : view.dtype;
@@ -203,8 +202,8 @@ absl::StatusOr<Tensor> CudaBackend::UploadWeight(const TensorView& view) {
                          DeviceState::Alloc(state_, static_cast<size_t>(numel) * DTypeSize(dtype),
                                             MemCategory::kWeights));
   if (dtype == view.dtype) {
-    MPLUS_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(storage.get(), view.data, view.nbytes,
-                                               cudaMemcpyHostToDevice, stream()));
+    MPLUS_CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(storage.get(), view.data, view.nbytes, cudaMemcpyHostToDevice, stream()));
     MPLUS_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream()));
   } else {
     MPLUS_RETURN_IF_ERROR(
@@ -253,8 +252,7 @@ absl::Status CudaBackend::Copy(const Tensor& src, const Tensor& dst) {
   if (s < d + bytes && d < s + bytes) {
     // Overlapping ranges (memmove semantics, as on the CPU): go through scratch.
     MPLUS_ASSIGN_OR_RETURN(void* tmp, convert_.Get(bytes));
-    MPLUS_CUDA_RETURN_IF_ERROR(
-        cudaMemcpyAsync(tmp, s, bytes, cudaMemcpyDeviceToDevice, stream()));
+    MPLUS_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(tmp, s, bytes, cudaMemcpyDeviceToDevice, stream()));
     s = static_cast<const char*>(tmp);
   }
   MPLUS_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d, s, bytes, cudaMemcpyDeviceToDevice, stream()));
@@ -316,9 +314,8 @@ absl::Status CudaBackend::RmsNorm(const Tensor& x, const Tensor& weight, float e
   }
   absl::MutexLock lock(&mu_);
   MPLUS_RETURN_IF_ERROR(state_->Activate());
-  MPLUS_CUDA_RETURN_IF_ERROR(LaunchRmsNorm(x.data_as<const float>(), weight.data(),
-                                           weight.dtype(), n, d, eps, out.data_as<float>(),
-                                           stream()));
+  MPLUS_CUDA_RETURN_IF_ERROR(LaunchRmsNorm(x.data_as<const float>(), weight.data(), weight.dtype(),
+                                           n, d, eps, out.data_as<float>(), stream()));
   return absl::OkStatus();
 }
 
@@ -348,16 +345,15 @@ absl::Status CudaBackend::Attention(const Tensor& q, const Tensor& k, const Tens
   for (const Tensor* t : {&q, &k, &v, &out}) MPLUS_RETURN_IF_ERROR(CheckF32(*t, "Attention"));
   const int64_t nq = q.rows(), nk = k.rows();
   if (num_kv_heads <= 0 || num_heads % num_kv_heads != 0 || head_dim <= 0 ||
-      q.cols() != num_heads * head_dim || k.cols() != num_kv_heads * head_dim ||
-      v.rows() != nk || v.cols() != k.cols() || out.rows() != nq || out.cols() != q.cols() ||
-      nk < nq) {
+      q.cols() != num_heads * head_dim || k.cols() != num_kv_heads * head_dim || v.rows() != nk ||
+      v.cols() != k.cols() || out.rows() != nq || out.cols() != q.cols() || nk < nq) {
     return absl::InvalidArgumentError(absl::StrCat(
         "Attention: q ", ShapeString(q), " k ", ShapeString(k), " v ", ShapeString(v), " out ",
         ShapeString(out), " heads ", num_heads, "/", num_kv_heads, " head_dim ", head_dim));
   }
   if (head_dim > kMaxAttentionHeadDim) {
-    return absl::UnimplementedError(absl::StrCat("Attention: head_dim ", head_dim,
-                                                 " > ", kMaxAttentionHeadDim,
+    return absl::UnimplementedError(absl::StrCat("Attention: head_dim ", head_dim, " > ",
+                                                 kMaxAttentionHeadDim,
                                                  " is not supported on CUDA"));
   }
   if (nq == 0) return absl::OkStatus();
@@ -370,8 +366,8 @@ absl::Status CudaBackend::Attention(const Tensor& q, const Tensor& k, const Tens
     MPLUS_ASSIGN_OR_RETURN(ws, attention_.Get(bytes));
   }
   MPLUS_CUDA_RETURN_IF_ERROR(LaunchAttention(q.data_as<const float>(), k.data_as<const float>(),
-                                             v.data_as<const float>(), out.data_as<float>(),
-                                             shape, splits, ws, stream()));
+                                             v.data_as<const float>(), out.data_as<float>(), shape,
+                                             splits, ws, stream()));
   return absl::OkStatus();
 }
 
@@ -437,8 +433,8 @@ absl::Status CudaBackend::Embedding(const Tensor& table, absl::Span<const int32_
   MPLUS_RETURN_IF_ERROR(state_->Activate());
   MPLUS_ASSIGN_OR_RETURN(const int32_t* dev_ids, UploadIndices(ids));
   MPLUS_CUDA_RETURN_IF_ERROR(LaunchEmbedding(table.data(), table.dtype(), d, dev_ids,
-                                             static_cast<int64_t>(ids.size()),
-                                             out.data_as<float>(), stream()));
+                                             static_cast<int64_t>(ids.size()), out.data_as<float>(),
+                                             stream()));
   return absl::OkStatus();
 }
 

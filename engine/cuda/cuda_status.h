@@ -31,11 +31,11 @@ inline absl::Status CublasError(cublasStatus_t st, const char* call, const char*
 }  // namespace mplus::engine::cuda
 
 // Evaluates a CUDA runtime call (or a launcher returning cudaError_t) and returns its error.
-#define MPLUS_CUDA_RETURN_IF_ERROR(call)                                                \
-  do {                                                                                  \
-    if (cudaError_t mplus_cuda_err = (call); mplus_cuda_err != cudaSuccess) {           \
+#define MPLUS_CUDA_RETURN_IF_ERROR(call)                                                  \
+  do {                                                                                    \
+    if (cudaError_t mplus_cuda_err = (call); mplus_cuda_err != cudaSuccess) {             \
       return ::mplus::engine::cuda::CudaError(mplus_cuda_err, #call, __FILE__, __LINE__); \
-    }                                                                                   \
+    }                                                                                     \
   } while (0)
 
 #define MPLUS_CUBLAS_RETURN_IF_ERROR(call)                                                   \

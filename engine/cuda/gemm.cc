@@ -59,8 +59,8 @@ absl::Status LtGemm::BuildPlan(const Key& key, Plan& plan) {
   MPLUS_CUBLAS_RETURN_IF_ERROR(
       cublasLtMatmulDescCreate(&plan.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   const cublasOperation_t trans = CUBLAS_OP_T, no_trans = CUBLAS_OP_N;
-  MPLUS_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(
-      plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, &trans, sizeof trans));
+  MPLUS_CUBLAS_RETURN_IF_ERROR(
+      cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, &trans, sizeof trans));
   MPLUS_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(
       plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, &no_trans, sizeof no_trans));
   MPLUS_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan.a, ab_type, k, m, k));
@@ -80,13 +80,14 @@ absl::Status LtGemm::BuildPlan(const Key& key, Plan& plan) {
   cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
   for (const auto& [attr, value] : attrs) {
     const size_t size = attr == CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES ? sizeof ws : sizeof ax;
-    if (st == CUBLAS_STATUS_SUCCESS) st = cublasLtMatmulPreferenceSetAttribute(pref, attr, value, size);
+    if (st == CUBLAS_STATUS_SUCCESS)
+      st = cublasLtMatmulPreferenceSetAttribute(pref, attr, value, size);
   }
   cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
   if (st == CUBLAS_STATUS_SUCCESS) {
-    st = cublasLtMatmulAlgoGetHeuristic(handle_, plan.desc, plan.a, plan.b, plan.c, plan.c, pref,
-                                        1, &result, &found);
+    st = cublasLtMatmulAlgoGetHeuristic(handle_, plan.desc, plan.a, plan.b, plan.c, plan.c, pref, 1,
+                                        &result, &found);
   }
   cublasLtMatmulPreferenceDestroy(pref);
   MPLUS_CUBLAS_RETURN_IF_ERROR(st);
@@ -99,19 +100,18 @@ absl::Status LtGemm::BuildPlan(const Key& key, Plan& plan) {
   return absl::OkStatus();
 }
 
-absl::Status LtGemm::Run(DType dtype, const void* x, const void* w, float* d, int64_t n,
-                         int64_t m, int64_t k, float alpha, float beta, cudaStream_t stream) {
+absl::Status LtGemm::Run(DType dtype, const void* x, const void* w, float* d, int64_t n, int64_t m,
+                         int64_t k, float alpha, float beta, cudaStream_t stream) {
   if (dtype != DType::kF32 && dtype != DType::kBF16) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("LtGemm: unsupported dtype ", DTypeName(dtype)));
+    return absl::InvalidArgumentError(absl::StrCat("LtGemm: unsupported dtype ", DTypeName(dtype)));
   }
-  const Key key{static_cast<int>(dtype), n, m, k, beta != 0.0f, Alignment(x), Alignment(w),
-                Alignment(d)};
+  const Key key{
+      static_cast<int>(dtype), n, m, k, beta != 0.0f, Alignment(x), Alignment(w), Alignment(d)};
   const Plan* plan;
   MPLUS_ASSIGN_OR_RETURN(plan, GetPlan(key));
-  MPLUS_CUBLAS_RETURN_IF_ERROR(cublasLtMatmul(handle_, plan->desc, &alpha, w, plan->a, x,
-                                              plan->b, &beta, d, plan->c, d, plan->c,
-                                              &plan->algo, workspace_, workspace_bytes_, stream));
+  MPLUS_CUBLAS_RETURN_IF_ERROR(cublasLtMatmul(handle_, plan->desc, &alpha, w, plan->a, x, plan->b,
+                                              &beta, d, plan->c, d, plan->c, &plan->algo,
+                                              workspace_, workspace_bytes_, stream));
   return absl::OkStatus();
 }
 

@@ -179,9 +179,10 @@ cudaError_t LaunchRope(float* x, int64_t rows, int64_t cols, int64_t head_dim,
                        const int64_t* positions, const float* inv_freq, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   if (rows > 0x7fffffff) return cudaErrorInvalidValue;
-  const int threads = static_cast<int>(std::min<int64_t>(kThreads, std::max<int64_t>(32, head_dim / 2)));
+  const int threads =
+      static_cast<int>(std::min<int64_t>(kThreads, std::max<int64_t>(32, head_dim / 2)));
   RopeKernel<<<static_cast<unsigned>(rows), threads, 0, stream>>>(x, cols, head_dim, positions,
-                                                                   inv_freq);
+                                                                  inv_freq);
   return cudaGetLastError();
 }
 
@@ -198,8 +199,7 @@ cudaError_t LaunchSilu(float* x, int64_t n, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-cudaError_t LaunchAdd(const float* a, const float* b, float* out, int64_t n,
-                      cudaStream_t stream) {
+cudaError_t LaunchAdd(const float* a, const float* b, float* out, int64_t n, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   AddKernel<<<GridFor(n), kThreads, 0, stream>>>(a, b, out, n);
   return cudaGetLastError();

@@ -23,8 +23,8 @@ constexpr int64_t kLogitBytes = int64_t{64} << 20;
 }  // namespace
 
 GpuRetrievalScorer::GpuRetrievalScorer(std::shared_ptr<DeviceState> state) : state_(state) {
-  for (auto* buf : {&queries_, &queries_bf16_, &logits_, &sums_, &scores_, &sort_keys_,
-                    &indices_, &sort_temp_}) {
+  for (auto* buf : {&queries_, &queries_bf16_, &logits_, &sums_, &scores_, &sort_keys_, &indices_,
+                    &sort_temp_}) {
     *buf = std::make_unique<ScratchBuffer>(state, MemCategory::kWorkspace);
   }
 }
@@ -33,8 +33,7 @@ GpuRetrievalScorer::~GpuRetrievalScorer() {
   if (state_->Activate().ok()) cudaStreamSynchronize(state_->stream());
 }
 
-absl::StatusOr<std::unique_ptr<GpuRetrievalScorer>> GpuRetrievalScorer::Create(
-    int device_ordinal) {
+absl::StatusOr<std::unique_ptr<GpuRetrievalScorer>> GpuRetrievalScorer::Create(int device_ordinal) {
   MPLUS_ASSIGN_OR_RETURN(std::shared_ptr<DeviceState> state, DeviceState::Create(device_ordinal));
   std::unique_ptr<GpuRetrievalScorer> scorer(new GpuRetrievalScorer(state));
   MPLUS_ASSIGN_OR_RETURN(scorer->gemm_workspace_,
@@ -46,7 +45,7 @@ absl::StatusOr<std::unique_ptr<GpuRetrievalScorer>> GpuRetrievalScorer::Create(
 }
 
 absl::StatusOr<std::unique_ptr<RetrievalKeys>> GpuRetrievalScorer::NewKeys(int64_t key_dim,
-                                                                          DType dtype) {
+                                                                           DType dtype) {
   if (key_dim <= 0 || (dtype != DType::kF32 && dtype != DType::kBF16)) {
     return absl::InvalidArgumentError(absl::StrCat("NewKeys: key_dim ", key_dim, ", dtype ",
                                                    DTypeName(dtype), " (need F32 or BF16)"));
@@ -98,9 +97,8 @@ absl::Status GpuRetrievalScorer::ComputeScores(const RetrievalKeys& keys, const 
   const int64_t n = keys.size_, p = keys.key_dim_;
   cudaStream_t stream = state_->stream();
   MPLUS_ASSIGN_OR_RETURN(void* q_dev, queries_->Get(static_cast<size_t>(nq * p) * sizeof(float)));
-  MPLUS_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(q_dev, queries,
-                                             static_cast<size_t>(nq * p) * sizeof(float),
-                                             cudaMemcpyHostToDevice, stream));
+  MPLUS_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(
+      q_dev, queries, static_cast<size_t>(nq * p) * sizeof(float), cudaMemcpyHostToDevice, stream));
   const void* q_gemm = q_dev;
   if (keys.dtype_ == DType::kBF16) {
     MPLUS_ASSIGN_OR_RETURN(void* qb, queries_bf16_->Get(static_cast<size_t>(nq * p) * 2));
@@ -109,7 +107,8 @@ absl::Status GpuRetrievalScorer::ComputeScores(const RetrievalKeys& keys, const 
     q_gemm = qb;
   }
   const int64_t chunk = std::clamp<int64_t>(kLogitBytes / (n * 4), 1, nq);
-  MPLUS_ASSIGN_OR_RETURN(void* logits, logits_->Get(static_cast<size_t>(chunk * n) * sizeof(float)));
+  MPLUS_ASSIGN_OR_RETURN(void* logits,
+                         logits_->Get(static_cast<size_t>(chunk * n) * sizeof(float)));
   MPLUS_ASSIGN_OR_RETURN(void* sums, sums_->Get(static_cast<size_t>(n) * sizeof(double)));
   const size_t q_elem = DTypeSize(keys.dtype_);
   for (int64_t t0 = 0; t0 < nq; t0 += chunk) {
@@ -118,9 +117,8 @@ absl::Status GpuRetrievalScorer::ComputeScores(const RetrievalKeys& keys, const 
     // logits [rows, n] = Q[t0 : t0 + rows] · K^T
     MPLUS_RETURN_IF_ERROR(gemm_->Run(keys.dtype_, q_rows, keys.data_.get(),
                                      static_cast<float*>(logits), rows, n, p, 1.0f, 0.0f, stream));
-    MPLUS_CUDA_RETURN_IF_ERROR(LaunchSigmoidAccumulate(static_cast<const float*>(logits), rows, n,
-                                                       t0 == 0, static_cast<double*>(sums),
-                                                       stream));
+    MPLUS_CUDA_RETURN_IF_ERROR(LaunchSigmoidAccumulate(
+        static_cast<const float*>(logits), rows, n, t0 == 0, static_cast<double*>(sums), stream));
   }
   MPLUS_ASSIGN_OR_RETURN(void* scores, scores_->Get(static_cast<size_t>(n) * sizeof(float)));
   // Sort keys and indices hold two arrays each: the input and the output of the radix sort.
@@ -132,8 +130,8 @@ absl::Status GpuRetrievalScorer::ComputeScores(const RetrievalKeys& keys, const 
   return absl::OkStatus();
 }
 
-absl::Status GpuRetrievalScorer::Scores(const RetrievalKeys& keys, const float* queries,
-                                        int64_t nq, float* scores_out) {
+absl::Status GpuRetrievalScorer::Scores(const RetrievalKeys& keys, const float* queries, int64_t nq,
+                                        float* scores_out) {
   if (nq <= 0) return absl::InvalidArgumentError("Scores: need at least one query");
   if (keys.size_ == 0) return absl::OkStatus();
   absl::MutexLock lock(&mu_);
@@ -169,8 +167,8 @@ absl::StatusOr<std::vector<int64_t>> GpuRetrievalScorer::TopK(const RetrievalKey
   MPLUS_ASSIGN_OR_RETURN(void* indices, indices_->Get(static_cast<size_t>(2 * n) * 4));
   uint32_t* keys_in = static_cast<uint32_t*>(sort_keys);
   int32_t* idx_in = static_cast<int32_t*>(indices);
-  MPLUS_CUDA_RETURN_IF_ERROR(LaunchSortDescending(temp, temp_bytes, keys_in, keys_in + n, idx_in,
-                                                  idx_in + n, n, stream));
+  MPLUS_CUDA_RETURN_IF_ERROR(
+      LaunchSortDescending(temp, temp_bytes, keys_in, keys_in + n, idx_in, idx_in + n, n, stream));
   std::vector<int32_t> top(static_cast<size_t>(k));
   MPLUS_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(top.data(), idx_in + n,
                                              static_cast<size_t>(k) * sizeof(int32_t),

@@ -32,7 +32,9 @@ class RetrievalKeys {
   int64_t key_dim() const { return key_dim_; }
   DType dtype() const { return dtype_; }
   // Device bytes reserved for the keys (capacity, not size).
-  int64_t device_bytes() const { return capacity_ * key_dim_ * static_cast<int64_t>(DTypeSize(dtype_)); }
+  int64_t device_bytes() const {
+    return capacity_ * key_dim_ * static_cast<int64_t>(DTypeSize(dtype_));
+  }
 
  private:
   friend class GpuRetrievalScorer;

@@ -1,6 +1,5 @@
-#include <cub/device/device_radix_sort.cuh>
-
 #include <algorithm>
+#include <cub/device/device_radix_sort.cuh>
 
 #include "engine/cuda/retrieval_kernels.h"
 
@@ -10,7 +9,8 @@ namespace {
 constexpr int kThreads = 256;
 
 unsigned GridFor(int64_t n) {
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 65536)));
+  return static_cast<unsigned>(
+      std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 65536)));
 }
 
 // Thread per key: the reads of logits[t, :] are coalesced across the warp.

@@ -38,8 +38,8 @@ void Row(const std::string& what, const absl::StatusOr<double>& secs, double wor
     std::printf("| %-52s | ERROR: %s\n", what.c_str(), secs.status().ToString().c_str());
     return;
   }
-  std::printf("| %-52s | %10.3f ms | %9.1f %s |\n", what.c_str(), *secs * 1e3,
-              work / *secs / 1e12, unit);
+  std::printf("| %-52s | %10.3f ms | %9.1f %s |\n", what.c_str(), *secs * 1e3, work / *secs / 1e12,
+              unit);
 }
 
 absl::Status RunBenchmarks() {
@@ -66,8 +66,8 @@ absl::Status RunBenchmarks() {
     absl::StatusOr<Tensor> x = Upload(gpu, RandomFloats(g.n * g.k, 2), {g.n, g.k});
     absl::StatusOr<Tensor> out = gpu.Allocate(DType::kF32, {g.n, g.m});
     if (!wt.ok() || !x.ok() || !out.ok()) return absl::InternalError("GEMM bench setup failed");
-    const std::string name = absl::StrCat("MatMul ", engine::DTypeName(g.dtype), " w, n=", g.n,
-                                          " m=", g.m, " k=", g.k);
+    const std::string name =
+        absl::StrCat("MatMul ", engine::DTypeName(g.dtype), " w, n=", g.n, " m=", g.m, " k=", g.k);
     const double flops = 2.0 * g.n * g.m * g.k;
     if (g.n == 1) {  // decode: weight-bandwidth bound, report TB/s of weight bytes
       Row(name, TimeIt([&] { return gpu.MatMul(*x, *wt, *out, 1.0f, false); }, sync, 50),
@@ -127,9 +127,10 @@ absl::Status RunBenchmarks() {
       TimeIt([&] { return gpu.Copy(*src, *dst); }, sync, 10), 2.0 * elems * 4, "TB/s");
   absl::StatusOr<engine::cuda::CudaMemoryStats> mem = engine::cuda::GetCudaMemoryStats(gpu);
   if (mem.ok()) {
-    std::printf("Backend memory: weights %.1f MiB, workspace %.1f MiB, other %.1f MiB, peak %.1f MiB\n",
-                mem->weights_bytes / 1048576.0, mem->workspace_bytes / 1048576.0,
-                mem->other_bytes / 1048576.0, mem->peak_total_bytes / 1048576.0);
+    std::printf(
+        "Backend memory: weights %.1f MiB, workspace %.1f MiB, other %.1f MiB, peak %.1f MiB\n",
+        mem->weights_bytes / 1048576.0, mem->workspace_bytes / 1048576.0,
+        mem->other_bytes / 1048576.0, mem->peak_total_bytes / 1048576.0);
   }
   return absl::OkStatus();
 }

@@ -36,8 +36,8 @@ inline std::vector<uint8_t> Encode(const std::vector<float>& values, DType dtype
     if (dtype == DType::kF32) {
       std::memcpy(bytes.data() + 4 * i, &values[i], 4);
     } else {
-      const uint16_t h = dtype == DType::kBF16 ? engine::FloatToBF16(values[i])
-                                               : engine::FloatToF16(values[i]);
+      const uint16_t h =
+          dtype == DType::kBF16 ? engine::FloatToBF16(values[i]) : engine::FloatToF16(values[i]);
       std::memcpy(bytes.data() + 2 * i, &h, 2);
     }
   }
