@@ -15,7 +15,14 @@ constexpr int kBarWidth = 30;
 // Without a terminal, a line at most this often (plus the last one).
 constexpr absl::Duration kLineInterval = absl::Seconds(5);
 
-double MiB(int64_t bytes) { return static_cast<double>(bytes) / (1 << 20); }
+// Sizes in MiB, or in KiB for inputs under 1 MiB.
+struct Unit {
+  const char* name;
+  double bytes;
+};
+Unit UnitFor(int64_t total) {
+  return total >= (1 << 20) ? Unit{"MiB", 1 << 20} : Unit{"KiB", 1 << 10};
+}
 
 }  // namespace
 
@@ -50,10 +57,12 @@ void Progress::Print() {
   const double fraction =
       total_bytes_ > 0 ? static_cast<double>(done_bytes_) / static_cast<double>(total_bytes_) : 1;
   const double seconds = std::max(absl::ToDoubleSeconds(last_print_ - start_), 1e-3);
-  const std::string stats =
-      absl::StrFormat("%3d%%  %d/%d pieces  %.2f/%.2f MiB  %d tokens  %.2f MiB/s",
-                      static_cast<int>(fraction * 100), done_pieces_, total_pieces_,
-                      MiB(done_bytes_), MiB(total_bytes_), tokens_, MiB(done_bytes_) / seconds);
+  const Unit unit = UnitFor(total_bytes_);
+  const double done = static_cast<double>(done_bytes_) / unit.bytes;
+  const std::string stats = absl::StrFormat(
+      "%3d%%  %d/%d pieces  %.2f/%.2f %s  %d tokens  %.2f %s/s", static_cast<int>(fraction * 100),
+      done_pieces_, total_pieces_, done, static_cast<double>(total_bytes_) / unit.bytes, unit.name,
+      tokens_, done / seconds, unit.name);
   if (tty_) {
     const int filled = static_cast<int>(fraction * kBarWidth);
     // \r returns to the line start, \033[K clears what a longer previous line left behind.
