@@ -84,9 +84,10 @@ bool IsType(const Json& j, std::string_view type) {
          j["type"].get_ref<const std::string&>() == type;
 }
 
+// ByteLevel without a prefix space; use_regex defaults to true, as in Hugging Face tokenizers.
 bool IsPlainByteLevel(const Json& j, bool use_regex) {
-  return IsType(j, "ByteLevel") && !BoolField(j, "add_prefix_space") &&
-         (!j.contains("use_regex") || BoolField(j, "use_regex") == use_regex);
+  const bool regex = !j.contains("use_regex") || BoolField(j, "use_regex");
+  return IsType(j, "ByteLevel") && !BoolField(j, "add_prefix_space") && regex == use_regex;
 }
 
 absl::StatusOr<SplitPattern> ParsePreTokenizer(const Json& pre) {
