@@ -1,0 +1,100 @@
+// Long-term retrieval at mplus-8b scale for one layer: 150,000 keys x 256 dims, K_ltm 2560,
+// 64 and 512 prompt queries. Reports time per layer and its ratio to this machine's floor
+// (max of FLOPs / measured FMA peak and key bytes / measured read bandwidth, one core).
+// Rates and x_floor (floor time / time: 1.0 = at the floor) use CPU time.
+#include <algorithm>
+#include <random>
+
+#include "bench/machine_floor.h"
+#include "benchmark/benchmark.h"
+#include "memstore/long_term_index.h"
+#include "memstore/retrieval_scorer.h"
+
+namespace mplus::memstore {
+namespace {
+
+constexpr int64_t kKeys = 150'000, kDim = 256, kRetrieved = 2560;
+
+struct Fixture {
+  LongTermMemory ltm;
+  std::vector<float> queries;
+  double peak_flops, bandwidth;
+  Fixture() : ltm(Params(), 1) {
+    std::mt19937 rng(7);
+    std::normal_distribution<float> normal(0.f, 0.0625f);
+    std::vector<float> key(kDim);
+    for (int64_t i = 0; i < kKeys; ++i) {
+      for (float& x : key) x = normal(rng);
+      ltm.layer(0).AddMerged(static_cast<uint64_t>(i + 1), key, (kKeys - i) / 256, 10.0);
+    }
+    queries.resize(512 * kDim);
+    for (float& x : queries) x = normal(rng);
+    peak_flops = bench::MeasureFmaPeak();
+    bandwidth = bench::MeasureReadBandwidth();
+  }
+  static LongTermParams Params() {
+    LongTermParams p;
+    p.tokens_per_inject = 256;
+    p.retrieved_tokens = kRetrieved;
+    p.key_dim = kDim;
+    p.update_ltm_frequency = 60;
+    p.initial_recall_frequency = 10;
+    return p;
+  }
+};
+
+Fixture& Get() {
+  static Fixture* f = new Fixture();
+  return *f;
+}
+
+void Report(benchmark::State& state, int64_t nq) {
+  const Fixture& f = Get();
+  const double flops = 2.0 * nq * kKeys * kDim;
+  const double floor_s = std::max(flops / f.peak_flops, kKeys * kDim * 4.0 / f.bandwidth);
+  state.counters["floor_ms"] = floor_s * 1e3;
+  state.counters["x_floor"] = benchmark::Counter(floor_s * static_cast<double>(state.iterations()),
+                                                 benchmark::Counter::kIsRate);
+  state.counters["GFLOPs"] =
+      benchmark::Counter(flops * 1e-9 * state.iterations(), benchmark::Counter::kIsRate);
+  state.counters["peak_GFLOPs"] = f.peak_flops * 1e-9;
+  state.counters["bw_GBs"] = f.bandwidth * 1e-9;
+}
+
+// Select = scores + top-k + age order: what RetrieveLongTerm spends before fetching vectors.
+void BM_Select(benchmark::State& state) {
+  Fixture& f = Get();
+  const int64_t nq = state.range(0);
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(f.ltm.Select(0, f.queries.data(), nq));
+  }
+  Report(state, nq);
+}
+BENCHMARK(BM_Select)->Arg(64)->Arg(512)->Unit(benchmark::kMillisecond);
+
+void BM_Scores(benchmark::State& state) {
+  Fixture& f = Get();
+  const int64_t nq = state.range(0);
+  std::vector<float> scores(kKeys);
+  for (auto _ : state) {
+    MeanSigmoidScores(f.queries.data(), nq, f.ltm.layer(0).keys().data(), kKeys, kDim,
+                      scores.data());
+    benchmark::DoNotOptimize(scores.data());
+  }
+  Report(state, nq);
+}
+BENCHMARK(BM_Scores)->Arg(64)->Arg(512)->Unit(benchmark::kMillisecond);
+
+void BM_TopK(benchmark::State& state) {
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> u;
+  std::vector<float> scores(kKeys);
+  for (float& s : scores) s = u(rng);
+  for (auto _ : state) benchmark::DoNotOptimize(TopK(scores.data(), kKeys, kRetrieved));
+}
+BENCHMARK(BM_TopK)->Unit(benchmark::kMillisecond);
+
+}  // namespace
+}  // namespace mplus::memstore
+
+BENCHMARK_MAIN();
