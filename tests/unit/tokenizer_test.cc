@@ -98,6 +98,12 @@ TEST(TokenizerTest, Gpt2Split) {
   EXPECT_THAT(p("a   b\n"), ElementsAre("a", "  ", " b", "\n"));
   EXPECT_THAT(p("\tx"), ElementsAre("\t", "x"));
   EXPECT_THAT(p(".\n\nHi"), ElementsAre(".", "\n", "\n", "Hi"));
+  // Cases checked against Hugging Face tokenizers 0.23: case-sensitive contractions, U+180E is
+  // not whitespace, only U+0020 joins the next word.
+  EXPECT_THAT(p("don'T '\u017f"), ElementsAre("don", "'", "T", " '", "\u017f"));
+  EXPECT_THAT(p("\u180e x\u00a0\u00a0y"), ElementsAre("\u180e", " x", "\u00a0", "\u00a0", "y"));
+  EXPECT_THAT(p("\u0661\u0662\u0663 \u00bd\u216b"),
+              ElementsAre("\u0661\u0662\u0663", " \u00bd\u216b"));
 }
 
 TEST(TokenizerTest, InvalidUtf8IsEncodedAsBytes) {
