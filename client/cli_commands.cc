@@ -6,6 +6,7 @@
 #include <iterator>
 #include <map>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -72,8 +73,9 @@ Commands:
       Writes text into the session's memory. Large inputs are split at whitespace (or UTF-8
       character boundaries) into pieces of about --chunk_bytes, one Inject call each. Pieces of
       a --file carry request ids derived from the file's content, so re-running an interrupted
-      upload skips what the server already applied. Progress goes to stderr (a bar on a
-      terminal, a line every few seconds otherwise). Flags: --chunk_bytes, --chunk_tokens.
+      upload skips what the server already applied. Uploads of several pieces show progress on
+      stderr (a bar on a terminal, a line every few seconds otherwise). Flags: --chunk_bytes
+      (default 65536), --chunk_tokens.
   generate --session S [sampling flags] PROMPT...
       Streams a continuation of PROMPT to stdout as it is generated; the finish reason and token
       counts go to stderr. Sampling flags: --max_new_tokens N --temperature T --top_p P
@@ -240,7 +242,12 @@ int InjectCommand(MemoryClient& client, const std::vector<std::string>& args) {
 
   const std::vector<std::string_view> pieces =
       SplitIntoPieces(text, static_cast<size_t>(chunk_bytes));
-  Progress progress(stderr, static_cast<int64_t>(text.size()), static_cast<int64_t>(pieces.size()));
+  // Progress only when the upload takes several calls.
+  std::optional<Progress> progress;
+  if (pieces.size() > 1) {
+    progress.emplace(stderr, static_cast<int64_t>(text.size()),
+                     static_cast<int64_t>(pieces.size()));
+  }
   int64_t done_bytes = 0, tokens = 0, chunks = 0;
   v1::Session last;
   for (size_t i = 0; i < pieces.size(); ++i) {
@@ -250,7 +257,7 @@ int InjectCommand(MemoryClient& client, const std::vector<std::string>& args) {
     absl::StatusOr<v1::InjectResponse> response = client.InjectText(
         session, std::string(pieces[i]), request_id, absl::GetFlag(FLAGS_chunk_tokens));
     if (!response.ok()) {
-      progress.Finish();
+      if (progress) progress->Finish();
       return Fail(response.status(),
                   absl::StrFormat("piece %d of %d failed%s", i + 1, pieces.size(),
                                   file.empty() ? "" : " (re-run the same command to resume)"));
@@ -259,9 +266,9 @@ int InjectCommand(MemoryClient& client, const std::vector<std::string>& args) {
     tokens += response->tokens_injected();
     chunks += response->chunks();
     last = response->session();
-    progress.Update(done_bytes, static_cast<int64_t>(i + 1), tokens);
+    if (progress) progress->Update(done_bytes, static_cast<int64_t>(i + 1), tokens);
   }
-  progress.Finish();
+  if (progress) progress->Finish();
   absl::PrintF("injected %d tokens in %d chunks (%d pieces) into session %s\n", tokens, chunks,
                pieces.size(), session);
   absl::PrintF("session %s: injected_tokens=%d inject_count=%d ltm_tokens=%d\n", last.session_id(),
