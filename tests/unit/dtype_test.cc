@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <string>
 
 #include "gtest/gtest.h"
 
@@ -27,8 +28,8 @@ TEST(DTypeTest, SizesAndNames) {
   EXPECT_EQ(DTypeSize(DType::kF16), 2u);
   EXPECT_EQ(DTypeSize(DType::kI64), 8u);
   EXPECT_EQ(DTypeSize(DType::kI32), 4u);
-  EXPECT_EQ(DTypeName(DType::kBF16), "BF16");
-  EXPECT_EQ(DTypeName(DType::kI64), "I64");
+  EXPECT_EQ(std::string(DTypeName(DType::kBF16)), "BF16");
+  EXPECT_EQ(std::string(DTypeName(DType::kI64)), "I64");
 }
 
 TEST(DTypeTest, Bf16RoundTripsEveryFiniteValue) {
