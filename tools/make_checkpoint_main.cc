@@ -8,6 +8,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
 #include "engine/checkpoint_writer.h"
 #include "engine/model_config.h"
@@ -137,6 +139,13 @@ void Override(const absl::Flag<T>& flag, T* field) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // --help lists this file's flags (absl matches them against the binary name by default).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::StrContains(file, "make_checkpoint_main");
+  };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage(
       "Writes a synthetic checkpoint with seeded random weights in the official layout.\n"
       "Example: mplus-make-checkpoint --out /tmp/ckpt --preset 8b\n"
