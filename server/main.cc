@@ -2,7 +2,10 @@
 // gRPC, and Prometheus metrics over HTTP.
 #include <signal.h>
 
+#include <algorithm>
+#include <climits>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -19,6 +22,8 @@
 #include "server/logging.h"
 #include "server/memory_service.h"
 #include "server/metrics.h"
+#include "server/server_metrics.h"
+#include "server/service_options.h"
 #ifdef MPLUS_WITH_CUDA
 #include "engine/cuda/device_info.h"
 #endif
@@ -35,6 +40,32 @@ ABSL_FLAG(std::string, data_dir, "./data",
 ABSL_FLAG(std::string, device, "cpu", "Compute device: cpu, or cuda (needs a CUDA build and GPU).");
 ABSL_FLAG(int, shutdown_grace_seconds, 30,
           "On SIGTERM/SIGINT: seconds in-flight requests get to finish before being cancelled.");
+ABSL_FLAG(int, cpu_threads, 0, "Threads of the CPU backend (0: one per hardware thread).");
+ABSL_FLAG(bool, bf16_rope_inv_freq, true,
+          "bf16 checkpoints: round RoPE inv_freq to bf16 as the official inference recipe does; "
+          "false keeps float32 frequencies.");
+ABSL_FLAG(int, engine_workers, 2,
+          "Requests of different sessions that run on the engine at once (one per session).");
+ABSL_FLAG(int, max_queued_requests, 64,
+          "Requests that may wait for a worker; more are refused with RESOURCE_EXHAUSTED.");
+ABSL_FLAG(int64_t, max_request_bytes, int64_t{16} << 20,
+          "Largest request message in bytes (Inject text included).");
+ABSL_FLAG(int64_t, max_prompt_tokens, 8192, "Longest Generate prompt in tokens.");
+ABSL_FLAG(int64_t, max_new_tokens, 2048, "Largest sampling.max_new_tokens a request may ask.");
+ABSL_FLAG(int64_t, default_max_new_tokens, 128,
+          "Tokens generated when a request leaves sampling.max_new_tokens unset.");
+ABSL_FLAG(int64_t, max_sessions, 100000, "Most sessions the server holds (CreateSession refuses "
+                                         "more with RESOURCE_EXHAUSTED).");
+ABSL_FLAG(int64_t, inject_chunk_tokens, 512,
+          "Tokens per memory update when Inject splits long content (training used up to 512; "
+          "chunks under 16 tokens disturb memory); also the largest chunk_tokens a client may ask.");
+ABSL_FLAG(bool, sync_writes, true,
+          "fsync the RocksDB WAL before acknowledging an Inject (false: faster, but a machine crash "
+          "may lose acknowledged injects; a process crash does not).");
+ABSL_FLAG(int64_t, block_cache_mb, 256, "RocksDB block cache for long-term memory vectors, MiB.");
+ABSL_FLAG(int64_t, resident_budget_mb, 8192,
+          "Memory for resident sessions' short-term memory, MiB; least recently used sessions "
+          "spill beyond it and are restored on their next request.");
 
 namespace mplus::server {
 namespace {
@@ -47,6 +78,28 @@ sigset_t BlockShutdownSignals() {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   return signals;
+}
+
+absl::Status ValidateOptions(const ServiceOptions& o) {
+  auto positive = [](int64_t value, const char* flag) -> absl::Status {
+    if (value >= 1) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat("--", flag, " must be at least 1, got ", value));
+  };
+  for (const absl::Status& s :
+       {positive(o.engine_workers, "engine_workers"),
+        positive(o.max_queued_requests, "max_queued_requests"),
+        positive(o.max_request_bytes, "max_request_bytes"),
+        positive(o.max_prompt_tokens, "max_prompt_tokens"),
+        positive(o.max_new_tokens, "max_new_tokens"),
+        positive(o.default_max_new_tokens, "default_max_new_tokens"),
+        positive(o.max_sessions, "max_sessions"),
+        positive(o.inject_chunk_tokens, "inject_chunk_tokens")}) {
+    if (!s.ok()) return s;
+  }
+  if (o.default_max_new_tokens > o.max_new_tokens) {
+    return absl::InvalidArgumentError("--default_max_new_tokens exceeds --max_new_tokens");
+  }
+  return absl::OkStatus();
 }
 
 absl::Status CheckDevice(const std::string& device) {
@@ -75,24 +128,48 @@ int Run() {
     return 2;
   }
 
-  std::unique_ptr<Metrics> metrics;
-  if (const std::string addr = absl::GetFlag(FLAGS_metrics_listen); !addr.empty()) {
-    auto m = Metrics::Start(addr);
-    if (!m.ok()) {
-      LogError("metrics endpoint: %s", m.status().ToString());
-      return 2;
-    }
-    metrics = std::move(*m);
-    LogInfo("metrics on http://%s/metrics", addr);
+  const std::string metrics_address = absl::GetFlag(FLAGS_metrics_listen);
+  auto metrics = Metrics::Start(metrics_address);
+  if (!metrics.ok()) {
+    LogError("metrics endpoint: %s", metrics.status().ToString());
+    return 2;
+  }
+  if (!metrics_address.empty()) LogInfo("metrics on http://%s/metrics", metrics_address);
+  ServerMetrics server_metrics((*metrics)->registry(), absl::GetFlag(FLAGS_device));
+
+  ServiceOptions options;
+  options.model_dir = absl::GetFlag(FLAGS_model);
+  options.data_dir = absl::GetFlag(FLAGS_data_dir);
+  options.device = absl::GetFlag(FLAGS_device);
+  options.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);
+  options.bf16_rope_inv_freq = absl::GetFlag(FLAGS_bf16_rope_inv_freq);
+  options.engine_workers = absl::GetFlag(FLAGS_engine_workers);
+  options.max_queued_requests = absl::GetFlag(FLAGS_max_queued_requests);
+  options.max_request_bytes = absl::GetFlag(FLAGS_max_request_bytes);
+  options.max_prompt_tokens = absl::GetFlag(FLAGS_max_prompt_tokens);
+  options.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
+  options.default_max_new_tokens = absl::GetFlag(FLAGS_default_max_new_tokens);
+  options.max_sessions = absl::GetFlag(FLAGS_max_sessions);
+  options.inject_chunk_tokens = absl::GetFlag(FLAGS_inject_chunk_tokens);
+  options.sync_writes = absl::GetFlag(FLAGS_sync_writes);
+  options.block_cache_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_block_cache_mb)) << 20;
+  options.resident_budget_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_resident_budget_mb))
+                                  << 20;
+  if (absl::Status s = ValidateOptions(options); !s.ok()) {
+    LogError("%s", s.ToString());
+    return 2;
   }
 
   HealthService health({"", "mplus.v1.MemoryService"});
-  MemoryServiceImpl memory_service;
+  MemoryServiceImpl memory_service(options, &server_metrics);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int bound_port = 0;
   builder.AddListeningPort(absl::GetFlag(FLAGS_listen), grpc::InsecureServerCredentials(),
                            &bound_port);
+  // gRPC's own limit sits above ours so that oversized requests get our precise message.
+  builder.SetMaxReceiveMessageSize(
+      static_cast<int>(std::min<int64_t>(options.max_request_bytes * 2 + (1 << 20), INT32_MAX)));
   builder.RegisterService(&health);
   builder.RegisterService(&memory_service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
@@ -102,9 +179,7 @@ int Run() {
   }
   LogInfo("listening on %s (health NOT_SERVING until ready)", absl::GetFlag(FLAGS_listen));
 
-  if (absl::Status s = memory_service.Open(absl::GetFlag(FLAGS_model),
-                                           absl::GetFlag(FLAGS_data_dir));
-      !s.ok()) {
+  if (absl::Status s = memory_service.Open(); !s.ok()) {
     LogError("startup failed: %s", s.ToString());
     health.Shutdown();
     server->Shutdown(std::chrono::system_clock::now());

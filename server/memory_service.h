@@ -1,21 +1,38 @@
-// mplus.v1.MemoryService.
+// mplus.v1.MemoryService: sessions, Inject, streaming Generate, export/import, on top of the
+// engine (model, tokenizer, sampler) and the memstore (durable sessions).
 #ifndef MPLUS_SERVER_MEMORY_SERVICE_H_
 #define MPLUS_SERVER_MEMORY_SERVICE_H_
 
+#include <atomic>
+#include <memory>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/notification.h"
+#include "engine/model.h"
+#include "engine/tokenizer.h"
+#include "memstore/memory_store.h"
 #include "mplus/v1/memory_service.grpc.pb.h"
+#include "server/request_scheduler.h"
+#include "server/server_metrics.h"
+#include "server/service_options.h"
 
 namespace mplus::server {
 
 class MemoryServiceImpl final : public mplus::v1::MemoryService::Service {
  public:
+  // `metrics` must outlive the service.
+  MemoryServiceImpl(const ServiceOptions& options, ServerMetrics* metrics);
+  ~MemoryServiceImpl() override;
+
   // Opens the model and the session store; the server reports SERVING only after this.
-  absl::Status Open(const std::string& model_dir, const std::string& data_dir);
-  // Refuses new work from now on (SIGTERM).
+  absl::Status Open();
+  // Refuses new work from now on (SIGTERM); running requests finish.
   void BeginDrain();
-  // Flushes and closes the store after the gRPC server has shut down.
+  // Stops background work and closes the store (after the gRPC server has shut down).
   void Close();
 
   grpc::Status CreateSession(grpc::ServerContext*, const v1::CreateSessionRequest*,
@@ -34,6 +51,36 @@ class MemoryServiceImpl final : public mplus::v1::MemoryService::Service {
                              grpc::ServerWriter<v1::SessionChunk>*) override;
   grpc::Status ImportSession(grpc::ServerContext*, grpc::ServerReader<v1::SessionChunk>*,
                              v1::Session*) override;
+
+ private:
+  // Counts the finished RPC in metrics and converts the status.
+  grpc::Status Done(const char* rpc, const absl::Status& status);
+  absl::Status CheckServing() const;
+  absl::Status CheckSessionRoom();
+  absl::Status CheckRequestSize(const google::protobuf::Message& request) const;
+  absl::Status CheckTokenIds(const google::protobuf::RepeatedField<int32_t>& ids,
+                             const char* what) const;
+  absl::StatusOr<std::vector<int32_t>> PromptIds(const v1::GenerateRequest& request) const;
+  absl::StatusOr<RequestScheduler::Slot> Admit(const std::string& session_id,
+                                               grpc::ServerContext* context);
+  v1::Session ToProto(const memstore::SessionInfo& info) const;
+  absl::Status GenerateImpl(grpc::ServerContext* context, const v1::GenerateRequest& request,
+                            grpc::ServerWriter<v1::GenerateResponse>* writer);
+  absl::Status InjectImpl(grpc::ServerContext* context, const v1::InjectRequest& request,
+                          v1::InjectResponse* response);
+  void RefreshGauges();
+
+  const ServiceOptions options_;
+  ServerMetrics* const metrics_;
+  std::unique_ptr<engine::Tokenizer> tokenizer_;
+  std::unique_ptr<engine::Model> model_;
+  std::unique_ptr<memstore::MemoryStore> store_;
+  RequestScheduler scheduler_;
+  std::atomic<bool> serving_{false};
+  std::atomic<int64_t> cache_bytes_{0};  // KV caches of generations in flight
+  int64_t weight_bytes_ = 0;
+  absl::Notification stop_gauges_;
+  std::thread gauge_thread_;
 };
 
 }  // namespace mplus::server

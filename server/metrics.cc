@@ -16,12 +16,14 @@ namespace mplus::server {
 
 absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Start(const std::string& listen_address) {
   std::unique_ptr<Metrics> metrics(new Metrics());
-  try {
-    // prometheus-cpp (civetweb) reports a busy or malformed address by throwing.
-    metrics->exposer_ = std::make_unique<prometheus::Exposer>(listen_address);
-  } catch (const std::exception& e) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot serve metrics on ", listen_address, ": ", e.what()));
+  if (!listen_address.empty()) {
+    try {
+      // prometheus-cpp (civetweb) reports a busy or malformed address by throwing.
+      metrics->exposer_ = std::make_unique<prometheus::Exposer>(listen_address);
+    } catch (const std::exception& e) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot serve metrics on ", listen_address, ": ", e.what()));
+    }
   }
   metrics->registry_ = std::make_shared<prometheus::Registry>();
   metrics->process_ = std::make_shared<ProcessCollector>();
@@ -36,8 +38,10 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Start(const std::string& liste
       .Register(*metrics->registry_)
       .Add({{"version", MPLUS_VERSION}, {"commit", MPLUS_GIT_COMMIT}, {"cuda", cuda}})
       .Set(1);
-  metrics->exposer_->RegisterCollectable(metrics->registry_);
-  metrics->exposer_->RegisterCollectable(metrics->process_);
+  if (metrics->exposer_ != nullptr) {
+    metrics->exposer_->RegisterCollectable(metrics->registry_);
+    metrics->exposer_->RegisterCollectable(metrics->process_);
+  }
   return metrics;
 }
 

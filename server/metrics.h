@@ -14,7 +14,8 @@ namespace mplus::server {
 
 class Metrics {
  public:
-  // Serves /metrics on `listen_address` (host:port) with build info and process metrics.
+  // A registry with build info and process metrics, served on /metrics at `listen_address`
+  // (host:port) unless it is empty.
   static absl::StatusOr<std::unique_ptr<Metrics>> Start(const std::string& listen_address);
 
   prometheus::Registry& registry() { return *registry_; }

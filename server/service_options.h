@@ -1,0 +1,34 @@
+// Limits and knobs of the MemoryService, filled from mplus-server's flags (see main.cc).
+#ifndef MPLUS_SERVER_SERVICE_OPTIONS_H_
+#define MPLUS_SERVER_SERVICE_OPTIONS_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace mplus::server {
+
+struct ServiceOptions {
+  std::string model_dir;  // empty: the bundled demo checkpoint
+  std::string data_dir = "./data";
+  std::string device = "cpu";
+  int cpu_threads = 0;  // 0: one per hardware thread
+  bool bf16_rope_inv_freq = true;
+
+  int engine_workers = 2;
+  int max_queued_requests = 64;
+  int64_t max_request_bytes = int64_t{16} << 20;
+  int64_t max_prompt_tokens = 8192;
+  int64_t max_new_tokens = 2048;
+  int64_t default_max_new_tokens = 128;
+  int64_t max_sessions = 100000;
+  int64_t inject_chunk_tokens = 512;
+
+  bool sync_writes = true;
+  size_t block_cache_bytes = size_t{256} << 20;
+  size_t resident_budget_bytes = size_t{8} << 30;
+};
+
+}  // namespace mplus::server
+
+#endif  // MPLUS_SERVER_SERVICE_OPTIONS_H_
