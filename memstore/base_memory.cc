@@ -78,16 +78,16 @@ BaseMemory::BaseMemory(const engine::ModelConfig& config, const engine::ModelWei
 
 absl::StatusOr<std::unique_ptr<BaseMemory>> BaseMemory::Create(
     const engine::ModelConfig& config, const engine::ModelWeights& weights) {
-  if (!config.has_memory()) {
-    return absl::InvalidArgumentError("memstore needs a MemoryLLM or M+ checkpoint");
-  }
   if (!IsFloat(config.dtype)) {
     return absl::InvalidArgumentError(
         absl::StrCat("checkpoint dtype ", engine::DTypeName(config.dtype), " is not float"));
   }
   const int64_t L = config.num_hidden_layers, d = config.hidden_size;
-  absl::Status s = CheckTensor(weights.memory, {L, config.stm_tokens(), d});
-  if (!s.ok()) return s;
+  // Plain Llama checkpoints have no memory: their sessions hold only metadata.
+  if (config.has_memory()) {
+    absl::Status s = CheckTensor(weights.memory, {L, config.stm_tokens(), d});
+    if (!s.ok()) return s;
+  }
   if (config.has_long_term()) {
     if (static_cast<int64_t>(weights.ltm.size()) != L ||
         weights.ltm_keys.size() != weights.ltm.size() ||
