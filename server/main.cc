@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/flags_help.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "server/health_service.h"
@@ -207,6 +208,7 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Serves M+ / MemoryLLM models over gRPC (mplus.v1.MemoryService).\n"
       "Usage: mplus-server [--listen=HOST:PORT] [--model=DIR] [--data_dir=DIR] ...");
+  mplus::ShowFlagsOfFileInHelp(__FILE__);
   absl::ParseCommandLine(argc, argv);
   return mplus::server::Run();
 }

@@ -13,6 +13,7 @@
 #include "absl/strings/str_split.h"
 #include "engine/checkpoint_writer.h"
 #include "engine/model_config.h"
+#include "common/flags_help.h"
 
 // Size flags default to -1 / "" = "take the preset's value".
 ABSL_FLAG(std::string, out, "", "Output directory (required; created if needed).");
@@ -150,6 +151,7 @@ int main(int argc, char** argv) {
       "Writes a synthetic checkpoint with seeded random weights in the official layout.\n"
       "Example: mplus-make-checkpoint --out /tmp/ckpt --preset 8b\n"
       "         mplus-make-checkpoint --out /tmp/tiny --preset tiny --dtype bfloat16 --seed 7");
+  mplus::ShowFlagsOfFileInHelp(__FILE__);
   absl::ParseCommandLine(argc, argv);
   const std::string out = absl::GetFlag(FLAGS_out);
   if (out.empty()) {

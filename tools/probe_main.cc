@@ -16,6 +16,7 @@
 #include "engine/status_macros.h"
 #include "memstore/in_memory_session.h"
 #include "nlohmann/json.hpp"
+#include "common/flags_help.h"
 
 ABSL_FLAG(std::string, scenario, "", "scenario JSON file");
 ABSL_FLAG(std::string, out, "", "output safetensors file");
@@ -187,6 +188,7 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Runs an M+ scenario and writes its intermediates.\n"
       "Usage: mplus-probe --scenario FILE.json --out FILE.safetensors");
+  mplus::ShowFlagsOfFileInHelp(__FILE__);
   absl::ParseCommandLine(argc, argv);
   const std::string scenario = absl::GetFlag(FLAGS_scenario);
   const std::string out = absl::GetFlag(FLAGS_out);

@@ -8,8 +8,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
+#include "common/flags_help.h"
 #include "engine/tokenizer.h"
 #include "nlohmann/json.hpp"
 
@@ -25,11 +25,7 @@ int main(int argc, char** argv) {
       "Each input line is an object {\"text\": string, ...}; each output line is {\"ids\": [...]}"
       "\n(no BOS). Blank lines are skipped. A bad line stops the run with exit status 1.");
   // --help lists the flags of files named like the program; ours is tokenize_main.cc.
-  absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = [](absl::string_view file) {
-    return absl::EndsWith(file, "tokenize_main.cc");
-  };
-  absl::SetFlagsUsageConfig(usage);
+  mplus::ShowFlagsOfFileInHelp(__FILE__);
   absl::ParseCommandLine(argc, argv);
   const std::string path = absl::GetFlag(FLAGS_tokenizer);
   if (path.empty()) {
