@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "engine/cpu/gemm.h"
 
 namespace mplus::engine::cpu {
 namespace {
@@ -151,27 +152,27 @@ absl::Status CpuBackend::MatMul(const Tensor& x, const Tensor& w, const Tensor& 
   float* od = out.data_as<float>();
   const void* wd = w.data();
   const DType wt = w.dtype();
-  // Blocks of weight rows widened to float32 once, then dotted with every activation row.
-  constexpr int64_t kBlock = 16;
-  pool_.ParallelFor((m + kBlock - 1) / kBlock, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<float> wbuf(static_cast<size_t>(kBlock * k));
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t j0 = b * kBlock, j1 = std::min(m, j0 + kBlock);
-      const float* wrows;
-      if (wt == DType::kF32) {
-        wrows = static_cast<const float*>(wd) + j0 * k;
-      } else {
-        LoadFloats(wd, wt, j0 * k, (j1 - j0) * k, wbuf.data());
-        wrows = wbuf.data();
-      }
-      for (int64_t i = 0; i < n; ++i) {
-        const float* xr = xd + i * k;
-        float* orow = od + i * m;
-        for (int64_t j = j0; j < j1; ++j) {
-          const float v = alpha * Dot(xr, wrows + (j - j0) * k, k);
-          orow[j] = accumulate ? orow[j] + v : v;
-        }
-      }
+  const size_t wsize = DTypeSize(wt);
+  if (n <= kGemvMaxRows) {
+    // Decode: memory-bound, so split the weight rows evenly and stream each once.
+    constexpr int64_t kRows = 16;
+    pool_.ParallelFor((m + kRows - 1) / kRows, 1, [&](int64_t b0, int64_t b1) {
+      const int64_t j0 = b0 * kRows, j1 = std::min(m, b1 * kRows);
+      GemvNT(n, j1 - j0, k, xd, k, static_cast<const char*>(wd) + j0 * k * wsize, wt, k, od + j0, m,
+             alpha, accumulate);
+    });
+    return absl::OkStatus();
+  }
+  // Prefill: tasks are (row block of x, column block of out); each packs its weight block.
+  constexpr int64_t kColBlock = 128, kRowBlock = 384;
+  const int64_t col_blocks = (m + kColBlock - 1) / kColBlock;
+  const int64_t row_blocks = (n + kRowBlock - 1) / kRowBlock;
+  pool_.ParallelFor(col_blocks * row_blocks, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t i0 = (t / col_blocks) * kRowBlock, i1 = std::min(n, i0 + kRowBlock);
+      const int64_t j0 = (t % col_blocks) * kColBlock, j1 = std::min(m, j0 + kColBlock);
+      GemmNT(i1 - i0, j1 - j0, k, xd + i0 * k, k, static_cast<const char*>(wd) + j0 * k * wsize, wt,
+             k, od + i0 * m + j0, m, alpha, accumulate);
     }
   });
   return absl::OkStatus();

@@ -59,6 +59,40 @@ TEST_F(CpuBackendTest, MatMulFloat32AndBf16WithAlphaAndAccumulate) {
   EXPECT_FALSE(backend_.MatMul(xt, Zeros({m, k + 1}), out).ok());
 }
 
+// Shapes that exercise the blocked GEMM (row/column/k remainders, several k blocks) and the
+// few-rows GEMV path, for every weight dtype, against a double-precision reference.
+TEST_F(CpuBackendTest, MatMulBlockedAndGemvPathsAllDtypes) {
+  for (const int64_t n : {1, 2, 3, 5, 13, 400}) {
+    const int64_t k = 300, m = 150;
+    const std::vector<float> x = Values(n * k, 0.23), w = Values(m * k, 0.07);
+    std::vector<uint16_t> w_bf16(w.size()), w_f16(w.size());
+    for (size_t i = 0; i < w.size(); ++i) {
+      w_bf16[i] = FloatToBF16(w[i]);
+      w_f16[i] = FloatToF16(w[i]);
+    }
+    const Tensor xt = Make({n, k}, x);
+    const Tensor weights[] = {Make({m, k}, w),
+                              Tensor::Borrow(DType::kBF16, {m, k}, Device::kCpu, w_bf16.data()),
+                              Tensor::Borrow(DType::kF16, {m, k}, Device::kCpu, w_f16.data())};
+    for (const Tensor& wt : weights) {
+      Tensor out = Make({n, m}, std::vector<float>(n * m, 2.f));
+      ASSERT_TRUE(backend_.MatMul(xt, wt, out, 0.25f, /*accumulate=*/true).ok());
+      for (int64_t i = 0; i < n; ++i) {
+        for (int64_t j = 0; j < m; ++j) {
+          double dot = 0;
+          for (int64_t c = 0; c < k; ++c) {
+            float wv = w[j * k + c];
+            if (wt.dtype() == DType::kBF16) wv = BF16ToFloat(w_bf16[j * k + c]);
+            if (wt.dtype() == DType::kF16) wv = F16ToFloat(w_f16[j * k + c]);
+            dot += double{x[i * k + c]} * wv;
+          }
+          ASSERT_NEAR(F(out)[i * m + j], 2 + 0.25 * dot, 1e-5) << n << " " << i << " " << j;
+        }
+      }
+    }
+  }
+}
+
 TEST_F(CpuBackendTest, RmsNormInPlace) {
   const int64_t n = 2, d = 10;
   const std::vector<float> x = Values(n * d, 0.7), w = Values(d, 1.9);

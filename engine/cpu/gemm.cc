@@ -1,0 +1,323 @@
+#include "engine/cpu/gemm.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+namespace mplus::engine::cpu {
+namespace {
+
+#define MPLUS_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+// Register tile: kMr x rows times kNr output columns (12 of the 16 ymm registers accumulate).
+// Cache blocks: a packed weight block of kKc x kNc floats (128 KiB) stays in L2 while every x
+// row streams past it; one kKc x kNr panel (16 KiB) stays in L1.
+constexpr int64_t kMr = 6, kNr = 16, kKc = 256, kNc = 128;
+
+inline float Widen(const void* w, DType wt, int64_t i) {
+  switch (wt) {
+    case DType::kBF16:
+      return BF16ToFloat(static_cast<const uint16_t*>(w)[i]);
+    case DType::kF16:
+      return F16ToFloat(static_cast<const uint16_t*>(w)[i]);
+    default:
+      return static_cast<const float*>(w)[i];
+  }
+}
+
+// Portable fallbacks (CPUs without AVX2): plain loops with several accumulators.
+float DotPortable(const float* a, const void* w, DType wt, int64_t off, int64_t n) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int j = 0; j < 8; ++j) acc[j] += a[i + j] * Widen(w, wt, off + i + j);
+  }
+  float sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; i < n; ++i) sum += a[i] * Widen(w, wt, off + i);
+  return sum;
+}
+
+void GemmNTPortable(int64_t n, int64_t m, int64_t k, const float* x, int64_t ldx, const void* w,
+                    DType wt, int64_t ldw, float* out, int64_t ldo, float alpha, bool accumulate) {
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < m; ++j) {
+      const float v = alpha * DotPortable(x + i * ldx, w, wt, j * ldw, k);
+      out[i * ldo + j] = accumulate ? out[i * ldo + j] + v : v;
+    }
+  }
+}
+
+// --- AVX2 ---------------------------------------------------------------------------------
+
+// 8 weights from element i, widened to float32.
+template <DType T>
+MPLUS_AVX2 inline __m256 Load8(const void* w, int64_t i) {
+  if constexpr (T == DType::kF32) {
+    return _mm256_loadu_ps(static_cast<const float*>(w) + i);
+  } else {
+    const __m128i h =
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(w) + i));
+    if constexpr (T == DType::kBF16) {
+      return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    } else {
+      return _mm256_cvtph_ps(h);
+    }
+  }
+}
+
+MPLUS_AVX2 inline float HSum(__m256 v) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
+}
+
+// Packs columns [j0, j0 + nc) x k-range [k0, k0 + kc) of w^T into panels of kNr columns:
+// buf[p * kc * kNr + kk * kNr + jj] = w[(j0 + p * kNr + jj) * ldw + k0 + kk], zero past nc.
+template <DType T>
+MPLUS_AVX2 void PackTransposed(const void* w, int64_t ldw, int64_t j0, int64_t nc, int64_t k0,
+                               int64_t kc, float* buf) {
+  for (int64_t p = 0; p * kNr < nc; ++p) {
+    float* panel = buf + p * kc * kNr;
+    const int64_t cols = std::min(kNr, nc - p * kNr);
+    for (int64_t jj = 0; jj < kNr; ++jj) {
+      if (jj >= cols) {
+        for (int64_t kk = 0; kk < kc; ++kk) panel[kk * kNr + jj] = 0.0f;
+        continue;
+      }
+      const int64_t row = (j0 + p * kNr + jj) * ldw + k0;
+      int64_t kk = 0;
+      for (; kk + 8 <= kc; kk += 8) {
+        alignas(32) float t[8];
+        _mm256_store_ps(t, Load8<T>(w, row + kk));
+        for (int q = 0; q < 8; ++q) panel[(kk + q) * kNr + jj] = t[q];
+      }
+      for (; kk < kc; ++kk) panel[kk * kNr + jj] = Widen(w, T, row + kk);
+    }
+  }
+}
+
+// Packs rows [k0, k0 + kc) x columns [j0, j0 + nc) of a row-major v into the same panel layout.
+void PackRows(const float* v, int64_t ldv, int64_t j0, int64_t nc, int64_t k0, int64_t kc,
+              float* buf) {
+  for (int64_t p = 0; p * kNr < nc; ++p) {
+    float* panel = buf + p * kc * kNr;
+    const int64_t cols = std::min(kNr, nc - p * kNr);
+    for (int64_t kk = 0; kk < kc; ++kk) {
+      const float* src = v + (k0 + kk) * ldv + j0 + p * kNr;
+      std::memcpy(panel + kk * kNr, src, cols * sizeof(float));
+      std::fill(panel + kk * kNr + cols, panel + (kk + 1) * kNr, 0.0f);
+    }
+  }
+}
+
+// out[MR x ncols] (+)= alpha * x[MR x kc] · panel[kc x kNr].
+template <int MR>
+MPLUS_AVX2 void MicroKernel(const float* x, int64_t ldx, const float* panel, int64_t kc, float* out,
+                            int64_t ldo, int64_t ncols, float alpha, bool add) {
+  __m256 c0[MR], c1[MR];
+#pragma GCC unroll 6
+  for (int r = 0; r < MR; ++r) c0[r] = c1[r] = _mm256_setzero_ps();
+  for (int64_t kk = 0; kk < kc; ++kk) {
+    const __m256 b0 = _mm256_loadu_ps(panel + kk * kNr);
+    const __m256 b1 = _mm256_loadu_ps(panel + kk * kNr + 8);
+#pragma GCC unroll 6
+    for (int r = 0; r < MR; ++r) {
+      const __m256 a = _mm256_broadcast_ss(x + r * ldx + kk);
+      c0[r] = _mm256_fmadd_ps(a, b0, c0[r]);
+      c1[r] = _mm256_fmadd_ps(a, b1, c1[r]);
+    }
+  }
+  const __m256 va = _mm256_set1_ps(alpha);
+#pragma GCC unroll 6
+  for (int r = 0; r < MR; ++r) {
+    float* o = out + r * ldo;
+    if (ncols == kNr) {
+      const __m256 o0 = add ? _mm256_loadu_ps(o) : _mm256_setzero_ps();
+      const __m256 o1 = add ? _mm256_loadu_ps(o + 8) : _mm256_setzero_ps();
+      _mm256_storeu_ps(o, _mm256_fmadd_ps(va, c0[r], o0));
+      _mm256_storeu_ps(o + 8, _mm256_fmadd_ps(va, c1[r], o1));
+    } else {
+      alignas(32) float t[kNr];
+      _mm256_store_ps(t, c0[r]);
+      _mm256_store_ps(t + 8, c1[r]);
+      for (int64_t j = 0; j < ncols; ++j) o[j] = (add ? o[j] : 0.0f) + alpha * t[j];
+    }
+  }
+}
+
+MPLUS_AVX2 void RunMicroKernel(int64_t mr, const float* x, int64_t ldx, const float* panel,
+                               int64_t kc, float* out, int64_t ldo, int64_t ncols, float alpha,
+                               bool add) {
+  switch (mr) {
+    case 6:
+      return MicroKernel<6>(x, ldx, panel, kc, out, ldo, ncols, alpha, add);
+    case 5:
+      return MicroKernel<5>(x, ldx, panel, kc, out, ldo, ncols, alpha, add);
+    case 4:
+      return MicroKernel<4>(x, ldx, panel, kc, out, ldo, ncols, alpha, add);
+    case 3:
+      return MicroKernel<3>(x, ldx, panel, kc, out, ldo, ncols, alpha, add);
+    case 2:
+      return MicroKernel<2>(x, ldx, panel, kc, out, ldo, ncols, alpha, add);
+    default:
+      return MicroKernel<1>(x, ldx, panel, kc, out, ldo, ncols, alpha, add);
+  }
+}
+
+float* PackBuffer() {
+  thread_local std::vector<float> buf(static_cast<size_t>(kKc * kNc));
+  return buf.data();
+}
+
+// Blocked GEMM over packed panels; `pack(j0, nc, k0, kc, buf)` fills one weight block.
+template <typename Pack>
+MPLUS_AVX2 void BlockedGemm(int64_t n, int64_t m, int64_t k, const float* x, int64_t ldx,
+                            float* out, int64_t ldo, float alpha, bool accumulate,
+                            const Pack& pack) {
+  float* buf = PackBuffer();
+  for (int64_t j0 = 0; j0 < m; j0 += kNc) {
+    const int64_t nc = std::min(kNc, m - j0);
+    for (int64_t k0 = 0; k0 < k; k0 += kKc) {
+      const int64_t kc = std::min(kKc, k - k0);
+      pack(j0, nc, k0, kc, buf);
+      const bool add = accumulate || k0 > 0;
+      for (int64_t i0 = 0; i0 < n; i0 += kMr) {
+        const int64_t mr = std::min(kMr, n - i0);
+        for (int64_t p = 0; p * kNr < nc; ++p) {
+          RunMicroKernel(mr, x + i0 * ldx + k0, ldx, buf + p * kc * kNr, kc,
+                         out + i0 * ldo + j0 + p * kNr, ldo, std::min(kNr, nc - p * kNr), alpha,
+                         add);
+        }
+      }
+    }
+    if (k == 0 && !accumulate) {
+      for (int64_t i = 0; i < n; ++i) std::fill(out + i * ldo + j0, out + i * ldo + j0 + nc, 0.f);
+    }
+  }
+}
+
+template <DType T>
+MPLUS_AVX2 void GemmNTAvx2(int64_t n, int64_t m, int64_t k, const float* x, int64_t ldx,
+                           const void* w, int64_t ldw, float* out, int64_t ldo, float alpha,
+                           bool accumulate) {
+  BlockedGemm(n, m, k, x, ldx, out, ldo, alpha, accumulate,
+              [&](int64_t j0, int64_t nc, int64_t k0, int64_t kc, float* buf) {
+                PackTransposed<T>(w, ldw, j0, nc, k0, kc, buf);
+              });
+}
+
+// Four weight rows against R x rows: each weight vector is loaded and widened once.
+template <DType T, int R>
+MPLUS_AVX2 void Gemv4(const float* x, int64_t ldx, const void* w, const int64_t* rows, int64_t k,
+                      float sums[R][4]) {
+  __m256 acc[R][4];
+  for (int r = 0; r < R; ++r) {
+    for (int q = 0; q < 4; ++q) acc[r][q] = _mm256_setzero_ps();
+  }
+  int64_t c = 0;
+  for (; c + 8 <= k; c += 8) {
+    __m256 xv[R];
+    for (int r = 0; r < R; ++r) xv[r] = _mm256_loadu_ps(x + r * ldx + c);
+    for (int q = 0; q < 4; ++q) {
+      const __m256 wv = Load8<T>(w, rows[q] + c);
+      for (int r = 0; r < R; ++r) acc[r][q] = _mm256_fmadd_ps(xv[r], wv, acc[r][q]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int q = 0; q < 4; ++q) {
+      float s = HSum(acc[r][q]);
+      for (int64_t t = c; t < k; ++t) s += x[r * ldx + t] * Widen(w, T, rows[q] + t);
+      sums[r][q] = s;
+    }
+  }
+}
+
+template <DType T>
+MPLUS_AVX2 void GemvNTAvx2(int64_t n, int64_t m, int64_t k, const float* x, int64_t ldx,
+                           const void* w, int64_t ldw, float* out, int64_t ldo, float alpha,
+                           bool accumulate) {
+  for (int64_t j = 0; j < m; j += 4) {
+    const int64_t valid = std::min<int64_t>(4, m - j);
+    int64_t rows[4];
+    // Missing rows of the last group repeat the last valid row and are not stored.
+    for (int q = 0; q < 4; ++q) rows[q] = (j + std::min<int64_t>(q, valid - 1)) * ldw;
+    for (int64_t i = 0; i < n;) {
+      float sums[2][4];
+      const int r = n - i >= 2 ? 2 : 1;
+      if (r == 2) {
+        Gemv4<T, 2>(x + i * ldx, ldx, w, rows, k, sums);
+      } else {
+        Gemv4<T, 1>(x + i * ldx, ldx, w, rows, k, sums);
+      }
+      for (int rr = 0; rr < r; ++rr) {
+        for (int q = 0; q < valid; ++q) {
+          float& o = out[(i + rr) * ldo + j + q];
+          const float v = alpha * sums[rr][q];
+          o = accumulate ? o + v : v;
+        }
+      }
+      i += r;
+    }
+  }
+}
+
+}  // namespace
+
+bool HasAvx2Fma() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                          __builtin_cpu_supports("f16c");
+  return has;
+}
+
+void GemmNT(int64_t n, int64_t m, int64_t k, const float* x, int64_t ldx, const void* w, DType wt,
+            int64_t ldw, float* out, int64_t ldo, float alpha, bool accumulate) {
+  if (!HasAvx2Fma()) {
+    return GemmNTPortable(n, m, k, x, ldx, w, wt, ldw, out, ldo, alpha, accumulate);
+  }
+  switch (wt) {
+    case DType::kBF16:
+      return GemmNTAvx2<DType::kBF16>(n, m, k, x, ldx, w, ldw, out, ldo, alpha, accumulate);
+    case DType::kF16:
+      return GemmNTAvx2<DType::kF16>(n, m, k, x, ldx, w, ldw, out, ldo, alpha, accumulate);
+    default:
+      return GemmNTAvx2<DType::kF32>(n, m, k, x, ldx, w, ldw, out, ldo, alpha, accumulate);
+  }
+}
+
+void GemvNT(int64_t n, int64_t m, int64_t k, const float* x, int64_t ldx, const void* w, DType wt,
+            int64_t ldw, float* out, int64_t ldo, float alpha, bool accumulate) {
+  if (!HasAvx2Fma()) {
+    return GemmNTPortable(n, m, k, x, ldx, w, wt, ldw, out, ldo, alpha, accumulate);
+  }
+  switch (wt) {
+    case DType::kBF16:
+      return GemvNTAvx2<DType::kBF16>(n, m, k, x, ldx, w, ldw, out, ldo, alpha, accumulate);
+    case DType::kF16:
+      return GemvNTAvx2<DType::kF16>(n, m, k, x, ldx, w, ldw, out, ldo, alpha, accumulate);
+    default:
+      return GemvNTAvx2<DType::kF32>(n, m, k, x, ldx, w, ldw, out, ldo, alpha, accumulate);
+  }
+}
+
+void GemmNN(int64_t n, int64_t m, int64_t k, const float* p, int64_t ldp, const float* v,
+            int64_t ldv, float* out, int64_t ldo, float alpha, bool accumulate) {
+  if (!HasAvx2Fma()) {
+    for (int64_t i = 0; i < n; ++i) {
+      float* o = out + i * ldo;
+      for (int64_t c = 0; c < m; ++c) o[c] = accumulate ? o[c] : 0.0f;
+      for (int64_t j = 0; j < k; ++j) {
+        const float s = alpha * p[i * ldp + j];
+        for (int64_t c = 0; c < m; ++c) o[c] += s * v[j * ldv + c];
+      }
+    }
+    return;
+  }
+  BlockedGemm(n, m, k, p, ldp, out, ldo, alpha, accumulate,
+              [&](int64_t j0, int64_t nc, int64_t k0, int64_t kc, float* buf) {
+                PackRows(v, ldv, j0, nc, k0, kc, buf);
+              });
+}
+
+}  // namespace mplus::engine::cpu

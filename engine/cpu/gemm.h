@@ -1,0 +1,35 @@
+// Single-threaded float32 GEMM kernels for the CPU backend: AVX2+FMA(+F16C) register-tiled
+// kernels chosen at run time, with a portable fallback. Callers split work across threads.
+#ifndef MPLUS_ENGINE_CPU_GEMM_H_
+#define MPLUS_ENGINE_CPU_GEMM_H_
+
+#include <cstdint>
+
+#include "engine/dtype.h"
+
+namespace mplus::engine::cpu {
+
+// True when this CPU runs the AVX2 + FMA + F16C kernels (checked once).
+bool HasAvx2Fma();
+
+// out[i * ldo + j] = alpha * sum_c x[i * ldx + c] * w[j * ldw + c] (+ out[...] when accumulate)
+// for i < n, j < m, c < k. w is float32, bfloat16 or float16, widened to float32 in registers.
+// Blocked for cache and tiled 6 x 16 in registers: meant for n >= kGemvMaxRows.
+void GemmNT(int64_t n, int64_t m, int64_t k, const float* x, int64_t ldx, const void* w, DType wt,
+            int64_t ldw, float* out, int64_t ldo, float alpha, bool accumulate);
+
+// The same product for few x rows (decode): streams each weight row once, 4 rows at a time.
+void GemvNT(int64_t n, int64_t m, int64_t k, const float* x, int64_t ldx, const void* w, DType wt,
+            int64_t ldw, float* out, int64_t ldo, float alpha, bool accumulate);
+
+// Up to this many x rows GemvNT beats packing the weights for GemmNT.
+inline constexpr int64_t kGemvMaxRows = 4;
+
+// out[i * ldo + c] = alpha * sum_j p[i * ldp + j] * v[j * ldv + c] (+ out when accumulate),
+// i < n, c < m, j < k; float32 (attention's probabilities times values).
+void GemmNN(int64_t n, int64_t m, int64_t k, const float* p, int64_t ldp, const float* v,
+            int64_t ldv, float* out, int64_t ldo, float alpha, bool accumulate);
+
+}  // namespace mplus::engine::cpu
+
+#endif  // MPLUS_ENGINE_CPU_GEMM_H_
