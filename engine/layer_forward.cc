@@ -77,35 +77,47 @@ absl::StatusOr<Tensor> Project(Backend& backend, const Tensor& normed,
 absl::StatusOr<Tensor> LayerForward(Backend& backend, const LayerDims& dims,
                                     const DeviceLayer& layer, Adapter adapter, const Tensor& seq,
                                     int64_t num_queries, const Tensor& k_cache,
-                                    const Tensor& v_cache, int64_t cache_len,
+                                    const Tensor& v_cache, absl::Span<const SeqSegment> segments,
                                     const Tensor& inv_freq) {
   const int64_t s = seq.rows(), nq = num_queries, d = dims.hidden;
   const int64_t q_cols = dims.heads * dims.head_dim;
-  if (nq <= 0 || nq > s || cache_len + s > k_cache.rows()) {
+  bool consistent = !segments.empty() && nq > 0 && nq <= segments.back().rows;
+  int64_t covered = 0, end = 0;
+  for (const SeqSegment& seg : segments) {
+    consistent = consistent && seg.rows > 0 && seg.seq_begin == covered && seg.cache_row >= end &&
+                 seg.cache_row + seg.rows <= k_cache.rows();
+    covered += seg.rows;
+    end = seg.cache_row + seg.rows;
+  }
+  if (!consistent || covered != s) {
     return absl::InternalError("LayerForward: inconsistent sequence / cache sizes");
   }
-  // One norm over the whole [prefix ; x]; keys and values from every row, queries from x.
+  // One norm over all rows; keys and values from every row, queries from the last nq.
   MPLUS_ASSIGN_OR_RETURN(Tensor normed, backend.Allocate(DType::kF32, {s, d}));
   MPLUS_RETURN_IF_ERROR(backend.RmsNorm(seq, layer.input_layernorm, dims.rms_eps, normed));
   MPLUS_ASSIGN_OR_RETURN(Tensor q, backend.Allocate(DType::kF32, {nq, q_cols}));
   MPLUS_RETURN_IF_ERROR(
       Linear(backend, normed.Rows(s - nq, s), layer.q_proj, adapter, dims.lora_scale, q));
-  const Tensor k_new = k_cache.Rows(cache_len, cache_len + s);
-  const Tensor v_new = v_cache.Rows(cache_len, cache_len + s);
-  MPLUS_RETURN_IF_ERROR(Linear(backend, normed, layer.k_proj, adapter, dims.lora_scale, k_new));
-  MPLUS_RETURN_IF_ERROR(Linear(backend, normed, layer.v_proj, adapter, dims.lora_scale, v_new));
-
-  std::vector<int64_t> positions(static_cast<size_t>(s));
-  std::iota(positions.begin(), positions.end(), cache_len);
-  MPLUS_RETURN_IF_ERROR(backend.Rope(k_new, dims.head_dim, positions, inv_freq));
-  MPLUS_RETURN_IF_ERROR(
-      backend.Rope(q, dims.head_dim,
-                   absl::MakeConstSpan(positions).subspan(static_cast<size_t>(s - nq)), inv_freq));
+  std::vector<int64_t> positions;
+  for (const SeqSegment& seg : segments) {
+    const Tensor x = normed.Rows(seg.seq_begin, seg.seq_begin + seg.rows);
+    const Tensor k_new = k_cache.Rows(seg.cache_row, seg.cache_row + seg.rows);
+    const Tensor v_new = v_cache.Rows(seg.cache_row, seg.cache_row + seg.rows);
+    MPLUS_RETURN_IF_ERROR(Linear(backend, x, layer.k_proj, adapter, dims.lora_scale, k_new));
+    MPLUS_RETURN_IF_ERROR(Linear(backend, x, layer.v_proj, adapter, dims.lora_scale, v_new));
+    positions.resize(static_cast<size_t>(seg.rows));
+    std::iota(positions.begin(), positions.end(), seg.cache_row);
+    MPLUS_RETURN_IF_ERROR(backend.Rope(k_new, dims.head_dim, positions, inv_freq));
+  }
+  // `positions` now holds the last segment's, which contains the queries.
+  MPLUS_RETURN_IF_ERROR(backend.Rope(
+      q, dims.head_dim,
+      absl::MakeConstSpan(positions).subspan(static_cast<size_t>(segments.back().rows - nq)),
+      inv_freq));
 
   MPLUS_ASSIGN_OR_RETURN(Tensor attn, backend.Allocate(DType::kF32, {nq, q_cols}));
-  MPLUS_RETURN_IF_ERROR(backend.Attention(q, k_cache.Rows(0, cache_len + s),
-                                          v_cache.Rows(0, cache_len + s), dims.heads, dims.kv_heads,
-                                          dims.head_dim, attn));
+  MPLUS_RETURN_IF_ERROR(backend.Attention(q, k_cache.Rows(0, end), v_cache.Rows(0, end), dims.heads,
+                                          dims.kv_heads, dims.head_dim, attn));
   MPLUS_ASSIGN_OR_RETURN(Tensor h, backend.Allocate(DType::kF32, {nq, d}));
   MPLUS_RETURN_IF_ERROR(Linear(backend, attn, layer.o_proj, adapter, dims.lora_scale, h));
   MPLUS_RETURN_IF_ERROR(backend.Add(h, seq.Rows(s - nq, s), h));  // residual = the query rows
@@ -121,6 +133,16 @@ absl::StatusOr<Tensor> LayerForward(Backend& backend, const LayerDims& dims,
   MPLUS_RETURN_IF_ERROR(Linear(backend, gate, layer.down_proj, adapter, dims.lora_scale, n2));
   MPLUS_RETURN_IF_ERROR(backend.Add(h, n2, h));
   return h;
+}
+
+absl::StatusOr<Tensor> LayerForward(Backend& backend, const LayerDims& dims,
+                                    const DeviceLayer& layer, Adapter adapter, const Tensor& seq,
+                                    int64_t num_queries, const Tensor& k_cache,
+                                    const Tensor& v_cache, int64_t cache_len,
+                                    const Tensor& inv_freq) {
+  const SeqSegment all{0, seq.rows(), cache_len};
+  return LayerForward(backend, dims, layer, adapter, seq, num_queries, k_cache, v_cache,
+                      absl::MakeConstSpan(&all, 1), inv_freq);
 }
 
 }  // namespace mplus::engine

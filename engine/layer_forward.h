@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "engine/backend.h"
 #include "engine/model_config.h"
 #include "engine/model_weights.h"
@@ -46,10 +47,26 @@ absl::Status Linear(Backend& backend, const Tensor& x, const DeviceLinear& linea
 absl::StatusOr<Tensor> Project(Backend& backend, const Tensor& normed,
                                const DeviceProjector& projector);
 
-// Runs one layer. `seq` holds S rows at positions cache_len .. cache_len + S - 1: their keys
-// and values are written to rows [cache_len, cache_len + S) of k_cache / v_cache ([capacity,
-// kv_cols]); the last `num_queries` rows of seq are the queries, attending to all cached keys
-// up to their own position. Returns the num_queries output rows [num_queries, hidden].
+// A run of `seq` rows and where it sits in the sequence: rows [seq_begin, seq_begin + rows) of
+// seq are at positions (= KV cache rows) cache_row .. cache_row + rows - 1.
+struct SeqSegment {
+  int64_t seq_begin = 0, rows = 0, cache_row = 0;
+};
+
+// Runs one layer. `seq` holds the rows of `segments` (in seq order, ascending positions, none
+// empty); their keys and values are written to the k_cache / v_cache ([capacity, kv_cols]) rows
+// of their positions. Cache rows below the end of the last segment that no segment covers must
+// already hold their (rotated) keys and values. The last `num_queries` rows of seq, all in the
+// last segment, are the queries, attending to all cached keys up to their own position. Returns
+// the num_queries output rows [num_queries, hidden]. Each segment's keys and values come from
+// their own MatMul calls, so they do not depend on the other segments.
+absl::StatusOr<Tensor> LayerForward(Backend& backend, const LayerDims& dims,
+                                    const DeviceLayer& layer, Adapter adapter, const Tensor& seq,
+                                    int64_t num_queries, const Tensor& k_cache,
+                                    const Tensor& v_cache, absl::Span<const SeqSegment> segments,
+                                    const Tensor& inv_freq);
+
+// The same with all of seq at positions cache_len .. cache_len + S - 1.
 absl::StatusOr<Tensor> LayerForward(Backend& backend, const LayerDims& dims,
                                     const DeviceLayer& layer, Adapter adapter, const Tensor& seq,
                                     int64_t num_queries, const Tensor& k_cache,

@@ -1,6 +1,7 @@
 #include "engine/model.h"
 
 #include <algorithm>
+#include <atomic>
 #include <limits>
 #include <set>
 
@@ -22,11 +23,25 @@ const void* HostRow(const TensorView& view, int64_t row, int64_t cols) {
          static_cast<size_t>(row * cols) * DTypeSize(view.dtype);
 }
 
+// Copies the bos and STM key (or value) rows between a generation's KV cache (bos at row 0, STM
+// from row stm_begin) and a PrefixCache tensor ([bos + N, kv_cols], the same rows packed).
+absl::Status CopyPrefixRows(Backend& b, const Tensor& kv, const Tensor& packed, int64_t bos,
+                            int64_t stm_begin, bool to_packed) {
+  const int64_t n = packed.rows() - bos;
+  auto copy = [&](const Tensor& kv_rows, const Tensor& packed_rows) {
+    return to_packed ? b.Copy(kv_rows, packed_rows) : b.Copy(packed_rows, kv_rows);
+  };
+  if (bos) MPLUS_RETURN_IF_ERROR(copy(kv.Rows(0, bos), packed.Rows(0, bos)));
+  return copy(kv.Rows(stm_begin, stm_begin + n), packed.Rows(bos, bos + n));
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& checkpoint_dir,
                                                    const ModelOptions& options) {
+  static std::atomic<uint64_t> next_id{1};
   std::unique_ptr<Model> m(new Model());
+  m->id_ = next_id.fetch_add(1);
   MPLUS_ASSIGN_OR_RETURN(m->config_, LoadModelConfig(checkpoint_dir + "/config.json"));
   const ModelConfig& c = m->config_;
   if (c.hidden_act != "silu") {
@@ -223,11 +238,38 @@ absl::StatusOr<std::unique_ptr<DecodeState>> Model::Prefill(SessionMemory& mem,
   }
   if (want_retrieved) out->retrieved.assign(num_layers, {});
 
+  // The bos and STM rows (positions 0 and stm_begin..p-1 in every generate) get their keys and
+  // values from the session's prefix cache when it holds this model's; then seq is only
+  // [retrieved ; prompt]. Otherwise seq is the whole [bos ; retrieved ; STM ; prompt] and, when
+  // the session keeps a cache, the computed prefix rows fill it. Each part is its own segment,
+  // projected by its own MatMul calls in both cases, so even a backend whose rounding depends on
+  // a call's row count gives bitwise the same keys and values with and without the cache.
+  PrefixCache* cache = config_.has_memory() ? mem.prefix_cache() : nullptr;
+  const bool reuse = cache != nullptr && !cache->empty() && cache->model_id_ == id_;
+  const bool fill = cache != nullptr && !reuse;
+  const int64_t stm_begin = bos + k_ltm;
+  std::vector<SeqSegment> segments;
+  int64_t seq_rows = 0;
+  auto add_segment = [&](int64_t rows, int64_t position) {
+    if (rows > 0) segments.push_back({seq_rows, rows, position});
+    seq_rows += rows;
+  };
+  if (!reuse) add_segment(bos, 0);
+  const int64_t seq_ltm = seq_rows;  // seq row of the first retrieved token
+  add_segment(k_ltm, bos);
+  if (!reuse) add_segment(p - stm_begin, stm_begin);
+  const int64_t seq_prompt = seq_rows;
+  add_segment(t, p);
+  std::vector<Tensor> fill_keys, fill_values;
+  const int64_t packed_rows = bos + config_.stm_tokens();
+
   MPLUS_ASSIGN_OR_RETURN(Tensor h, Alloc(b, t, d));
   MPLUS_RETURN_IF_ERROR(b.Embedding(embed_tokens_, prompt, h));
-  MPLUS_ASSIGN_OR_RETURN(Tensor seq, Alloc(b, p + t, d));
+  MPLUS_ASSIGN_OR_RETURN(Tensor seq, Alloc(b, seq_rows, d));
   std::vector<float> retrieved(static_cast<size_t>(k_ltm * d));
   for (int l = 0; l < num_layers; ++l) {
+    const Tensor& kc = state->k_cache_[l];
+    const Tensor& vc = state->v_cache_[l];
     if (config_.has_long_term()) {
       // Retrieval scores with this layer's input hidden states of the prompt.
       MPLUS_ASSIGN_OR_RETURN(Tensor normed, Alloc(b, t, d));
@@ -237,17 +279,33 @@ absl::StatusOr<std::unique_ptr<DecodeState>> Model::Prefill(SessionMemory& mem,
       MPLUS_RETURN_IF_ERROR(b.CopyToHost(queries, host_queries.data()));
       MPLUS_RETURN_IF_ERROR(mem.RetrieveLongTerm(l, host_queries.data(), t, retrieved.data()));
       MPLUS_RETURN_IF_ERROR(
-          b.CopyFromHost(retrieved.data(), DType::kF32, seq.Rows(bos, bos + k_ltm)));
+          b.CopyFromHost(retrieved.data(), DType::kF32, seq.Rows(seq_ltm, seq_ltm + k_ltm)));
       if (want_retrieved) out->retrieved[l] = retrieved;
     }
-    if (config_.has_memory()) {
+    if (reuse) {
+      MPLUS_RETURN_IF_ERROR(CopyPrefixRows(b, kc, cache->keys_[l], bos, stm_begin, false));
+      MPLUS_RETURN_IF_ERROR(CopyPrefixRows(b, vc, cache->values_[l], bos, stm_begin, false));
+    } else if (config_.has_memory()) {
       if (bos) MPLUS_RETURN_IF_ERROR(CopyBos(l, seq.Rows(0, 1)));
       MPLUS_ASSIGN_OR_RETURN(TensorView stm, CheckedShortTerm(mem, l));
-      MPLUS_RETURN_IF_ERROR(b.CopyFromHost(stm.data, stm.dtype, seq.Rows(bos + k_ltm, p)));
+      MPLUS_RETURN_IF_ERROR(b.CopyFromHost(stm.data, stm.dtype, seq.Rows(stm_begin, p)));
     }
-    MPLUS_RETURN_IF_ERROR(b.Copy(h, seq.Rows(p, p + t)));
-    MPLUS_ASSIGN_OR_RETURN(h, LayerForward(b, dims_, layers_[l], Adapter::kDecoder, seq, t,
-                                           state->k_cache_[l], state->v_cache_[l], 0, inv_freq_));
+    MPLUS_RETURN_IF_ERROR(b.Copy(h, seq.Rows(seq_prompt, seq_prompt + t)));
+    MPLUS_ASSIGN_OR_RETURN(h, LayerForward(b, dims_, layers_[l], Adapter::kDecoder, seq, t, kc, vc,
+                                           segments, inv_freq_));
+    if (fill) {
+      MPLUS_ASSIGN_OR_RETURN(Tensor keys, Alloc(b, packed_rows, dims_.kv_cols()));
+      MPLUS_ASSIGN_OR_RETURN(Tensor values, Alloc(b, packed_rows, dims_.kv_cols()));
+      MPLUS_RETURN_IF_ERROR(CopyPrefixRows(b, kc, keys, bos, stm_begin, true));
+      MPLUS_RETURN_IF_ERROR(CopyPrefixRows(b, vc, values, bos, stm_begin, true));
+      fill_keys.push_back(std::move(keys));
+      fill_values.push_back(std::move(values));
+    }
+  }
+  if (fill) {  // only a complete forward fills the cache
+    cache->keys_ = std::move(fill_keys);
+    cache->values_ = std::move(fill_values);
+    cache->model_id_ = id_;
   }
   state->length_ = p + t;
   MPLUS_ASSIGN_OR_RETURN(out->logits, Logits(h.Rows(t - 1, t)));

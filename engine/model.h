@@ -18,6 +18,7 @@
 #include "engine/layer_forward.h"
 #include "engine/model_config.h"
 #include "engine/model_weights.h"
+#include "engine/prefix_cache.h"
 #include "engine/safetensors.h"
 #include "engine/session_memory.h"
 
@@ -83,7 +84,9 @@ class Model {
 
   // First forward of a generation over `prompt` with retrieval (decoder LoRA). Room is kept in
   // the cache for `max_new_tokens` more tokens. Fills `out` (retrieved only when
-  // `want_retrieved`).
+  // `want_retrieved`). When `mem` keeps a prefix cache, an empty one (or one another model
+  // filled) is filled and a filled one replaces the bos and STM rows' projections: the results
+  // are bitwise those of an uncached prefill.
   absl::StatusOr<std::unique_ptr<DecodeState>> Prefill(SessionMemory& mem,
                                                        absl::Span<const int32_t> prompt,
                                                        int64_t max_new_tokens, bool want_retrieved,
@@ -107,6 +110,7 @@ class Model {
   absl::StatusOr<std::vector<float>> DroppedKeys(int layer, const TensorView& stm,
                                                  absl::Span<const int32_t> slots) const;
 
+  uint64_t id_ = 0;  // unique per loaded model: tags the prefix caches it fills
   ModelConfig config_;
   std::unique_ptr<WeightStore> store_;
   ModelWeights weights_;

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "engine/prefix_cache.h"
 #include "engine/safetensors.h"
 
 namespace mplus::engine {
@@ -24,6 +25,10 @@ class SessionMemory {
   // ([num_queries, selector_hidden_dim], float32) as MPLUS-DETAILS.md "Retrieval" says.
   virtual absl::Status RetrieveLongTerm(int layer, const float* queries, int64_t num_queries,
                                         float* out) = 0;
+
+  // The session's cache of prefix keys and values (prefix_cache.h), or null for none. A session
+  // that returns one must clear it whenever its short-term memory changes.
+  virtual PrefixCache* prefix_cache() { return nullptr; }
 };
 
 // What one inject computed, per layer; the caller commits it to the session's memory.

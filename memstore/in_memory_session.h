@@ -26,6 +26,8 @@ class InMemorySession : public engine::SessionMemory {
   engine::TensorView ShortTerm(int layer) const override;
   absl::Status RetrieveLongTerm(int layer, const float* queries, int64_t num_queries,
                                 float* out) override;
+  // Cleared by every ApplyInject that passes validation.
+  engine::PrefixCache* prefix_cache() override { return &prefix_cache_; }
 
   // Commits an inject: STM_l <- [kept slots ascending ; delta_l rounded to the checkpoint
   // dtype] with ages [kept ; K-1 .. 0]; the dropped tokens (with their STM ages) go to the
@@ -48,6 +50,7 @@ class InMemorySession : public engine::SessionMemory {
   std::unique_ptr<LongTermMemory> ltm_;
   absl::flat_hash_map<uint64_t, std::vector<uint8_t>> vectors_;  // token id -> [d] in dtype_
   uint64_t next_token_id_ = 1;
+  engine::PrefixCache prefix_cache_;
 };
 
 }  // namespace mplus::memstore

@@ -237,7 +237,7 @@ absl::Status ResidentSession::RetrieveLongTerm(int layer, const float* queries, 
 }
 
 size_t ResidentSession::ResidentBytes() const {
-  size_t bytes = sizeof(*this);
+  size_t bytes = sizeof(*this) + prefix_cache_.bytes();
   for (size_t l = 0; l < stm_.size(); ++l) {
     bytes += stm_rows_[l].size() + stm_[l].ids.size() * (sizeof(uint64_t) + sizeof(int32_t));
   }

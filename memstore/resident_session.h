@@ -37,6 +37,8 @@ class ResidentSession : public engine::SessionMemory {
   engine::TensorView ShortTerm(int layer) const override;
   absl::Status RetrieveLongTerm(int layer, const float* queries, int64_t num_queries,
                                 float* out) override;
+  // Cleared by every Commit that passes validation (a reload starts with an empty one).
+  engine::PrefixCache* prefix_cache() override { return &prefix_cache_; }
 
   // Validates `result`, applies it, and writes one WriteBatch (new tokens, dropped tokens moving
   // to long-term memory with their keys, evictions, the new short-term lists, counters, the
@@ -49,7 +51,7 @@ class ResidentSession : public engine::SessionMemory {
   const SessionRecord& record() const { return record_; }
   const ShortTermList& short_term_list(int layer) const { return stm_[layer]; }
   const LongTermMemory* long_term() const { return ltm_.get(); }  // null for MemoryLLM
-  // Bytes this object holds (short-term vectors and lists, long-term index).
+  // Bytes this object holds (short-term vectors and lists, long-term index, prefix cache).
   size_t ResidentBytes() const;
 
  private:
@@ -74,6 +76,7 @@ class ResidentSession : public engine::SessionMemory {
   std::unique_ptr<LongTermMemory> ltm_;
   std::vector<std::vector<LongTermSlot>> ltm_slots_;  // parallel to ltm_->layer(l).entries()
   std::vector<LongTermLayerMeta> ltm_meta_;           // as persisted
+  engine::PrefixCache prefix_cache_;
 };
 
 }  // namespace mplus::memstore

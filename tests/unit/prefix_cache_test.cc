@@ -1,0 +1,212 @@
+// The session prefix cache: a prefill that reuses the cached bos / short-term keys and values
+// must give bitwise the logits of one that recomputes them, across injects (which drop the
+// cache), for M+ (fp32 and bf16 fixtures) and MemoryLLM; stored sessions count its bytes.
+#include "engine/prefix_cache.h"
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "engine/checkpoint_writer.h"
+#include "engine/drop_slots.h"
+#include "engine/model.h"
+#include "gtest/gtest.h"
+#include "memstore/in_memory_session.h"
+#include "memstore/memory_store.h"
+
+namespace mplus::engine {
+namespace {
+
+// Forwards to a session but keeps no prefix cache: the reference, uncached path.
+class Uncached : public SessionMemory {
+ public:
+  explicit Uncached(SessionMemory& mem) : mem_(mem) {}
+  TensorView ShortTerm(int layer) const override { return mem_.ShortTerm(layer); }
+  absl::Status RetrieveLongTerm(int layer, const float* queries, int64_t num_queries,
+                                float* out) override {
+    return mem_.RetrieveLongTerm(layer, queries, num_queries, out);
+  }
+
+ private:
+  SessionMemory& mem_;
+};
+
+bool BitwiseEqual(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+size_t ExpectedCacheBytes(const Model& model) {
+  const ModelConfig& c = model.config();
+  const int64_t rows = (model.weights().bos_embedding.data != nullptr ? 1 : 0) + c.stm_tokens();
+  return static_cast<size_t>(2 * c.num_hidden_layers * rows * c.num_key_value_heads * c.head_dim) *
+         sizeof(float);
+}
+
+// Prefill + a few decode steps on both sessions; every logit vector must match bit for bit.
+void ExpectSameForward(const Model& model, SessionMemory& cached, SessionMemory& uncached,
+                       const std::vector<int32_t>& prompt) {
+  PrefillOutput a, b;
+  auto sa = model.Prefill(cached, prompt, 4, /*want_retrieved=*/true, &a);
+  ASSERT_TRUE(sa.ok()) << sa.status();
+  auto sb = model.Prefill(uncached, prompt, 4, /*want_retrieved=*/true, &b);
+  ASSERT_TRUE(sb.ok()) << sb.status();
+  EXPECT_TRUE(BitwiseEqual(a.logits, b.logits));
+  ASSERT_EQ(a.retrieved.size(), b.retrieved.size());
+  for (size_t l = 0; l < a.retrieved.size(); ++l) {
+    EXPECT_TRUE(BitwiseEqual(a.retrieved[l], b.retrieved[l])) << "layer " << l;
+  }
+  for (int32_t token : {5, 17, 3, 42}) {
+    auto la = model.Decode(**sa, token);
+    auto lb = model.Decode(**sb, token);
+    ASSERT_TRUE(la.ok() && lb.ok());
+    EXPECT_TRUE(BitwiseEqual(*la, *lb)) << "decode of " << token;
+  }
+}
+
+// Rounds of: two generates (the first fills the cache, the second reuses it), then one inject
+// applied to both sessions (which must drop the cache).
+void RunRounds(const Model& model) {
+  auto cached = memstore::InMemorySession::Create(model);
+  auto reference = memstore::InMemorySession::Create(model);
+  ASSERT_TRUE(cached.ok() && reference.ok());
+  Uncached uncached(**reference);
+  PrefixCache* cache = (*cached)->prefix_cache();
+  ASSERT_NE(cache, nullptr);
+  const ModelConfig& c = model.config();
+  const std::vector<std::vector<int32_t>> prompts = {
+      {11, 200, 37, 5, 90}, {3, 4}, {120, 7, 7, 250, 31, 64, 18, 99, 1}};
+  for (int round = 0; round < 3; ++round) {
+    SCOPED_TRACE(round);
+    EXPECT_TRUE(cache->empty());
+    ExpectSameForward(model, **cached, uncached, prompts[round]);
+    EXPECT_FALSE(cache->empty());
+    EXPECT_EQ(cache->bytes(), ExpectedCacheBytes(model));
+    ExpectSameForward(model, **cached, uncached, prompts[(round + 1) % prompts.size()]);
+
+    const std::vector<int32_t> chunk = {40 + round, 41, 42, 43, 44, 45};
+    auto drops = ChooseDropSlots(100 + round, round, static_cast<int>(c.num_hidden_layers),
+                                 c.stm_tokens(), c.num_tokens);
+    auto result = model.Inject(**cached, chunk, drops);
+    ASSERT_TRUE(result.ok()) << result.status();
+    ASSERT_TRUE((*cached)->ApplyInject(*result).ok());
+    ASSERT_TRUE((*reference)->ApplyInject(*result).ok());
+    EXPECT_TRUE(cache->empty());
+    EXPECT_EQ(cache->bytes(), 0u);
+  }
+  // Generate through the cache equals Generate without it.
+  auto argmax = [](absl::Span<const float> logits) {
+    return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+  };
+  auto ta = model.Generate(**cached, prompts[0], 6, argmax, nullptr);
+  auto tb = model.Generate(uncached, prompts[0], 6, argmax, nullptr);
+  ASSERT_TRUE(ta.ok() && tb.ok());
+  EXPECT_EQ(*ta, *tb);
+}
+
+std::unique_ptr<Model> LoadOrDie(const std::string& dir) {
+  auto model = Model::Load(dir, ModelOptions());
+  EXPECT_TRUE(model.ok()) << model.status();
+  return model.ok() ? std::move(*model) : nullptr;
+}
+
+TEST(PrefixCacheTest, MplusFloat32CachedPrefillIsBitwiseUncached) {
+  auto model = LoadOrDie(std::string(MPLUS_FIXTURES_DIR) + "/tiny-mplus");
+  ASSERT_NE(model, nullptr);
+  RunRounds(*model);
+}
+
+TEST(PrefixCacheTest, MplusBfloat16CachedPrefillIsBitwiseUncached) {
+  auto model = LoadOrDie(std::string(MPLUS_FIXTURES_DIR) + "/tiny-mplus-bf16");
+  ASSERT_NE(model, nullptr);
+  RunRounds(*model);
+}
+
+TEST(PrefixCacheTest, MemoryLlmCachedPrefillIsBitwiseUncached) {
+  auto config = LoadModelConfig(std::string(MPLUS_FIXTURES_DIR) + "/tiny-mplus/config.json");
+  ASSERT_TRUE(config.ok()) << config.status();
+  ModelConfig c = *config;
+  c.kind = ModelKind::kMemoryLLM;
+  c.num_ltm_blocks = c.selector_hidden_dim = c.num_selector_layers = c.ltm_initial_size = 0;
+  c.update_ltm_frequency = 0;
+  c.decay_frequency = c.initial_rf_when_moving_stm_to_ltm = 0;
+  c.add_encoder_retriever = false;
+  const std::string dir = ::testing::TempDir() + "/prefix_cache_memoryllm";
+  CheckpointOptions options;
+  options.seed = 5;
+  options.init_std = 0.2;
+  ASSERT_TRUE(WriteRandomCheckpoint(c, options, dir).ok());
+  auto model = LoadOrDie(dir);
+  ASSERT_NE(model, nullptr);
+  RunRounds(*model);
+}
+
+TEST(PrefixCacheTest, ACacheFilledByAnotherModelIsRefilled) {
+  auto fp32 = LoadOrDie(std::string(MPLUS_FIXTURES_DIR) + "/tiny-mplus");
+  auto again = LoadOrDie(std::string(MPLUS_FIXTURES_DIR) + "/tiny-mplus");
+  ASSERT_TRUE(fp32 && again);
+  auto session = memstore::InMemorySession::Create(*fp32);
+  auto reference = memstore::InMemorySession::Create(*fp32);
+  ASSERT_TRUE(session.ok() && reference.ok());
+  PrefillOutput out;
+  ASSERT_TRUE(fp32->Prefill(**session, {9, 8, 7}, 0, false, &out).ok());
+  ASSERT_FALSE((*session)->prefix_cache()->empty());
+  Uncached uncached(**reference);
+  ExpectSameForward(*again, **session, uncached, {1, 2, 3});
+}
+
+TEST(PrefixCacheTest, StoredSessionCountsTheCacheAndDropsItOnCommit) {
+  auto model = LoadOrDie(std::string(MPLUS_FIXTURES_DIR) + "/tiny-mplus");
+  ASSERT_NE(model, nullptr);
+  const std::string path = ::testing::TempDir() + "/prefix_cache_store";
+  std::filesystem::remove_all(path);
+  memstore::StoreOptions options;
+  options.path = path;
+  options.sync_writes = false;
+  auto store = memstore::MemoryStore::Open(options, model->config(), model->weights());
+  ASSERT_TRUE(store.ok()) << store.status();
+  ASSERT_TRUE((*store)->CreateSession("s", {}, 1).ok());
+  const std::vector<int32_t> prompt = {12, 34, 56};
+  size_t without = 0;
+  {
+    auto handle = (*store)->Acquire("s");
+    ASSERT_TRUE(handle.ok()) << handle.status();
+    without = handle->resident().ResidentBytes();
+    PrefillOutput out;
+    ASSERT_TRUE(model->Prefill(handle->memory(), prompt, 0, false, &out).ok());
+    EXPECT_EQ(handle->resident().ResidentBytes(), without + ExpectedCacheBytes(*model));
+  }
+  EXPECT_EQ((*store)->Stats().resident_bytes, without + ExpectedCacheBytes(*model));
+  {
+    auto handle = (*store)->Acquire("s");
+    ASSERT_TRUE(handle.ok()) << handle.status();
+    const ModelConfig& c = model->config();
+    auto drops =
+        ChooseDropSlots(3, 0, static_cast<int>(c.num_hidden_layers), c.stm_tokens(), c.num_tokens);
+    auto result = model->Inject(handle->memory(), std::vector<int32_t>{7, 8, 9}, drops);
+    ASSERT_TRUE(result.ok()) << result.status();
+    ASSERT_TRUE(handle->Commit(*result, 3).ok());
+    EXPECT_TRUE(handle->memory().prefix_cache()->empty());
+    EXPECT_LT(handle->resident().ResidentBytes(), without + ExpectedCacheBytes(*model));
+  }
+  store->reset();
+
+  // A budget that holds the session but not its cache: the first generate makes it spill.
+  options.resident_budget_bytes = without + ExpectedCacheBytes(*model) / 2;
+  store = memstore::MemoryStore::Open(options, model->config(), model->weights());
+  ASSERT_TRUE(store.ok()) << store.status();
+  { ASSERT_TRUE((*store)->Acquire("s").ok()); }
+  EXPECT_EQ((*store)->ResidentSessions().size(), 1u);
+  {
+    auto handle = (*store)->Acquire("s");
+    ASSERT_TRUE(handle.ok()) << handle.status();
+    PrefillOutput out;
+    ASSERT_TRUE(model->Prefill(handle->memory(), prompt, 0, false, &out).ok());
+  }
+  EXPECT_TRUE((*store)->ResidentSessions().empty());
+  EXPECT_EQ((*store)->Stats().session_spills, 1);
+}
+
+}  // namespace
+}  // namespace mplus::engine
