@@ -1,0 +1,156 @@
+// The whole M+ forward on the CPU backend for a mid-size random bf16 checkpoint written on the
+// fly (L 4, d 2048, 16/4 heads of 128, I 5632, V 32000, K 64, 10 blocks of which 2 long-term:
+// N 512 STM rows, K_ltm 128 retrieved rows, 1024 initial long-term entries): inject tokens/s,
+// prefill (time to first token, long-term retrieval included) and decode tokens/s, wall time.
+// The checkpoint (~0.6 GB) is cached in $TMPDIR/mplus_model_bench (or /tmp).
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "benchmark/benchmark.h"
+#include "engine/checkpoint_writer.h"
+#include "engine/drop_slots.h"
+#include "engine/model.h"
+#include "memstore/in_memory_session.h"
+
+namespace mplus::engine {
+namespace {
+
+constexpr int64_t kInjectTokens = 256, kPromptTokens = 128, kDecodeTokens = 32;
+
+ModelConfig MidConfig() {
+  ModelConfig c;
+  c.kind = ModelKind::kMPlus;
+  c.dtype = DType::kBF16;
+  c.vocab_size = 32000;
+  c.hidden_size = 2048;
+  c.intermediate_size = 5632;
+  c.num_hidden_layers = 4;
+  c.num_attention_heads = 16;
+  c.num_key_value_heads = 4;
+  c.head_dim = 128;
+  c.rms_norm_eps = 1e-5;
+  c.rope_theta = 500000.0;
+  c.rope_scaling = {"llama3", 8.0, 1.0, 4.0, 8192};
+  c.max_position_embeddings = 131072;
+  c.bos_token_id = 1;
+  c.eos_token_ids = {2};
+  c.num_tokens = 64;
+  c.num_blocks = 10;
+  c.num_ltm_blocks = 2;
+  c.add_bos_embedding = true;
+  c.add_decoder_lora = true;
+  c.add_encoder_retriever = true;
+  c.lora = {16, 32.0, {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj"}};
+  c.selector_hidden_dim = 256;
+  c.num_selector_layers = 2;
+  c.ltm_initial_size = 1024;
+  c.update_ltm_frequency = 60;
+  c.decay_frequency = 1;
+  c.initial_rf_when_moving_stm_to_ltm = 10;
+  return c;
+}
+
+struct Fixture {
+  std::unique_ptr<Model> model;
+  std::vector<int32_t> inject_ids, prompt;
+  Fixture() {
+    const char* tmp = std::getenv("TMPDIR");
+    const std::string dir = std::string(tmp != nullptr ? tmp : "/tmp") + "/mplus_model_bench";
+    const ModelConfig config = MidConfig();
+    if (!std::filesystem::exists(dir + "/config.json")) {
+      CheckpointOptions options;
+      options.seed = 11;
+      if (absl::Status s = WriteRandomCheckpoint(config, options, dir); !s.ok()) {
+        std::fprintf(stderr, "%s\n", s.ToString().c_str());
+        std::abort();
+      }
+    }
+    absl::StatusOr<std::unique_ptr<Model>> m = Model::Load(dir, ModelOptions());
+    if (!m.ok()) {
+      std::fprintf(stderr, "%s\n", m.status().ToString().c_str());
+      std::abort();
+    }
+    model = *std::move(m);
+    for (int64_t i = 0; i < kInjectTokens; ++i) inject_ids.push_back(3 + (i * 7919) % 31000);
+    for (int64_t i = 0; i < kPromptTokens; ++i) prompt.push_back(3 + (i * 104729) % 31000);
+  }
+};
+
+Fixture& Get() {
+  static Fixture* f = new Fixture();
+  return *f;
+}
+
+std::unique_ptr<memstore::InMemorySession> NewSession(const Model& model) {
+  absl::StatusOr<std::unique_ptr<memstore::InMemorySession>> s =
+      memstore::InMemorySession::Create(model);
+  if (!s.ok()) std::abort();
+  return *std::move(s);
+}
+
+void BM_Inject(benchmark::State& state) {
+  Fixture& f = Get();
+  const ModelConfig& c = f.model->config();
+  auto mem = NewSession(*f.model);
+  const auto drops =
+      ChooseDropSlots(1, 0, static_cast<int>(c.num_hidden_layers), c.stm_tokens(), c.num_tokens);
+  for (auto _ : state) {
+    if (!f.model->Inject(*mem, f.inject_ids, drops).ok()) state.SkipWithError("Inject failed");
+  }
+  state.counters["tokens_per_s"] = benchmark::Counter(
+      static_cast<double>(kInjectTokens * state.iterations()), benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_Inject)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// Time to first token for a 128-token prompt: retrieval + forward over [bos ; LTM ; STM ;
+// prompt] + logits. Cold: a fresh session (empty prefix cache) each time; warm: the session's
+// prefix cache already holds the bos and STM rows.
+void BM_Prefill(benchmark::State& state) {
+  Fixture& f = Get();
+  const bool warm = state.range(0) != 0;
+  auto mem = NewSession(*f.model);
+  PrefillOutput out;
+  if (warm && !f.model->Prefill(*mem, f.prompt, 1, false, &out).ok()) std::abort();
+  for (auto _ : state) {
+    if (!warm) {
+      state.PauseTiming();
+      mem = NewSession(*f.model);
+      state.ResumeTiming();
+    }
+    if (!f.model->Prefill(*mem, f.prompt, 1, false, &out).ok()) state.SkipWithError("failed");
+  }
+  state.counters["prompt_tokens_per_s"] = benchmark::Counter(
+      static_cast<double>(kPromptTokens * state.iterations()), benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_Prefill)
+    ->ArgName("warm")
+    ->Arg(0)
+    ->Arg(1)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+// One decode step (a token appended after the prefix and the 128-token prompt).
+void BM_Decode(benchmark::State& state) {
+  Fixture& f = Get();
+  auto mem = NewSession(*f.model);
+  PrefillOutput out;
+  absl::StatusOr<std::unique_ptr<DecodeState>> ds =
+      f.model->Prefill(*mem, f.prompt, kDecodeTokens, false, &out);
+  if (!ds.ok()) std::abort();
+  int32_t token = 5;
+  for (auto _ : state) {
+    if (!f.model->Decode(**ds, token).ok()) state.SkipWithError("Decode failed");
+    token = 3 + (token * 31) % 31000;
+  }
+  state.counters["tokens_per_s"] =
+      benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_Decode)->Iterations(kDecodeTokens)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+}  // namespace
+}  // namespace mplus::engine
+
+BENCHMARK_MAIN();

@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""PyTorch CPU reference for bench/cpu_ops_bench and bench/model_bench (same shapes, same threads).
+
+Benchmark-only: needs torch (Debian `apt-get install python3-torch`, or `pip install torch`),
+which is never a dependency of the server. Prints wall times (median of repeats):
+  * MatMul x[n,k] fp32 · W[m,k]^T at Llama-3-8B layer shapes for n = 1 and 512, with
+    - "bf16":      W stored bf16 and x cast to bf16 (torch's native bf16 matmul),
+    - "bf16->f32": W stored bf16, widened to fp32 on every call (what mplus computes),
+    - "fp32":      W stored fp32 (twice the memory; torch's fp32 BLAS);
+  * the decode step and a 128-token prefill (no retrieval) of model_bench's mid-size M+ config
+    (L 4, d 2048, 16/4 heads of 128, I 5632, V 32000, decoder LoRA rank 16), written with plain
+    torch ops, with bf16 weights computing in bf16, and with fp32 weights computing in fp32.
+Usage: python3 bench/torch_reference.py [--threads 2] [--quick]
+"""
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def timed(fn, repeats):
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def matmul_table(repeats):
+    shapes = [(4096, 4096, "q/o_proj"), (1024, 4096, "k/v_proj"), (14336, 4096, "gate/up_proj"),
+              (4096, 14336, "down_proj")]
+    print("| n | m x k | weights | ms | GFLOP/s |")
+    print("|---|---|---|---|---|")
+    for n in (1, 512):
+        for m, k, name in shapes:
+            x = torch.randn(n, k) * 0.02
+            w32 = torch.randn(m, k) * 0.02
+            w16 = w32.bfloat16()
+            xb = x.bfloat16()
+            variants = [("bf16", lambda: torch.matmul(xb, w16.t())),
+                        ("bf16->f32", lambda: torch.matmul(x, w16.float().t())),
+                        ("fp32", lambda: torch.matmul(x, w32.t()))]
+            for label, fn in variants:
+                s = timed(fn, repeats if n == 1 else max(2, repeats // 3))
+                print(f"| {n} | {m} x {k} ({name}) | {label} | {s * 1e3:.2f} | "
+                      f"{2 * n * m * k / s * 1e-9:.1f} |")
+
+
+class MidModel:
+    """model_bench's M+ decoder (generation side) with random weights."""
+
+    L, D, H, HKV, HD, I, V, R = 4, 2048, 16, 4, 128, 5632, 32000, 16
+    PREFIX = 1 + 64 * 10  # bos + K_ltm 128 + N 512
+
+    def __init__(self, dtype):
+        g = torch.Generator().manual_seed(0)
+
+        def w(*shape):
+            return (torch.randn(*shape, generator=g) * 0.02).to(dtype)
+
+        self.dtype = dtype
+        self.embed = w(self.V, self.D)
+        self.lm_head = w(self.V, self.D)
+        self.norm = torch.ones(self.D, dtype=dtype)
+        self.layers = []
+        for _ in range(self.L):
+            lay = {"in_norm": torch.ones(self.D, dtype=dtype),
+                   "post_norm": torch.ones(self.D, dtype=dtype),
+                   "q": w(self.H * self.HD, self.D), "k": w(self.HKV * self.HD, self.D),
+                   "v": w(self.HKV * self.HD, self.D), "o": w(self.D, self.H * self.HD),
+                   "gate": w(self.I, self.D), "up": w(self.I, self.D), "down": w(self.D, self.I)}
+            for name in ("q", "k", "v", "gate", "up", "down"):
+                out_f, in_f = lay[name].shape
+                lay[name + "_A"] = w(self.R, in_f)
+                lay[name + "_B"] = w(out_f, self.R)
+            self.layers.append(lay)
+        inv = 1.0 / (500000.0 ** (torch.arange(0, self.HD, 2).float() / self.HD))
+        self.inv_freq = inv
+
+    def proj(self, lay, name, x):
+        y = F.linear(x, lay[name])
+        return y + 2.0 * F.linear(F.linear(x, lay[name + "_A"]), lay[name + "_B"])
+
+    @staticmethod
+    def rms(x, weight):
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-5)
+        return weight * xf.to(weight.dtype)
+
+    def rope(self, x, pos):
+        ang = pos.float()[:, None] * self.inv_freq[None, :]
+        cos = torch.cat([ang.cos(), ang.cos()], -1).to(x.dtype)[:, None, :]
+        sin = torch.cat([ang.sin(), ang.sin()], -1).to(x.dtype)[:, None, :]
+        x1, x2 = x[..., : self.HD // 2], x[..., self.HD // 2:]
+        return x * cos + torch.cat([-x2, x1], -1) * sin
+
+    def new_cache(self, capacity):
+        return [(torch.zeros(capacity, self.HKV, self.HD, dtype=self.dtype),
+                 torch.zeros(capacity, self.HKV, self.HD, dtype=self.dtype))
+                for _ in range(self.L)]
+
+    def forward(self, ids, cache, start):
+        n = ids.shape[0]
+        pos = torch.arange(start, start + n)
+        h = F.embedding(ids, self.embed)
+        total = start + n
+        mask = torch.ones(n, total, dtype=torch.bool).tril(diagonal=start)
+        for lay, (kc, vc) in zip(self.layers, cache):
+            x = self.rms(h, lay["in_norm"])
+            q = self.rope(self.proj(lay, "q", x).view(n, self.H, self.HD), pos)
+            kc[start:total] = self.rope(self.proj(lay, "k", x).view(n, self.HKV, self.HD), pos)
+            vc[start:total] = self.proj(lay, "v", x).view(n, self.HKV, self.HD)
+            k = kc[:total].repeat_interleave(self.H // self.HKV, 1).transpose(0, 1)
+            v = vc[:total].repeat_interleave(self.H // self.HKV, 1).transpose(0, 1)
+            a = F.scaled_dot_product_attention(q.transpose(0, 1), k, v, attn_mask=mask) \
+                if hasattr(F, "scaled_dot_product_attention") else \
+                torch.softmax((q.transpose(0, 1) @ k.transpose(1, 2)) / self.HD ** 0.5
+                              + torch.where(mask, 0.0, float("-inf")).to(q.dtype), -1) @ v
+            h = h + F.linear(a.transpose(0, 1).reshape(n, self.H * self.HD), lay["o"])
+            x = self.rms(h, lay["post_norm"])
+            h = h + self.proj(lay, "down",
+                              F.silu(self.proj(lay, "gate", x)) * self.proj(lay, "up", x))
+        return F.linear(self.rms(h[-1:], self.norm), self.lm_head).float()
+
+
+def model_table(repeats):
+    print("| weights / compute | prefill 128 tokens after 641-row prefix (ms) | decode step (ms) "
+          "| decode tokens/s |")
+    print("|---|---|---|---|")
+    for dtype, label in ((torch.bfloat16, "bf16 / bf16"), (torch.float32, "fp32 / fp32")):
+        m = MidModel(dtype)
+        prompt = torch.randint(3, 31000, (128,))
+        with torch.inference_mode():
+            cache = m.new_cache(m.PREFIX + 128 + 64)
+            prefix = torch.randint(3, 31000, (m.PREFIX,))
+            m.forward(prefix, cache, 0)  # fills the prefix rows once
+            prefill = timed(lambda: m.forward(prompt, cache, m.PREFIX), max(2, repeats // 2))
+            tok = torch.tensor([5])
+            decode = timed(lambda: m.forward(tok, cache, m.PREFIX + 128), repeats * 3)
+        print(f"| {label} | {prefill * 1e3:.1f} | {decode * 1e3:.1f} | {1 / decode:.2f} |")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    repeats = 3 if args.quick else 7
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{torch.backends.cpu.get_cpu_capability() if hasattr(torch.backends, 'cpu') else ''}")
+    matmul_table(repeats)
+    print()
+    model_table(repeats)
+
+
+if __name__ == "__main__":
+    main()
