@@ -25,9 +25,6 @@
 #include "server/metrics.h"
 #include "server/server_metrics.h"
 #include "server/service_options.h"
-#ifdef MPLUS_WITH_CUDA
-#include "engine/cuda/device_info.h"
-#endif
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
           "gRPC listen address (host:port). Use 0.0.0.0:PORT to accept remote clients.");
@@ -38,7 +35,11 @@ ABSL_FLAG(std::string, model, "",
           "Hugging Face layout. Empty: the bundled tiny demo checkpoint (random weights).");
 ABSL_FLAG(std::string, data_dir, "./data",
           "Directory of the RocksDB session store (created if missing).");
-ABSL_FLAG(std::string, device, "cpu", "Compute device: cpu, or cuda (needs a CUDA build and GPU).");
+ABSL_FLAG(std::string, device, "cpu",
+          "Compute device: cpu, or cuda (GPU 0, through the CUDA backend plugin libmplus_cuda.so).");
+ABSL_FLAG(std::string, cuda_plugin, "",
+          "Path of libmplus_cuda.so for --device=cuda; empty: next to the server "
+          "(../lib/libmplus_cuda.so), then the build tree.");
 ABSL_FLAG(int, shutdown_grace_seconds, 30,
           "On SIGTERM/SIGINT: seconds in-flight requests get to finish before being cancelled.");
 ABSL_FLAG(int, cpu_threads, 0, "Threads of the CPU backend (0: one per hardware thread).");
@@ -97,37 +98,18 @@ absl::Status ValidateOptions(const ServiceOptions& o) {
         positive(o.inject_chunk_tokens, "inject_chunk_tokens")}) {
     if (!s.ok()) return s;
   }
+  if (o.device != "cpu" && o.device != "cuda") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--device must be cpu or cuda, got '", o.device, "'"));
+  }
   if (o.default_max_new_tokens > o.max_new_tokens) {
     return absl::InvalidArgumentError("--default_max_new_tokens exceeds --max_new_tokens");
   }
   return absl::OkStatus();
 }
 
-absl::Status CheckDevice(const std::string& device) {
-  if (device == "cpu") return absl::OkStatus();
-  if (device != "cuda") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--device must be cpu or cuda, got '", device, "'"));
-  }
-#ifdef MPLUS_WITH_CUDA
-  auto info = engine::cuda::GetDeviceInfo(0);
-  if (!info.ok()) return info.status();
-  LogInfo("CUDA device 0: %s (sm_%d%d), %d MiB", info->name, info->compute_capability_major,
-          info->compute_capability_minor, static_cast<int>(info->total_memory_bytes >> 20));
-  return absl::OkStatus();
-#else
-  return absl::FailedPreconditionError(
-      "--device=cuda but this mplus-server was built without CUDA (MPLUS_CUDA=OFF or no nvcc)");
-#endif
-}
-
 int Run() {
   const sigset_t signals = BlockShutdownSignals();
-
-  if (absl::Status s = CheckDevice(absl::GetFlag(FLAGS_device)); !s.ok()) {
-    LogError("%s", s.ToString());
-    return 2;
-  }
 
   const std::string metrics_address = absl::GetFlag(FLAGS_metrics_listen);
   auto metrics = Metrics::Start(metrics_address);
@@ -142,6 +124,7 @@ int Run() {
   options.model_dir = absl::GetFlag(FLAGS_model);
   options.data_dir = absl::GetFlag(FLAGS_data_dir);
   options.device = absl::GetFlag(FLAGS_device);
+  options.cuda_plugin = absl::GetFlag(FLAGS_cuda_plugin);
   options.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);
   options.bf16_rope_inv_freq = absl::GetFlag(FLAGS_bf16_rope_inv_freq);
   options.engine_workers = absl::GetFlag(FLAGS_engine_workers);

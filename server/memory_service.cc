@@ -10,6 +10,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "engine/cuda_plugin.h"
 #include "engine/drop_slots.h"
 #include "memstore/byte_codec.h"
 #include "memstore/snapshot.h"
@@ -52,6 +53,16 @@ void HostMemory(int64_t* total, int64_t* available) {
   }
 }
 
+// --cuda_plugin, else libmplus_cuda.so installed beside the server, else the build tree's.
+std::string CudaPluginPath(const std::string& flag) {
+  if (!flag.empty()) return flag;
+  std::error_code ec;
+  const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  const std::filesystem::path installed = exe.parent_path() / "../lib/libmplus_cuda.so";
+  if (!ec && std::filesystem::exists(installed, ec)) return installed.string();
+  return MPLUS_CUDA_PLUGIN_BUILD_PATH;
+}
+
 }  // namespace
 
 MemoryServiceImpl::MemoryServiceImpl(const ServiceOptions& options, ServerMetrics* metrics)
@@ -86,6 +97,15 @@ absl::Status MemoryServiceImpl::Open() {
   LogInfo("loading model from %s", model_dir);
   engine::ModelOptions model_options;
   model_options.num_threads = options_.cpu_threads;
+  if (options_.device == "cuda") {
+    auto plugin = engine::CudaPlugin::Load(CudaPluginPath(options_.cuda_plugin));
+    if (!plugin.ok()) return plugin.status();
+    cuda_plugin_ = std::move(*plugin);
+    auto backend = cuda_plugin_->CreateBackend(/*device_ordinal=*/0);
+    if (!backend.ok()) return backend.status();
+    model_options.backend = std::move(*backend);
+    LogInfo("CUDA backend on GPU 0");
+  }
   model_options.bf16_rope_inv_freq = options_.bf16_rope_inv_freq;
   auto model = engine::Model::Load(model_dir, model_options);
   if (!model.ok()) return model.status();
@@ -152,9 +172,17 @@ void MemoryServiceImpl::RefreshGauges() {
   }
   metrics_->queue_depth.Set(scheduler_.queued());
   metrics_->requests_running.Set(scheduler_.running());
-  int64_t total = 0, available = 0;
+  int64_t total = 0, available = 0, weights = weight_bytes_;
   HostMemory(&total, &available);
-  metrics_->memory_bytes("weights").Set(static_cast<double>(weight_bytes_));
+  if (cuda_plugin_ != nullptr) {
+    auto device = cuda_plugin_->MemoryStats(model_->backend(), /*device_ordinal=*/0);
+    if (device.ok()) {
+      weights = device->weights_bytes;
+      total = device->device_total_bytes;
+      available = device->device_free_bytes;
+    }
+  }
+  metrics_->memory_bytes("weights").Set(static_cast<double>(weights));
   metrics_->memory_bytes("short_term").Set(static_cast<double>(stats.resident_bytes));
   metrics_->memory_bytes("caches").Set(static_cast<double>(cache_bytes_.load()));
   metrics_->memory_bytes("free").Set(static_cast<double>(available));
@@ -213,7 +241,13 @@ absl::StatusOr<RequestScheduler::Slot> MemoryServiceImpl::Admit(const std::strin
   return slot;
 }
 
-v1::Session MemoryServiceImpl::ToProto(const memstore::SessionInfo& info) const {
+absl::flat_hash_set<std::string> MemoryServiceImpl::ResidentSessions() const {
+  const std::vector<std::string> ids = store_->ResidentSessions();
+  return absl::flat_hash_set<std::string>(ids.begin(), ids.end());
+}
+
+v1::Session MemoryServiceImpl::ToProto(const memstore::SessionInfo& info,
+                                       const absl::flat_hash_set<std::string>& resident) const {
   const engine::ModelConfig& config = model_->config();
   v1::Session session;
   session.set_session_id(info.id);
@@ -224,6 +258,7 @@ v1::Session MemoryServiceImpl::ToProto(const memstore::SessionInfo& info) const 
   session.set_ltm_tokens(info.ltm_tokens / std::max<int64_t>(1, config.num_hidden_layers));
   *session.mutable_create_time() = MicrosToTimestamp(info.created_micros);
   *session.mutable_update_time() = MicrosToTimestamp(info.updated_micros);
+  session.set_resident(resident.contains(info.id));
   return session;
 }
 
@@ -245,7 +280,7 @@ grpc::Status MemoryServiceImpl::CreateSession(grpc::ServerContext*,
         request->seed() != 0 ? request->seed() : memstore::Crc32c(id.data(), id.size()) + 1;
     auto info = store_->CreateSession(id, labels, seed);
     if (!info.ok()) return info.status();
-    *response = ToProto(*info);
+    *response = ToProto(*info, ResidentSessions());
     return absl::OkStatus();
   };
   return Done("CreateSession", run());
@@ -258,7 +293,7 @@ grpc::Status MemoryServiceImpl::GetSession(grpc::ServerContext*,
     if (absl::Status s = CheckServing(); !s.ok()) return s;
     auto info = store_->GetSession(request->session_id());
     if (!info.ok()) return info.status();
-    *response = ToProto(*info);
+    *response = ToProto(*info, ResidentSessions());
     return absl::OkStatus();
   };
   return Done("GetSession", run());
@@ -276,8 +311,9 @@ grpc::Status MemoryServiceImpl::ListSessions(grpc::ServerContext*,
     }
     auto page = store_->ListSessions(page_size, request->page_token());
     if (!page.ok()) return page.status();
+    const absl::flat_hash_set<std::string> resident = ResidentSessions();
     for (const memstore::SessionInfo& info : page->sessions) {
-      *response->add_sessions() = ToProto(info);
+      *response->add_sessions() = ToProto(info, resident);
     }
     response->set_next_page_token(page->next_page_token);
     return absl::OkStatus();
@@ -381,7 +417,7 @@ absl::Status MemoryServiceImpl::InjectImpl(grpc::ServerContext* context,
   }
   response->set_tokens_injected(static_cast<int64_t>(ids.size()));
   response->set_chunks(static_cast<int32_t>(num_chunks));
-  *response->mutable_session() = ToProto(handle->info());
+  *response->mutable_session() = ToProto(handle->info(), ResidentSessions());
   return absl::OkStatus();
 }
 
@@ -413,7 +449,7 @@ grpc::Status MemoryServiceImpl::ExportSession(grpc::ServerContext* context,
           v1::SessionChunk chunk;
           if (sequence == 0) {
             chunk.set_format_version(kSnapshotStreamVersion);
-            *chunk.mutable_session() = ToProto(*info);
+            *chunk.mutable_session() = ToProto(*info, ResidentSessions());
             chunk.set_model_digest(absl::StrFormat("%016x", store_->model_digest()));
           }
           chunk.set_sequence(sequence++);
@@ -470,7 +506,7 @@ grpc::Status MemoryServiceImpl::ImportSession(grpc::ServerContext*,
     }
     auto info = (*import)->Finish();
     if (!info.ok()) return info.status();
-    *response = ToProto(*info);
+    *response = ToProto(*info, ResidentSessions());
     return absl::OkStatus();
   };
   return Done("ImportSession", run());

@@ -9,9 +9,11 @@
 #include <thread>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/notification.h"
+#include "engine/cuda_plugin.h"
 #include "engine/model.h"
 #include "engine/tokenizer.h"
 #include "memstore/memory_store.h"
@@ -63,7 +65,9 @@ class MemoryServiceImpl final : public mplus::v1::MemoryService::Service {
   absl::StatusOr<std::vector<int32_t>> PromptIds(const v1::GenerateRequest& request) const;
   absl::StatusOr<RequestScheduler::Slot> Admit(const std::string& session_id,
                                                grpc::ServerContext* context);
-  v1::Session ToProto(const memstore::SessionInfo& info) const;
+  absl::flat_hash_set<std::string> ResidentSessions() const;
+  v1::Session ToProto(const memstore::SessionInfo& info,
+                      const absl::flat_hash_set<std::string>& resident) const;
   absl::Status GenerateImpl(grpc::ServerContext* context, const v1::GenerateRequest& request,
                             grpc::ServerWriter<v1::GenerateResponse>* writer);
   absl::Status InjectImpl(grpc::ServerContext* context, const v1::InjectRequest& request,
@@ -72,6 +76,7 @@ class MemoryServiceImpl final : public mplus::v1::MemoryService::Service {
 
   const ServiceOptions options_;
   ServerMetrics* const metrics_;
+  std::unique_ptr<engine::CudaPlugin> cuda_plugin_;  // --device=cuda only
   std::unique_ptr<engine::Tokenizer> tokenizer_;
   std::unique_ptr<engine::Model> model_;
   std::unique_ptr<memstore::MemoryStore> store_;

@@ -12,6 +12,7 @@ struct ServiceOptions {
   std::string model_dir;  // empty: the bundled demo checkpoint
   std::string data_dir = "./data";
   std::string device = "cpu";
+  std::string cuda_plugin;  // empty: search next to the server, then the build tree
   int cpu_threads = 0;  // 0: one per hardware thread
   bool bf16_rope_inv_freq = true;
 

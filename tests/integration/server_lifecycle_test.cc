@@ -48,9 +48,27 @@ TEST(ServerLifecycleTest, SigtermDrainsAndExitsZero) {
 }
 
 TEST(ServerLifecycleTest, BadFlagValueFailsStartupWithMessage) {
-  auto server = ServerProcess::Start(MPLUS_SERVER_BIN, {"--device=tpu"}, absl::Seconds(20));
-  ASSERT_FALSE(server.ok());
-  EXPECT_TRUE(absl::StrContains(server.status().message(), "exited during startup"));
+  int status = 0;
+  auto log = RunToExit(MPLUS_SERVER_BIN, {"--device=tpu", "--metrics_listen="}, &status);
+  ASSERT_TRUE(log.ok());
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 2) << *log;
+  EXPECT_TRUE(absl::StrContains(*log, "--device must be cpu or cuda, got 'tpu'")) << *log;
+}
+
+// --device=cuda loads the CUDA backend plugin. Without a GPU (CI) startup must fail with CUDA's
+// own reason, not crash or hang; with one the server serves.
+TEST(ServerLifecycleTest, CudaDeviceServesOrFailsWithTheCudaReason) {
+  int status = 0;
+  const std::string data_dir = MakeTempDir("mplus-cuda");
+  auto log = RunToExit(MPLUS_SERVER_BIN,
+                       {"--device=cuda", "--metrics_listen=", "--listen=127.0.0.1:0",
+                        "--data_dir=" + data_dir, "--shutdown_grace_seconds=0"},
+                       &status, absl::Seconds(20));
+  ASSERT_TRUE(log.ok());
+  if (absl::StrContains(*log, "ready: health SERVING")) GTEST_SKIP() << "a GPU is present";
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1) << *log;
+  EXPECT_TRUE(absl::StrContains(*log, "startup failed")) << *log;
+  EXPECT_TRUE(absl::StrContains(*log, "CUDA") || absl::StrContains(*log, "cuda")) << *log;
 }
 
 }  // namespace

@@ -101,6 +101,39 @@ void ServerProcess::Kill() {
   pid_ = -1;
 }
 
+absl::StatusOr<std::string> RunToExit(const std::string& binary,
+                                      const std::vector<std::string>& flags, int* exit_status,
+                                      absl::Duration timeout) {
+  int pipe_fds[2];
+  if (pipe(pipe_fds) != 0) return absl::InternalError("pipe failed");
+  std::vector<std::string> args = {binary};
+  args.insert(args.end(), flags.begin(), flags.end());
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const pid_t pid = fork();
+  if (pid < 0) return absl::InternalError("fork failed");
+  if (pid == 0) {
+    dup2(pipe_fds[1], STDERR_FILENO);
+    close(pipe_fds[0]);
+    execv(binary.c_str(), argv.data());
+    _exit(127);
+  }
+  close(pipe_fds[1]);
+  std::string output;
+  char buffer[4096];
+  const absl::Time deadline = absl::Now() + timeout;
+  while (true) {
+    const ssize_t n = read(pipe_fds[0], buffer, sizeof buffer);
+    if (n <= 0) break;
+    output.append(buffer, n);
+    if (absl::Now() > deadline) kill(pid, SIGKILL);
+  }
+  close(pipe_fds[0]);
+  waitpid(pid, exit_status, 0);
+  return output;
+}
+
 absl::StatusOr<int> HealthCheck(grpc::Channel& channel, const std::string& service) {
   auto stub = grpc::health::v1::Health::NewStub(
       std::shared_ptr<grpc::Channel>(&channel, [](grpc::Channel*) {}));

@@ -44,6 +44,12 @@ class ServerProcess {
   std::shared_ptr<grpc::Channel> channel_;
 };
 
+// Runs `binary` with `flags` until it exits (killed after `timeout`); returns its stderr and
+// sets `*exit_status` (as from waitpid). For startups that must fail.
+absl::StatusOr<std::string> RunToExit(const std::string& binary,
+                                      const std::vector<std::string>& flags, int* exit_status,
+                                      absl::Duration timeout = absl::Seconds(60));
+
 // grpc.health.v1.Health/Check of `service` ("" = server); returns the ServingStatus enum value.
 absl::StatusOr<int> HealthCheck(grpc::Channel& channel, const std::string& service);
 
