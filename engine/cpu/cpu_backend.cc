@@ -260,52 +260,57 @@ absl::Status CpuBackend::Attention(const Tensor& q, const Tensor& k, const Tenso
   const float* kd = k.data_as<const float>();
   const float* vd = v.data_as<const float>();
   float* od = out.data_as<float>();
-  // Tasks are (kv head, block of queries): scores S = scale * Q·K^T over the keys the block's
-  // last query sees, a row softmax with each row's causal limit, then O = P·V, both as GEMMs.
-  // One query (decode) stacks the group's heads as the rows instead, streaming K and V once.
+  // Tasks are (kv head, block of queries). The group's heads are stacked as rows (row
+  // hh * nb + ii is head g * group + hh of query i0 + ii), so K and V are packed or streamed
+  // once per task: S = scale * Q·K^T over the keys the block's last query sees, a row softmax
+  // up to each row's causal limit, then O = P·V.
   constexpr int64_t kQueryBlock = 32;
   const int64_t q_blocks = (nq + kQueryBlock - 1) / kQueryBlock;
   pool_.ParallelFor(num_kv_heads * q_blocks, 1, [&](int64_t t0, int64_t t1) {
-    thread_local std::vector<float> scores;
+    thread_local std::vector<float> qbuf, scores, obuf;
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t g = t / q_blocks, i0 = (t % q_blocks) * kQueryBlock;
-      const int64_t i1 = std::min(nq, i0 + kQueryBlock);
-      const int64_t keys = nk - nq + i1;  // seen by the block's last query
-      const float* kg = kd + g * head_dim;
-      const float* vg = vd + g * head_dim;
-      // Each pass: `rows` query vectors at stride ldq, row r being query i0 + r / per_query.
-      const bool stack_heads = i1 - i0 == 1;
-      const int64_t passes = stack_heads ? 1 : group;
-      const int64_t rows = stack_heads ? group : i1 - i0;
-      const int64_t ldq = stack_heads ? head_dim : q_cols;
-      const int64_t ldo = stack_heads ? head_dim : o_cols;
+      const int64_t nb = std::min(nq, i0 + kQueryBlock) - i0, rows = group * nb;
+      const int64_t keys = nk - nq + i0 + nb;  // seen by the block's last query
+      qbuf.resize(static_cast<size_t>(rows * head_dim));
+      obuf.resize(static_cast<size_t>(rows * head_dim));
       scores.resize(static_cast<size_t>(rows * keys));
-      for (int64_t pass = 0; pass < passes; ++pass) {
-        const int64_t h = g * group + pass;
-        const float* qp = qd + i0 * q_cols + h * head_dim;
-        float* op = od + i0 * o_cols + h * head_dim;
-        float* s = scores.data();
-        if (rows <= kGemvMaxRows) {
-          GemvNT(rows, keys, head_dim, qp, ldq, kg, DType::kF32, kv_cols, s, keys, scale, false);
-        } else {
-          GemmNT(rows, keys, head_dim, qp, ldq, kg, DType::kF32, kv_cols, s, keys, scale, false);
+      for (int64_t hh = 0; hh < group; ++hh) {
+        for (int64_t ii = 0; ii < nb; ++ii) {
+          const float* src = qd + (i0 + ii) * q_cols + (g * group + hh) * head_dim;
+          std::copy(src, src + head_dim, qbuf.data() + (hh * nb + ii) * head_dim);
         }
-        for (int64_t r = 0; r < rows; ++r) {
-          const int64_t i = stack_heads ? i0 : i0 + r;
-          const int64_t visible = nk - nq + i + 1;
-          float* p = s + r * keys;
-          float mx = -INFINITY;
-          for (int64_t j = 0; j < visible; ++j) mx = std::max(mx, p[j]);
-          float sum = 0;
-          for (int64_t j = 0; j < visible; ++j) {
-            p[j] = std::exp(p[j] - mx);
-            sum += p[j];
-          }
-          const float inv = 1.0f / sum;
-          for (int64_t j = 0; j < visible; ++j) p[j] *= inv;
-          std::fill(p + visible, p + keys, 0.0f);
+      }
+      float* s = scores.data();
+      const float* kg = kd + g * head_dim;
+      if (rows <= kGemvMaxRows) {
+        GemvNT(rows, keys, head_dim, qbuf.data(), head_dim, kg, DType::kF32, kv_cols, s, keys,
+               scale, false);
+      } else {
+        GemmNT(rows, keys, head_dim, qbuf.data(), head_dim, kg, DType::kF32, kv_cols, s, keys,
+               scale, false);
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t visible = nk - nq + i0 + r % nb + 1;
+        float* p = s + r * keys;
+        float mx = -INFINITY;
+        for (int64_t j = 0; j < visible; ++j) mx = std::max(mx, p[j]);
+        float sum = 0;
+        for (int64_t j = 0; j < visible; ++j) {
+          p[j] = std::exp(p[j] - mx);
+          sum += p[j];
         }
-        GemmNN(rows, head_dim, keys, s, keys, vg, kv_cols, op, ldo, 1.0f, false);
+        const float inv = 1.0f / sum;
+        for (int64_t j = 0; j < visible; ++j) p[j] *= inv;
+        std::fill(p + visible, p + keys, 0.0f);
+      }
+      GemmNN(rows, head_dim, keys, s, keys, vd + g * head_dim, kv_cols, obuf.data(), head_dim, 1.0f,
+             false);
+      for (int64_t hh = 0; hh < group; ++hh) {
+        for (int64_t ii = 0; ii < nb; ++ii) {
+          const float* src = obuf.data() + (hh * nb + ii) * head_dim;
+          std::copy(src, src + head_dim, od + (i0 + ii) * o_cols + (g * group + hh) * head_dim);
+        }
       }
     }
   });

@@ -73,41 +73,73 @@ MPLUS_AVX2 inline float HSum(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
 }
 
+// In-register 8 x 8 transpose: r[i] holds row i on entry and column i on return.
+MPLUS_AVX2 inline void Transpose8(__m256 r[8]) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+    r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+  }
+}
+
 // Packs columns [j0, j0 + nc) x k-range [k0, k0 + kc) of w^T into panels of kNr columns:
 // buf[p * kc * kNr + kk * kNr + jj] = w[(j0 + p * kNr + jj) * ldw + k0 + kk], zero past nc.
+// Full panels go through 8 x 8 register transposes; the ragged edges element by element.
 template <DType T>
 MPLUS_AVX2 void PackTransposed(const void* w, int64_t ldw, int64_t j0, int64_t nc, int64_t k0,
                                int64_t kc, float* buf) {
   for (int64_t p = 0; p * kNr < nc; ++p) {
     float* panel = buf + p * kc * kNr;
     const int64_t cols = std::min(kNr, nc - p * kNr);
-    for (int64_t jj = 0; jj < kNr; ++jj) {
-      if (jj >= cols) {
-        for (int64_t kk = 0; kk < kc; ++kk) panel[kk * kNr + jj] = 0.0f;
-        continue;
-      }
-      const int64_t row = (j0 + p * kNr + jj) * ldw + k0;
-      int64_t kk = 0;
+    const int64_t row0 = (j0 + p * kNr) * ldw + k0;
+    int64_t kk = 0;
+    if (cols == kNr) {
       for (; kk + 8 <= kc; kk += 8) {
-        alignas(32) float t[8];
-        _mm256_store_ps(t, Load8<T>(w, row + kk));
-        for (int q = 0; q < 8; ++q) panel[(kk + q) * kNr + jj] = t[q];
+        for (int64_t half = 0; half < kNr; half += 8) {
+          __m256 r[8];
+#pragma GCC unroll 8
+          for (int i = 0; i < 8; ++i) r[i] = Load8<T>(w, row0 + (half + i) * ldw + kk);
+          Transpose8(r);
+#pragma GCC unroll 8
+          for (int i = 0; i < 8; ++i) _mm256_storeu_ps(panel + (kk + i) * kNr + half, r[i]);
+        }
       }
-      for (; kk < kc; ++kk) panel[kk * kNr + jj] = Widen(w, T, row + kk);
+    }
+    for (; kk < kc; ++kk) {
+      for (int64_t jj = 0; jj < kNr; ++jj) {
+        panel[kk * kNr + jj] = jj < cols ? Widen(w, T, row0 + jj * ldw + kk) : 0.0f;
+      }
     }
   }
 }
 
 // Packs rows [k0, k0 + kc) x columns [j0, j0 + nc) of a row-major v into the same panel layout.
-void PackRows(const float* v, int64_t ldv, int64_t j0, int64_t nc, int64_t k0, int64_t kc,
-              float* buf) {
+MPLUS_AVX2 void PackRows(const float* v, int64_t ldv, int64_t j0, int64_t nc, int64_t k0,
+                         int64_t kc, float* buf) {
   for (int64_t p = 0; p * kNr < nc; ++p) {
     float* panel = buf + p * kc * kNr;
     const int64_t cols = std::min(kNr, nc - p * kNr);
+    const float* src = v + k0 * ldv + j0 + p * kNr;
+    if (cols == kNr) {
+      for (int64_t kk = 0; kk < kc; ++kk) {
+        _mm256_storeu_ps(panel + kk * kNr, _mm256_loadu_ps(src + kk * ldv));
+        _mm256_storeu_ps(panel + kk * kNr + 8, _mm256_loadu_ps(src + kk * ldv + 8));
+      }
+      continue;
+    }
     for (int64_t kk = 0; kk < kc; ++kk) {
-      const float* src = v + (k0 + kk) * ldv + j0 + p * kNr;
-      std::memcpy(panel + kk * kNr, src, cols * sizeof(float));
-      std::fill(panel + kk * kNr + cols, panel + (kk + 1) * kNr, 0.0f);
+      for (int64_t jj = 0; jj < kNr; ++jj)
+        panel[kk * kNr + jj] = jj < cols ? src[kk * ldv + jj] : 0.f;
     }
   }
 }
@@ -213,15 +245,20 @@ template <DType T, int R>
 MPLUS_AVX2 void Gemv4(const float* x, int64_t ldx, const void* w, const int64_t* rows, int64_t k,
                       float sums[R][4]) {
   __m256 acc[R][4];
+#pragma GCC unroll 2
   for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
     for (int q = 0; q < 4; ++q) acc[r][q] = _mm256_setzero_ps();
   }
   int64_t c = 0;
   for (; c + 8 <= k; c += 8) {
     __m256 xv[R];
+#pragma GCC unroll 2
     for (int r = 0; r < R; ++r) xv[r] = _mm256_loadu_ps(x + r * ldx + c);
+#pragma GCC unroll 4
     for (int q = 0; q < 4; ++q) {
       const __m256 wv = Load8<T>(w, rows[q] + c);
+#pragma GCC unroll 2
       for (int r = 0; r < R; ++r) acc[r][q] = _mm256_fmadd_ps(xv[r], wv, acc[r][q]);
     }
   }
