@@ -59,8 +59,14 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
     execv(binary.c_str(), argv.data());
     _exit(127);
   }
-  server->channel_ =
-      grpc::CreateChannel(server->grpc_address_, grpc::InsecureChannelCredentials());
+  // Poll readiness quickly: gRPC's default reconnect backoff (1 s, growing) would otherwise
+  // delay the first successful check by seconds.
+  grpc::ChannelArguments channel_args;
+  channel_args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 50);
+  channel_args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 50);
+  channel_args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 200);
+  server->channel_ = grpc::CreateCustomChannel(
+      "ipv4:" + server->grpc_address_, grpc::InsecureChannelCredentials(), channel_args);
   const absl::Time deadline = absl::Now() + ready_timeout;
   while (absl::Now() < deadline) {
     int status = 0;
@@ -139,6 +145,8 @@ absl::StatusOr<int> HealthCheck(grpc::Channel& channel, const std::string& servi
       std::shared_ptr<grpc::Channel>(&channel, [](grpc::Channel*) {}));
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  // Wait for the connection instead of failing fast while the server is still starting.
+  context.set_wait_for_ready(true);
   grpc::health::v1::HealthCheckRequest request;
   request.set_service(service);
   grpc::health::v1::HealthCheckResponse response;
