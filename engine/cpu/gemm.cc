@@ -300,6 +300,53 @@ MPLUS_AVX2 void GemvNTAvx2(int64_t n, int64_t m, int64_t k, const float* x, int6
   }
 }
 
+// Few rows of P times V without packing: keys in blocks of kKeyBlock rows (kept in L1 while
+// every 16-column slice passes over them), partial sums in `acc` [R x m].
+template <int R>
+MPLUS_AVX2 void GemvNNAvx2(int64_t m, int64_t k, const float* p, int64_t ldp, const float* v,
+                           int64_t ldv, float* out, int64_t ldo, float alpha, bool accumulate) {
+  constexpr int64_t kKeyBlock = 64;
+  thread_local std::vector<float> acc_buf;
+  acc_buf.assign(static_cast<size_t>(R * m), 0.0f);
+  float* acc = acc_buf.data();
+  const int64_t full = m / 16 * 16;
+  for (int64_t j0 = 0; j0 < k; j0 += kKeyBlock) {
+    const int64_t j1 = std::min(k, j0 + kKeyBlock);
+    for (int64_t c0 = 0; c0 < full; c0 += 16) {
+      __m256 a[R][2];
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) {
+        a[r][0] = _mm256_loadu_ps(acc + r * m + c0);
+        a[r][1] = _mm256_loadu_ps(acc + r * m + c0 + 8);
+      }
+      for (int64_t j = j0; j < j1; ++j) {
+        const __m256 v0 = _mm256_loadu_ps(v + j * ldv + c0);
+        const __m256 v1 = _mm256_loadu_ps(v + j * ldv + c0 + 8);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) {
+          const __m256 pb = _mm256_broadcast_ss(p + r * ldp + j);
+          a[r][0] = _mm256_fmadd_ps(pb, v0, a[r][0]);
+          a[r][1] = _mm256_fmadd_ps(pb, v1, a[r][1]);
+        }
+      }
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) {
+        _mm256_storeu_ps(acc + r * m + c0, a[r][0]);
+        _mm256_storeu_ps(acc + r * m + c0 + 8, a[r][1]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      for (int64_t c = full; c < m; ++c) {
+        for (int64_t j = j0; j < j1; ++j) acc[r * m + c] += p[r * ldp + j] * v[j * ldv + c];
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    float* o = out + r * ldo;
+    for (int64_t c = 0; c < m; ++c) o[c] = (accumulate ? o[c] : 0.0f) + alpha * acc[r * m + c];
+  }
+}
+
 }  // namespace
 
 bool HasAvx2Fma() {
@@ -350,6 +397,18 @@ void GemmNN(int64_t n, int64_t m, int64_t k, const float* p, int64_t ldp, const 
       }
     }
     return;
+  }
+  switch (n) {  // few rows (decode): stream V once, no packing
+    case 1:
+      return GemvNNAvx2<1>(m, k, p, ldp, v, ldv, out, ldo, alpha, accumulate);
+    case 2:
+      return GemvNNAvx2<2>(m, k, p, ldp, v, ldv, out, ldo, alpha, accumulate);
+    case 3:
+      return GemvNNAvx2<3>(m, k, p, ldp, v, ldv, out, ldo, alpha, accumulate);
+    case 4:
+      return GemvNNAvx2<4>(m, k, p, ldp, v, ldv, out, ldo, alpha, accumulate);
+    default:
+      break;
   }
   BlockedGemm(n, m, k, p, ldp, out, ldo, alpha, accumulate,
               [&](int64_t j0, int64_t nc, int64_t k0, int64_t kc, float* buf) {
