@@ -146,8 +146,8 @@ MPLUS_AVX2 void PackRows(const float* v, int64_t ldv, int64_t j0, int64_t nc, in
 
 // out[MR x ncols] (+)= alpha * x[MR x kc] · panel[kc x kNr].
 template <int MR>
-MPLUS_AVX2 void MicroKernel(const float* x, int64_t ldx, const float* panel, int64_t kc, float* out,
-                            int64_t ldo, int64_t ncols, float alpha, bool add) {
+MPLUS_AVX2 void MicroKernel(const float* a, const float* panel, int64_t kc, float* out, int64_t ldo,
+                            int64_t ncols, float alpha, bool add) {
   __m256 c0[MR], c1[MR];
 #pragma GCC unroll 6
   for (int r = 0; r < MR; ++r) c0[r] = c1[r] = _mm256_setzero_ps();
@@ -156,9 +156,9 @@ MPLUS_AVX2 void MicroKernel(const float* x, int64_t ldx, const float* panel, int
     const __m256 b1 = _mm256_loadu_ps(panel + kk * kNr + 8);
 #pragma GCC unroll 6
     for (int r = 0; r < MR; ++r) {
-      const __m256 a = _mm256_broadcast_ss(x + r * ldx + kk);
-      c0[r] = _mm256_fmadd_ps(a, b0, c0[r]);
-      c1[r] = _mm256_fmadd_ps(a, b1, c1[r]);
+      const __m256 av = _mm256_broadcast_ss(a + kk * kMr + r);
+      c0[r] = _mm256_fmadd_ps(av, b0, c0[r]);
+      c1[r] = _mm256_fmadd_ps(av, b1, c1[r]);
     }
   }
   const __m256 va = _mm256_set1_ps(alpha);
@@ -179,27 +179,39 @@ MPLUS_AVX2 void MicroKernel(const float* x, int64_t ldx, const float* panel, int
   }
 }
 
-MPLUS_AVX2 void RunMicroKernel(int64_t mr, const float* x, int64_t ldx, const float* panel,
-                               int64_t kc, float* out, int64_t ldo, int64_t ncols, float alpha,
-                               bool add) {
+MPLUS_AVX2 void RunMicroKernel(int64_t mr, const float* a, const float* panel, int64_t kc,
+                               float* out, int64_t ldo, int64_t ncols, float alpha, bool add) {
   switch (mr) {
     case 6:
-      return MicroKernel<6>(x, ldx, panel, kc, out, ldo, ncols, alpha, add);
+      return MicroKernel<6>(a, panel, kc, out, ldo, ncols, alpha, add);
     case 5:
-      return MicroKernel<5>(x, ldx, panel, kc, out, ldo, ncols, alpha, add);
+      return MicroKernel<5>(a, panel, kc, out, ldo, ncols, alpha, add);
     case 4:
-      return MicroKernel<4>(x, ldx, panel, kc, out, ldo, ncols, alpha, add);
+      return MicroKernel<4>(a, panel, kc, out, ldo, ncols, alpha, add);
     case 3:
-      return MicroKernel<3>(x, ldx, panel, kc, out, ldo, ncols, alpha, add);
+      return MicroKernel<3>(a, panel, kc, out, ldo, ncols, alpha, add);
     case 2:
-      return MicroKernel<2>(x, ldx, panel, kc, out, ldo, ncols, alpha, add);
+      return MicroKernel<2>(a, panel, kc, out, ldo, ncols, alpha, add);
     default:
-      return MicroKernel<1>(x, ldx, panel, kc, out, ldo, ncols, alpha, add);
+      return MicroKernel<1>(a, panel, kc, out, ldo, ncols, alpha, add);
+  }
+}
+
+// Packs x rows [0, mr) x [0, kc) interleaved (a[kk * kMr + r]) so the kernel's broadcasts read
+// one contiguous stream instead of kMr rows whose equal strides alias in L1.
+void PackA(const float* x, int64_t ldx, int64_t mr, int64_t kc, float* a) {
+  for (int64_t r = 0; r < mr; ++r) {
+    for (int64_t kk = 0; kk < kc; ++kk) a[kk * kMr + r] = x[r * ldx + kk];
   }
 }
 
 float* PackBuffer() {
   thread_local std::vector<float> buf(static_cast<size_t>(kKc * kNc));
+  return buf.data();
+}
+
+float* PackABuffer() {
+  thread_local std::vector<float> buf(static_cast<size_t>(kKc * kMr));
   return buf.data();
 }
 
@@ -209,6 +221,7 @@ MPLUS_AVX2 void BlockedGemm(int64_t n, int64_t m, int64_t k, const float* x, int
                             float* out, int64_t ldo, float alpha, bool accumulate,
                             const Pack& pack) {
   float* buf = PackBuffer();
+  float* abuf = PackABuffer();
   for (int64_t j0 = 0; j0 < m; j0 += kNc) {
     const int64_t nc = std::min(kNc, m - j0);
     for (int64_t k0 = 0; k0 < k; k0 += kKc) {
@@ -217,10 +230,10 @@ MPLUS_AVX2 void BlockedGemm(int64_t n, int64_t m, int64_t k, const float* x, int
       const bool add = accumulate || k0 > 0;
       for (int64_t i0 = 0; i0 < n; i0 += kMr) {
         const int64_t mr = std::min(kMr, n - i0);
+        PackA(x + i0 * ldx + k0, ldx, mr, kc, abuf);
         for (int64_t p = 0; p * kNr < nc; ++p) {
-          RunMicroKernel(mr, x + i0 * ldx + k0, ldx, buf + p * kc * kNr, kc,
-                         out + i0 * ldo + j0 + p * kNr, ldo, std::min(kNr, nc - p * kNr), alpha,
-                         add);
+          RunMicroKernel(mr, abuf, buf + p * kc * kNr, kc, out + i0 * ldo + j0 + p * kNr, ldo,
+                         std::min(kNr, nc - p * kNr), alpha, add);
         }
       }
     }
