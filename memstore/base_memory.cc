@@ -147,16 +147,7 @@ void BaseMemory::RowToFloats(uint64_t id, float* out) const {
                 d, out);
 }
 
-LongTermParams BaseMemory::long_term_params() const {
-  LongTermParams p;
-  p.tokens_per_inject = config_.num_tokens;
-  p.retrieved_tokens = config_.ltm_retrieved_tokens();
-  p.key_dim = config_.selector_hidden_dim;
-  p.update_ltm_frequency = config_.update_ltm_frequency;
-  p.decay_frequency = config_.decay_frequency;
-  p.initial_recall_frequency = config_.initial_rf_when_moving_stm_to_ltm;
-  return p;
-}
+LongTermParams BaseMemory::long_term_params() const { return LongTermParamsFor(config_); }
 
 int64_t BaseMemory::InitialAge(int layer, int64_t index) const {
   return static_cast<int64_t>(ElementAsFloat(weights_.ltm_ages[layer], index));  // truncates

@@ -73,13 +73,7 @@ absl::StatusOr<std::unique_ptr<InMemorySession>> InMemorySession::Create(
   }
   if (!c.has_long_term()) return s;
 
-  LongTermParams params;
-  params.tokens_per_inject = c.num_tokens;
-  params.retrieved_tokens = c.ltm_retrieved_tokens();
-  params.key_dim = c.selector_hidden_dim;
-  params.update_ltm_frequency = c.update_ltm_frequency;
-  params.decay_frequency = c.decay_frequency;
-  params.initial_recall_frequency = c.initial_rf_when_moving_stm_to_ltm;
+  const LongTermParams params = LongTermParamsFor(c);
   s->ltm_ = std::make_unique<LongTermMemory>(params, s->num_layers_);
   std::vector<float> key(static_cast<size_t>(params.key_dim));
   std::vector<float> row(static_cast<size_t>(s->d_));

@@ -7,6 +7,17 @@
 
 namespace mplus::memstore {
 
+LongTermParams LongTermParamsFor(const engine::ModelConfig& config) {
+  LongTermParams p;
+  p.tokens_per_inject = config.num_tokens;
+  p.retrieved_tokens = config.ltm_retrieved_tokens();
+  p.key_dim = config.selector_hidden_dim;
+  p.update_ltm_frequency = config.update_ltm_frequency;
+  p.decay_frequency = config.decay_frequency;
+  p.initial_recall_frequency = config.initial_rf_when_moving_stm_to_ltm;
+  return p;
+}
+
 void LongTermLayer::AddMerged(uint64_t token_id, absl::Span<const float> key, int64_t age,
                               double recall_frequency) {
   // Merged entries precede pending ones in storage order.

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/types/span.h"
+#include "engine/model_config.h"
 
 namespace mplus::memstore {
 
@@ -20,6 +21,9 @@ struct LongTermParams {
   double decay_frequency = 1.0;
   double initial_recall_frequency = 1.0;  // initial_rf_when_moving_stm_to_ltm
 };
+
+// The M+ checkpoint's long-term parameters (K, K_ltm, p, merge cadence, decay, initial rf).
+LongTermParams LongTermParamsFor(const engine::ModelConfig& config);
 
 // One long-term entry. Storage order (merged entries, then pending ones) is semantics: it
 // breaks age ties.

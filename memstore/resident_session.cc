@@ -1,3 +1,4 @@
+#include "memstore/rocks_util.h"
 #include "memstore/resident_session.h"
 
 #include <algorithm>
@@ -11,19 +12,6 @@
 #include "rocksdb/write_batch.h"
 
 namespace mplus::memstore {
-namespace {
-
-absl::Status FromRocks(const rocksdb::Status& s, std::string_view what) {
-  if (s.ok()) return absl::OkStatus();
-  const std::string msg = absl::StrCat("memstore: ", std::string(what), ": ", s.ToString());
-  if (s.IsCorruption()) return absl::DataLossError(msg);
-  if (s.IsNotFound()) return absl::NotFoundError(msg);
-  if (s.IsNoSpace()) return absl::ResourceExhaustedError(msg);
-  return absl::InternalError(msg);
-}
-
-}  // namespace
-
 ResidentSession::ResidentSession(const StoreHandles& store, const SessionRecord& record)
     : store_(store), base_(*store.base), record_(record) {}
 

@@ -1,3 +1,4 @@
+#include "memstore/rocks_util.h"
 #include "memstore/snapshot.h"
 
 #include <chrono>
@@ -23,18 +24,6 @@ std::string MakeChunk(uint32_t index, ChunkKind kind, std::string_view payload) 
   w.Raw(payload.data(), payload.size());
   w.U32(Crc32c(c.data(), c.size()));
   return c;
-}
-
-absl::Status RocksError(const rocksdb::Status& s, const char* what) {
-  if (s.ok()) return absl::OkStatus();
-  const std::string msg = absl::StrCat("memstore: ", what, ": ", s.ToString());
-  return s.IsCorruption() ? absl::DataLossError(msg) : absl::InternalError(msg);
-}
-
-int64_t NowMicros() {
-  return std::chrono::duration_cast<std::chrono::microseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
 }
 
 }  // namespace
@@ -72,7 +61,7 @@ absl::Status MemoryStore::ExportSession(std::string_view id,
           payload.clear();
         }
       }
-      if (!it->status().ok()) return RocksError(it->status(), "exporting session");
+      if (!it->status().ok()) return FromRocks(it->status(), "exporting session");
     }
     if (!payload.empty()) {
       s = sink(MakeChunk(index++, kDataChunk, payload));
@@ -125,7 +114,7 @@ SessionImport::~SessionImport() {
 absl::Status SessionImport::FlushBatch() {
   if (batch_.Count() == 0) return absl::OkStatus();
   rocksdb::WriteOptions wo;  // durability comes with the final, synced record write
-  const absl::Status s = RocksError(store_->db_->Write(wo, &batch_), "importing session");
+  const absl::Status s = FromRocks(store_->db_->Write(wo, &batch_), "importing session");
   batch_.Clear();
   return s;
 }
@@ -220,7 +209,7 @@ absl::StatusOr<SessionInfo> SessionImport::Finish() {
   // The synced record write also makes the unsynced row batches before it durable.
   rocksdb::WriteOptions wo = store_->handles_.write_options;
   wo.sync = true;
-  absl::Status s = RocksError(store_->db_->Write(wo, &batch), "importing session");
+  absl::Status s = FromRocks(store_->db_->Write(wo, &batch), "importing session");
   if (!s.ok()) return s;
   finished_ = true;
   {
