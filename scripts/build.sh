@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 "$(pwd)/scripts/install-deps.sh"
 BUILD_DIR=${MPLUS_BUILD_DIR:-build}
+# ccache hits across clones in different folders (CI builds a fresh clone each time).
+export CCACHE_BASEDIR="$(pwd)" CCACHE_NOHASHDIR=true
 GENERATOR=()
 if command -v ninja >/dev/null 2>&1; then GENERATOR=(-G Ninja); fi
 if [ ! -f "$BUILD_DIR/CMakeCache.txt" ]; then
