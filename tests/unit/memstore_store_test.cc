@@ -105,13 +105,16 @@ TEST(MemstoreStoreTest, RestartRestoresBitwiseIdenticalState) {
     for (bool mplus : {true, false}) {
       auto m = MakeTinyModel(dtype, mplus);
       const std::string path = TempDir("restart");
+      // The references read the checkpoint through their own BaseMemory: the first store (and
+      // its base) is gone before they are compared.
+      const std::unique_ptr<BaseMemory> base = BaseMemory::Create(m->config, m->weights).value();
       std::vector<std::unique_ptr<ReferenceSession>> refs;
       {
         auto store = OpenStore(*m, path);
         for (int s = 0; s < 3; ++s) {
           const std::string id = "s" + std::to_string(s);
           ASSERT_TRUE(store->CreateSession(id, {}, s).ok());
-          refs.push_back(std::make_unique<ReferenceSession>(store->base()));
+          refs.push_back(std::make_unique<ReferenceSession>(*base));
           // Enough injects for several merges and evictions.
           for (int n = 0; n < 5 + 7 * s; ++n) Inject(*store, id, s, n, refs.back().get());
         }
@@ -134,7 +137,8 @@ TEST(MemstoreStoreTest, RestartRestoresBitwiseIdenticalState) {
 TEST(MemstoreStoreTest, MergeEveryInjectAndLongRuns) {
   auto m = MakeTinyModel(engine::DType::kF32, true, 3, /*update_ltm_frequency=*/1);
   const std::string path = TempDir("merge1");
-  ReferenceSession ref(*BaseMemory::Create(m->config, m->weights).value());
+  const std::unique_ptr<BaseMemory> base = BaseMemory::Create(m->config, m->weights).value();
+  ReferenceSession ref(*base);
   {
     auto store = OpenStore(*m, path);
     ASSERT_TRUE(store->CreateSession("x", {}, 0).ok());
