@@ -16,33 +16,13 @@
 namespace mplus::engine::cpu {
 namespace {
 
-// FMA peak of one core: 10 independent chains, the operands hidden from the optimiser.
-// (bench::MeasureFmaPeak's chains go through memory and measure ~5x below this.)
-__attribute__((target("avx2,fma"))) double MeasureFmaPeakAvx2() {
-  __m256 acc[10];
-  for (int i = 0; i < 10; ++i) acc[i] = _mm256_set1_ps(0.001f * static_cast<float>(i));
-  __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
-  asm volatile("" : "+x"(a), "+x"(b));
-  const int64_t iters = 100'000'000;
-  const double start = bench::ThreadSeconds();
-  for (int64_t it = 0; it < iters; ++it) {
-#pragma GCC unroll 10
-    for (int i = 0; i < 10; ++i) acc[i] = _mm256_fmadd_ps(a, b, acc[i]);
-  }
-  const double s = bench::ThreadSeconds() - start;
-  float sink = 0;
-  for (int i = 0; i < 10; ++i) sink += _mm256_cvtss_f32(acc[i]);
-  asm volatile("" ::"x"(sink));
-  return 2.0 * 8 * 10 * static_cast<double>(iters) / s;
-}
-
 struct Floor {
   int threads;
   double peak_flops;  // all threads
   double bandwidth;   // all threads reading at once
   Floor() {
     threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-    peak_flops = MeasureFmaPeakAvx2() * threads;
+    peak_flops = bench::MeasureFmaPeak() * threads;
     std::vector<double> bw(threads);
     std::vector<std::thread> readers;
     for (int t = 0; t < threads; ++t) {

@@ -23,7 +23,7 @@ inline float Dot(const float* a, const float* b, int64_t n) {
 }
 
 using ScoreRangeFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, int64_t,
-                             float*);
+                              float*);
 
 // Portable path: one dot product per (query, key) pair, sigmoid summed in double.
 void ScoreRangeGeneric(const float* queries, int64_t nq, const float* keys, int64_t j_begin,
@@ -60,9 +60,9 @@ MPLUS_AVX2 inline float HorizontalSum(__m256 v) {
 // 1 / (1 + exp(-x)) for 8 floats: exp by range reduction x = n ln2 + r and a degree-6
 // polynomial (relative error ~2 ulp), clamped so huge |x| saturate to 0 or 1 without NaN.
 MPLUS_AVX2 inline __m256 Sigmoid8(__m256 x) {
-  const __m256 z = _mm256_min_ps(_mm256_max_ps(_mm256_sub_ps(_mm256_setzero_ps(), x),
-                                               _mm256_set1_ps(-87.0f)),
-                                 _mm256_set1_ps(87.0f));
+  const __m256 z =
+      _mm256_min_ps(_mm256_max_ps(_mm256_sub_ps(_mm256_setzero_ps(), x), _mm256_set1_ps(-87.0f)),
+                    _mm256_set1_ps(87.0f));
   const __m256 n = _mm256_round_ps(_mm256_mul_ps(z, _mm256_set1_ps(1.44269504088896341f)),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), z);
@@ -86,14 +86,19 @@ template <int kQ, int kK>
 MPLUS_AVX2 inline void LogitTile(const float* queries, const float* keys, int64_t p,
                                  float* out /* [kQ][kK] */) {
   __m256 acc[kQ][kK];
+#pragma GCC unroll 4
   for (int a = 0; a < kQ; ++a)
+#pragma GCC unroll 4
     for (int b = 0; b < kK; ++b) acc[a][b] = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + 8 <= p; i += 8) {
     __m256 k[kK];
+#pragma GCC unroll 4
     for (int b = 0; b < kK; ++b) k[b] = _mm256_loadu_ps(keys + b * p + i);
+#pragma GCC unroll 4
     for (int a = 0; a < kQ; ++a) {
       const __m256 q = _mm256_loadu_ps(queries + a * p + i);
+#pragma GCC unroll 4
       for (int b = 0; b < kK; ++b) acc[a][b] = _mm256_fmadd_ps(q, k[b], acc[a][b]);
     }
   }
@@ -107,8 +112,8 @@ MPLUS_AVX2 inline void LogitTile(const float* queries, const float* keys, int64_
 }
 
 // AVX2 path: register-blocked logits, vectorised sigmoid, sums in double.
-MPLUS_AVX2 void ScoreRangeAvx2(const float* queries, int64_t nq, const float* keys,
-                               int64_t j_begin, int64_t j_end, int64_t p, float* scores_out) {
+MPLUS_AVX2 void ScoreRangeAvx2(const float* queries, int64_t nq, const float* keys, int64_t j_begin,
+                               int64_t j_end, int64_t p, float* scores_out) {
   constexpr int kQ = 3, kK = 4;
   constexpr int64_t kBlock = 64;  // keys per block (64 KiB at p = 256: stays in L2)
   alignas(32) float logits[kBlock * kQ];
@@ -152,9 +157,9 @@ MPLUS_AVX2 void ScoreRangeAvx2(const float* queries, int64_t nq, const float* ke
 }
 
 ScoreRangeFn BestScoreRange() {
-  static const ScoreRangeFn fn =
-      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? ScoreRangeAvx2
-                                                                      : ScoreRangeGeneric;
+  static const ScoreRangeFn fn = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
+                                     ? ScoreRangeAvx2
+                                     : ScoreRangeGeneric;
   return fn;
 }
 
