@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <new>
 #include <numeric>
 #include <thread>
 #include <vector>
@@ -49,14 +50,6 @@ void ScoreRangeGeneric(const float* queries, int64_t nq, const float* keys, int6
 
 #define MPLUS_AVX2 __attribute__((target("avx2,fma")))
 
-MPLUS_AVX2 inline float HorizontalSum(__m256 v) {
-  const __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
-  __m128 s = _mm_add_ps(lo, hi);
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
 // 1 / (1 + exp(-x)) for 8 floats: exp by range reduction x = n ln2 + r and a degree-6
 // polynomial (relative error ~2 ulp), clamped so huge |x| saturate to 0 or 1 without NaN.
 MPLUS_AVX2 inline __m256 Sigmoid8(__m256 x) {
@@ -80,74 +73,81 @@ MPLUS_AVX2 inline __m256 Sigmoid8(__m256 x) {
   return _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(_mm256_set1_ps(1.0f), e));
 }
 
-// Logits of kQ queries × kK keys at once: 12 independent FMA chains per step keep the FMA units
-// busy while each loaded vector is reused 3 or 4 times (GEMM-style register blocking).
-template <int kQ, int kK>
-MPLUS_AVX2 inline void LogitTile(const float* queries, const float* keys, int64_t p,
-                                 float* out /* [kQ][kK] */) {
-  __m256 acc[kQ][kK];
-#pragma GCC unroll 4
-  for (int a = 0; a < kQ; ++a)
-#pragma GCC unroll 4
-    for (int b = 0; b < kK; ++b) acc[a][b] = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 8 <= p; i += 8) {
-    __m256 k[kK];
-#pragma GCC unroll 4
-    for (int b = 0; b < kK; ++b) k[b] = _mm256_loadu_ps(keys + b * p + i);
-#pragma GCC unroll 4
+// Adds sigmoid(logits) of kQ queries × 16 keys into sums[16] (double), where the 16 keys are
+// packed transposed (packed[i * 16 + c] = key c's element i), so lanes are keys and no
+// horizontal sums are needed: 2 loads and kQ broadcasts feed 2·kQ independent FMA chains.
+template <int kQ>
+MPLUS_AVX2 inline void SigmoidSumTile(const float* queries, int64_t p, const float* packed,
+                                      double* sums) {
+  __m256 acc[kQ][2];
+#pragma GCC unroll 6
+  for (int a = 0; a < kQ; ++a) acc[a][0] = acc[a][1] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < p; ++i) {
+    const __m256 k0 = _mm256_loadu_ps(packed + i * 16), k1 = _mm256_loadu_ps(packed + i * 16 + 8);
+#pragma GCC unroll 6
     for (int a = 0; a < kQ; ++a) {
-      const __m256 q = _mm256_loadu_ps(queries + a * p + i);
-#pragma GCC unroll 4
-      for (int b = 0; b < kK; ++b) acc[a][b] = _mm256_fmadd_ps(q, k[b], acc[a][b]);
+      const __m256 q = _mm256_broadcast_ss(queries + a * p + i);
+      acc[a][0] = _mm256_fmadd_ps(q, k0, acc[a][0]);
+      acc[a][1] = _mm256_fmadd_ps(q, k1, acc[a][1]);
     }
   }
+#pragma GCC unroll 6
   for (int a = 0; a < kQ; ++a) {
-    for (int b = 0; b < kK; ++b) {
-      float sum = HorizontalSum(acc[a][b]);
-      for (int64_t t = i; t < p; ++t) sum += queries[a * p + t] * keys[b * p + t];
-      out[a * kK + b] = sum;
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+      const __m256 sig = Sigmoid8(acc[a][h]);
+      double* out = sums + 8 * h;
+      _mm256_storeu_pd(
+          out, _mm256_add_pd(_mm256_loadu_pd(out), _mm256_cvtps_pd(_mm256_castps256_ps128(sig))));
+      _mm256_storeu_pd(out + 4, _mm256_add_pd(_mm256_loadu_pd(out + 4),
+                                              _mm256_cvtps_pd(_mm256_extractf128_ps(sig, 1))));
     }
   }
 }
 
-// AVX2 path: register-blocked logits, vectorised sigmoid, sums in double.
+// AVX2 path: keys packed transposed in blocks of 64, register-blocked logits (6 queries × 16
+// keys), vectorised sigmoid, sums in double.
 MPLUS_AVX2 void ScoreRangeAvx2(const float* queries, int64_t nq, const float* keys, int64_t j_begin,
                                int64_t j_end, int64_t p, float* scores_out) {
-  constexpr int kQ = 3, kK = 4;
-  constexpr int64_t kBlock = 64;  // keys per block (64 KiB at p = 256: stays in L2)
-  alignas(32) float logits[kBlock * kQ];
-  double sums[kBlock];
+  constexpr int64_t kBlock = 64;  // keys per block: 64 KiB packed at p = 256, stays in L2
+  std::vector<float> packed(static_cast<size_t>(kBlock * p));
+  alignas(32) double sums[kBlock];
   for (int64_t j0 = j_begin; j0 < j_end; j0 += kBlock) {
     const int64_t count = std::min(j_end, j0 + kBlock) - j0;
-    std::fill(sums, sums + count, 0.0);
-    for (int64_t t0 = 0; t0 < nq; t0 += kQ) {
-      const int64_t rows = std::min<int64_t>(kQ, nq - t0);
-      // logits laid out [query row][key in block].
-      for (int64_t j = 0; j < count; j += kK) {
-        float tile[kQ * kK];
-        const float* q = queries + t0 * p;
-        const float* k = keys + (j0 + j) * p;
-        if (rows == kQ && j + kK <= count) {
-          LogitTile<kQ, kK>(q, k, p, tile);
-        } else {
-          for (int64_t a = 0; a < rows; ++a)
-            for (int64_t b = 0; b < kK && j + b < count; ++b)
-              LogitTile<1, 1>(q + a * p, k + b * p, p, &tile[a * kK + b]);
-        }
-        for (int64_t a = 0; a < rows; ++a)
-          for (int64_t b = 0; b < kK && j + b < count; ++b)
-            logits[a * kBlock + j + b] = tile[a * kK + b];
+    const int64_t groups = (count + 15) / 16;
+    // Transpose into groups of 16 keys; missing keys are zero (their sums are ignored).
+    for (int64_t g = 0; g < groups; ++g) {
+      float* dst = packed.data() + g * 16 * p;
+      for (int c = 0; c < 16; ++c) {
+        const int64_t j = g * 16 + c;
+        const float* src = keys + (j0 + j) * p;
+        for (int64_t i = 0; i < p; ++i) dst[i * 16 + c] = j < count ? src[i] : 0.0f;
       }
-      for (int64_t a = 0; a < rows; ++a) {
-        const float* row = logits + a * kBlock;
-        int64_t j = 0;
-        for (; j + 8 <= count; j += 8) {
-          alignas(32) float sig[8];
-          _mm256_store_ps(sig, Sigmoid8(_mm256_loadu_ps(row + j)));
-          for (int c = 0; c < 8; ++c) sums[j + c] += sig[c];
-        }
-        for (; j < count; ++j) sums[j] += 1.0 / (1.0 + std::exp(-static_cast<double>(row[j])));
+    }
+    std::fill(sums, sums + kBlock, 0.0);
+    for (int64_t g = 0; g < groups; ++g) {
+      const float* panel = packed.data() + g * 16 * p;
+      double* group_sums = sums + g * 16;
+      int64_t t = 0;
+      for (; t + 6 <= nq; t += 6) SigmoidSumTile<6>(queries + t * p, p, panel, group_sums);
+      switch (nq - t) {
+        case 5:
+          SigmoidSumTile<5>(queries + t * p, p, panel, group_sums);
+          break;
+        case 4:
+          SigmoidSumTile<4>(queries + t * p, p, panel, group_sums);
+          break;
+        case 3:
+          SigmoidSumTile<3>(queries + t * p, p, panel, group_sums);
+          break;
+        case 2:
+          SigmoidSumTile<2>(queries + t * p, p, panel, group_sums);
+          break;
+        case 1:
+          SigmoidSumTile<1>(queries + t * p, p, panel, group_sums);
+          break;
+        default:
+          break;
       }
     }
     for (int64_t j = 0; j < count; ++j) {
