@@ -9,19 +9,12 @@
 #include <thread>
 #include <vector>
 
+#include "engine/dot.h"
+
 namespace mplus::memstore {
 namespace {
 
-inline float Dot(const float* a, const float* b, int64_t n) {
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    for (int j = 0; j < 8; ++j) acc[j] += a[i + j] * b[i + j];
-  }
-  float sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-  for (; i < n; ++i) sum += a[i] * b[i];
-  return sum;
-}
+using engine::Dot;
 
 using ScoreRangeFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, int64_t,
                               float*);

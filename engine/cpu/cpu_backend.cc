@@ -8,9 +8,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "engine/cpu/gemm.h"
+#include "engine/dot.h"
 
 namespace mplus::engine::cpu {
 namespace {
+
+using engine::Dot;
 
 bool IsFloat(DType d) { return d == DType::kF32 || d == DType::kBF16 || d == DType::kF16; }
 
@@ -48,19 +51,6 @@ absl::Status CheckFloat(const Tensor& t, const char* what) {
 absl::Status ShapeError(const char* op, const Tensor& a, const Tensor& b) {
   return absl::InvalidArgumentError(
       absl::StrCat(op, ": incompatible shapes ", ShapeString(a), " and ", ShapeString(b)));
-}
-
-// Dot product with several independent accumulators so the compiler can vectorise it without
-// reassociation flags.
-inline float Dot(const float* a, const float* b, int64_t n) {
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    for (int j = 0; j < 8; ++j) acc[j] += a[i + j] * b[i + j];
-  }
-  float sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-  for (; i < n; ++i) sum += a[i] * b[i];
-  return sum;
 }
 
 inline float SiluF(float x) { return x / (1.0f + std::exp(-x)); }
