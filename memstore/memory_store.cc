@@ -1,4 +1,3 @@
-#include "memstore/rocks_util.h"
 #include "memstore/memory_store.h"
 
 #include <algorithm>
@@ -6,6 +5,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "memstore/rocks_util.h"
 #include "rocksdb/cache.h"
 #include "rocksdb/table.h"
 #include "rocksdb/write_batch.h"
@@ -161,6 +161,7 @@ absl::Status MemoryStore::OpenDb(const StoreOptions& options) {
   handles_.cf = cf_;
   handles_.write_options.sync = options.sync_writes;
   handles_.base = base_.get();
+  handles_.prefix_cache = options.prefix_cache;
 
   std::string v;
   rs = db->Get(rocksdb::ReadOptions(), cf_[kDefaultCf], MetaKey(), &v);

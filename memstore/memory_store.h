@@ -43,6 +43,9 @@ struct StoreOptions {
   bool sync_writes = true;                         // fsync the WAL before acknowledging
   size_t block_cache_bytes = size_t{256} << 20;    // long-term vector reads
   size_t resident_budget_bytes = size_t{8} << 30;  // RAM for resident sessions
+  // Cache each resident session's prefix K/V between Generates (faster time to first token;
+  // costs 2·L·(1+N)·kv_dim float32 per session, counted in the resident budget).
+  bool prefix_cache = true;
   // Called with the duration of every committed inject's write (seconds), e.g. for a histogram.
   std::function<void(double)> on_commit_latency;
 };

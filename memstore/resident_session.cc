@@ -1,4 +1,3 @@
-#include "memstore/rocks_util.h"
 #include "memstore/resident_session.h"
 
 #include <algorithm>
@@ -9,6 +8,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "memstore/byte_codec.h"
+#include "memstore/rocks_util.h"
 #include "rocksdb/write_batch.h"
 
 namespace mplus::memstore {

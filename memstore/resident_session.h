@@ -25,6 +25,7 @@ struct StoreHandles {
   std::vector<rocksdb::ColumnFamilyHandle*> cf;  // indexed by ColumnFamily
   rocksdb::WriteOptions write_options;
   const BaseMemory* base = nullptr;
+  bool prefix_cache = true;  // keep each resident session's prefix K/V (StoreOptions)
 };
 
 class ResidentSession : public engine::SessionMemory {
@@ -38,7 +39,9 @@ class ResidentSession : public engine::SessionMemory {
   absl::Status RetrieveLongTerm(int layer, const float* queries, int64_t num_queries,
                                 float* out) override;
   // Cleared by every Commit that passes validation (a reload starts with an empty one).
-  engine::PrefixCache* prefix_cache() override { return &prefix_cache_; }
+  engine::PrefixCache* prefix_cache() override {
+    return store_.prefix_cache ? &prefix_cache_ : nullptr;
+  }
 
   // Validates `result`, applies it, and writes one WriteBatch (new tokens, dropped tokens moving
   // to long-term memory with their keys, evictions, the new short-term lists, counters, the

@@ -1,10 +1,10 @@
-#include "memstore/rocks_util.h"
 #include "memstore/snapshot.h"
 
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
 #include "memstore/byte_codec.h"
+#include "memstore/rocks_util.h"
 
 namespace mplus::memstore {
 namespace {

@@ -48,8 +48,8 @@ absl::StatusOr<engine::SamplingOptions> SamplingFromProto(const v1::SamplingPara
                                                           int64_t default_max_new_tokens,
                                                           int64_t max_new_tokens_limit) {
   engine::SamplingOptions o;
-  o.max_new_tokens = static_cast<int>(p.max_new_tokens() == 0 ? default_max_new_tokens
-                                                               : p.max_new_tokens());
+  o.max_new_tokens =
+      static_cast<int>(p.max_new_tokens() == 0 ? default_max_new_tokens : p.max_new_tokens());
   if (o.max_new_tokens < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("sampling.max_new_tokens must be positive, got ", p.max_new_tokens()));
@@ -107,10 +107,9 @@ absl::StatusOr<std::vector<int32_t>> MemoryServiceImpl::PromptIds(
   }
   if (ids.empty()) return absl::InvalidArgumentError("the prompt has no tokens");
   if (static_cast<int64_t>(ids.size()) > options_.max_prompt_tokens) {
-    return absl::InvalidArgumentError(absl::StrCat("the prompt has ", ids.size(),
-                                                   " tokens, over the limit ",
-                                                   options_.max_prompt_tokens,
-                                                   " (--max_prompt_tokens)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("the prompt has ", ids.size(), " tokens, over the limit ",
+                     options_.max_prompt_tokens, " (--max_prompt_tokens)"));
   }
   return ids;
 }
@@ -132,8 +131,8 @@ absl::Status MemoryServiceImpl::GenerateImpl(grpc::ServerContext* context,
   if (absl::Status s = CheckRequestSize(request); !s.ok()) return s;
   auto prompt = PromptIds(request);
   if (!prompt.ok()) return prompt.status();
-  auto sampling =
-      SamplingFromProto(request.sampling(), options_.default_max_new_tokens, options_.max_new_tokens);
+  auto sampling = SamplingFromProto(request.sampling(), options_.default_max_new_tokens,
+                                    options_.max_new_tokens);
   if (!sampling.ok()) return sampling.status();
   std::vector<std::string> stops(request.sampling().stop().begin(),
                                  request.sampling().stop().end());
@@ -219,8 +218,8 @@ absl::Status MemoryServiceImpl::GenerateImpl(grpc::ServerContext* context,
   usage->set_retrieval_seconds(memory.total_seconds());
   if (finish == v1::FINISH_REASON_CANCELLED) {
     writer->Write(last);  // best effort: the client may be gone
-    return absl::CancelledError(absl::StrCat("Generate cancelled after ", completion_tokens,
-                                             " tokens"));
+    return absl::CancelledError(
+        absl::StrCat("Generate cancelled after ", completion_tokens, " tokens"));
   }
   writer->Write(last);
   return absl::OkStatus();

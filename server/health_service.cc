@@ -46,7 +46,8 @@ grpc::Status HealthService::Watch(grpc::ServerContext* context,
     {
       absl::MutexLock lock(&mu_);
       // Wake on a change, shutdown, or periodically to notice a cancelled client.
-      auto changed = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return version_ != seen || shutdown_; };
+      auto changed = [&]()
+                         ABSL_SHARED_LOCKS_REQUIRED(mu_) { return version_ != seen || shutdown_; };
       mu_.AwaitWithTimeout(absl::Condition(&changed), absl::Milliseconds(200));
       if (context->IsCancelled()) return grpc::Status::CANCELLED;
       if (version_ == seen) {
@@ -55,8 +56,7 @@ grpc::Status HealthService::Watch(grpc::ServerContext* context,
       }
       seen = version_;
       auto it = status_.find(request->service());
-      response.set_status(it == status_.end() ? HealthCheckResponse::SERVICE_UNKNOWN
-                                              : it->second);
+      response.set_status(it == status_.end() ? HealthCheckResponse::SERVICE_UNKNOWN : it->second);
       if (shutdown_) {
         writer->Write(response);
         return grpc::Status::OK;

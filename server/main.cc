@@ -35,8 +35,9 @@ ABSL_FLAG(std::string, model, "",
           "Hugging Face layout. Empty: the bundled tiny demo checkpoint (random weights).");
 ABSL_FLAG(std::string, data_dir, "./data",
           "Directory of the RocksDB session store (created if missing).");
-ABSL_FLAG(std::string, device, "cpu",
-          "Compute device: cpu, or cuda (GPU 0, through the CUDA backend plugin libmplus_cuda.so).");
+ABSL_FLAG(
+    std::string, device, "cpu",
+    "Compute device: cpu, or cuda (GPU 0, through the CUDA backend plugin libmplus_cuda.so).");
 ABSL_FLAG(std::string, cuda_plugin, "",
           "Path of libmplus_cuda.so for --device=cuda; empty: next to the server "
           "(../lib/libmplus_cuda.so), then the build tree.");
@@ -56,15 +57,22 @@ ABSL_FLAG(int64_t, max_prompt_tokens, 8192, "Longest Generate prompt in tokens."
 ABSL_FLAG(int64_t, max_new_tokens, 2048, "Largest sampling.max_new_tokens a request may ask.");
 ABSL_FLAG(int64_t, default_max_new_tokens, 128,
           "Tokens generated when a request leaves sampling.max_new_tokens unset.");
-ABSL_FLAG(int64_t, max_sessions, 100000, "Most sessions the server holds (CreateSession refuses "
-                                         "more with RESOURCE_EXHAUSTED).");
-ABSL_FLAG(int64_t, inject_chunk_tokens, 512,
-          "Tokens per memory update when Inject splits long content (training used up to 512; "
-          "chunks under 16 tokens disturb memory); also the largest chunk_tokens a client may ask.");
-ABSL_FLAG(bool, sync_writes, true,
-          "fsync the RocksDB WAL before acknowledging an Inject (false: faster, but a machine crash "
-          "may lose acknowledged injects; a process crash does not).");
+ABSL_FLAG(int64_t, max_sessions, 100000,
+          "Most sessions the server holds (CreateSession refuses "
+          "more with RESOURCE_EXHAUSTED).");
+ABSL_FLAG(
+    int64_t, inject_chunk_tokens, 512,
+    "Tokens per memory update when Inject splits long content (training used up to 512; "
+    "chunks under 16 tokens disturb memory); also the largest chunk_tokens a client may ask.");
+ABSL_FLAG(
+    bool, sync_writes, true,
+    "fsync the RocksDB WAL before acknowledging an Inject (false: faster, but a machine crash "
+    "may lose acknowledged injects; a process crash does not).");
 ABSL_FLAG(int64_t, block_cache_mb, 256, "RocksDB block cache for long-term memory vectors, MiB.");
+ABSL_FLAG(bool, prefix_cache, true,
+          "Keep each resident session's short-term-memory prefix K/V between Generates: much "
+          "faster time to first token, at 2*layers*(1+N)*kv_dim*4 bytes per session (~3.4 GB for "
+          "mplus-8b), counted in --resident_budget_mb.");
 ABSL_FLAG(int64_t, resident_budget_mb, 8192,
           "Memory for resident sessions' short-term memory, MiB; least recently used sessions "
           "spill beyond it and are restored on their next request.");
@@ -87,15 +95,14 @@ absl::Status ValidateOptions(const ServiceOptions& o) {
     if (value >= 1) return absl::OkStatus();
     return absl::InvalidArgumentError(absl::StrCat("--", flag, " must be at least 1, got ", value));
   };
-  for (const absl::Status& s :
-       {positive(o.engine_workers, "engine_workers"),
-        positive(o.max_queued_requests, "max_queued_requests"),
-        positive(o.max_request_bytes, "max_request_bytes"),
-        positive(o.max_prompt_tokens, "max_prompt_tokens"),
-        positive(o.max_new_tokens, "max_new_tokens"),
-        positive(o.default_max_new_tokens, "default_max_new_tokens"),
-        positive(o.max_sessions, "max_sessions"),
-        positive(o.inject_chunk_tokens, "inject_chunk_tokens")}) {
+  for (const absl::Status& s : {positive(o.engine_workers, "engine_workers"),
+                                positive(o.max_queued_requests, "max_queued_requests"),
+                                positive(o.max_request_bytes, "max_request_bytes"),
+                                positive(o.max_prompt_tokens, "max_prompt_tokens"),
+                                positive(o.max_new_tokens, "max_new_tokens"),
+                                positive(o.default_max_new_tokens, "default_max_new_tokens"),
+                                positive(o.max_sessions, "max_sessions"),
+                                positive(o.inject_chunk_tokens, "inject_chunk_tokens")}) {
     if (!s.ok()) return s;
   }
   if (o.device != "cpu" && o.device != "cuda") {
@@ -137,6 +144,7 @@ int Run() {
   options.inject_chunk_tokens = absl::GetFlag(FLAGS_inject_chunk_tokens);
   options.sync_writes = absl::GetFlag(FLAGS_sync_writes);
   options.block_cache_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_block_cache_mb)) << 20;
+  options.prefix_cache = absl::GetFlag(FLAGS_prefix_cache);
   options.resident_budget_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_resident_budget_mb))
                                   << 20;
   if (absl::Status s = ValidateOptions(options); !s.ok()) {

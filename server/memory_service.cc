@@ -125,6 +125,7 @@ absl::Status MemoryServiceImpl::Open() {
   store_options.sync_writes = options_.sync_writes;
   store_options.block_cache_bytes = options_.block_cache_bytes;
   store_options.resident_budget_bytes = options_.resident_budget_bytes;
+  store_options.prefix_cache = options_.prefix_cache;
   store_options.on_commit_latency = [this](double seconds) {
     metrics_->store_write_latency.Observe(seconds);
   };
@@ -226,16 +227,15 @@ absl::Status MemoryServiceImpl::CheckTokenIds(const google::protobuf::RepeatedFi
   const int64_t vocab = model_->config().vocab_size;
   for (int i = 0; i < ids.size(); ++i) {
     if (ids[i] < 0 || ids[i] >= vocab) {
-      return absl::InvalidArgumentError(absl::StrCat(what, "[", i, "] = ", ids[i],
-                                                     " is outside the vocabulary [0, ", vocab,
-                                                     ")"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, "[", i, "] = ", ids[i], " is outside the vocabulary [0, ", vocab, ")"));
     }
   }
   return absl::OkStatus();
 }
 
 absl::StatusOr<RequestScheduler::Slot> MemoryServiceImpl::Admit(const std::string& session_id,
-                                                                 grpc::ServerContext* context) {
+                                                                grpc::ServerContext* context) {
   auto slot = scheduler_.Acquire(session_id, [context] { return context->IsCancelled(); });
   metrics_->queue_depth.Set(scheduler_.queued());
   return slot;
@@ -442,8 +442,8 @@ grpc::Status MemoryServiceImpl::ExportSession(grpc::ServerContext* context,
       pending.reset();
       return absl::OkStatus();
     };
-    absl::Status s = store_->ExportSession(
-        request->session_id(), [&](std::string_view data) -> absl::Status {
+    absl::Status s =
+        store_->ExportSession(request->session_id(), [&](std::string_view data) -> absl::Status {
           if (context->IsCancelled()) return absl::CancelledError("export cancelled");
           if (absl::Status f = flush(false); !f.ok()) return f;
           v1::SessionChunk chunk;
@@ -472,9 +472,11 @@ grpc::Status MemoryServiceImpl::ImportSession(grpc::ServerContext*,
     v1::SessionChunk chunk;
     if (!reader->Read(&chunk)) return absl::InvalidArgumentError("ImportSession got no chunks");
     if (chunk.format_version() != kSnapshotStreamVersion) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "snapshot stream format_version ", chunk.format_version(), " is not supported (this "
-          "server reads version ", kSnapshotStreamVersion, ")"));
+      return absl::InvalidArgumentError(absl::StrCat("snapshot stream format_version ",
+                                                     chunk.format_version(),
+                                                     " is not supported (this "
+                                                     "server reads version ",
+                                                     kSnapshotStreamVersion, ")"));
     }
     const std::string digest = absl::StrFormat("%016x", store_->model_digest());
     if (chunk.model_digest() != digest) {
@@ -489,9 +491,8 @@ grpc::Status MemoryServiceImpl::ImportSession(grpc::ServerContext*,
     uint64_t expected = 0;
     while (true) {
       if (chunk.sequence() != expected) {
-        return absl::InvalidArgumentError(absl::StrCat("snapshot chunk ", chunk.sequence(),
-                                                       " arrived where ", expected,
-                                                       " was expected"));
+        return absl::InvalidArgumentError(absl::StrCat(
+            "snapshot chunk ", chunk.sequence(), " arrived where ", expected, " was expected"));
       }
       if (memstore::Crc32c(chunk.data().data(), chunk.data().size()) != chunk.crc32c()) {
         return absl::DataLossError(

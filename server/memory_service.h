@@ -45,8 +45,7 @@ class MemoryServiceImpl final : public mplus::v1::MemoryService::Service {
                             v1::ListSessionsResponse*) override;
   grpc::Status DeleteSession(grpc::ServerContext*, const v1::DeleteSessionRequest*,
                              v1::DeleteSessionResponse*) override;
-  grpc::Status Inject(grpc::ServerContext*, const v1::InjectRequest*,
-                      v1::InjectResponse*) override;
+  grpc::Status Inject(grpc::ServerContext*, const v1::InjectRequest*, v1::InjectResponse*) override;
   grpc::Status Generate(grpc::ServerContext*, const v1::GenerateRequest*,
                         grpc::ServerWriter<v1::GenerateResponse>*) override;
   grpc::Status ExportSession(grpc::ServerContext*, const v1::ExportSessionRequest*,

@@ -50,9 +50,9 @@ void MemoryBytes(double* resident, double* virtual_bytes) {
 }  // namespace
 
 ProcessCollector::ProcessCollector()
-    : start_time_seconds_(std::chrono::duration<double>(
-                              std::chrono::system_clock::now().time_since_epoch())
-                              .count()) {}
+    : start_time_seconds_(
+          std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
+              .count()) {}
 
 std::vector<prometheus::MetricFamily> ProcessCollector::Collect() const {
   using prometheus::MetricType;

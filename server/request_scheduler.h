@@ -5,8 +5,8 @@
 #define MPLUS_SERVER_REQUEST_SCHEDULER_H_
 
 #include <cstdint>
-#include <functional>
 #include <deque>
+#include <functional>
 #include <string>
 
 #include "absl/container/flat_hash_map.h"

@@ -33,18 +33,16 @@ prometheus::Gauge& MakeGauge(prometheus::Registry& registry, const std::string& 
 }  // namespace
 
 ServerMetrics::ServerMetrics(prometheus::Registry& registry, const std::string& device)
-    : retrieval_per_generate(
-          prometheus::BuildHistogram()
-              .Name("mplus_retrieval_latency_seconds")
-              .Help(kRetrievalHelp)
-              .Register(registry)
-              .Add({{"scope", "generate"}}, LatencyBuckets())),
-      retrieval_per_layer(
-          prometheus::BuildHistogram()
-              .Name("mplus_retrieval_latency_seconds")
-              .Help(kRetrievalHelp)
-              .Register(registry)
-              .Add({{"scope", "layer"}}, LatencyBuckets())),
+    : retrieval_per_generate(prometheus::BuildHistogram()
+                                 .Name("mplus_retrieval_latency_seconds")
+                                 .Help(kRetrievalHelp)
+                                 .Register(registry)
+                                 .Add({{"scope", "generate"}}, LatencyBuckets())),
+      retrieval_per_layer(prometheus::BuildHistogram()
+                              .Name("mplus_retrieval_latency_seconds")
+                              .Help(kRetrievalHelp)
+                              .Register(registry)
+                              .Add({{"scope", "layer"}}, LatencyBuckets())),
       inject_latency(MakeHistogram(registry, "mplus_inject_latency_seconds",
                                    "Inject RPC latency, from admission to durable commit")),
       generate_latency(MakeHistogram(registry, "mplus_generate_latency_seconds",
@@ -60,8 +58,8 @@ ServerMetrics::ServerMetrics(prometheus::Registry& registry, const std::string& 
       tokens_generated(MakeCounter(registry, "mplus_tokens_generated_total", "Tokens generated")),
       ltm_evictions(MakeCounter(registry, "mplus_ltm_evictions_total",
                                 "Long-term memory tokens evicted (recall-frequency rule)")),
-      sessions_resident(MakeGauge(registry, "mplus_sessions", kSessionsHelp,
-                                  {{"state", "resident"}})),
+      sessions_resident(
+          MakeGauge(registry, "mplus_sessions", kSessionsHelp, {{"state", "resident"}})),
       sessions_total(prometheus::BuildGauge()
                          .Name("mplus_sessions")
                          .Help(kSessionsHelp)

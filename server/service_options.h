@@ -13,7 +13,7 @@ struct ServiceOptions {
   std::string data_dir = "./data";
   std::string device = "cpu";
   std::string cuda_plugin;  // empty: search next to the server, then the build tree
-  int cpu_threads = 0;  // 0: one per hardware thread
+  int cpu_threads = 0;      // 0: one per hardware thread
   bool bf16_rope_inv_freq = true;
 
   int engine_workers = 2;
@@ -28,6 +28,7 @@ struct ServiceOptions {
   bool sync_writes = true;
   size_t block_cache_bytes = size_t{256} << 20;
   size_t resident_budget_bytes = size_t{8} << 30;
+  bool prefix_cache = true;
 };
 
 }  // namespace mplus::server

@@ -206,6 +206,22 @@ TEST(PrefixCacheTest, StoredSessionCountsTheCacheAndDropsItOnCommit) {
   }
   EXPECT_TRUE((*store)->ResidentSessions().empty());
   EXPECT_EQ((*store)->Stats().session_spills, 1);
+  store->reset();
+
+  // With the cache switched off (--prefix_cache=false) sessions offer none and stay small.
+  options.prefix_cache = false;
+  store = memstore::MemoryStore::Open(options, model->config(), model->weights());
+  ASSERT_TRUE(store.ok()) << store.status();
+  {
+    auto handle = (*store)->Acquire("s");
+    ASSERT_TRUE(handle.ok()) << handle.status();
+    EXPECT_EQ(handle->memory().prefix_cache(), nullptr);
+    const size_t before = handle->resident().ResidentBytes();
+    PrefillOutput out;
+    ASSERT_TRUE(model->Prefill(handle->memory(), prompt, 0, false, &out).ok());
+    EXPECT_EQ(handle->resident().ResidentBytes(), before);
+  }
+  EXPECT_EQ((*store)->ResidentSessions().size(), 1u);
 }
 
 }  // namespace
