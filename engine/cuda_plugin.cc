@@ -36,7 +36,7 @@ absl::StatusOr<std::shared_ptr<Backend>> CudaPlugin::CreateBackend(int device_or
 }
 
 absl::StatusOr<CudaPluginMemoryStats> CudaPlugin::MemoryStats(const Backend& backend,
-                                                               int device_ordinal) const {
+                                                              int device_ordinal) const {
   CudaPluginMemoryStats stats;
   if (stats_(&backend, device_ordinal, &stats) != 0) {
     return absl::InvalidArgumentError("backend was not created by the CUDA plugin");

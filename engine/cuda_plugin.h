@@ -17,7 +17,7 @@ struct CudaPluginMemoryStats {
   int64_t weights_bytes = 0;
   int64_t workspace_bytes = 0;
   int64_t other_bytes = 0;
-  int64_t device_free_bytes = 0;   // cudaMemGetInfo of the backend's device
+  int64_t device_free_bytes = 0;  // cudaMemGetInfo of the backend's device
   int64_t device_total_bytes = 0;
 };
 

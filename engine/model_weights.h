@@ -16,9 +16,9 @@ inline constexpr int kNumAdapters = 2;
 
 // y = W x, plus (alpha/r) B (A x) for the active adapter when the module is LoRA-wrapped.
 struct LinearWeights {
-  TensorView weight;                  // [out, in]: "<m>.base_layer.weight" or "<m>.weight"
-  TensorView lora_a[kNumAdapters];    // [r, in]; data == nullptr when absent
-  TensorView lora_b[kNumAdapters];    // [out, r]
+  TensorView weight;                // [out, in]: "<m>.base_layer.weight" or "<m>.weight"
+  TensorView lora_a[kNumAdapters];  // [r, in]; data == nullptr when absent
+  TensorView lora_b[kNumAdapters];  // [out, r]
   bool has_lora(Adapter a) const { return lora_a[static_cast<int>(a)].data != nullptr; }
 };
 
@@ -30,7 +30,7 @@ struct ProjectorWeights {
 struct LayerWeights {
   TensorView input_layernorm, post_attention_layernorm;  // [d]
   LinearWeights q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj;
-  ProjectorWeights query_proj, key_proj;                 // M+ only
+  ProjectorWeights query_proj, key_proj;  // M+ only
 };
 
 struct ModelWeights {

@@ -11,9 +11,9 @@
 #include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
+#include "common/flags_help.h"
 #include "engine/checkpoint_writer.h"
 #include "engine/model_config.h"
-#include "common/flags_help.h"
 
 // Size flags default to -1 / "" = "take the preset's value".
 ABSL_FLAG(std::string, out, "", "Output directory (required; created if needed).");

@@ -12,11 +12,11 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "common/flags_help.h"
 #include "engine/model.h"
 #include "engine/status_macros.h"
 #include "memstore/in_memory_session.h"
 #include "nlohmann/json.hpp"
-#include "common/flags_help.h"
 
 ABSL_FLAG(std::string, scenario, "", "scenario JSON file");
 ABSL_FLAG(std::string, out, "", "output safetensors file");

@@ -93,10 +93,10 @@ class ApiErrorsTest : public ::testing::Test {
 ServerProcess* ApiErrorsTest::server_ = nullptr;
 v1::MemoryService::Stub* ApiErrorsTest::stub_ = nullptr;
 
-#define EXPECT_STATUS(call, code, text)                                          \
-  do {                                                                           \
-    grpc::Status s_ = (call);                                                    \
-    EXPECT_EQ(s_.error_code(), code) << s_.error_message();                      \
+#define EXPECT_STATUS(call, code, text)                                             \
+  do {                                                                              \
+    grpc::Status s_ = (call);                                                       \
+    EXPECT_EQ(s_.error_code(), code) << s_.error_message();                         \
     EXPECT_TRUE(absl::StrContains(s_.error_message(), text)) << s_.error_message(); \
   } while (0)
 

@@ -94,8 +94,9 @@ TEST_F(MemoryServiceTest, WholeFlow) {
   EXPECT_EQ(created.stm_tokens(), 32);
 
   v1::InjectResponse injected;
-  grpc::Status s = InjectText("doc-1", "The quick brown fox jumps over the lazy dog. " 
-                                       "Pack my box with five dozen liquor jugs.",
+  grpc::Status s = InjectText("doc-1",
+                              "The quick brown fox jumps over the lazy dog. "
+                              "Pack my box with five dozen liquor jugs.",
                               &injected);
   ASSERT_TRUE(s.ok()) << s.error_message();
   EXPECT_GT(injected.tokens_injected(), 8);
@@ -129,7 +130,8 @@ TEST_F(MemoryServiceTest, WholeFlow) {
   // The metrics after the flow: retrieval histogram with counts, memory gauges by use.
   auto body = HttpGet(server_->metrics_address(), "/metrics");
   ASSERT_TRUE(body.ok()) << body.status();
-  EXPECT_TRUE(absl::StrContains(*body, "mplus_retrieval_latency_seconds_count{scope=\"generate\"} 1"))
+  EXPECT_TRUE(
+      absl::StrContains(*body, "mplus_retrieval_latency_seconds_count{scope=\"generate\"} 1"))
       << *body;
   EXPECT_TRUE(absl::StrContains(*body, "mplus_retrieval_latency_seconds_count{scope=\"layer\"} 3"))
       << *body;
@@ -148,7 +150,8 @@ TEST_F(MemoryServiceTest, SessionsAreIsolated) {
   Create("b");
   const Generated before = GenerateIds("b", kPrompt, 6);
   v1::InjectResponse r;
-  ASSERT_TRUE(InjectText("a", "Only session a hears this sentence about purple elephants.", &r).ok());
+  ASSERT_TRUE(
+      InjectText("a", "Only session a hears this sentence about purple elephants.", &r).ok());
   const Generated b_after = GenerateIds("b", kPrompt, 6);
   const Generated a_after = GenerateIds("a", kPrompt, 6);
   EXPECT_EQ(before.ids, b_after.ids);  // b untouched by a's inject
@@ -259,7 +262,8 @@ TEST_F(MemoryServiceTest, ExportThenImportIntoAnotherServerGeneratesIdentically)
   Create("src");
   v1::InjectResponse r;
   for (int i = 0; i < 7; ++i) {  // enough injects to merge long-term memory
-    ASSERT_TRUE(InjectText("src", absl::StrCat("Fact number ", i, ": the sky was green."), &r).ok());
+    ASSERT_TRUE(
+        InjectText("src", absl::StrCat("Fact number ", i, ": the sky was green."), &r).ok());
   }
   const Generated original = GenerateIds("src", kPrompt, 8);
   std::vector<v1::SessionChunk> chunks;

@@ -65,15 +65,15 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
   channel_args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 50);
   channel_args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 50);
   channel_args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 200);
-  server->channel_ = grpc::CreateCustomChannel(
-      "ipv4:" + server->grpc_address_, grpc::InsecureChannelCredentials(), channel_args);
+  server->channel_ = grpc::CreateCustomChannel("ipv4:" + server->grpc_address_,
+                                               grpc::InsecureChannelCredentials(), channel_args);
   const absl::Time deadline = absl::Now() + ready_timeout;
   while (absl::Now() < deadline) {
     int status = 0;
     if (waitpid(server->pid_, &status, WNOHANG) == server->pid_) {
       server->pid_ = -1;
-      return absl::InternalError(absl::StrCat("mplus-server exited during startup, status ",
-                                              status));
+      return absl::InternalError(
+          absl::StrCat("mplus-server exited during startup, status ", status));
     }
     auto health = HealthCheck(*server->channel_, "");
     if (health.ok() && *health == grpc::health::v1::HealthCheckResponse::SERVING) return server;

@@ -1,5 +1,3 @@
-#include "server/request_scheduler.h"
-
 #include <atomic>
 #include <thread>
 #include <vector>
@@ -7,6 +5,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
+#include "server/request_scheduler.h"
 
 namespace mplus::server {
 namespace {
