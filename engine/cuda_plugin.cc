@@ -2,9 +2,25 @@
 
 #include <dlfcn.h>
 
+#include <filesystem>
+#include <system_error>
+
 #include "absl/strings/str_cat.h"
 
 namespace mplus::engine {
+
+std::string CudaPluginPath(const std::string& flag, const std::string& build_tree_path) {
+  if (!flag.empty()) return flag;
+  std::error_code ec;
+  const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    for (const char* relative : {"libmplus_cuda.so", "../lib/libmplus_cuda.so"}) {
+      const std::filesystem::path candidate = exe.parent_path() / relative;
+      if (std::filesystem::exists(candidate, ec)) return candidate.string();
+    }
+  }
+  return build_tree_path;
+}
 
 absl::StatusOr<std::unique_ptr<CudaPlugin>> CudaPlugin::Load(const std::string& path) {
   void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);

@@ -21,6 +21,11 @@ struct CudaPluginMemoryStats {
   int64_t device_total_bytes = 0;
 };
 
+// The plugin library to load: `flag` when not empty; else libmplus_cuda.so beside the running
+// executable (a GPU bundle from tests/gpu/package.sh), then ../lib/libmplus_cuda.so relative to it
+// (an install); else `build_tree_path`, the plugin of the build tree the executable came from.
+std::string CudaPluginPath(const std::string& flag, const std::string& build_tree_path);
+
 class CudaPlugin {
  public:
   // dlopen()s `path`; FailedPrecondition naming the path and dlerror() when it cannot.

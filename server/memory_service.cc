@@ -53,16 +53,6 @@ void HostMemory(int64_t* total, int64_t* available) {
   }
 }
 
-// --cuda_plugin, else libmplus_cuda.so installed beside the server, else the build tree's.
-std::string CudaPluginPath(const std::string& flag) {
-  if (!flag.empty()) return flag;
-  std::error_code ec;
-  const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
-  const std::filesystem::path installed = exe.parent_path() / "../lib/libmplus_cuda.so";
-  if (!ec && std::filesystem::exists(installed, ec)) return installed.string();
-  return MPLUS_CUDA_PLUGIN_BUILD_PATH;
-}
-
 }  // namespace
 
 MemoryServiceImpl::MemoryServiceImpl(const ServiceOptions& options, ServerMetrics* metrics)
@@ -98,7 +88,8 @@ absl::Status MemoryServiceImpl::Open() {
   engine::ModelOptions model_options;
   model_options.num_threads = options_.cpu_threads;
   if (options_.device == "cuda") {
-    auto plugin = engine::CudaPlugin::Load(CudaPluginPath(options_.cuda_plugin));
+    auto plugin = engine::CudaPlugin::Load(
+        engine::CudaPluginPath(options_.cuda_plugin, MPLUS_CUDA_PLUGIN_BUILD_PATH));
     if (!plugin.ok()) return plugin.status();
     cuda_plugin_ = std::move(*plugin);
     auto backend = cuda_plugin_->CreateBackend(/*device_ordinal=*/0);

@@ -13,6 +13,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "common/flags_help.h"
+#include "engine/cuda_plugin.h"
 #include "engine/model.h"
 #include "engine/status_macros.h"
 #include "memstore/in_memory_session.h"
@@ -23,6 +24,16 @@ ABSL_FLAG(std::string, out, "", "output safetensors file");
 ABSL_FLAG(int, threads, 0, "CPU threads (0: all)");
 ABSL_FLAG(bool, bf16_rope_inv_freq, true,
           "bf16 checkpoints: round RoPE inv_freq to bf16 like the official recipe");
+ABSL_FLAG(std::string, device, "cpu",
+          "Compute device: cpu, or cuda (GPU 0, through the CUDA backend plugin libmplus_cuda.so)");
+ABSL_FLAG(std::string, cuda_plugin, "",
+          "Path of libmplus_cuda.so for --device=cuda; empty: next to mplus-probe, then "
+          "../lib/libmplus_cuda.so, then the build tree's");
+
+// The build tree's plugin (set by tests/golden/golden.cmake), the last place --device=cuda looks.
+#ifndef MPLUS_CUDA_PLUGIN_BUILD_PATH
+#define MPLUS_CUDA_PLUGIN_BUILD_PATH "libmplus_cuda.so"
+#endif
 
 namespace mplus {
 namespace {
@@ -120,6 +131,13 @@ absl::Status Run(const std::string& scenario_path, const std::string& out_path) 
   engine::ModelOptions options;
   options.num_threads = absl::GetFlag(FLAGS_threads);
   options.bf16_rope_inv_freq = absl::GetFlag(FLAGS_bf16_rope_inv_freq);
+  std::unique_ptr<engine::CudaPlugin> plugin;  // declared first: outlives the model's backend
+  if (absl::GetFlag(FLAGS_device) == "cuda") {
+    MPLUS_ASSIGN_OR_RETURN(
+        plugin, engine::CudaPlugin::Load(engine::CudaPluginPath(absl::GetFlag(FLAGS_cuda_plugin),
+                                                                MPLUS_CUDA_PLUGIN_BUILD_PATH)));
+    MPLUS_ASSIGN_OR_RETURN(options.backend, plugin->CreateBackend(/*device_ordinal=*/0));
+  }
   MPLUS_ASSIGN_OR_RETURN(std::unique_ptr<engine::Model> model,
                          engine::Model::Load(dir.string(), options));
   MPLUS_ASSIGN_OR_RETURN(std::unique_ptr<memstore::InMemorySession> session,
@@ -187,13 +205,18 @@ absl::Status Run(const std::string& scenario_path, const std::string& out_path) 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Runs an M+ scenario and writes its intermediates.\n"
-      "Usage: mplus-probe --scenario FILE.json --out FILE.safetensors");
+      "Usage: mplus-probe --scenario FILE.json --out FILE.safetensors [--device cpu|cuda]");
   mplus::ShowFlagsOfFileInHelp(__FILE__);
   absl::ParseCommandLine(argc, argv);
   const std::string scenario = absl::GetFlag(FLAGS_scenario);
   const std::string out = absl::GetFlag(FLAGS_out);
   if (scenario.empty() || out.empty()) {
     std::fprintf(stderr, "mplus-probe: --scenario and --out are required\n");
+    return 2;
+  }
+  const std::string device = absl::GetFlag(FLAGS_device);
+  if (device != "cpu" && device != "cuda") {
+    std::fprintf(stderr, "mplus-probe: --device must be cpu or cuda, not \"%s\"\n", device.c_str());
     return 2;
   }
   const absl::Status status = mplus::Run(scenario, out);

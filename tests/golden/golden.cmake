@@ -1,14 +1,25 @@
 # Goldens from the official M+ code: for each fixture and scenario, mplus-probe runs the scenario
 # and mplus-compare-golden checks every golden tensor (tests/fixtures/tiny-mplus/README.md).
+# tests/gpu/run.sh runs the same goldens on the CUDA backend, with the same tolerances.
 add_executable(mplus-compare-golden ${CMAKE_CURRENT_LIST_DIR}/compare_golden.cc)
 target_link_libraries(mplus-compare-golden PRIVATE mplus_engine mplus_warnings)
 
-foreach(fixture tiny-mplus tiny-mplus-bf16)
-  if(fixture STREQUAL "tiny-mplus")
-    set(tolerance 1e-4)
-  else()
-    set(tolerance 2e-2)
-  endif()
+# The last place mplus-probe --device=cuda looks for the plugin (engine::CudaPluginPath).
+if(TARGET mplus_cuda_plugin)
+  add_dependencies(mplus-probe mplus_cuda_plugin)
+  set(probe_plugin_path "$<TARGET_FILE:mplus_cuda_plugin>")
+else()
+  set(probe_plugin_path "${CMAKE_INSTALL_PREFIX}/lib/libmplus_cuda.so")
+endif()
+target_compile_definitions(mplus-probe PRIVATE
+  MPLUS_CUDA_PLUGIN_BUILD_PATH="${probe_plugin_path}")
+
+file(STRINGS ${CMAKE_CURRENT_LIST_DIR}/tolerances.txt golden_tolerances REGEX "^[^#]")
+foreach(line ${golden_tolerances})
+  separate_arguments(fields UNIX_COMMAND "${line}")
+  list(GET fields 0 fixture)
+  list(GET fields 1 tolerance)
+  set(tolerance_${fixture} ${tolerance})
   foreach(n 1 2 3 4)
     set(name golden.${fixture}.scenario-${n})
     add_test(NAME ${name}
@@ -23,3 +34,17 @@ foreach(fixture tiny-mplus tiny-mplus-bf16)
     set_tests_properties(${name} PROPERTIES LABELS golden TIMEOUT 300)
   endforeach()
 endforeach()
+
+# mplus-probe's --device handling: a bad value is refused; on a machine without a GPU (CI)
+# --device=cuda fails with CUDA's error, not a crash; with a GPU it must match the golden.
+add_test(NAME golden.probe-device
+  COMMAND ${CMAKE_COMMAND}
+    -DPROBE=$<TARGET_FILE:mplus-probe>
+    -DCOMPARE=$<TARGET_FILE:mplus-compare-golden>
+    -DHAVE_PLUGIN=$<TARGET_EXISTS:mplus_cuda_plugin>
+    -DSCENARIO=${MPLUS_FIXTURES_DIR}/tiny-mplus/scenario-1.json
+    -DGOLDEN=${MPLUS_FIXTURES_DIR}/tiny-mplus/golden-1.safetensors
+    -DOUT=${CMAKE_CURRENT_BINARY_DIR}/golden/probe-device.safetensors
+    -DTOLERANCE=${tolerance_tiny-mplus}
+    -P ${CMAKE_CURRENT_LIST_DIR}/probe_device.cmake)
+set_tests_properties(golden.probe-device PROPERTIES LABELS golden TIMEOUT 120)
