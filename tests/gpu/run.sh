@@ -1,21 +1,28 @@
 #!/usr/bin/env bash
-# Runs the GPU checks and prints the timing table on a machine with an NVIDIA GPU.
-#   tests/gpu/run.sh [DIR (default: build/tests/gpu)]
-# DIR holds the prebuilt binaries; when DIR/lib exists (a bundle from tests/gpu/package.sh) the
-# libraries in it are used. Needs the CUDA 13 runtime + cuBLAS (from /usr/local/cuda or
-# CUDA_HOME) and a driver that supports CUDA 13. Exits non-zero when any check fails.
+# Runs the goldens on the CUDA backend (and on the CPU as a control), then the GPU checks and the
+# timing table, on a machine with an NVIDIA GPU.
+#   tests/gpu/run.sh [BUNDLE (default: build/gpu-bundle)] [gtest flags for mplus_gpu_check...]
+# BUNDLE comes from tests/gpu/package.sh (`ninja mplus_gpu_bundle`); the libraries in BUNDLE/lib
+# are used. Needs the CUDA 13 runtime + cuBLAS (from /usr/local/cuda, CUDA_HOME or a Python wheel)
+# and a driver that supports CUDA 13. Prints one PASS/FAIL line per golden and device; runs
+# everything even after a failure; exits non-zero when anything failed. Bounded by 420 s in all.
 set -uo pipefail
 
-dir=${1:-build/tests/gpu}
+dir=${1:-build/gpu-bundle}
+deadline=$((SECONDS + 420))
 bin="$dir/mplus_gpu_check"
-if [[ ! -x $bin ]]; then
-  echo "run.sh: $bin not found (build mplus_gpu_check, or pass the bundle from package.sh)" >&2
-  exit 2
-fi
+probe="$dir/mplus-probe"
+compare="$dir/mplus-compare-golden"
+plugin="$dir/libmplus_cuda.so"
+for f in "$bin" "$probe" "$compare" "$plugin" "$dir/golden-tolerances.txt"; do
+  if [[ ! -f $f ]]; then
+    echo "run.sh: $f not found (pass the bundle from tests/gpu/package.sh)" >&2
+    exit 2
+  fi
+done
 
 cuda_home=${CUDA_HOME:-/usr/local/cuda}
-libpath="$cuda_home/lib64:$cuda_home/lib"
-[[ -d $dir/lib ]] && libpath="$dir/lib:$libpath"
+libpath="$dir/lib:$cuda_home/lib64:$cuda_home/lib"
 # The machine may carry CUDA 13's cuBLAS in a Python wheel rather than the toolkit.
 if command -v python3 >/dev/null; then
   wheel_libs=$(python3 - <<'PY' 2>/dev/null
@@ -30,21 +37,87 @@ PY
   [[ -n $wheel_libs ]] && libpath="$libpath:$wheel_libs"
 fi
 export LD_LIBRARY_PATH="$libpath${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-# Our libstdc++ only when the system's is too old for the binary.
-if [[ -d $dir/lib/compat ]] && ldd "$bin" 2>&1 | grep -q "version .GLIBCXX\|version .CXXABI"; then
+objects=("$bin" "$probe" "$compare" "$plugin")
+# Our libstdc++ only when the system's is too old for the binaries.
+if [[ -d $dir/lib/compat ]] &&
+  ldd "${objects[@]}" 2>&1 | grep -q "version .GLIBCXX\|version .CXXABI"; then
   export LD_LIBRARY_PATH="$dir/lib/compat:$LD_LIBRARY_PATH"
 fi
-if ldd "$bin" | grep -q "not found"; then
+failed=0
+# Missing libraries are reported, and what can still run runs (the CPU control needs no CUDA).
+if ldd "${objects[@]}" | grep -q "not found"; then
   echo "run.sh: missing shared libraries:" >&2
-  ldd "$bin" | grep "not found" >&2
-  exit 2
+  ldd "${objects[@]}" | grep "^/\|not found" >&2
+  failed=1
 fi
 
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total \
   --format=csv,noheader
-# Checks then the timing table; the whole run is bounded well under 8 minutes.
-timeout --signal=KILL 420 "$bin" --gtest_color=no "${@:2}"
-rc=$?
-if ((rc == 137)); then echo "run.sh: timed out after 420 s" >&2; fi
+
+# Seconds a step may take: at most $1, and not past the deadline (but at least 1: timeout 0 would
+# mean no limit).
+budget() {
+  local left=$((deadline - SECONDS))
+  ((left < 1)) && left=1
+  ((left < $1)) && echo "$left" || echo "$1"
+}
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+# Every golden of every fixture in golden-tolerances.txt on device $1: mplus-probe writes the
+# intermediates, mplus-compare-golden checks them with the fixture's tolerance (as ctest does).
+run_goldens() {
+  local device=$1 passed=0 total=0 fixture tolerance scenario n out log rc
+  local -a args=(--device="$device")
+  [[ $device == cuda ]] && args+=(--cuda_plugin="$plugin")
+  while read -r fixture tolerance; do
+    [[ -z $fixture || $fixture == \#* ]] && continue
+    for scenario in "$dir/fixtures/$fixture"/scenario-*.json; do
+      n=${scenario##*/scenario-}
+      n=${n%.json}
+      out="$work/$device-$fixture-$n.safetensors"
+      log="$work/$device-$fixture-$n.log"
+      total=$((total + 1))
+      if ((SECONDS >= deadline)); then
+        echo "FAIL golden $device $fixture scenario-$n: no time left"
+        continue
+      fi
+      timeout --signal=KILL "$(budget 60)" "$probe" "${args[@]}" --scenario "$scenario" \
+        --out "$out" >"$log" 2>&1
+      rc=$?
+      if ((rc == 0)); then
+        timeout --signal=KILL "$(budget 60)" "$compare" "$out" \
+          "$dir/fixtures/$fixture/golden-$n.safetensors" "$tolerance" >"$log" 2>&1
+        rc=$?
+      fi
+      if ((rc == 0)); then
+        passed=$((passed + 1))
+        echo "PASS golden $device $fixture scenario-$n (tolerance $tolerance)"
+      else
+        ((rc == 137)) && echo "killed: out of time or memory" >>"$log"
+        echo "FAIL golden $device $fixture scenario-$n (tolerance $tolerance): exit $rc"
+        grep -v "^ok " "$log" | sed 's/^/    /'
+      fi
+    done
+  done <"$dir/golden-tolerances.txt"
+  echo "run.sh: goldens on $device: $passed of $total passed"
+  ((passed == total))
+}
+
+run_goldens cuda || failed=1
+run_goldens cpu || failed=1
+
+# Checks then the timing table, in what is left of the 420 s.
+left=$((deadline - SECONDS))
+if ((left > 0)); then
+  timeout --signal=KILL "$left" "$bin" --gtest_color=no "${@:2}"
+  rc=$?
+  if ((rc == 137)); then echo "run.sh: mplus_gpu_check killed after $left s" >&2; fi
+else
+  echo "run.sh: no time left for mplus_gpu_check" >&2
+  rc=124
+fi
+echo "run.sh: mplus_gpu_check exit status $rc"
+((rc == 0)) && rc=$failed
 echo "run.sh: exit status $rc"
 exit $rc
