@@ -99,7 +99,8 @@ Setup& Get() {
 
 void Fetch(benchmark::State& state, MemoryStore& store, std::vector<float>& out) {
   auto h = store.Acquire("bench");
-  if (!h.ok() || !h->memory().RetrieveLongTerm(0, Get().queries.data(), 64, out.data()).ok()) {
+  engine::RetrievalQueries queries(Get().queries.data(), 64, kKeyDim);
+  if (!h.ok() || !h->memory().RetrieveLongTerm(0, queries, out.data()).ok()) {
     state.SkipWithError("retrieve failed");
   }
 }

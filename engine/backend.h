@@ -88,6 +88,15 @@ class Tensor {
   std::shared_ptr<void> storage_;
 };
 
+// Long-term retrieval keys of one layer held by a backend that scores them itself (in GPU memory
+// for CUDA). Made by Backend::NewRetrievalKeys; owned by the session whose keys they mirror.
+class RetrievalKeys {
+ public:
+  virtual ~RetrievalKeys() = default;
+  virtual int64_t size() const = 0;  // rows
+  virtual size_t bytes() const = 0;  // device bytes held
+};
+
 // All ops take 2-D views ([rows, cols]); "out" tensors are float32 and preallocated by the
 // caller. Unless an op says otherwise, out must not alias an input. Ops may run asynchronously;
 // CopyToHost and Synchronize wait. Errors (shape/dtype/device mismatches) are InvalidArgument.
@@ -143,6 +152,27 @@ class Backend {
   // out[i, :] = table[ids[i], :] widened to float32; ids must be in range (checked).
   virtual absl::Status Embedding(const Tensor& table, absl::Span<const int32_t> ids,
                                  const Tensor& out) = 0;
+
+  // --- Long-term retrieval on the backend (optional) --------------------------------------
+  // Keys of `key_dim` floats stored as `dtype` (kF32 or kBF16), or null when this backend scores
+  // on the host's keys (the CPU: they are already in its memory).
+  virtual absl::StatusOr<std::unique_ptr<RetrievalKeys>> NewRetrievalKeys(int64_t key_dim,
+                                                                          DType dtype) {
+    return std::unique_ptr<RetrievalKeys>();
+  }
+  // Makes `keys` equal to the host rows [0, rows) of `host_keys` ([rows, key_dim] float32),
+  // given that its rows [0, unchanged_rows) already are: only the rest is copied.
+  virtual absl::Status SyncRetrievalKeys(RetrievalKeys& keys, const float* host_keys, int64_t rows,
+                                         int64_t unchanged_rows) {
+    return absl::UnimplementedError(name() + " keeps no retrieval keys");
+  }
+  // Indices, ascending, of the k keys with the best mean over `queries` ([nq, key_dim] float32
+  // on this backend) of sigmoid(query · key); all of them when k >= size. Ties go to the lower
+  // index and NaN ranks last, as memstore/retrieval_scorer.h.
+  virtual absl::StatusOr<std::vector<int64_t>> TopRetrievalKeys(const RetrievalKeys& keys,
+                                                                const Tensor& queries, int64_t k) {
+    return absl::UnimplementedError(name() + " keeps no retrieval keys");
+  }
 };
 
 }  // namespace mplus::engine

@@ -275,9 +275,8 @@ absl::StatusOr<std::unique_ptr<DecodeState>> Model::Prefill(SessionMemory& mem,
       MPLUS_ASSIGN_OR_RETURN(Tensor normed, Alloc(b, t, d));
       MPLUS_RETURN_IF_ERROR(b.RmsNorm(h, layers_[l].input_layernorm, dims_.rms_eps, normed));
       MPLUS_ASSIGN_OR_RETURN(Tensor queries, Project(b, normed, layers_[l].query_proj));
-      std::vector<float> host_queries(static_cast<size_t>(queries.numel()));
-      MPLUS_RETURN_IF_ERROR(b.CopyToHost(queries, host_queries.data()));
-      MPLUS_RETURN_IF_ERROR(mem.RetrieveLongTerm(l, host_queries.data(), t, retrieved.data()));
+      RetrievalQueries layer_queries(b, std::move(queries));
+      MPLUS_RETURN_IF_ERROR(mem.RetrieveLongTerm(l, layer_queries, retrieved.data()));
       MPLUS_RETURN_IF_ERROR(
           b.CopyFromHost(retrieved.data(), DType::kF32, seq.Rows(seq_ltm, seq_ltm + k_ltm)));
       if (want_retrieved) out->retrieved[l] = retrieved;

@@ -9,6 +9,10 @@ size_t PrefixCache::bytes() const {
   return total;
 }
 
+size_t PrefixCache::bytes(Device device) const {
+  return !keys_.empty() && keys_.front().device() == device ? bytes() : 0;
+}
+
 void PrefixCache::Clear() {
   model_id_ = 0;
   keys_.clear();

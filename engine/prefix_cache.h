@@ -17,8 +17,9 @@ namespace mplus::engine {
 
 class PrefixCache {
  public:
-  // Device bytes held (0 when empty).
+  // Bytes held (0 when empty), and of those the ones on `device`.
   size_t bytes() const;
+  size_t bytes(Device device) const;
   bool empty() const { return keys_.empty(); }
   // Frees the tensors; the next prefill refills the cache.
   void Clear();

@@ -4,13 +4,44 @@
 #define MPLUS_ENGINE_SESSION_MEMORY_H_
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "engine/backend.h"
 #include "engine/prefix_cache.h"
 #include "engine/safetensors.h"
 
 namespace mplus::engine {
+
+// One layer's retrieval queries, float32 [count, key_dim]: either on a backend (the model's,
+// from a generate forward), with a host copy made on first use, or host-only (tools, tests).
+class RetrievalQueries {
+ public:
+  RetrievalQueries(Backend& backend, Tensor device)
+      : backend_(&backend),
+        device_(std::move(device)),
+        count_(device_.rows()),
+        key_dim_(device_.cols()) {}
+  RetrievalQueries(const float* host, int64_t count, int64_t key_dim)
+      : host_(host), count_(count), key_dim_(key_dim) {}
+
+  int64_t count() const { return count_; }
+  int64_t key_dim() const { return key_dim_; }
+  // The backend holding device(); null for host-only queries.
+  Backend* backend() const { return backend_; }
+  const Tensor& device() const { return device_; }
+  // The queries in host memory (copied from the backend once).
+  absl::StatusOr<const float*> host();
+
+ private:
+  Backend* backend_ = nullptr;
+  Tensor device_;
+  const float* host_ = nullptr;
+  std::vector<float> host_copy_;
+  int64_t count_ = 0, key_dim_ = 0;
+};
 
 class SessionMemory {
  public:
@@ -22,9 +53,8 @@ class SessionMemory {
 
   // M+ only: writes layer `layer`'s K_ltm retrieved long-term tokens, float32 [K_ltm, hidden],
   // in prefix order (oldest first), chosen by the mean sigmoid score of `queries`
-  // ([num_queries, selector_hidden_dim], float32) as MPLUS-DETAILS.md "Retrieval" says.
-  virtual absl::Status RetrieveLongTerm(int layer, const float* queries, int64_t num_queries,
-                                        float* out) = 0;
+  // ([num_queries, selector_hidden_dim]) as MPLUS-DETAILS.md "Retrieval" says.
+  virtual absl::Status RetrieveLongTerm(int layer, RetrievalQueries& queries, float* out) = 0;
 
   // The session's cache of prefix keys and values (prefix_cache.h), or null for none. A session
   // that returns one must clear it whenever its short-term memory changes.

@@ -51,8 +51,8 @@ void FromFloats(const float* src, int64_t n, DType dtype, uint8_t* dst) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<InMemorySession>> InMemorySession::Create(
-    const engine::Model& model) {
+absl::StatusOr<std::unique_ptr<InMemorySession>> InMemorySession::Create(const engine::Model& model,
+                                                                         LongTermMode mode) {
   const engine::ModelConfig& c = model.config();
   if (!c.has_memory()) {
     return absl::FailedPreconditionError("session memory needs a MemoryLLM or M+ checkpoint");
@@ -75,6 +75,7 @@ absl::StatusOr<std::unique_ptr<InMemorySession>> InMemorySession::Create(
 
   const LongTermParams params = LongTermParamsFor(c);
   s->ltm_ = std::make_unique<LongTermMemory>(params, s->num_layers_);
+  s->retriever_ = std::make_unique<LongTermRetriever>(mode, s->dtype_);
   std::vector<float> key(static_cast<size_t>(params.key_dim));
   std::vector<float> row(static_cast<size_t>(s->d_));
   for (int l = 0; l < s->num_layers_; ++l) {
@@ -106,13 +107,12 @@ engine::TensorView InMemorySession::ShortTerm(int layer) const {
   return v;
 }
 
-absl::Status InMemorySession::RetrieveLongTerm(int layer, const float* queries, int64_t num_queries,
+absl::Status InMemorySession::RetrieveLongTerm(int layer, engine::RetrievalQueries& queries,
                                                float* out) {
   if (ltm_ == nullptr) return absl::FailedPreconditionError("no long-term memory");
-  if (layer < 0 || layer >= num_layers_ || num_queries <= 0) {
-    return absl::InvalidArgumentError("RetrieveLongTerm: bad layer or no queries");
-  }
-  const std::vector<int64_t> chosen = ltm_->Select(layer, queries, num_queries);
+  absl::StatusOr<std::vector<int64_t>> selected = retriever_->Select(*ltm_, layer, queries);
+  if (!selected.ok()) return selected.status();
+  const std::vector<int64_t>& chosen = *selected;
   if (static_cast<int64_t>(chosen.size()) != ltm_->params().retrieved_tokens) {
     return absl::FailedPreconditionError(
         absl::StrCat("layer ", layer, " has no merged long-term entries to retrieve"));

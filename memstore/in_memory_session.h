@@ -13,6 +13,7 @@
 #include "engine/model.h"
 #include "engine/session_memory.h"
 #include "memstore/long_term_index.h"
+#include "memstore/long_term_retriever.h"
 
 namespace mplus::memstore {
 
@@ -20,12 +21,13 @@ class InMemorySession : public engine::SessionMemory {
  public:
   // STM = a copy of the checkpoint memory (ages 0); LTM = the checkpoint's long-term entries
   // (ages truncated to integers, stored recall frequencies), all merged.
-  static absl::StatusOr<std::unique_ptr<InMemorySession>> Create(const engine::Model& model);
+  // `mode`: where retrieval scores the long-term keys (long_term_retriever.h).
+  static absl::StatusOr<std::unique_ptr<InMemorySession>> Create(
+      const engine::Model& model, LongTermMode mode = LongTermMode::kResident);
 
   // Stored in the checkpoint dtype.
   engine::TensorView ShortTerm(int layer) const override;
-  absl::Status RetrieveLongTerm(int layer, const float* queries, int64_t num_queries,
-                                float* out) override;
+  absl::Status RetrieveLongTerm(int layer, engine::RetrievalQueries& queries, float* out) override;
   // Cleared by every ApplyInject that passes validation.
   engine::PrefixCache* prefix_cache() override { return &prefix_cache_; }
 
@@ -37,6 +39,8 @@ class InMemorySession : public engine::SessionMemory {
   // Merged + pending long-term entries of `layer` (0 without long-term memory).
   int64_t ltm_count(int layer) const;
   const LongTermMemory* long_term() const { return ltm_.get(); }
+  // Device bytes of the long-term keys mirrored on the model's backend (resident mode, GPU).
+  size_t retrieval_key_bytes() const { return retriever_ ? retriever_->device_bytes() : 0; }
   int64_t stm_age(int layer, int64_t slot) const { return stm_ages_[layer][slot]; }
 
  private:
@@ -48,6 +52,7 @@ class InMemorySession : public engine::SessionMemory {
   std::vector<std::vector<uint8_t>> stm_;       // [L][N * d] in dtype_
   std::vector<std::vector<int64_t>> stm_ages_;  // [L][N]
   std::unique_ptr<LongTermMemory> ltm_;
+  std::unique_ptr<LongTermRetriever> retriever_;                 // with ltm_
   absl::flat_hash_map<uint64_t, std::vector<uint8_t>> vectors_;  // token id -> [d] in dtype_
   uint64_t next_token_id_ = 1;
   engine::PrefixCache prefix_cache_;

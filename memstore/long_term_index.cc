@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <numeric>
 
+#include "absl/strings/str_cat.h"
 #include "memstore/retrieval_scorer.h"
 
 namespace mplus::memstore {
@@ -21,6 +22,7 @@ LongTermParams LongTermParamsFor(const engine::ModelConfig& config) {
 void LongTermLayer::AddMerged(uint64_t token_id, absl::Span<const float> key, int64_t age,
                               double recall_frequency) {
   // Merged entries precede pending ones in storage order.
+  keys_unchanged_rows_ = std::min(keys_unchanged_rows_, merged_count_);
   entries_.insert(entries_.begin() + merged_count_, LongTermEntry{token_id, age, recall_frequency});
   keys_.insert(keys_.begin() + merged_count_ * key_dim_, key.begin(), key.end());
   ++merged_count_;
@@ -77,6 +79,9 @@ std::vector<std::vector<uint64_t>> LongTermMemory::ApplyInject(
         std::copy_n(layer.keys_.begin() + i * p, p, layer.keys_.begin() + out * p);
         ++out;
       } else {
+        if (evicted[l].empty()) {
+          layer.keys_unchanged_rows_ = std::min(layer.keys_unchanged_rows_, i);
+        }
         evicted[l].push_back(e.token_id);
       }
     }
@@ -90,6 +95,17 @@ std::vector<std::vector<uint64_t>> LongTermMemory::ApplyInject(
 std::vector<int64_t> LongTermMemory::Select(int l, const float* queries,
                                             int64_t num_queries) const {
   const LongTermLayer& layer = layers_[l];
+  // Host scoring cannot fail.
+  return *Select(l, [&](int64_t k) -> absl::StatusOr<std::vector<int64_t>> {
+    std::vector<float> scores(static_cast<size_t>(layer.size()));
+    MeanSigmoidScores(queries, num_queries, layer.keys().data(), layer.size(), layer.key_dim(),
+                      scores.data());
+    return TopK(scores.data(), layer.size(), k);
+  });
+}
+
+absl::StatusOr<std::vector<int64_t>> LongTermMemory::Select(int l, const TopKFn& top_k) const {
+  const LongTermLayer& layer = layers_[l];
   const int64_t want = params_.retrieved_tokens;
   const int64_t merged = layer.merged_count();
   std::vector<int64_t> chosen;
@@ -99,10 +115,19 @@ std::vector<int64_t> LongTermMemory::Select(int l, const float* queries,
     const int64_t reps = (want + merged - 1) / merged;
     for (int64_t i = reps * merged - want; i < reps * merged; ++i) chosen.push_back(i % merged);
   } else {
-    std::vector<float> scores(static_cast<size_t>(layer.size()));
-    MeanSigmoidScores(queries, num_queries, layer.keys().data(), layer.size(), layer.key_dim(),
-                      scores.data());
-    chosen = TopK(scores.data(), layer.size(), want);
+    absl::StatusOr<std::vector<int64_t>> best = top_k(want);
+    if (!best.ok()) return best.status();
+    chosen = std::move(*best);
+    if (static_cast<int64_t>(chosen.size()) != want) {
+      return absl::InternalError(
+          absl::StrCat("retrieval scoring returned ", chosen.size(), " entries, expected ", want));
+    }
+    for (int64_t i : chosen) {
+      if (i < 0 || i >= layer.size()) {
+        return absl::InternalError(
+            absl::StrCat("retrieval scoring returned entry ", i, " of ", layer.size()));
+      }
+    }
   }
   // Oldest first; among equal ages the later list position first (upstream's
   // np.argsort(ages)[::-1] with a stable sort).

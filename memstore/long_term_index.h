@@ -5,9 +5,12 @@
 #ifndef MPLUS_MEMSTORE_LONG_TERM_INDEX_H_
 #define MPLUS_MEMSTORE_LONG_TERM_INDEX_H_
 
+#include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "engine/model_config.h"
 
@@ -50,6 +53,11 @@ class LongTermLayer {
   int64_t size() const { return static_cast<int64_t>(entries_.size()); }
   const std::vector<LongTermEntry>& entries() const { return entries_; }  // merged, then pending
   const std::vector<float>& keys() const { return keys_; }                // [size * key_dim]
+  // Leading rows of keys() unchanged since the last MarkKeysSynced() (appending changes none),
+  // so that a copy of the keys elsewhere (a GPU) is refreshed by copying only the rest.
+  // One such copy per layer: the watermark is the layer's.
+  int64_t keys_unchanged_rows() const { return std::min(keys_unchanged_rows_, size()); }
+  void MarkKeysSynced() { keys_unchanged_rows_ = size(); }
 
   // Appends a merged entry (checkpoint LTM, or restoring persisted state).
   void AddMerged(uint64_t token_id, absl::Span<const float> key, int64_t age,
@@ -62,6 +70,7 @@ class LongTermLayer {
   friend class LongTermMemory;
   int64_t key_dim_;
   int64_t merged_count_ = 0;
+  int64_t keys_unchanged_rows_ = 0;
   std::vector<LongTermEntry> entries_;
   std::vector<float> keys_;
 };
@@ -84,9 +93,15 @@ class LongTermMemory {
   // eviction removed (their vectors may be deleted).
   std::vector<std::vector<uint64_t>> ApplyInject(const std::vector<DroppedTokens>& per_layer);
 
+  // Indices (ascending) of the k best-scoring entries of a layer, all of entries() scored.
+  using TopKFn = std::function<absl::StatusOr<std::vector<int64_t>>(int64_t k)>;
+
   // Retrieval for layer `l`: the K_ltm chosen entries' indices into entries(), in prefix order
   // (oldest first, ties: later storage position first); wrap-around when fewer than K_ltm
-  // merged entries. Scores are float32-or-better mean sigmoid over `queries` [num_queries, p].
+  // merged entries, otherwise the best by `top_k` (called only then).
+  absl::StatusOr<std::vector<int64_t>> Select(int l, const TopKFn& top_k) const;
+  // The same, scored on the host keys: float32-or-better mean sigmoid over `queries`
+  // [num_queries, p].
   std::vector<int64_t> Select(int l, const float* queries, int64_t num_queries) const;
 
  private:

@@ -17,8 +17,8 @@ struct SessionHandle::Slot {
   absl::Mutex mu;  // held by the SessionHandle: one operation at a time per session
   // Accessed under `mu` while pinned; the store drops it under its own mutex only when unpinned.
   std::unique_ptr<ResidentSession> state;
-  int pins = 0;      // store mutex
-  size_t bytes = 0;  // store mutex: what `state` counted at last release
+  int pins = 0;                        // store mutex
+  size_t bytes = 0, device_bytes = 0;  // store mutex: what `state` held at last release
   bool in_lru = false;
   std::list<Slot*>::iterator lru_it;
 };
@@ -77,9 +77,9 @@ SessionHandle::SessionHandle(SessionHandle&& other) noexcept
 
 SessionHandle::~SessionHandle() {
   if (!slot_) return;
-  const size_t bytes = slot_->state ? slot_->state->ResidentBytes() : 0;
+  const MemoryStore::Footprint footprint = MemoryStore::FootprintOf(*slot_);
   slot_->mu.Unlock();
-  store_->Unpin(slot_, bytes);
+  store_->Unpin(slot_, footprint);
 }
 
 engine::SessionMemory& SessionHandle::memory() { return *slot_->state; }
@@ -162,6 +162,7 @@ absl::Status MemoryStore::OpenDb(const StoreOptions& options) {
   handles_.write_options.sync = options.sync_writes;
   handles_.base = base_.get();
   handles_.prefix_cache = options.prefix_cache;
+  handles_.ltm_mode = options.ltm_mode;
 
   std::string v;
   rs = db->Get(rocksdb::ReadOptions(), cf_[kDefaultCf], MetaKey(), &v);
@@ -341,12 +342,19 @@ std::shared_ptr<SessionHandle::Slot> MemoryStore::Pin(std::string_view id) {
   return slot;
 }
 
-void MemoryStore::Unpin(const std::shared_ptr<Slot>& slot, size_t bytes) {
+MemoryStore::Footprint MemoryStore::FootprintOf(const Slot& slot) {
+  if (!slot.state) return {};
+  return {slot.state->ResidentBytes(), slot.state->DeviceBytes()};
+}
+
+void MemoryStore::Unpin(const std::shared_ptr<Slot>& slot, Footprint footprint) {
   absl::MutexLock lock(&mu_);
-  resident_bytes_ = resident_bytes_ - slot->bytes + bytes;
-  slot->bytes = bytes;
+  resident_bytes_ = resident_bytes_ - slot->bytes + footprint.host;
+  resident_device_bytes_ = resident_device_bytes_ - slot->device_bytes + footprint.device;
+  slot->bytes = footprint.host;
+  slot->device_bytes = footprint.device;
   --slot->pins;
-  if (bytes == 0 && slot->in_lru) {
+  if (footprint.host == 0 && slot->in_lru) {
     lru_.erase(slot->lru_it);
     slot->in_lru = false;
   }
@@ -364,21 +372,27 @@ std::shared_ptr<SessionHandle::Slot> MemoryStore::PinAndLock(std::string_view id
 }
 
 void MemoryStore::UnlockAndUnpin(const std::shared_ptr<Slot>& slot) {
-  const size_t bytes = slot->state ? slot->state->ResidentBytes() : 0;
+  const Footprint footprint = FootprintOf(*slot);
   slot->mu.Unlock();
-  Unpin(slot, bytes);
+  Unpin(slot, footprint);
 }
 
 void MemoryStore::EnforceBudget() {
   // Spill least-recently-used unpinned sessions; their rows are already durable.
-  for (auto it = lru_.end();
-       resident_bytes_ > options_.resident_budget_bytes && it != lru_.begin();) {
+  auto over_budget = [&] {
+    return resident_bytes_ > options_.resident_budget_bytes ||
+           (options_.device_budget_bytes > 0 &&
+            resident_device_bytes_ > options_.device_budget_bytes);
+  };
+  for (auto it = lru_.end(); over_budget() && it != lru_.begin();) {
     --it;
     Slot* victim = *it;
     if (victim->pins > 0) continue;
     victim->state.reset();
     resident_bytes_ -= victim->bytes;
+    resident_device_bytes_ -= victim->device_bytes;
     victim->bytes = 0;
+    victim->device_bytes = 0;
     victim->in_lru = false;
     ++spills_;
     it = lru_.erase(it);
@@ -392,7 +406,7 @@ absl::StatusOr<SessionHandle> MemoryStore::Acquire(std::string_view id) {
   auto fail = [&](absl::Status s) -> absl::Status {
     slot->state.reset();
     slot->mu.Unlock();
-    Unpin(slot, 0);
+    Unpin(slot, {});
     return s;
   };
   if (!slot->state) {
@@ -437,7 +451,7 @@ absl::Status MemoryStore::DeleteSession(std::string_view id) {
   }
   slot->state.reset();
   slot->mu.Unlock();
-  Unpin(slot, 0);
+  Unpin(slot, {});
   return s;
 }
 
@@ -465,6 +479,7 @@ StoreStats MemoryStore::Stats() {
   st.total_sessions = total_sessions_;
   st.resident_sessions = static_cast<int64_t>(lru_.size());
   st.resident_bytes = resident_bytes_;
+  st.resident_device_bytes = resident_device_bytes_;
   st.ltm_tokens = ltm_tokens_;
   st.ltm_evicted_tokens = ltm_evicted_;
   st.session_spills = spills_;

@@ -10,8 +10,8 @@
 // without copying it (copy-on-write, base_memory.h). The store is thread-safe; a SessionHandle
 // holds its session exclusively, so operations on one session are serialised while different
 // sessions proceed concurrently. Resident sessions (short-term vectors + long-term index) are
-// kept within StoreOptions::resident_budget_bytes by spilling whole least-recently-used
-// sessions, which the next Acquire restores transparently.
+// kept within StoreOptions::resident_budget_bytes (host) and device_budget_bytes (GPU) by
+// spilling whole least-recently-used sessions, which the next Acquire restores transparently.
 #ifndef MPLUS_MEMSTORE_MEMORY_STORE_H_
 #define MPLUS_MEMSTORE_MEMORY_STORE_H_
 
@@ -46,6 +46,11 @@ struct StoreOptions {
   // Cache each resident session's prefix K/V between Generates (faster time to first token;
   // costs 2·L·(1+N)·kv_dim float32 per session, counted in the resident budget).
   bool prefix_cache = true;
+  // Where retrieval scores long-term keys (long_term_retriever.h); matters on a GPU backend.
+  LongTermMode ltm_mode = LongTermMode::kResident;
+  // GPU memory for resident sessions (prefix caches, mirrored long-term keys); 0: no limit.
+  // Beyond it whole least-recently-used sessions spill, as for resident_budget_bytes.
+  size_t device_budget_bytes = 0;
   // Called with the duration of every committed inject's write (seconds), e.g. for a histogram.
   std::function<void(double)> on_commit_latency;
 };
@@ -67,11 +72,12 @@ struct SessionPage {
 struct StoreStats {
   int64_t total_sessions = 0;
   int64_t resident_sessions = 0;
-  size_t resident_bytes = 0;
-  int64_t ltm_tokens = 0;          // all sessions
-  int64_t ltm_evicted_tokens = 0;  // since open
-  int64_t session_spills = 0;      // residency evictions since open
-  uint64_t disk_bytes = 0;         // SST files + WAL-backed memtables
+  size_t resident_bytes = 0;         // host memory of resident sessions
+  size_t resident_device_bytes = 0;  // their GPU memory (prefix caches, long-term keys)
+  int64_t ltm_tokens = 0;            // all sessions
+  int64_t ltm_evicted_tokens = 0;    // since open
+  int64_t session_spills = 0;        // residency evictions since open
+  uint64_t disk_bytes = 0;           // SST files + WAL-backed memtables
   int64_t commits = 0;
   double commit_seconds = 0;  // sum over commits
 };
@@ -151,6 +157,10 @@ class MemoryStore {
   friend class SessionHandle;
   friend class SessionImport;
   using Slot = SessionHandle::Slot;
+  struct Footprint {
+    size_t host = 0, device = 0;
+  };
+  static Footprint FootprintOf(const Slot& slot);
   MemoryStore() = default;
   absl::Status OpenDb(const StoreOptions& options);
   absl::Status CollectGarbage();
@@ -158,7 +168,8 @@ class MemoryStore {
                                            const rocksdb::Snapshot* snapshot = nullptr);
   absl::StatusOr<uint64_t> AllocateSessionNumber() ABSL_EXCLUSIVE_LOCKS_REQUIRED(create_mu_);
   std::shared_ptr<Slot> Pin(std::string_view id);
-  void Unpin(const std::shared_ptr<Slot>& slot, size_t bytes);
+  // Releases a pin; `footprint` is what the session holds now (zero once dropped).
+  void Unpin(const std::shared_ptr<Slot>& slot, Footprint footprint);
   // Exclusive use of a session without making it resident (export).
   std::shared_ptr<Slot> PinAndLock(std::string_view id);
   void UnlockAndUnpin(const std::shared_ptr<Slot>& slot);
@@ -180,6 +191,7 @@ class MemoryStore {
   absl::flat_hash_map<std::string, std::shared_ptr<Slot>> slots_ ABSL_GUARDED_BY(mu_);
   std::list<Slot*> lru_ ABSL_GUARDED_BY(mu_);  // resident sessions, most recent first
   size_t resident_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  size_t resident_device_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t total_sessions_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t ltm_tokens_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t ltm_evicted_ ABSL_GUARDED_BY(mu_) = 0;

@@ -101,6 +101,7 @@ absl::Status ResidentSession::LoadLongTerm() {
   const int64_t age_shift = K * record_.inject_count;
   std::unique_ptr<LongTermMemory> base_ltm = base_.NewLongTermMemory();
   ltm_ = std::make_unique<LongTermMemory>(base_.long_term_params(), L);
+  retriever_ = std::make_unique<LongTermRetriever>(store_.ltm_mode, base_.storage_dtype());
   ltm_->set_update_step(record_.update_step);
   ltm_slots_.assign(L, {});
   ltm_meta_.assign(L, {});
@@ -206,13 +207,12 @@ engine::TensorView ResidentSession::ShortTerm(int layer) const {
   return t;
 }
 
-absl::Status ResidentSession::RetrieveLongTerm(int layer, const float* queries, int64_t num_queries,
+absl::Status ResidentSession::RetrieveLongTerm(int layer, engine::RetrievalQueries& queries,
                                                float* out) {
   if (ltm_ == nullptr) return absl::FailedPreconditionError("model has no long-term memory");
-  if (layer < 0 || layer >= base_.num_layers()) {
-    return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " out of range"));
-  }
-  const std::vector<int64_t> chosen = ltm_->Select(layer, queries, num_queries);
+  absl::StatusOr<std::vector<int64_t>> selected = retriever_->Select(*ltm_, layer, queries);
+  if (!selected.ok()) return selected.status();
+  const std::vector<int64_t>& chosen = *selected;
   const auto& entries = ltm_->layer(layer).entries();
   std::vector<uint64_t> ids(chosen.size());
   for (size_t i = 0; i < chosen.size(); ++i) ids[i] = entries[chosen[i]].token_id;
@@ -225,7 +225,7 @@ absl::Status ResidentSession::RetrieveLongTerm(int layer, const float* queries, 
 }
 
 size_t ResidentSession::ResidentBytes() const {
-  size_t bytes = sizeof(*this) + prefix_cache_.bytes();
+  size_t bytes = sizeof(*this) + prefix_cache_.bytes(engine::Device::kCpu);
   for (size_t l = 0; l < stm_.size(); ++l) {
     bytes += stm_rows_[l].size() + stm_[l].ids.size() * (sizeof(uint64_t) + sizeof(int32_t));
   }
@@ -236,6 +236,10 @@ size_t ResidentSession::ResidentBytes() const {
     }
   }
   return bytes;
+}
+
+size_t ResidentSession::DeviceBytes() const {
+  return prefix_cache_.bytes(engine::Device::kCuda) + (retriever_ ? retriever_->device_bytes() : 0);
 }
 
 }  // namespace mplus::memstore

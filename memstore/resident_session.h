@@ -14,6 +14,7 @@
 #include "engine/session_memory.h"
 #include "memstore/base_memory.h"
 #include "memstore/long_term_index.h"
+#include "memstore/long_term_retriever.h"
 #include "memstore/store_schema.h"
 #include "rocksdb/db.h"
 
@@ -26,6 +27,7 @@ struct StoreHandles {
   rocksdb::WriteOptions write_options;
   const BaseMemory* base = nullptr;
   bool prefix_cache = true;  // keep each resident session's prefix K/V (StoreOptions)
+  LongTermMode ltm_mode = LongTermMode::kResident;  // StoreOptions
 };
 
 class ResidentSession : public engine::SessionMemory {
@@ -36,8 +38,7 @@ class ResidentSession : public engine::SessionMemory {
                                                                const SessionRecord& record);
 
   engine::TensorView ShortTerm(int layer) const override;
-  absl::Status RetrieveLongTerm(int layer, const float* queries, int64_t num_queries,
-                                float* out) override;
+  absl::Status RetrieveLongTerm(int layer, engine::RetrievalQueries& queries, float* out) override;
   // Cleared by every Commit that passes validation (a reload starts with an empty one).
   engine::PrefixCache* prefix_cache() override {
     return store_.prefix_cache ? &prefix_cache_ : nullptr;
@@ -54,8 +55,11 @@ class ResidentSession : public engine::SessionMemory {
   const SessionRecord& record() const { return record_; }
   const ShortTermList& short_term_list(int layer) const { return stm_[layer]; }
   const LongTermMemory* long_term() const { return ltm_.get(); }  // null for MemoryLLM
-  // Bytes this object holds (short-term vectors and lists, long-term index, prefix cache).
+  // Host bytes this object holds (short-term vectors and lists, long-term index, a prefix cache
+  // on the CPU backend).
   size_t ResidentBytes() const;
+  // Device bytes it holds on a GPU backend (prefix cache, mirrored long-term keys).
+  size_t DeviceBytes() const;
 
  private:
   struct LongTermSlot {
@@ -77,6 +81,7 @@ class ResidentSession : public engine::SessionMemory {
   std::vector<ShortTermList> stm_;
   std::vector<std::vector<uint8_t>> stm_rows_;  // [L][N * row_bytes], storage dtype
   std::unique_ptr<LongTermMemory> ltm_;
+  std::unique_ptr<LongTermRetriever> retriever_;      // with ltm_
   std::vector<std::vector<LongTermSlot>> ltm_slots_;  // parallel to ltm_->layer(l).entries()
   std::vector<LongTermLayerMeta> ltm_meta_;           // as persisted
   engine::PrefixCache prefix_cache_;

@@ -22,10 +22,9 @@ class TimedSessionMemory final : public engine::SessionMemory {
       : inner_(inner), metrics_(metrics), k_ltm_(k_ltm) {}
 
   engine::TensorView ShortTerm(int layer) const override { return inner_.ShortTerm(layer); }
-  absl::Status RetrieveLongTerm(int layer, const float* queries, int64_t num_queries,
-                                float* out) override {
+  absl::Status RetrieveLongTerm(int layer, engine::RetrievalQueries& queries, float* out) override {
     const absl::Time start = absl::Now();
-    absl::Status status = inner_.RetrieveLongTerm(layer, queries, num_queries, out);
+    absl::Status status = inner_.RetrieveLongTerm(layer, queries, out);
     const double seconds = SecondsSince(start);
     metrics_.retrieval_per_layer.Observe(seconds);
     total_seconds_ += seconds;

@@ -19,6 +19,7 @@
 #include "common/flags_help.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
+#include "memstore/long_term_retriever.h"
 #include "server/health_service.h"
 #include "server/logging.h"
 #include "server/memory_service.h"
@@ -76,6 +77,14 @@ ABSL_FLAG(bool, prefix_cache, true,
 ABSL_FLAG(int64_t, resident_budget_mb, 8192,
           "Memory for resident sessions' short-term memory, MiB; least recently used sessions "
           "spill beyond it and are restored on their next request.");
+ABSL_FLAG(std::string, ltm_mode, "resident",
+          "Long-term memory with --device=cuda: resident (each resident session's retrieval "
+          "keys in GPU memory, scored there; the paper's M+) or offload (keys scored in host "
+          "memory; least GPU memory, the paper's M+ offload). Vectors always stay on the host. "
+          "No effect on the CPU.");
+ABSL_FLAG(int64_t, gpu_memory_budget_mb, 0,
+          "GPU memory for resident sessions (prefix K/V caches and, in resident mode, long-term "
+          "keys), MiB; least recently used sessions spill beyond it. 0: no limit.");
 
 namespace mplus::server {
 namespace {
@@ -108,6 +117,13 @@ absl::Status ValidateOptions(const ServiceOptions& o) {
   if (o.device != "cpu" && o.device != "cuda") {
     return absl::InvalidArgumentError(
         absl::StrCat("--device must be cpu or cuda, got '", o.device, "'"));
+  }
+  if (auto mode = memstore::ParseLongTermMode(o.ltm_mode); !mode.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--ltm_mode: ", mode.status().message()));
+  }
+  if (o.gpu_memory_budget_mb < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--gpu_memory_budget_mb must not be negative, got ", o.gpu_memory_budget_mb));
   }
   if (o.default_max_new_tokens > o.max_new_tokens) {
     return absl::InvalidArgumentError("--default_max_new_tokens exceeds --max_new_tokens");
@@ -147,6 +163,8 @@ int Run() {
   options.prefix_cache = absl::GetFlag(FLAGS_prefix_cache);
   options.resident_budget_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_resident_budget_mb))
                                   << 20;
+  options.ltm_mode = absl::GetFlag(FLAGS_ltm_mode);
+  options.gpu_memory_budget_mb = absl::GetFlag(FLAGS_gpu_memory_budget_mb);
   if (absl::Status s = ValidateOptions(options); !s.ok()) {
     LogError("%s", s.ToString());
     return 2;

@@ -1,5 +1,6 @@
 #include "server/memory_service.h"
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -12,7 +13,9 @@
 #include "absl/time/time.h"
 #include "engine/cuda_plugin.h"
 #include "engine/drop_slots.h"
+#include "engine/status_macros.h"
 #include "memstore/byte_codec.h"
+#include "memstore/long_term_retriever.h"
 #include "memstore/snapshot.h"
 #include "server/grpc_status.h"
 #include "server/logging.h"
@@ -117,6 +120,8 @@ absl::Status MemoryServiceImpl::Open() {
   store_options.block_cache_bytes = options_.block_cache_bytes;
   store_options.resident_budget_bytes = options_.resident_budget_bytes;
   store_options.prefix_cache = options_.prefix_cache;
+  MPLUS_ASSIGN_OR_RETURN(store_options.ltm_mode, memstore::ParseLongTermMode(options_.ltm_mode));
+  store_options.device_budget_bytes = static_cast<size_t>(options_.gpu_memory_budget_mb) << 20;
   store_options.on_commit_latency = [this](double seconds) {
     metrics_->store_write_latency.Observe(seconds);
   };
@@ -172,6 +177,13 @@ void MemoryServiceImpl::RefreshGauges() {
       weights = device->weights_bytes;
       total = device->device_total_bytes;
       available = device->device_free_bytes;
+      // Sessions' device memory is part of the backend's allocations; the rest of those are
+      // running generations' KV caches and activations.
+      const int64_t sessions = static_cast<int64_t>(stats.resident_device_bytes);
+      metrics_->memory_bytes("sessions").Set(static_cast<double>(sessions));
+      metrics_->memory_bytes("workspace").Set(static_cast<double>(device->workspace_bytes));
+      metrics_->memory_bytes("activations")
+          .Set(static_cast<double>(std::max<int64_t>(0, device->other_bytes - sessions)));
     }
   }
   metrics_->memory_bytes("weights").Set(static_cast<double>(weights));

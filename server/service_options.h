@@ -29,6 +29,8 @@ struct ServiceOptions {
   size_t block_cache_bytes = size_t{256} << 20;
   size_t resident_budget_bytes = size_t{8} << 30;
   bool prefix_cache = true;
+  std::string ltm_mode = "resident";  // memstore::ParseLongTermMode
+  int64_t gpu_memory_budget_mb = 0;   // 0: no limit
 };
 
 }  // namespace mplus::server

@@ -2,6 +2,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -17,6 +18,7 @@
 #include "engine/cuda/device_memory.h"
 #include "engine/cuda/gemm.h"
 #include "engine/cuda/kernels.h"
+#include "engine/cuda/retrieval.h"
 #include "engine/status_macros.h"
 
 namespace mplus::engine::cuda {
@@ -96,6 +98,13 @@ class CudaBackend : public Backend {
   absl::Status Embedding(const Tensor& table, absl::Span<const int32_t> ids,
                          const Tensor& out) override;
 
+  absl::StatusOr<std::unique_ptr<RetrievalKeys>> NewRetrievalKeys(int64_t key_dim,
+                                                                  DType dtype) override;
+  absl::Status SyncRetrievalKeys(RetrievalKeys& keys, const float* host_keys, int64_t rows,
+                                 int64_t unchanged_rows) override;
+  absl::StatusOr<std::vector<int64_t>> TopRetrievalKeys(const RetrievalKeys& keys,
+                                                        const Tensor& queries, int64_t k) override;
+
   CudaMemoryStats MemoryStats() const;
 
  private:
@@ -112,6 +121,8 @@ class CudaBackend : public Backend {
   template <typename T>
   absl::StatusOr<const T*> UploadIndices(absl::Span<const T> host)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The retrieval scorer on this backend's stream, made on first use.
+  absl::StatusOr<GpuRetrievalScorer*> Scorer();
   // Widens `numel` host elements of `dtype` into float32 device memory at dst.
   absl::Status UploadWidened(const void* src, DType dtype, int64_t numel, float* dst)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -124,6 +135,8 @@ class CudaBackend : public Backend {
   ScratchBuffer convert_ ABSL_GUARDED_BY(mu_);    // bf16 activations, widened weights
   ScratchBuffer attention_ ABSL_GUARDED_BY(mu_);  // split-key partial results
   ScratchBuffer indices_ ABSL_GUARDED_BY(mu_);    // positions, token ids
+  absl::Mutex scorer_mu_;
+  std::unique_ptr<GpuRetrievalScorer> scorer_ ABSL_GUARDED_BY(scorer_mu_);
 };
 
 absl::StatusOr<std::unique_ptr<Backend>> CudaBackend::Create(int ordinal) {
@@ -436,6 +449,56 @@ absl::Status CudaBackend::Embedding(const Tensor& table, absl::Span<const int32_
                                              static_cast<int64_t>(ids.size()), out.data_as<float>(),
                                              stream()));
   return absl::OkStatus();
+}
+
+absl::StatusOr<GpuRetrievalScorer*> CudaBackend::Scorer() {
+  absl::MutexLock lock(&scorer_mu_);
+  if (scorer_ == nullptr) {
+    MPLUS_ASSIGN_OR_RETURN(scorer_, GpuRetrievalScorer::Create(state_));
+  }
+  return scorer_.get();
+}
+
+absl::StatusOr<std::unique_ptr<RetrievalKeys>> CudaBackend::NewRetrievalKeys(int64_t key_dim,
+                                                                             DType dtype) {
+  MPLUS_ASSIGN_OR_RETURN(GpuRetrievalScorer * scorer, Scorer());
+  MPLUS_ASSIGN_OR_RETURN(std::unique_ptr<DeviceRetrievalKeys> keys,
+                         scorer->NewKeys(key_dim, dtype));
+  return std::unique_ptr<RetrievalKeys>(std::move(keys));
+}
+
+absl::Status CudaBackend::SyncRetrievalKeys(RetrievalKeys& keys, const float* host_keys,
+                                            int64_t rows, int64_t unchanged_rows) {
+  auto* device_keys = dynamic_cast<DeviceRetrievalKeys*>(&keys);
+  if (device_keys == nullptr) {
+    return absl::InvalidArgumentError("SyncRetrievalKeys: keys were not made by a CUDA backend");
+  }
+  if (rows < 0 || unchanged_rows < 0 || unchanged_rows > rows) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("SyncRetrievalKeys: ", unchanged_rows, " unchanged of ", rows, " rows"));
+  }
+  MPLUS_ASSIGN_OR_RETURN(GpuRetrievalScorer * scorer, Scorer());
+  const int64_t keep = std::min(unchanged_rows, device_keys->size());
+  scorer->Truncate(*device_keys, keep);
+  return scorer->Append(*device_keys, host_keys + keep * device_keys->key_dim(), rows - keep);
+}
+
+absl::StatusOr<std::vector<int64_t>> CudaBackend::TopRetrievalKeys(const RetrievalKeys& keys,
+                                                                   const Tensor& queries,
+                                                                   int64_t k) {
+  const auto* device_keys = dynamic_cast<const DeviceRetrievalKeys*>(&keys);
+  if (device_keys == nullptr) {
+    return absl::InvalidArgumentError("TopRetrievalKeys: keys were not made by a CUDA backend");
+  }
+  MPLUS_RETURN_IF_ERROR(CheckF32(queries, "TopRetrievalKeys"));
+  if (queries.rows() < 1 || queries.cols() != device_keys->key_dim()) {
+    return absl::InvalidArgumentError(absl::StrCat("TopRetrievalKeys: queries ",
+                                                   ShapeString(queries), " for keys of ",
+                                                   device_keys->key_dim(), " floats"));
+  }
+  MPLUS_ASSIGN_OR_RETURN(GpuRetrievalScorer * scorer, Scorer());
+  return scorer->TopK(*device_keys, queries.data_as<float>(), queries.rows(), k,
+                      GpuRetrievalScorer::QueriesOn::kDevice);
 }
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(int device_ordinal) {

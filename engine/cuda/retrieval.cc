@@ -35,6 +35,12 @@ GpuRetrievalScorer::~GpuRetrievalScorer() {
 
 absl::StatusOr<std::unique_ptr<GpuRetrievalScorer>> GpuRetrievalScorer::Create(int device_ordinal) {
   MPLUS_ASSIGN_OR_RETURN(std::shared_ptr<DeviceState> state, DeviceState::Create(device_ordinal));
+  return Create(std::move(state));
+}
+
+absl::StatusOr<std::unique_ptr<GpuRetrievalScorer>> GpuRetrievalScorer::Create(
+    std::shared_ptr<DeviceState> state) {
+  MPLUS_RETURN_IF_ERROR(state->Activate());
   std::unique_ptr<GpuRetrievalScorer> scorer(new GpuRetrievalScorer(state));
   MPLUS_ASSIGN_OR_RETURN(scorer->gemm_workspace_,
                          DeviceState::Alloc(state, kGemmWorkspaceBytes, MemCategory::kWorkspace));
@@ -44,16 +50,16 @@ absl::StatusOr<std::unique_ptr<GpuRetrievalScorer>> GpuRetrievalScorer::Create(i
   return scorer;
 }
 
-absl::StatusOr<std::unique_ptr<RetrievalKeys>> GpuRetrievalScorer::NewKeys(int64_t key_dim,
-                                                                           DType dtype) {
+absl::StatusOr<std::unique_ptr<DeviceRetrievalKeys>> GpuRetrievalScorer::NewKeys(int64_t key_dim,
+                                                                                 DType dtype) {
   if (key_dim <= 0 || (dtype != DType::kF32 && dtype != DType::kBF16)) {
     return absl::InvalidArgumentError(absl::StrCat("NewKeys: key_dim ", key_dim, ", dtype ",
                                                    DTypeName(dtype), " (need F32 or BF16)"));
   }
-  return std::unique_ptr<RetrievalKeys>(new RetrievalKeys(key_dim, dtype));
+  return std::unique_ptr<DeviceRetrievalKeys>(new DeviceRetrievalKeys(key_dim, dtype));
 }
 
-absl::Status GpuRetrievalScorer::Append(RetrievalKeys& keys, const float* host_keys,
+absl::Status GpuRetrievalScorer::Append(DeviceRetrievalKeys& keys, const float* host_keys,
                                         int64_t count) {
   if (count < 0) return absl::InvalidArgumentError("Append: negative count");
   if (count == 0) return absl::OkStatus();
@@ -92,18 +98,23 @@ absl::Status GpuRetrievalScorer::Append(RetrievalKeys& keys, const float* host_k
   return absl::OkStatus();
 }
 
-absl::Status GpuRetrievalScorer::ComputeScores(const RetrievalKeys& keys, const float* queries,
-                                               int64_t nq) {
+absl::Status GpuRetrievalScorer::ComputeScores(const DeviceRetrievalKeys& keys,
+                                               const float* queries, int64_t nq, QueriesOn where) {
   const int64_t n = keys.size_, p = keys.key_dim_;
   cudaStream_t stream = state_->stream();
-  MPLUS_ASSIGN_OR_RETURN(void* q_dev, queries_->Get(static_cast<size_t>(nq * p) * sizeof(float)));
-  MPLUS_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(
-      q_dev, queries, static_cast<size_t>(nq * p) * sizeof(float), cudaMemcpyHostToDevice, stream));
+  const float* q_dev = queries;
+  if (where == QueriesOn::kHost) {
+    MPLUS_ASSIGN_OR_RETURN(void* staged,
+                           queries_->Get(static_cast<size_t>(nq * p) * sizeof(float)));
+    MPLUS_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(staged, queries,
+                                               static_cast<size_t>(nq * p) * sizeof(float),
+                                               cudaMemcpyHostToDevice, stream));
+    q_dev = static_cast<const float*>(staged);
+  }
   const void* q_gemm = q_dev;
   if (keys.dtype_ == DType::kBF16) {
     MPLUS_ASSIGN_OR_RETURN(void* qb, queries_bf16_->Get(static_cast<size_t>(nq * p) * 2));
-    MPLUS_CUDA_RETURN_IF_ERROR(LaunchF32ToBF16(static_cast<const float*>(q_dev), nq * p,
-                                               static_cast<uint16_t*>(qb), stream));
+    MPLUS_CUDA_RETURN_IF_ERROR(LaunchF32ToBF16(q_dev, nq * p, static_cast<uint16_t*>(qb), stream));
     q_gemm = qb;
   }
   const int64_t chunk = std::clamp<int64_t>(kLogitBytes / (n * 4), 1, nq);
@@ -130,13 +141,13 @@ absl::Status GpuRetrievalScorer::ComputeScores(const RetrievalKeys& keys, const 
   return absl::OkStatus();
 }
 
-absl::Status GpuRetrievalScorer::Scores(const RetrievalKeys& keys, const float* queries, int64_t nq,
-                                        float* scores_out) {
+absl::Status GpuRetrievalScorer::Scores(const DeviceRetrievalKeys& keys, const float* queries,
+                                        int64_t nq, float* scores_out) {
   if (nq <= 0) return absl::InvalidArgumentError("Scores: need at least one query");
   if (keys.size_ == 0) return absl::OkStatus();
   absl::MutexLock lock(&mu_);
   MPLUS_RETURN_IF_ERROR(state_->Activate());
-  MPLUS_RETURN_IF_ERROR(ComputeScores(keys, queries, nq));
+  MPLUS_RETURN_IF_ERROR(ComputeScores(keys, queries, nq, QueriesOn::kHost));
   MPLUS_ASSIGN_OR_RETURN(void* scores, scores_->Get(0));
   MPLUS_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(scores_out, scores,
                                              static_cast<size_t>(keys.size_) * sizeof(float),
@@ -145,9 +156,9 @@ absl::Status GpuRetrievalScorer::Scores(const RetrievalKeys& keys, const float* 
   return state_->TakeDeferredError();
 }
 
-absl::StatusOr<std::vector<int64_t>> GpuRetrievalScorer::TopK(const RetrievalKeys& keys,
+absl::StatusOr<std::vector<int64_t>> GpuRetrievalScorer::TopK(const DeviceRetrievalKeys& keys,
                                                               const float* queries, int64_t nq,
-                                                              int64_t k) {
+                                                              int64_t k, QueriesOn where) {
   if (nq <= 0) return absl::InvalidArgumentError("TopK: need at least one query");
   const int64_t n = keys.size_;
   if (k <= 0 || n == 0) return std::vector<int64_t>();
@@ -159,7 +170,7 @@ absl::StatusOr<std::vector<int64_t>> GpuRetrievalScorer::TopK(const RetrievalKey
   absl::MutexLock lock(&mu_);
   MPLUS_RETURN_IF_ERROR(state_->Activate());
   cudaStream_t stream = state_->stream();
-  MPLUS_RETURN_IF_ERROR(ComputeScores(keys, queries, nq));
+  MPLUS_RETURN_IF_ERROR(ComputeScores(keys, queries, nq, where));
   size_t temp_bytes = 0;
   MPLUS_CUDA_RETURN_IF_ERROR(SortDescendingTempBytes(n, &temp_bytes));
   MPLUS_ASSIGN_OR_RETURN(void* temp, sort_temp_->Get(temp_bytes));

@@ -9,6 +9,7 @@
 #ifndef MPLUS_ENGINE_CUDA_RETRIEVAL_H_
 #define MPLUS_ENGINE_CUDA_RETRIEVAL_H_
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -17,6 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "engine/backend.h"
 #include "engine/dtype.h"
 
 namespace mplus::engine::cuda {
@@ -26,19 +28,19 @@ class LtGemm;
 class ScratchBuffer;
 
 // Keys [size, key_dim] of one layer on the device. Made and filled by a GpuRetrievalScorer.
-class RetrievalKeys {
+class DeviceRetrievalKeys : public RetrievalKeys {
  public:
-  int64_t size() const { return size_; }
+  int64_t size() const override { return size_; }
+  // Device bytes reserved for the keys (capacity, not size).
+  size_t bytes() const override {
+    return static_cast<size_t>(capacity_ * key_dim_) * DTypeSize(dtype_);
+  }
   int64_t key_dim() const { return key_dim_; }
   DType dtype() const { return dtype_; }
-  // Device bytes reserved for the keys (capacity, not size).
-  int64_t device_bytes() const {
-    return capacity_ * key_dim_ * static_cast<int64_t>(DTypeSize(dtype_));
-  }
 
  private:
   friend class GpuRetrievalScorer;
-  RetrievalKeys(int64_t key_dim, DType dtype) : key_dim_(key_dim), dtype_(dtype) {}
+  DeviceRetrievalKeys(int64_t key_dim, DType dtype) : key_dim_(key_dim), dtype_(dtype) {}
   int64_t key_dim_;
   DType dtype_;
   int64_t size_ = 0, capacity_ = 0;
@@ -49,29 +51,39 @@ class GpuRetrievalScorer {
  public:
   // FailedPrecondition without a usable GPU `device_ordinal`.
   static absl::StatusOr<std::unique_ptr<GpuRetrievalScorer>> Create(int device_ordinal);
+  // On `state`'s device and stream (a backend's: its tensors can be queries).
+  static absl::StatusOr<std::unique_ptr<GpuRetrievalScorer>> Create(
+      std::shared_ptr<DeviceState> state);
   ~GpuRetrievalScorer();
   GpuRetrievalScorer(const GpuRetrievalScorer&) = delete;
   GpuRetrievalScorer& operator=(const GpuRetrievalScorer&) = delete;
 
   // An empty key set; dtype kF32 or kBF16.
-  absl::StatusOr<std::unique_ptr<RetrievalKeys>> NewKeys(int64_t key_dim, DType dtype);
+  absl::StatusOr<std::unique_ptr<DeviceRetrievalKeys>> NewKeys(int64_t key_dim, DType dtype);
   // Appends `count` float32 host rows (converted to the key dtype). Blocks until copied.
-  absl::Status Append(RetrievalKeys& keys, const float* host_keys, int64_t count);
-  // Forgets all keys (keeps the device memory for reuse).
-  void Clear(RetrievalKeys& keys) { keys.size_ = 0; }
+  absl::Status Append(DeviceRetrievalKeys& keys, const float* host_keys, int64_t count);
+  // Keeps the first `rows` keys (keeps the device memory for reuse).
+  void Truncate(DeviceRetrievalKeys& keys, int64_t rows) {
+    keys.size_ = std::min(keys.size_, std::max<int64_t>(rows, 0));
+  }
+
+  // Where a call's queries ([nq, key_dim] float32) are.
+  enum class QueriesOn { kHost, kDevice };
 
   // scores_out[j] (host, keys.size() floats) = mean_t sigmoid(queries[t] · key_j); nq > 0.
-  absl::Status Scores(const RetrievalKeys& keys, const float* queries, int64_t nq,
+  absl::Status Scores(const DeviceRetrievalKeys& keys, const float* queries, int64_t nq,
                       float* scores_out);
-  // Indices of the k best scores (all when k >= size), ascending.
-  absl::StatusOr<std::vector<int64_t>> TopK(const RetrievalKeys& keys, const float* queries,
-                                            int64_t nq, int64_t k);
+  // Indices of the k best scores (all when k >= size), ascending. Device queries must be on
+  // this scorer's device, written by work ordered before this call on its stream.
+  absl::StatusOr<std::vector<int64_t>> TopK(const DeviceRetrievalKeys& keys, const float* queries,
+                                            int64_t nq, int64_t k,
+                                            QueriesOn where = QueriesOn::kHost);
 
  private:
   explicit GpuRetrievalScorer(std::shared_ptr<DeviceState> state);
   // Scores on the device: fills scores_ (float), sort keys and identity indices.
-  absl::Status ComputeScores(const RetrievalKeys& keys, const float* queries, int64_t nq)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status ComputeScores(const DeviceRetrievalKeys& keys, const float* queries, int64_t nq,
+                             QueriesOn where) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::shared_ptr<DeviceState> state_;
   absl::Mutex mu_;

@@ -109,7 +109,8 @@ absl::Status RunBenchmarks() {
   const std::vector<float> keys = RandomFloats(n * p, 6, -0.1f, 0.1f);
   const std::vector<float> queries = RandomFloats(nq * p, 7, -0.1f, 0.1f);
   for (DType dt : {DType::kBF16, DType::kF32}) {
-    absl::StatusOr<std::unique_ptr<engine::cuda::RetrievalKeys>> set = (*scorer)->NewKeys(p, dt);
+    absl::StatusOr<std::unique_ptr<engine::cuda::DeviceRetrievalKeys>> set =
+        (*scorer)->NewKeys(p, dt);
     if (!set.ok()) return set.status();
     if (absl::Status s = (*scorer)->Append(**set, keys.data(), n); !s.ok()) return s;
     Row(absl::StrCat("Retrieval TopK 2560 of 150k x 256 keys ", engine::DTypeName(dt), ", 64 q"),

@@ -337,5 +337,39 @@ TEST_F(GpuCheck, RetrievalTiesAndNaN) {
   }
 }
 
+// The Backend retrieval API sessions use in resident mode: keys synced incrementally (only rows
+// past the unchanged prefix are copied) and queries already on the GPU give the same top-k as a
+// key set filled in one go and scored from host queries.
+TEST_F(GpuCheck, BackendRetrievalKeysSyncAndDeviceQueries) {
+  ASSERT_OK_AND_ASSIGN(scorer, engine::cuda::GpuRetrievalScorer::Create(0));
+  const int64_t p = 128, nq = 16, k = 300;
+  std::vector<float> keys = RandomFloats(4000 * p, 81, -0.3f, 0.3f);
+  const std::vector<float> q = RandomFloats(nq * p, 82, -0.3f, 0.3f);
+  ASSERT_OK_AND_ASSIGN(queries, Upload(*gpu_, q, {nq, p}));
+  for (DType dt : {DType::kF32, DType::kBF16}) {
+    SCOPED_TRACE(engine::DTypeName(dt));
+    ASSERT_OK_AND_ASSIGN(mirror, gpu_->NewRetrievalKeys(p, dt));
+    ASSERT_NE(mirror, nullptr);
+    ASSERT_OK(gpu_->SyncRetrievalKeys(*mirror, keys.data(), 3000, 0));
+    // Rows from 1200 on are rewritten (an eviction compacted them) and 1000 more appended.
+    std::vector<float> changed = keys;
+    const std::vector<float> fresh = RandomFloats(2800 * p, 83, -0.3f, 0.3f);
+    std::copy(fresh.begin(), fresh.end(), changed.begin() + 1200 * p);
+    ASSERT_OK(gpu_->SyncRetrievalKeys(*mirror, changed.data(), 4000, 1200));
+    EXPECT_EQ(mirror->size(), 4000);
+    EXPECT_GE(mirror->bytes(), static_cast<size_t>(4000 * p) * engine::DTypeSize(dt));
+    ASSERT_OK_AND_ASSIGN(got, gpu_->TopRetrievalKeys(*mirror, queries, k));
+
+    ASSERT_OK_AND_ASSIGN(whole, scorer->NewKeys(p, dt));
+    ASSERT_OK(scorer->Append(*whole, changed.data(), 4000));
+    ASSERT_OK_AND_ASSIGN(want, scorer->TopK(*whole, q.data(), nq, k));
+    EXPECT_EQ(got, want);
+  }
+  ASSERT_OK_AND_ASSIGN(mirror, gpu_->NewRetrievalKeys(p, DType::kF32));
+  EXPECT_FALSE(gpu_->SyncRetrievalKeys(*mirror, keys.data(), 10, 11).ok());
+  ASSERT_OK_AND_ASSIGN(wrong_width, Upload(*gpu_, q, {nq * 2, p / 2}));
+  EXPECT_FALSE(gpu_->TopRetrievalKeys(*mirror, wrong_width, 5).ok());
+}
+
 }  // namespace
 }  // namespace mplus::gpu_test

@@ -53,6 +53,15 @@ TEST(ServerLifecycleTest, BadFlagValueFailsStartupWithMessage) {
   ASSERT_TRUE(log.ok());
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 2) << *log;
   EXPECT_TRUE(absl::StrContains(*log, "--device must be cpu or cuda, got 'tpu'")) << *log;
+  for (const auto& [flag, message] :
+       {std::pair<std::string, std::string>{
+            "--ltm_mode=gpu", "--ltm_mode: long-term mode must be resident or offload, got 'gpu'"},
+        {"--gpu_memory_budget_mb=-1", "--gpu_memory_budget_mb must not be negative, got -1"}}) {
+    log = RunToExit(MPLUS_SERVER_BIN, {flag, "--metrics_listen="}, &status);
+    ASSERT_TRUE(log.ok());
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 2) << *log;
+    EXPECT_TRUE(absl::StrContains(*log, message)) << *log;
+  }
 }
 
 // --device=cuda loads the CUDA backend plugin. Without a GPU (CI) startup must fail with CUDA's

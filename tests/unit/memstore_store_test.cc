@@ -8,6 +8,7 @@
 #include "gtest/gtest.h"
 #include "memstore/memory_store.h"
 #include "rocksdb/db.h"
+#include "tests/unit/key_keeping_backend.h"
 #include "tests/unit/memstore_test_util.h"
 
 namespace mplus::memstore {
@@ -221,6 +222,54 @@ TEST(MemstoreStoreTest, ResidencySpillsLeastRecentlyUsedSessions) {
     ASSERT_TRUE(h.ok());
     EXPECT_EQ(CompareWithReference(const_cast<ResidentSession&>(h->resident()), refs[id[0] - 'a']),
               "");
+  }
+}
+
+// Resident-mode retrieval on a backend that keeps keys (GPU memory) counts toward
+// device_budget_bytes: beyond it least-recently-used sessions spill, in offload mode nothing is
+// held on the device.
+TEST(MemstoreStoreTest, DeviceBudgetSpillsSessionsHoldingGpuMemory) {
+  auto m = MakeTinyModel();
+  testing::KeyKeepingBackend backend;
+  const int64_t p = m->config.selector_hidden_dim;
+  absl::StatusOr<engine::Tensor> device =
+      testing::DeviceQueries(backend, {std::vector<float>(2 * p, 0.5f)}, p);
+  ASSERT_TRUE(device.ok());
+  std::vector<float> out(
+      static_cast<size_t>(m->config.ltm_retrieved_tokens() * m->config.hidden_size));
+  auto retrieve_all_layers = [&](MemoryStore& store, const char* id) {
+    absl::StatusOr<SessionHandle> h = store.Acquire(id);
+    ASSERT_TRUE(h.ok()) << h.status();
+    for (int l = 0; l < m->config.num_hidden_layers; ++l) {
+      engine::RetrievalQueries queries(backend, *device);
+      ASSERT_TRUE(h->memory().RetrieveLongTerm(l, queries, out.data()).ok());
+    }
+  };
+  // One session's mirrors: every layer's initial long-term keys in float32.
+  const size_t one =
+      static_cast<size_t>(m->config.num_hidden_layers * m->config.ltm_initial_size * p) *
+      sizeof(float);
+  for (LongTermMode mode : {LongTermMode::kResident, LongTermMode::kOffload}) {
+    SCOPED_TRACE(LongTermModeName(mode));
+    StoreOptions o;
+    o.path = TempDir(std::string("device-budget-") + LongTermModeName(mode));
+    o.ltm_mode = mode;
+    o.device_budget_bytes = one + one / 2;  // room for one session's keys
+    absl::StatusOr<std::unique_ptr<MemoryStore>> store =
+        MemoryStore::Open(o, m->config, m->weights);
+    ASSERT_TRUE(store.ok()) << store.status();
+    for (const char* id : {"a", "b"}) ASSERT_TRUE((*store)->CreateSession(id, {}, 0).ok());
+    retrieve_all_layers(**store, "a");
+    retrieve_all_layers(**store, "b");
+    const StoreStats stats = (*store)->Stats();
+    if (mode == LongTermMode::kResident) {
+      EXPECT_EQ(stats.resident_device_bytes, one);
+      EXPECT_THAT((*store)->ResidentSessions(), ElementsAre("b"));
+      EXPECT_EQ(stats.session_spills, 1);
+    } else {
+      EXPECT_EQ(stats.resident_device_bytes, 0u);
+      EXPECT_THAT((*store)->ResidentSessions(), ElementsAre("b", "a"));
+    }
   }
 }
 

@@ -247,7 +247,8 @@ inline std::string CompareWithReference(ResidentSession& s, const ReferenceSessi
     for (float& x : q) x = normal(rng);
     const std::vector<float> want = ref.Retrieve(l, q);
     std::vector<float> got(want.size());
-    const absl::Status st = s.RetrieveLongTerm(l, q.data(), 3, got.data());
+    engine::RetrievalQueries queries(q.data(), 3, p);
+    const absl::Status st = s.RetrieveLongTerm(l, queries, got.data());
     if (!st.ok()) return "retrieve: " + st.ToString();
     if (std::memcmp(want.data(), got.data(), want.size() * sizeof(float)) != 0) {
       return "retrieved vectors" + at;

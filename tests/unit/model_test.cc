@@ -69,7 +69,7 @@ std::string MakeLlamaCheckpoint() {
 class NoMemory : public SessionMemory {
  public:
   TensorView ShortTerm(int) const override { return {}; }
-  absl::Status RetrieveLongTerm(int, const float*, int64_t, float*) override {
+  absl::Status RetrieveLongTerm(int, RetrievalQueries&, float*) override {
     return absl::InternalError("unexpected retrieval");
   }
 };

@@ -24,9 +24,8 @@ class Uncached : public SessionMemory {
  public:
   explicit Uncached(SessionMemory& mem) : mem_(mem) {}
   TensorView ShortTerm(int layer) const override { return mem_.ShortTerm(layer); }
-  absl::Status RetrieveLongTerm(int layer, const float* queries, int64_t num_queries,
-                                float* out) override {
-    return mem_.RetrieveLongTerm(layer, queries, num_queries, out);
+  absl::Status RetrieveLongTerm(int layer, RetrievalQueries& queries, float* out) override {
+    return mem_.RetrieveLongTerm(layer, queries, out);
   }
 
  private:

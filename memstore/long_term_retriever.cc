@@ -1,0 +1,76 @@
+#include "memstore/long_term_retriever.h"
+
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "engine/status_macros.h"
+
+namespace mplus::memstore {
+
+absl::StatusOr<LongTermMode> ParseLongTermMode(std::string_view name) {
+  if (name == "resident") return LongTermMode::kResident;
+  if (name == "offload") return LongTermMode::kOffload;
+  return absl::InvalidArgumentError(
+      absl::StrCat("long-term mode must be resident or offload, got '", std::string(name), "'"));
+}
+
+const char* LongTermModeName(LongTermMode mode) {
+  return mode == LongTermMode::kResident ? "resident" : "offload";
+}
+
+size_t LongTermRetriever::device_bytes() const {
+  size_t total = 0;
+  for (const auto& m : mirrors_) total += m ? m->bytes() : 0;
+  return total;
+}
+
+absl::StatusOr<engine::RetrievalKeys*> LongTermRetriever::Mirror(engine::Backend& backend,
+                                                                 const LongTermMemory& ltm,
+                                                                 int layer) {
+  if (backend_ != &backend) {  // first use, or the session moved to another model's backend
+    mirrors_.clear();
+    mirrors_.resize(static_cast<size_t>(ltm.num_layers()));
+    backend_ = &backend;
+    backend_keeps_keys_ = true;
+  }
+  if (!backend_keeps_keys_) return nullptr;
+  std::unique_ptr<engine::RetrievalKeys>& mirror = mirrors_[layer];
+  if (mirror == nullptr) {
+    MPLUS_ASSIGN_OR_RETURN(mirror, backend.NewRetrievalKeys(ltm.params().key_dim, key_dtype_));
+    if (mirror == nullptr) backend_keeps_keys_ = false;
+  }
+  return mirror.get();
+}
+
+absl::StatusOr<std::vector<int64_t>> LongTermRetriever::Select(LongTermMemory& ltm, int layer,
+                                                               engine::RetrievalQueries& queries) {
+  if (layer < 0 || layer >= ltm.num_layers()) {
+    return absl::InvalidArgumentError(absl::StrCat("long-term layer ", layer, " out of range"));
+  }
+  if (queries.count() <= 0 || queries.key_dim() != ltm.params().key_dim) {
+    return absl::InvalidArgumentError(absl::StrCat("retrieval queries must be [n > 0, ",
+                                                   ltm.params().key_dim, "], got [",
+                                                   queries.count(), ", ", queries.key_dim(), "]"));
+  }
+  if (mode_ == LongTermMode::kResident && queries.backend() != nullptr) {
+    engine::Backend& backend = *queries.backend();
+    MPLUS_ASSIGN_OR_RETURN(engine::RetrievalKeys * mirror, Mirror(backend, ltm, layer));
+    if (mirror != nullptr) {
+      // Synced only when scoring: wrap-around retrieval (fewer merged entries than K_ltm)
+      // scores nothing.
+      return ltm.Select(layer, [&](int64_t k) -> absl::StatusOr<std::vector<int64_t>> {
+        LongTermLayer& keys = ltm.layer(layer);
+        // A fresh mirror holds nothing yet.
+        const int64_t unchanged = mirror->size() == 0 ? 0 : keys.keys_unchanged_rows();
+        MPLUS_RETURN_IF_ERROR(
+            backend.SyncRetrievalKeys(*mirror, keys.keys().data(), keys.size(), unchanged));
+        keys.MarkKeysSynced();
+        return backend.TopRetrievalKeys(*mirror, queries.device(), k);
+      });
+    }
+  }
+  MPLUS_ASSIGN_OR_RETURN(const float* host, queries.host());
+  return ltm.Select(layer, host, queries.count());
+}
+
+}  // namespace mplus::memstore

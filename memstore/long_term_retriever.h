@@ -1,0 +1,61 @@
+// Where a session's long-term retrieval scores its keys. The paper's two M+ modes:
+//  - resident: each layer's keys are mirrored on the model's backend (GPU memory) and scored
+//    there; the mirror is refreshed before each use by copying only the rows that changed.
+//  - offload: keys stay in host memory and are scored on the host.
+// Either way the chosen vectors come from host memory. A backend that keeps no keys (the CPU,
+// where host memory is its memory) scores on the host in both modes.
+#ifndef MPLUS_MEMSTORE_LONG_TERM_RETRIEVER_H_
+#define MPLUS_MEMSTORE_LONG_TERM_RETRIEVER_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/backend.h"
+#include "engine/session_memory.h"
+#include "memstore/long_term_index.h"
+
+namespace mplus::memstore {
+
+enum class LongTermMode { kResident, kOffload };
+
+// "resident" or "offload".
+absl::StatusOr<LongTermMode> ParseLongTermMode(std::string_view name);
+const char* LongTermModeName(LongTermMode mode);
+
+class LongTermRetriever {
+ public:
+  // `storage_dtype`: the checkpoint's; bfloat16 checkpoints keep bfloat16 keys on the device
+  // (scored like the official bf16 model), others float32.
+  LongTermRetriever(LongTermMode mode, engine::DType storage_dtype)
+      : mode_(mode),
+        key_dtype_(storage_dtype == engine::DType::kBF16 ? engine::DType::kBF16
+                                                         : engine::DType::kF32) {}
+
+  // Indices into ltm.layer(layer).entries() in prefix order (LongTermMemory::Select). Resident
+  // mode syncs the layer's mirror first (and marks the layer's keys synced).
+  absl::StatusOr<std::vector<int64_t>> Select(LongTermMemory& ltm, int layer,
+                                              engine::RetrievalQueries& queries);
+
+  // Device bytes of the mirrored keys.
+  size_t device_bytes() const;
+
+ private:
+  // The layer's mirror on `backend` (made empty on first use), or null when the backend keeps
+  // no keys.
+  absl::StatusOr<engine::RetrievalKeys*> Mirror(engine::Backend& backend, const LongTermMemory& ltm,
+                                                int layer);
+
+  const LongTermMode mode_;
+  const engine::DType key_dtype_;
+  engine::Backend* backend_ = nullptr;  // the mirrors' (the last queries' backend)
+  bool backend_keeps_keys_ = true;
+  std::vector<std::unique_ptr<engine::RetrievalKeys>> mirrors_;  // per layer, made on first use
+};
+
+}  // namespace mplus::memstore
+
+#endif  // MPLUS_MEMSTORE_LONG_TERM_RETRIEVER_H_

@@ -1,0 +1,121 @@
+// LongTermRetriever: resident mode scores on keys mirrored by the backend (refreshed by copying
+// only rows past the layer's unchanged prefix) and must choose exactly what host scoring
+// chooses; offload mode and backends that keep no keys score on the host.
+#include "memstore/long_term_retriever.h"
+
+#include <random>
+#include <vector>
+
+#include "engine/cpu/cpu_backend.h"
+#include "gtest/gtest.h"
+#include "tests/unit/key_keeping_backend.h"
+
+namespace mplus::memstore {
+namespace {
+
+using engine::DType;
+using engine::Tensor;
+using testing::KeyKeepingBackend;
+
+constexpr int64_t kKeyDim = 8, kK = 4, kKltm = 6;
+
+LongTermMemory MakeMemory() {
+  LongTermParams p;
+  p.tokens_per_inject = kK;
+  p.retrieved_tokens = kKltm;
+  p.key_dim = kKeyDim;
+  p.update_ltm_frequency = 2;
+  p.decay_frequency = 1;
+  p.initial_recall_frequency = 2;  // entries live two merges: evictions start early
+  return LongTermMemory(p, 2);
+}
+
+// One inject's drops on both layers with random keys.
+std::vector<DroppedTokens> RandomDrops(std::mt19937& rng, uint64_t* next_id) {
+  std::normal_distribution<float> normal;
+  std::vector<DroppedTokens> drops(2);
+  for (DroppedTokens& d : drops) {
+    for (int64_t i = 0; i < kK; ++i) {
+      d.token_ids.push_back((*next_id)++);
+      d.stm_ages.push_back(i);
+      for (int64_t j = 0; j < kKeyDim; ++j) d.keys.push_back(normal(rng));
+    }
+  }
+  return drops;
+}
+
+absl::StatusOr<Tensor> DeviceQueries(engine::Backend& backend, const std::vector<float>& q) {
+  return testing::DeviceQueries(backend, q, kKeyDim);
+}
+
+TEST(LongTermRetrieverTest, ResidentMirrorChoosesWhatHostScoringChooses) {
+  KeyKeepingBackend backend;
+  LongTermMemory ltm = MakeMemory();
+  LongTermRetriever retriever(LongTermMode::kResident, DType::kF32);
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal;
+  uint64_t next_id = 1;
+  int64_t evictions = 0, rows_scored = 0;
+  for (int inject = 0; inject < 40; ++inject) {
+    for (const auto& ids : ltm.ApplyInject(RandomDrops(rng, &next_id))) {
+      evictions += static_cast<int64_t>(ids.size());
+    }
+    for (int l = 0; l < 2; ++l) {
+      std::vector<float> q(3 * kKeyDim);
+      for (float& x : q) x = normal(rng);
+      absl::StatusOr<Tensor> device = DeviceQueries(backend, q);
+      ASSERT_TRUE(device.ok());
+      engine::RetrievalQueries queries(backend, *device);
+      const int scorings = backend.device_scorings;
+      absl::StatusOr<std::vector<int64_t>> got = retriever.Select(ltm, l, queries);
+      ASSERT_TRUE(got.ok()) << got.status();
+      EXPECT_EQ(*got, ltm.Select(l, q.data(), 3)) << "inject " << inject << " layer " << l;
+      if (backend.device_scorings > scorings) rows_scored += ltm.layer(l).size();
+    }
+  }
+  EXPECT_GT(evictions, 0);  // compaction rewrote rows: the watermark was exercised
+  EXPECT_GT(backend.device_scorings, 40);
+  // Refreshes copied the changed tails only, well under a full copy per scoring.
+  EXPECT_LT(backend.rows_copied, rows_scored * 3 / 4);
+  EXPECT_GT(retriever.device_bytes(), 0u);
+}
+
+TEST(LongTermRetrieverTest, OffloadAndKeylessBackendsScoreOnTheHost) {
+  KeyKeepingBackend keeping;
+  engine::cpu::CpuBackend keyless(1);
+  std::mt19937 rng(9);
+  uint64_t next_id = 1;
+  LongTermMemory ltm = MakeMemory();
+  for (int inject = 0; inject < 6; ++inject) ltm.ApplyInject(RandomDrops(rng, &next_id));
+  const std::vector<float> q(2 * kKeyDim, 0.25f);
+  const std::vector<int64_t> want = ltm.Select(0, q.data(), 2);
+  ASSERT_EQ(static_cast<int64_t>(want.size()), kKltm);
+  for (auto [backend, mode] :
+       {std::pair<engine::Backend*, LongTermMode>{&keeping, LongTermMode::kOffload},
+        {&keyless, LongTermMode::kResident}}) {
+    LongTermRetriever retriever(mode, DType::kBF16);
+    absl::StatusOr<Tensor> device = DeviceQueries(*backend, q);
+    ASSERT_TRUE(device.ok());
+    engine::RetrievalQueries queries(*backend, *device);
+    absl::StatusOr<std::vector<int64_t>> got = retriever.Select(ltm, 0, queries);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(*got, want);
+    EXPECT_EQ(retriever.device_bytes(), 0u);
+  }
+  EXPECT_EQ(keeping.device_scorings, 0);
+}
+
+TEST(LongTermRetrieverTest, RejectsBadLayerAndQueryShape) {
+  LongTermMemory ltm = MakeMemory();
+  LongTermRetriever retriever(LongTermMode::kResident, DType::kF32);
+  const std::vector<float> q(kKeyDim, 1.0f);
+  engine::RetrievalQueries ok(q.data(), 1, kKeyDim);
+  EXPECT_EQ(retriever.Select(ltm, 2, ok).status().code(), absl::StatusCode::kInvalidArgument);
+  engine::RetrievalQueries narrow(q.data(), 2, kKeyDim / 2);
+  EXPECT_EQ(retriever.Select(ltm, 0, narrow).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseLongTermMode("offload").value(), LongTermMode::kOffload);
+  EXPECT_FALSE(ParseLongTermMode("gpu").ok());
+}
+
+}  // namespace
+}  // namespace mplus::memstore
