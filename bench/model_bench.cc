@@ -20,36 +20,21 @@ namespace {
 
 constexpr int64_t kInjectTokens = 256, kPromptTokens = 128, kDecodeTokens = 32;
 
+// mplus-8b with fewer, narrower layers and a smaller vocabulary and memory.
 ModelConfig MidConfig() {
-  ModelConfig c;
-  c.kind = ModelKind::kMPlus;
-  c.dtype = DType::kBF16;
+  ModelConfig c = Mplus8bConfig();
   c.vocab_size = 32000;
   c.hidden_size = 2048;
   c.intermediate_size = 5632;
   c.num_hidden_layers = 4;
   c.num_attention_heads = 16;
   c.num_key_value_heads = 4;
-  c.head_dim = 128;
-  c.rms_norm_eps = 1e-5;
-  c.rope_theta = 500000.0;
-  c.rope_scaling = {"llama3", 8.0, 1.0, 4.0, 8192};
-  c.max_position_embeddings = 131072;
   c.bos_token_id = 1;
   c.eos_token_ids = {2};
   c.num_tokens = 64;
   c.num_blocks = 10;
   c.num_ltm_blocks = 2;
-  c.add_bos_embedding = true;
-  c.add_decoder_lora = true;
-  c.add_encoder_retriever = true;
-  c.lora = {16, 32.0, {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj"}};
-  c.selector_hidden_dim = 256;
-  c.num_selector_layers = 2;
   c.ltm_initial_size = 1024;
-  c.update_ltm_frequency = 60;
-  c.decay_frequency = 1;
-  c.initial_rf_when_moving_stm_to_ltm = 10;
   return c;
 }
 

@@ -30,6 +30,13 @@ struct CheckpointOptions {
   std::function<void(const std::string&)> log;
 };
 
+// The shapes of tests/fixtures/tiny-mplus (float32): L3 d64 I160 H4/2 hd16 V384, K8, 6 blocks of
+// which 2 long-term, p12, 40 initial long-term entries per layer.
+ModelConfig TinyMplusConfig();
+// The shapes of mplus-8b (Llama-3.1-8B + M+, bfloat16, ~16.7 GB): L32 d4096 I14336 H32/8 hd128
+// V128256, K256, 50 blocks of which 10 long-term, p256, 2560 initial long-term entries per layer.
+ModelConfig Mplus8bConfig();
+
 // Every tensor of a checkpoint for `config` in the official state-dict layout (including the
 // unused encoder_query_proj when add_encoder_retriever), in write order. The initial long-term
 // memory has config.ltm_initial_size entries per layer.

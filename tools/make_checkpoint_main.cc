@@ -62,65 +62,6 @@ using mplus::engine::DType;
 using mplus::engine::ModelConfig;
 using mplus::engine::ModelKind;
 
-ModelConfig TinyPreset() {
-  ModelConfig c;
-  c.kind = ModelKind::kMPlus;
-  c.dtype = DType::kF32;
-  c.vocab_size = 384;
-  c.hidden_size = 64;
-  c.intermediate_size = 160;
-  c.num_hidden_layers = 3;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 16;
-  c.rms_norm_eps = 1e-5;
-  c.rope_theta = 500000.0;
-  c.rope_scaling = {"llama3", 8.0, 1.0, 4.0, 64};
-  c.max_position_embeddings = 2048;
-  c.bos_token_id = 1;
-  c.eos_token_ids = {2};
-  c.num_tokens = 8;
-  c.num_blocks = 6;
-  c.num_ltm_blocks = 2;
-  c.add_bos_embedding = true;
-  c.add_decoder_lora = true;
-  c.add_encoder_retriever = true;
-  c.lora = {4, 8.0, {"q_proj", "v_proj", "k_proj", "up_proj", "down_proj", "gate_proj"}};
-  c.selector_hidden_dim = 12;
-  c.num_selector_layers = 2;
-  c.ltm_initial_size = 40;
-  c.update_ltm_frequency = 5;
-  c.decay_frequency = 1;
-  c.initial_rf_when_moving_stm_to_ltm = 2;
-  return c;
-}
-
-ModelConfig EightBPreset() {
-  ModelConfig c = TinyPreset();
-  c.dtype = DType::kBF16;
-  c.vocab_size = 128256;
-  c.hidden_size = 4096;
-  c.intermediate_size = 14336;
-  c.num_hidden_layers = 32;
-  c.num_attention_heads = 32;
-  c.num_key_value_heads = 8;
-  c.head_dim = 128;
-  c.rope_scaling = {"llama3", 8.0, 1.0, 4.0, 8192};
-  c.max_position_embeddings = 131072;
-  c.bos_token_id = 128000;
-  c.eos_token_ids = {128001};
-  c.num_tokens = 256;
-  c.num_blocks = 50;
-  c.num_ltm_blocks = 10;
-  c.lora = {16, 32.0, {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj"}};
-  c.selector_hidden_dim = 256;
-  c.num_selector_layers = 2;
-  c.ltm_initial_size = 2560;
-  c.update_ltm_frequency = 60;
-  c.initial_rf_when_moving_stm_to_ltm = 10;
-  return c;
-}
-
 bool ParseBool(const std::string& flag, const std::string& value, bool* out) {
   if (value.empty()) return true;
   if (value == "true" || value == "false") {
@@ -161,9 +102,9 @@ int main(int argc, char** argv) {
   const std::string preset = absl::GetFlag(FLAGS_preset);
   ModelConfig c;
   if (preset == "tiny") {
-    c = TinyPreset();
+    c = mplus::engine::TinyMplusConfig();
   } else if (preset == "8b") {
-    c = EightBPreset();
+    c = mplus::engine::Mplus8bConfig();
   } else {
     std::fprintf(stderr, "--preset must be tiny or 8b, got '%s'\n", preset.c_str());
     return 2;

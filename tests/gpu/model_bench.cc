@@ -1,0 +1,335 @@
+// mplus_gpu_model_bench: the timing table of an 8B-shaped M+ checkpoint (mplus-8b shapes, bf16,
+// random weights written on the spot) on GPU 0, one session per long-term mode (resident,
+// offload): inject tokens/s, time to first token, decode speed against the memory roofline,
+// retrieval latency at 150k keys per layer, GPU memory by use. Prints progress lines on stderr
+// and one markdown table on stdout (for bench/RESULTS.md). A target missed is reported, not an
+// error: the exit status is 1 only when something failed to run (no GPU, no disk space, ...).
+// --device=cpu runs the same steps on the CPU backend with the tiny-mplus shapes in bf16, to
+// test the bench on a machine without a GPU.
+#include "tests/gpu/model_bench.h"
+
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/flags_help.h"
+#include "engine/checkpoint_writer.h"
+#include "engine/cuda/device_info.h"
+#include "engine/status_macros.h"
+
+ABSL_FLAG(std::string, device, "cuda",
+          "cuda: the mplus-8b shapes on GPU 0; cpu: the tiny-mplus shapes (bf16) on the CPU "
+          "backend, to test the bench without a GPU.");
+ABSL_FLAG(std::string, checkpoint_dir, "",
+          "Where the random checkpoint is written, or reused when its config.json matches "
+          "(default: /tmp/mplus-8b-bench, or /tmp/mplus-tiny-bench with --device=cpu).");
+ABSL_FLAG(int, inject_chunks, 8, "Timed inject chunks of 512 tokens per session.");
+ABSL_FLAG(int, decode_tokens, 64, "Timed decode steps after the 64-token prompt.");
+ABSL_FLAG(int64_t, ltm_keys, 0,
+          "Long-term keys per layer for the retrieval timing (0: 150000, or 5000 with "
+          "--device=cpu).");
+ABSL_FLAG(int, threads, 0,
+          "Host threads (checkpoint writing, key generation, CPU backend); 0: all.");
+
+namespace mplus::model_bench {
+namespace {
+
+const Clock::time_point kStart = Clock::now();
+constexpr double kDecodeRooflineTarget = 0.85;
+constexpr double kOffloadMemoryTarget = 17.0e9;
+constexpr double kRetrievalTargetMs = 1.0;
+
+std::string Gb(double bytes) { return absl::StrFormat("%.2f GB", bytes / 1e9); }
+std::string Ms(double ms) { return absl::StrFormat("%.2f ms", ms); }
+
+// Bytes of weights one decode step reads: every decoder layer's weights used by the decoder
+// (base weights, decoder-adapter LoRA, norms), the final norm and the LM head. Not the retrieval
+// projectors nor the encoder adapter (inject and prefill only), nor the one embedding row.
+uint64_t DecodeWeightBytes(const engine::ModelConfig& config) {
+  uint64_t bytes = 0;
+  for (const engine::TensorSpec& spec : engine::CheckpointTensorSpecs(config)) {
+    const std::string& n = spec.name;
+    const bool layer = absl::StartsWith(n, "model.layers.") &&
+                       !absl::StrContains(n, "query_proj") && !absl::StrContains(n, "key_proj") &&
+                       !absl::StrContains(n, ".default.");
+    const bool head = n == "model.norm.weight" || n == "lm_head.weight" ||
+                      (config.tie_word_embeddings && n == "model.embed_tokens.weight");
+    if (layer || head) bytes += spec.nbytes();
+  }
+  return bytes;
+}
+
+struct CheckpointInfo {
+  bool reused = false;
+  double seconds = 0;
+  uint64_t bytes = 0;
+};
+
+// Reuses `dir` when it holds a complete checkpoint of `config` (config.json is written after the
+// weights, tokenizer.json last); otherwise writes one with all threads.
+absl::StatusOr<CheckpointInfo> EnsureCheckpoint(const engine::ModelConfig& config,
+                                                const std::string& dir, int threads) {
+  namespace fs = std::filesystem;
+  CheckpointInfo info;
+  for (const engine::TensorSpec& spec : engine::CheckpointTensorSpecs(config)) {
+    info.bytes += spec.nbytes();
+  }
+  std::error_code ec;
+  const fs::path config_path = fs::path(dir) / "config.json";
+  if (fs::exists(config_path, ec) && fs::exists(fs::path(dir) / "tokenizer.json", ec)) {
+    absl::StatusOr<engine::ModelConfig> existing = engine::LoadModelConfig(config_path.string());
+    if (existing.ok() &&
+        engine::ModelConfigToJson(*existing) == engine::ModelConfigToJson(config)) {
+      info.reused = true;
+      Progress(absl::StrCat("checkpoint: reusing ", dir));
+      return info;
+    }
+  }
+  // A stale config.json must not vouch for half-written weights if this write is killed.
+  fs::remove(config_path, ec);
+  fs::create_directories(dir, ec);
+  const fs::space_info space = fs::space(dir, ec);
+  if (!ec && space.available < info.bytes) {
+    return absl::ResourceExhaustedError(absl::StrFormat("checkpoint needs %s in %s, %s available",
+                                                        Gb(info.bytes), dir, Gb(space.available)));
+  }
+  engine::CheckpointOptions options;
+  options.seed = 1;
+  options.threads = threads;
+  // The writer reports every 256 MB: keep a line every 5 s and the last.
+  Clock::time_point last = Clock::now();
+  options.log = [&last](const std::string& line) {
+    if (SecondsSince(last) < 5 && !absl::StartsWith(line, "100.0%")) return;
+    last = Clock::now();
+    Progress("checkpoint: " + line);
+  };
+  const Clock::time_point start = Clock::now();
+  MPLUS_RETURN_IF_ERROR(engine::WriteRandomCheckpoint(config, options, dir));
+  info.seconds = SecondsSince(start);
+  return info;
+}
+
+// Device memory bandwidth: read + write bytes per second of a device-to-device copy.
+absl::StatusOr<double> MeasureBandwidth(engine::Backend& backend, int64_t elems) {
+  MPLUS_ASSIGN_OR_RETURN(engine::Tensor src, backend.Allocate(engine::DType::kF32, {elems}));
+  MPLUS_ASSIGN_OR_RETURN(engine::Tensor dst, backend.Allocate(engine::DType::kF32, {elems}));
+  constexpr int kCopies = 10;
+  MPLUS_RETURN_IF_ERROR(backend.Copy(src, dst));
+  MPLUS_RETURN_IF_ERROR(backend.Synchronize());
+  const Clock::time_point start = Clock::now();
+  for (int i = 0; i < kCopies; ++i) MPLUS_RETURN_IF_ERROR(backend.Copy(src, dst));
+  MPLUS_RETURN_IF_ERROR(backend.Synchronize());
+  return 2.0 * kCopies * static_cast<double>(src.nbytes()) / SecondsSince(start);
+}
+
+struct Row {
+  std::string metric, resident, offload, target, verdict;
+};
+
+void PrintTable(const std::vector<Row>& rows) {
+  int w[5] = {6, 8, 7, 6, 7};
+  for (const Row& r : rows) {
+    const std::string* cells[5] = {&r.metric, &r.resident, &r.offload, &r.target, &r.verdict};
+    for (int i = 0; i < 5; ++i) w[i] = std::max(w[i], static_cast<int>(cells[i]->size()));
+  }
+  auto line = [&](const std::string& a, const std::string& b, const std::string& c,
+                  const std::string& d, const std::string& e) {
+    absl::PrintF("| %-*s | %*s | %*s | %-*s | %-*s |\n", w[0], a, w[1], b, w[2], c, w[3], d, w[4],
+                 e);
+  };
+  line("metric", "resident", "offload", "target", "verdict");
+  absl::PrintF("|-%s-|-%s:|-%s:|-%s-|-%s-|\n", std::string(w[0], '-'), std::string(w[1], '-'),
+               std::string(w[2], '-'), std::string(w[3], '-'), std::string(w[4], '-'));
+  for (const Row& r : rows) line(r.metric, r.resident, r.offload, r.target, r.verdict);
+}
+
+const char* Verdict(bool pass) { return pass ? "PASS" : "MISS"; }
+
+absl::Status Run() {
+  const std::string device = absl::GetFlag(FLAGS_device);
+  if (device != "cuda" && device != "cpu") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--device must be cuda or cpu, got '", device, "'"));
+  }
+  const bool cuda = device == "cuda";
+  const int threads = absl::GetFlag(FLAGS_threads) > 0
+                          ? absl::GetFlag(FLAGS_threads)
+                          : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  engine::ModelConfig config = cuda ? engine::Mplus8bConfig() : engine::TinyMplusConfig();
+  config.dtype = engine::DType::kBF16;
+  std::string dir = absl::GetFlag(FLAGS_checkpoint_dir);
+  if (dir.empty()) dir = cuda ? "/tmp/mplus-8b-bench" : "/tmp/mplus-tiny-bench";
+  const int64_t ltm_keys =
+      absl::GetFlag(FLAGS_ltm_keys) > 0 ? absl::GetFlag(FLAGS_ltm_keys) : (cuda ? 150000 : 5000);
+  SessionSizes sizes;
+  sizes.inject_chunks = absl::GetFlag(FLAGS_inject_chunks);
+  sizes.decode_tokens = absl::GetFlag(FLAGS_decode_tokens);
+  if (sizes.inject_chunks < 1 || sizes.decode_tokens < 1) {
+    return absl::InvalidArgumentError("--inject_chunks and --decode_tokens must be at least 1");
+  }
+
+  // The GPU first: without one, fail before writing gigabytes.
+  engine::ModelOptions options;
+  options.num_threads = threads;
+  std::string device_name;
+  if (cuda) {
+    MPLUS_ASSIGN_OR_RETURN(engine::cuda::DeviceInfo info, engine::cuda::GetDeviceInfo(0));
+    device_name = absl::StrFormat("%s (sm_%d%d, %.1f GiB)", info.name,
+                                  info.compute_capability_major, info.compute_capability_minor,
+                                  static_cast<double>(info.total_memory_bytes) / (1 << 30));
+    MPLUS_ASSIGN_OR_RETURN(options.backend, engine::cuda::CreateCudaBackend(0));
+  }
+
+  MPLUS_ASSIGN_OR_RETURN(CheckpointInfo ckpt, EnsureCheckpoint(config, dir, threads));
+  if (!ckpt.reused) {
+    Progress(absl::StrFormat("checkpoint: %s written to %s in %.1f s (%.0f MB/s)", Gb(ckpt.bytes),
+                             dir, ckpt.seconds, ckpt.bytes / 1e6 / ckpt.seconds));
+  }
+  Clock::time_point start = Clock::now();
+  MPLUS_ASSIGN_OR_RETURN(std::unique_ptr<engine::Model> model, engine::Model::Load(dir, options));
+  const double load_seconds = SecondsSince(start);
+  engine::Backend& backend = model->backend();
+  if (!cuda) device_name = absl::StrFormat("%s, %d threads", backend.name(), threads);
+  std::string load_memory;
+  if (auto mem = engine::cuda::GetCudaMemoryStats(backend); mem.ok()) {
+    load_memory = absl::StrFormat("; GPU memory: weights %s, workspace %s, other %s, peak %s",
+                                  Gb(mem->weights_bytes), Gb(mem->workspace_bytes),
+                                  Gb(mem->other_bytes), Gb(mem->peak_total_bytes));
+  }
+  Progress(absl::StrFormat("loaded in %.1f s%s", load_seconds, load_memory));
+  MPLUS_ASSIGN_OR_RETURN(double bandwidth,
+                         MeasureBandwidth(backend, int64_t{1} << (cuda ? 28 : 24)));
+  Progress(absl::StrFormat("device-to-device copy: %.0f GB/s (read + write)", bandwidth / 1e9));
+
+  // Offload first: the backend's peak counts from its creation, so the offload session's peak is
+  // its own; the resident session's includes it, but holds at least as much.
+  SessionResult sessions[2];  // [0] resident, [1] offload
+  for (memstore::LongTermMode mode :
+       {memstore::LongTermMode::kOffload, memstore::LongTermMode::kResident}) {
+    MPLUS_ASSIGN_OR_RETURN(sessions[mode == memstore::LongTermMode::kResident ? 0 : 1],
+                           RunSession(*model, mode, sizes));
+  }
+  MPLUS_ASSIGN_OR_RETURN(RetrievalResult retrieval,
+                         RunRetrieval(backend, config, ltm_keys, threads));
+
+  // Decode roofline: the weight bytes each step reads at the measured bandwidth. Each step also
+  // reads the float32 KV cache of the whole prefix + prompt (shown, not in the target).
+  const SessionResult& res = sessions[0];
+  const SessionResult& off = sessions[1];
+  const double weight_bytes = static_cast<double>(DecodeWeightBytes(config));
+  const double roofline_ms = weight_bytes / bandwidth * 1e3;
+  const double kv_bytes = 2.0 * config.num_hidden_layers * config.num_key_value_heads *
+                          config.head_dim * 4 *
+                          (model->prefix_length() + sizes.short_prompt + sizes.decode_tokens / 2);
+  auto decode_cell = [&](const SessionResult& s) {
+    return absl::StrFormat("%.2f ms (%.0f%%)", s.decode_ms_per_token,
+                           100 * roofline_ms / s.decode_ms_per_token);
+  };
+  auto decode_ok = [&](const SessionResult& s) {
+    return roofline_ms / s.decode_ms_per_token >= kDecodeRooflineTarget;
+  };
+  std::vector<Row> rows = {
+      {"inject tokens/s (512-token chunks, incl. session commit)",
+       absl::StrFormat("%.0f", res.inject_tokens_per_s),
+       absl::StrFormat("%.0f", off.inject_tokens_per_s), "", ""},
+      {"inject tokens/s (Model::Inject only)",
+       absl::StrFormat("%.0f", res.inject_model_tokens_per_s),
+       absl::StrFormat("%.0f", off.inject_model_tokens_per_s), "", ""},
+      {absl::StrFormat("time to first token, %d-token prompt, prefix cache cold",
+                       sizes.short_prompt),
+       Ms(res.ttft_cold_ms), Ms(off.ttft_cold_ms), "", ""},
+      {absl::StrFormat("time to first token, %d-token prompt, prefix cache warm",
+                       sizes.short_prompt),
+       Ms(res.ttft_warm_ms), Ms(off.ttft_warm_ms), "", ""},
+      {absl::StrFormat("time to first token, %d-token prompt, prefix cache warm",
+                       sizes.long_prompt),
+       Ms(res.ttft_long_ms), Ms(off.ttft_long_ms), "", ""},
+      {"decode tokens/s (1 session)", absl::StrFormat("%.1f", 1e3 / res.decode_ms_per_token),
+       absl::StrFormat("%.1f", 1e3 / off.decode_ms_per_token), "", ""},
+      {absl::StrFormat("decode ms/token (%% of roofline %.2f ms = %s weights / %.0f GB/s)",
+                       roofline_ms, Gb(weight_bytes), bandwidth / 1e9),
+       decode_cell(res), decode_cell(off),
+       absl::StrFormat(">= %.0f%% of roofline", 100 * kDecodeRooflineTarget),
+       decode_ok(res) && decode_ok(off) ? "PASS"
+       : decode_ok(res)                 ? "MISS (offload)"
+       : decode_ok(off)                 ? "MISS (resident)"
+                                        : "MISS"},
+      {absl::StrFormat("retrieval per layer, %dk keys, steady", ltm_keys / 1000),
+       Ms(retrieval.resident.steady_ms), Ms(retrieval.offload.steady_ms),
+       absl::StrFormat("<= %.0f ms (resident)", kRetrievalTargetMs),
+       Verdict(retrieval.resident.steady_ms <= kRetrievalTargetMs)},
+      {absl::StrFormat("retrieval per layer, %dk keys, first use (resident: key upload)",
+                       ltm_keys / 1000),
+       Ms(retrieval.resident.first_ms), Ms(retrieval.offload.first_ms), "", ""},
+      {absl::StrFormat("upload of the %d chosen vectors per layer (float32)",
+                       config.ltm_retrieved_tokens()),
+       Ms(retrieval.fetch_ms), Ms(retrieval.fetch_ms), "", ""},
+      {absl::StrFormat("GPU key mirrors, %d layers x %dk keys", config.num_hidden_layers,
+                       ltm_keys / 1000),
+       Gb(retrieval.resident.device_bytes), Gb(retrieval.offload.device_bytes), "", ""},
+  };
+  auto mem_row = [&](const std::string& what, int64_t engine::cuda::CudaMemoryStats::*field) {
+    auto cell = [&](const SessionResult& s) {
+      return s.memory ? Gb(static_cast<double>((*s.memory).*field)) : std::string("n/a");
+    };
+    rows.push_back({what, cell(res), cell(off), "", ""});
+  };
+  mem_row("GPU memory: weights", &engine::cuda::CudaMemoryStats::weights_bytes);
+  mem_row("GPU memory: workspace", &engine::cuda::CudaMemoryStats::workspace_bytes);
+  mem_row("GPU memory: other (KV caches, activations, prefix cache, key mirrors)",
+          &engine::cuda::CudaMemoryStats::other_bytes);
+  rows.push_back(
+      {"  of which prefix cache", Gb(res.prefix_cache_bytes), Gb(off.prefix_cache_bytes), "", ""});
+  rows.push_back({"  of which the session's key mirrors", Gb(res.retrieval_key_bytes),
+                  Gb(off.retrieval_key_bytes), "", ""});
+  mem_row("GPU memory: peak total", &engine::cuda::CudaMemoryStats::peak_total_bytes);
+  rows.back().target = absl::StrFormat("offload <= %.1f GB", kOffloadMemoryTarget / 1e9);
+  rows.back().verdict =
+      off.memory
+          ? Verdict(static_cast<double>(off.memory->peak_total_bytes) <= kOffloadMemoryTarget)
+          : "n/a";
+
+  absl::PrintF("\n### mplus_gpu_model_bench: %s-shaped M+ (bf16, random weights)\n\n",
+               cuda ? "mplus-8b" : "tiny-mplus");
+  absl::PrintF(
+      "Device: %s. Checkpoint %s, %s; load %.1f s; device-to-device copy %.0f GB/s; "
+      "each decode step also reads ~%s of float32 KV cache. GB = 10^9 bytes. Memory "
+      "after the %d-token prompt's prefill; peak since the backend was made (resident ran "
+      "second).\n\n",
+      device_name, Gb(ckpt.bytes),
+      ckpt.reused ? "reused" : absl::StrFormat("written in %.1f s", ckpt.seconds), load_seconds,
+      bandwidth / 1e9, Gb(kv_bytes), sizes.long_prompt);
+  PrintTable(rows);
+  std::fflush(stdout);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+void Progress(const std::string& line) {
+  std::fprintf(stderr, "[%6.1f s] %s\n", SecondsSince(kStart), line.c_str());
+}
+
+}  // namespace mplus::model_bench
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "Timing table of an 8B-shaped M+ checkpoint (random bf16 weights written on the spot) on "
+      "GPU 0.\nExample: mplus_gpu_model_bench; mplus_gpu_model_bench --device=cpu");
+  mplus::ShowFlagsOfFileInHelp(__FILE__);
+  absl::ParseCommandLine(argc, argv);
+  if (absl::Status s = mplus::model_bench::Run(); !s.ok()) {
+    std::fprintf(stderr, "mplus_gpu_model_bench: %s\n", s.ToString().c_str());
+    return 1;
+  }
+  return 0;
+}

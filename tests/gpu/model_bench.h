@@ -1,0 +1,74 @@
+// The parts of mplus_gpu_model_bench (tests/gpu/model_bench*.cc): timing of one M+ session per
+// long-term mode on a loaded model, and of long-term retrieval at a large key count.
+#ifndef MPLUS_TESTS_GPU_MODEL_BENCH_H_
+#define MPLUS_TESTS_GPU_MODEL_BENCH_H_
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "engine/backend.h"
+#include "engine/cuda/cuda_backend.h"
+#include "engine/model.h"
+#include "engine/model_config.h"
+#include "memstore/long_term_retriever.h"
+
+namespace mplus::model_bench {
+
+using Clock = std::chrono::steady_clock;
+
+inline double SecondsSince(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// A line on stderr stamped with the seconds since the bench started, so that a run killed by a
+// timeout still shows how far it got.
+void Progress(const std::string& line);
+
+struct SessionSizes {
+  int64_t chunk_tokens = 512;
+  int inject_chunks = 8;  // timed, after one warm-up chunk
+  int64_t short_prompt = 64, long_prompt = 1024;
+  int decode_tokens = 64;  // timed, after one warm-up step
+};
+
+struct SessionResult {
+  double inject_tokens_per_s = 0;        // Model::Inject + InMemorySession::ApplyInject
+  double inject_model_tokens_per_s = 0;  // Model::Inject alone
+  double ttft_cold_ms = 0;               // short prompt, prefix cache empty (right after an inject)
+  double ttft_warm_ms = 0;               // short prompt, prefix cache filled
+  double ttft_long_ms = 0;               // long prompt, prefix cache filled
+  double decode_ms_per_token = 0;        // after the short prompt
+  // Backend memory with the long prompt's KV cache alive; absent on a non-CUDA backend.
+  std::optional<engine::cuda::CudaMemoryStats> memory;
+  size_t prefix_cache_bytes = 0;
+  size_t retrieval_key_bytes = 0;
+};
+
+// One InMemorySession in `mode` on `model`: injects random chunks, then generates.
+absl::StatusOr<SessionResult> RunSession(const engine::Model& model, memstore::LongTermMode mode,
+                                         const SessionSizes& sizes);
+
+struct RetrievalTimes {
+  double first_ms = 0;      // mean per layer of the first Select (resident: uploads the keys)
+  double steady_ms = 0;     // mean per layer of later Selects
+  size_t device_bytes = 0;  // key mirrors of every layer on the backend
+};
+
+struct RetrievalResult {
+  RetrievalTimes resident, offload;
+  double fetch_ms = 0;  // upload of K_ltm chosen float32 vectors [K_ltm, hidden] from the host
+};
+
+// Long-term retrieval (LongTermRetriever::Select) over `keys_per_layer` merged random keys on
+// every layer of `config`, 64 queries per layer on `backend`, in both modes.
+absl::StatusOr<RetrievalResult> RunRetrieval(engine::Backend& backend,
+                                             const engine::ModelConfig& config,
+                                             int64_t keys_per_layer, int threads);
+
+}  // namespace mplus::model_bench
+
+#endif  // MPLUS_TESTS_GPU_MODEL_BENCH_H_

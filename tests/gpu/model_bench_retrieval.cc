@@ -1,0 +1,135 @@
+// Long-term retrieval at a large key count, apart from any session: a LongTermMemory with the
+// model's parameters and random merged keys on every layer, scored by LongTermRetriever in each
+// mode with queries on the backend (as Model::Prefill passes them), plus the upload of the
+// chosen vectors that follows every retrieval.
+#include <algorithm>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "engine/status_macros.h"
+#include "memstore/long_term_index.h"
+#include "tests/gpu/model_bench.h"
+
+namespace mplus::model_bench {
+namespace {
+
+constexpr int64_t kQueries = 64;
+constexpr int kSteadyPasses = 3;
+
+std::vector<float> RandomFloats(int64_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+// `count` merged entries with random keys on every layer, layers filled in parallel.
+void FillLayers(memstore::LongTermMemory& ltm, int64_t count, int threads) {
+  const int num_layers = ltm.num_layers();
+  const int64_t p = ltm.params().key_dim;
+  auto fill = [&](int first) {
+    for (int l = first; l < num_layers; l += threads) {
+      std::mt19937 rng(static_cast<uint32_t>(l) + 100);
+      std::uniform_real_distribution<float> dist(-0.1f, 0.1f);
+      std::vector<float> key(static_cast<size_t>(p));
+      memstore::LongTermLayer& layer = ltm.layer(l);
+      for (int64_t i = 0; i < count; ++i) {
+        for (float& x : key) x = dist(rng);
+        // Older entries first, as after many injects.
+        layer.AddMerged(static_cast<uint64_t>(i) + 1, key, count - i, 1.0);
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) pool.emplace_back(fill, t);
+  for (std::thread& th : pool) th.join();
+}
+
+// Mean milliseconds per layer of `passes` passes of Select over every layer. Each Select gets
+// fresh queries, so offload mode pays the device-to-host copy of the queries every time, as in a
+// prefill.
+absl::StatusOr<double> TimeSelect(memstore::LongTermRetriever& retriever,
+                                  memstore::LongTermMemory& ltm, engine::Backend& backend,
+                                  const std::vector<engine::Tensor>& queries, int passes) {
+  double seconds = 0;
+  for (int pass = 0; pass < passes; ++pass) {
+    for (int l = 0; l < ltm.num_layers(); ++l) {
+      engine::RetrievalQueries q(backend, queries[l]);
+      const Clock::time_point start = Clock::now();
+      MPLUS_ASSIGN_OR_RETURN(std::vector<int64_t> chosen, retriever.Select(ltm, l, q));
+      seconds += SecondsSince(start);
+      if (static_cast<int64_t>(chosen.size()) != ltm.params().retrieved_tokens) {
+        return absl::InternalError(absl::StrCat("layer ", l, ": retrieval chose ", chosen.size(),
+                                                " entries, expected ",
+                                                ltm.params().retrieved_tokens));
+      }
+    }
+  }
+  return seconds * 1e3 / (passes * ltm.num_layers());
+}
+
+}  // namespace
+
+absl::StatusOr<RetrievalResult> RunRetrieval(engine::Backend& backend,
+                                             const engine::ModelConfig& config,
+                                             int64_t keys_per_layer, int threads) {
+  const memstore::LongTermParams params = memstore::LongTermParamsFor(config);
+  const int num_layers = static_cast<int>(config.num_hidden_layers);
+  if (keys_per_layer < params.retrieved_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "retrieval needs more than K_ltm = ", params.retrieved_tokens, " keys per layer"));
+  }
+  Clock::time_point start = Clock::now();
+  memstore::LongTermMemory ltm(params, num_layers);
+  FillLayers(ltm, keys_per_layer, std::max(1, std::min(threads, num_layers)));
+  Progress(absl::StrFormat("retrieval: %d layers x %d random keys of %d floats (%.2f GB) in %.1f s",
+                           num_layers, keys_per_layer, params.key_dim,
+                           4.0 * num_layers * keys_per_layer * params.key_dim / 1e9,
+                           SecondsSince(start)));
+
+  std::vector<engine::Tensor> queries;
+  for (int l = 0; l < num_layers; ++l) {
+    MPLUS_ASSIGN_OR_RETURN(engine::Tensor q,
+                           backend.Allocate(engine::DType::kF32, {kQueries, params.key_dim}));
+    const std::vector<float> host = RandomFloats(kQueries * params.key_dim, l + 1);
+    MPLUS_RETURN_IF_ERROR(backend.CopyFromHost(host.data(), engine::DType::kF32, q));
+    queries.push_back(std::move(q));
+  }
+  MPLUS_RETURN_IF_ERROR(backend.Synchronize());
+
+  RetrievalResult r;
+  for (memstore::LongTermMode mode :
+       {memstore::LongTermMode::kResident, memstore::LongTermMode::kOffload}) {
+    // Its mirrors are freed with it, before the next mode.
+    memstore::LongTermRetriever retriever(mode, config.dtype);
+    RetrievalTimes& t = mode == memstore::LongTermMode::kResident ? r.resident : r.offload;
+    MPLUS_ASSIGN_OR_RETURN(t.first_ms, TimeSelect(retriever, ltm, backend, queries, 1));
+    MPLUS_ASSIGN_OR_RETURN(t.steady_ms,
+                           TimeSelect(retriever, ltm, backend, queries, kSteadyPasses));
+    t.device_bytes = retriever.device_bytes();
+    Progress(absl::StrFormat(
+        "retrieval %s: %.3f ms per layer first use, %.3f ms steady; key mirrors %.2f GB",
+        memstore::LongTermModeName(mode), t.first_ms, t.steady_ms, t.device_bytes / 1e9));
+  }
+
+  // The chosen vectors of one layer, float32 [K_ltm, hidden], from the host to the backend.
+  const int64_t rows = params.retrieved_tokens, d = config.hidden_size;
+  const std::vector<float> host = RandomFloats(rows * d, 999);
+  MPLUS_ASSIGN_OR_RETURN(engine::Tensor dst, backend.Allocate(engine::DType::kF32, {rows, d}));
+  constexpr int kCopies = 10;
+  for (int i = 0; i <= kCopies; ++i) {
+    if (i == 1) start = Clock::now();  // copy 0 warms up
+    MPLUS_RETURN_IF_ERROR(backend.CopyFromHost(host.data(), engine::DType::kF32, dst));
+    MPLUS_RETURN_IF_ERROR(backend.Synchronize());
+  }
+  r.fetch_ms = SecondsSince(start) * 1e3 / kCopies;
+  Progress(absl::StrFormat("retrieval: upload of %d x %d float32 chosen vectors %.3f ms", rows, d,
+                           r.fetch_ms));
+  return r;
+}
+
+}  // namespace mplus::model_bench

@@ -1,0 +1,122 @@
+// One M+ session per long-term mode: inject throughput, time to first token, decode speed and
+// the backend memory it holds, as the server would drive it (drop slots from ChooseDropSlots).
+#include <algorithm>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "engine/drop_slots.h"
+#include "engine/status_macros.h"
+#include "memstore/in_memory_session.h"
+#include "tests/gpu/model_bench.h"
+
+namespace mplus::model_bench {
+namespace {
+
+std::vector<int32_t> RandomIds(int64_t n, int64_t vocab, std::mt19937& rng) {
+  std::uniform_int_distribution<int32_t> dist(0, static_cast<int32_t>(vocab - 1));
+  std::vector<int32_t> ids(static_cast<size_t>(n));
+  for (int32_t& id : ids) id = dist(rng);
+  return ids;
+}
+
+int32_t Argmax(const std::vector<float>& logits) {
+  return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+}
+
+// Wall seconds of one Prefill of `prompt` with room for `new_tokens` more.
+absl::StatusOr<double> TimePrefill(const engine::Model& model, engine::SessionMemory& session,
+                                   const std::vector<int32_t>& prompt, int64_t new_tokens,
+                                   std::unique_ptr<engine::DecodeState>* state,
+                                   engine::PrefillOutput* out) {
+  const Clock::time_point start = Clock::now();
+  MPLUS_ASSIGN_OR_RETURN(*state, model.Prefill(session, prompt, new_tokens, false, out));
+  return SecondsSince(start);
+}
+
+}  // namespace
+
+absl::StatusOr<SessionResult> RunSession(const engine::Model& model, memstore::LongTermMode mode,
+                                         const SessionSizes& sizes) {
+  const engine::ModelConfig& c = model.config();
+  const char* name = memstore::LongTermModeName(mode);
+  SessionResult r;
+  std::mt19937 rng(static_cast<uint32_t>(mode) + 1);
+  Clock::time_point start = Clock::now();
+  MPLUS_ASSIGN_OR_RETURN(std::unique_ptr<memstore::InMemorySession> session,
+                         memstore::InMemorySession::Create(model, mode));
+  Progress(absl::StrFormat("%s: session created in %.1f s", name, SecondsSince(start)));
+
+  // Chunk 0 and a prefill of each prompt length warm up (first uses of the GEMM shapes, the key
+  // mirrors); the rest is timed.
+  const uint64_t session_seed = 7;
+  const std::vector<int32_t> prompt = RandomIds(sizes.short_prompt, c.vocab_size, rng);
+  const std::vector<int32_t> long_prompt = RandomIds(sizes.long_prompt, c.vocab_size, rng);
+  std::unique_ptr<engine::DecodeState> state;
+  engine::PrefillOutput out;
+  double model_seconds = 0, commit_seconds = 0;
+  for (int i = 0; i <= sizes.inject_chunks; ++i) {
+    const std::vector<int32_t> chunk = RandomIds(sizes.chunk_tokens, c.vocab_size, rng);
+    start = Clock::now();
+    const auto drops = engine::ChooseDropSlots(
+        session_seed, i, static_cast<int>(c.num_hidden_layers), c.stm_tokens(), c.num_tokens);
+    MPLUS_ASSIGN_OR_RETURN(engine::InjectResult result, model.Inject(*session, chunk, drops));
+    const Clock::time_point computed = Clock::now();
+    MPLUS_RETURN_IF_ERROR(session->ApplyInject(result));
+    if (i == 0) {
+      for (const std::vector<int32_t>* p : {&prompt, &long_prompt}) {
+        MPLUS_ASSIGN_OR_RETURN(state, model.Prefill(*session, *p, 1, false, &out));
+        MPLUS_RETURN_IF_ERROR(model.Decode(*state, 0).status());
+      }
+      state.reset();
+      continue;
+    }
+    model_seconds += std::chrono::duration<double>(computed - start).count();
+    commit_seconds += SecondsSince(computed);
+  }
+  const double tokens = static_cast<double>(sizes.inject_chunks * sizes.chunk_tokens);
+  r.inject_tokens_per_s = tokens / (model_seconds + commit_seconds);
+  r.inject_model_tokens_per_s = tokens / model_seconds;
+  Progress(absl::StrFormat(
+      "%s: 1 + %d chunks of %d tokens injected: %.0f tokens/s (Model::Inject %.1f ms/chunk, "
+      "ApplyInject %.1f ms/chunk)",
+      name, sizes.inject_chunks, sizes.chunk_tokens, r.inject_tokens_per_s,
+      model_seconds * 1e3 / sizes.inject_chunks, commit_seconds * 1e3 / sizes.inject_chunks));
+
+  // The last inject cleared the prefix cache: the first prefill fills it.
+  MPLUS_ASSIGN_OR_RETURN(
+      double secs, TimePrefill(model, *session, prompt, sizes.decode_tokens + 1, &state, &out));
+  r.ttft_cold_ms = secs * 1e3;
+  int32_t token = Argmax(out.logits);
+  MPLUS_ASSIGN_OR_RETURN(std::vector<float> logits, model.Decode(*state, token));
+  token = Argmax(logits);
+  start = Clock::now();
+  for (int i = 0; i < sizes.decode_tokens; ++i) {
+    MPLUS_ASSIGN_OR_RETURN(logits, model.Decode(*state, token));
+    token = Argmax(logits);
+  }
+  r.decode_ms_per_token = SecondsSince(start) * 1e3 / sizes.decode_tokens;
+  state.reset();
+  MPLUS_ASSIGN_OR_RETURN(secs, TimePrefill(model, *session, prompt, 0, &state, &out));
+  r.ttft_warm_ms = secs * 1e3;
+  state.reset();
+  MPLUS_ASSIGN_OR_RETURN(secs, TimePrefill(model, *session, long_prompt, 0, &state, &out));
+  r.ttft_long_ms = secs * 1e3;
+  Progress(absl::StrFormat(
+      "%s: time to first token %.1f ms (cold), %.1f ms (warm), %.1f ms (%d-token prompt); "
+      "decode %.2f ms/token",
+      name, r.ttft_cold_ms, r.ttft_warm_ms, r.ttft_long_ms, sizes.long_prompt,
+      r.decode_ms_per_token));
+
+  if (absl::StatusOr<engine::cuda::CudaMemoryStats> mem =
+          engine::cuda::GetCudaMemoryStats(model.backend());
+      mem.ok()) {
+    r.memory = *mem;
+  }
+  r.prefix_cache_bytes = session->prefix_cache()->bytes();
+  r.retrieval_key_bytes = session->retrieval_key_bytes();
+  return r;
+}
+
+}  // namespace mplus::model_bench
