@@ -74,6 +74,13 @@ absl::StatusOr<Tensor> Project(Backend& backend, const Tensor& normed,
   return h;
 }
 
+absl::Status KeysValues(Backend& backend, const LayerDims& dims, const DeviceLayer& layer,
+                        Adapter adapter, const Tensor& normed, const Tensor& k_out,
+                        const Tensor& v_out) {
+  MPLUS_RETURN_IF_ERROR(Linear(backend, normed, layer.k_proj, adapter, dims.lora_scale, k_out));
+  return Linear(backend, normed, layer.v_proj, adapter, dims.lora_scale, v_out);
+}
+
 absl::StatusOr<Tensor> LayerForward(Backend& backend, const LayerDims& dims,
                                     const DeviceLayer& layer, Adapter adapter, const Tensor& seq,
                                     int64_t num_queries, const Tensor& k_cache,
@@ -103,8 +110,7 @@ absl::StatusOr<Tensor> LayerForward(Backend& backend, const LayerDims& dims,
     const Tensor x = normed.Rows(seg.seq_begin, seg.seq_begin + seg.rows);
     const Tensor k_new = k_cache.Rows(seg.cache_row, seg.cache_row + seg.rows);
     const Tensor v_new = v_cache.Rows(seg.cache_row, seg.cache_row + seg.rows);
-    MPLUS_RETURN_IF_ERROR(Linear(backend, x, layer.k_proj, adapter, dims.lora_scale, k_new));
-    MPLUS_RETURN_IF_ERROR(Linear(backend, x, layer.v_proj, adapter, dims.lora_scale, v_new));
+    MPLUS_RETURN_IF_ERROR(KeysValues(backend, dims, layer, adapter, x, k_new, v_new));
     positions.resize(static_cast<size_t>(seg.rows));
     std::iota(positions.begin(), positions.end(), seg.cache_row);
     MPLUS_RETURN_IF_ERROR(backend.Rope(k_new, dims.head_dim, positions, inv_freq));

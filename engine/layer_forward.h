@@ -47,6 +47,13 @@ absl::Status Linear(Backend& backend, const Tensor& x, const DeviceLinear& linea
 absl::StatusOr<Tensor> Project(Backend& backend, const Tensor& normed,
                                const DeviceProjector& projector);
 
+// Keys (before RoPE) and values of already-normalised rows: k_out / v_out [rows, kv_cols].
+// Each row's result depends on that row only, up to how the backend's MatMul rounds a call of
+// that many rows (the CPU's is row-count independent above kGemvMaxRows rows).
+absl::Status KeysValues(Backend& backend, const LayerDims& dims, const DeviceLayer& layer,
+                        Adapter adapter, const Tensor& normed, const Tensor& k_out,
+                        const Tensor& v_out);
+
 // A run of `seq` rows and where it sits in the sequence: rows [seq_begin, seq_begin + rows) of
 // seq are at positions (= KV cache rows) cache_row .. cache_row + rows - 1.
 struct SeqSegment {

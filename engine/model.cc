@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <limits>
+#include <numeric>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -21,18 +22,6 @@ absl::StatusOr<Tensor> Alloc(Backend& backend, int64_t rows, int64_t cols) {
 const void* HostRow(const TensorView& view, int64_t row, int64_t cols) {
   return static_cast<const char*>(view.data) +
          static_cast<size_t>(row * cols) * DTypeSize(view.dtype);
-}
-
-// Copies the bos and STM key (or value) rows between a generation's KV cache (bos at row 0, STM
-// from row stm_begin) and a PrefixCache tensor ([bos + N, kv_cols], the same rows packed).
-absl::Status CopyPrefixRows(Backend& b, const Tensor& kv, const Tensor& packed, int64_t bos,
-                            int64_t stm_begin, bool to_packed) {
-  const int64_t n = packed.rows() - bos;
-  auto copy = [&](const Tensor& kv_rows, const Tensor& packed_rows) {
-    return to_packed ? b.Copy(kv_rows, packed_rows) : b.Copy(packed_rows, kv_rows);
-  };
-  if (bos) MPLUS_RETURN_IF_ERROR(copy(kv.Rows(0, bos), packed.Rows(0, bos)));
-  return copy(kv.Rows(stm_begin, stm_begin + n), packed.Rows(bos, bos + n));
 }
 
 }  // namespace
@@ -83,10 +72,13 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& checkpoint
   return m;
 }
 
+int64_t Model::bos_rows() const {
+  return config_.has_memory() && weights_.bos_embedding.data != nullptr ? 1 : 0;
+}
+
 int64_t Model::prefix_length() const {
   if (!config_.has_memory()) return 0;
-  return (weights_.bos_embedding.data != nullptr ? 1 : 0) + config_.ltm_retrieved_tokens() +
-         config_.stm_tokens();
+  return bos_rows() + config_.ltm_retrieved_tokens() + config_.stm_tokens();
 }
 
 absl::Status Model::CheckIds(absl::Span<const int32_t> ids, const char* what) const {
@@ -154,7 +146,7 @@ absl::StatusOr<InjectResult> Model::Inject(const SessionMemory& mem, absl::Span<
   const int num_layers = static_cast<int>(layers_.size());
   const int64_t t = static_cast<int64_t>(ids.size()), k = config_.num_tokens;
   const int64_t n = config_.stm_tokens(), d = config_.hidden_size;
-  const int64_t bos = weights_.bos_embedding.data != nullptr ? 1 : 0;
+  const int64_t bos = bos_rows();
   const int64_t s = bos + k + t;  // [bos ; STM[N-K:] ; chunk]
   if (s > max_context_) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -209,6 +201,83 @@ absl::StatusOr<InjectResult> Model::Inject(const SessionMemory& mem, absl::Span<
   return result;
 }
 
+absl::Status Model::MemoryPrefix(SessionMemory& mem, PrefixCache* cache, int layer,
+                                 const Tensor& kc, const Tensor& vc) const {
+  Backend& b = *backend_;
+  const DeviceLayer& lw = layers_[layer];
+  const int64_t n = config_.stm_tokens(), d = config_.hidden_size, kv = dims_.kv_cols();
+  const int64_t bos = bos_rows(), stm_begin = bos + config_.ltm_retrieved_tokens();
+  const bool filled = cache != nullptr && static_cast<int>(cache->keys_.size()) > layer;
+  // Keys and values (before RoPE) of `rows` rows given as float32 rows on the device.
+  auto project = [&](const Tensor& rows, int64_t first_row) -> absl::Status {
+    MPLUS_RETURN_IF_ERROR(b.RmsNorm(rows, lw.input_layernorm, dims_.rms_eps, rows));
+    const int64_t end = first_row + rows.rows();
+    return KeysValues(b, dims_, lw, Adapter::kDecoder, rows, kc.Rows(first_row, end),
+                      vc.Rows(first_row, end));
+  };
+
+  // Cached STM rows (a prefix of the slots), gathered in slot order; then the rest projected.
+  int64_t cached = 0;
+  bool in_order = true;
+  if (filled) {
+    const std::vector<int32_t>& rows = cache->slot_rows_[layer];
+    while (cached < n && rows[cached] >= 0) {
+      in_order = in_order && rows[cached] == bos + cached;
+      ++cached;
+    }
+    if (bos) {
+      MPLUS_RETURN_IF_ERROR(b.Copy(cache->keys_[layer].Rows(0, bos), kc.Rows(0, bos)));
+      MPLUS_RETURN_IF_ERROR(b.Copy(cache->values_[layer].Rows(0, bos), vc.Rows(0, bos)));
+    }
+    if (cached > 0) {  // Embedding is a row gather: out[i] = table[rows[i]]
+      const absl::Span<const int32_t> gather(rows.data(), static_cast<size_t>(cached));
+      MPLUS_RETURN_IF_ERROR(
+          b.Embedding(cache->keys_[layer], gather, kc.Rows(stm_begin, stm_begin + cached)));
+      MPLUS_RETURN_IF_ERROR(
+          b.Embedding(cache->values_[layer], gather, vc.Rows(stm_begin, stm_begin + cached)));
+    }
+  } else if (bos) {
+    MPLUS_ASSIGN_OR_RETURN(Tensor row, Alloc(b, bos, d));
+    MPLUS_RETURN_IF_ERROR(CopyBos(layer, row));
+    MPLUS_RETURN_IF_ERROR(project(row, 0));
+  }
+  if (cached < n) {
+    MPLUS_ASSIGN_OR_RETURN(TensorView stm, CheckedShortTerm(mem, layer));
+    MPLUS_ASSIGN_OR_RETURN(Tensor rows, Alloc(b, n - cached, d));
+    MPLUS_RETURN_IF_ERROR(b.CopyFromHost(HostRow(stm, cached, d), stm.dtype, rows));
+    MPLUS_RETURN_IF_ERROR(project(rows, stm_begin + cached));
+  }
+
+  // The cache keeps the rows in slot order; untouched when it already holds exactly these.
+  if (cache != nullptr && (!filled || cached < n || !in_order)) {
+    if (!filled) {
+      MPLUS_ASSIGN_OR_RETURN(Tensor keys, Alloc(b, bos + n, kv));
+      MPLUS_ASSIGN_OR_RETURN(Tensor values, Alloc(b, bos + n, kv));
+      cache->keys_.push_back(std::move(keys));
+      cache->values_.push_back(std::move(values));
+      cache->slot_rows_.emplace_back();
+    }
+    for (const auto& [from, to] :
+         {std::pair{&kc, &cache->keys_[layer]}, std::pair{&vc, &cache->values_[layer]}}) {
+      if (bos) MPLUS_RETURN_IF_ERROR(b.Copy(from->Rows(0, bos), to->Rows(0, bos)));
+      MPLUS_RETURN_IF_ERROR(b.Copy(from->Rows(stm_begin, stm_begin + n), to->Rows(bos, bos + n)));
+    }
+    std::vector<int32_t>& rows = cache->slot_rows_[layer];
+    rows.resize(static_cast<size_t>(n));
+    for (int64_t slot = 0; slot < n; ++slot) rows[slot] = static_cast<int32_t>(bos + slot);
+  }
+
+  // RoPE last: the cache holds keys before rotation.
+  std::vector<int64_t> positions(static_cast<size_t>(n));
+  std::iota(positions.begin(), positions.end(), stm_begin);
+  if (bos) {
+    const int64_t zero = 0;
+    MPLUS_RETURN_IF_ERROR(
+        b.Rope(kc.Rows(0, bos), dims_.head_dim, absl::MakeConstSpan(&zero, 1), inv_freq_));
+  }
+  return b.Rope(kc.Rows(stm_begin, stm_begin + n), dims_.head_dim, positions, inv_freq_);
+}
+
 absl::StatusOr<std::unique_ptr<DecodeState>> Model::Prefill(SessionMemory& mem,
                                                             absl::Span<const int32_t> prompt,
                                                             int64_t max_new_tokens,
@@ -221,7 +290,7 @@ absl::StatusOr<std::unique_ptr<DecodeState>> Model::Prefill(SessionMemory& mem,
   const int num_layers = static_cast<int>(layers_.size());
   const int64_t t = static_cast<int64_t>(prompt.size()), d = config_.hidden_size;
   const int64_t p = prefix_length(), k_ltm = config_.ltm_retrieved_tokens();
-  const int64_t bos = config_.has_memory() && weights_.bos_embedding.data != nullptr ? 1 : 0;
+  const int64_t bos = bos_rows();
   if (p + t + max_new_tokens > max_context_) {
     return absl::InvalidArgumentError(
         absl::StrCat("generate: prompt of ", t, " tokens plus ", max_new_tokens,
@@ -238,34 +307,20 @@ absl::StatusOr<std::unique_ptr<DecodeState>> Model::Prefill(SessionMemory& mem,
   }
   if (want_retrieved) out->retrieved.assign(num_layers, {});
 
-  // The bos and STM rows (positions 0 and stm_begin..p-1 in every generate) get their keys and
-  // values from the session's prefix cache when it holds this model's; then seq is only
-  // [retrieved ; prompt]. Otherwise seq is the whole [bos ; retrieved ; STM ; prompt] and, when
-  // the session keeps a cache, the computed prefix rows fill it. Each part is its own segment,
-  // projected by its own MatMul calls in both cases, so even a backend whose rounding depends on
-  // a call's row count gives bitwise the same keys and values with and without the cache.
+  // The memory prefix's bos and STM rows (positions 0 and stm_begin..p-1 in every generate) come
+  // from MemoryPrefix; seq holds the rows projected by LayerForward: [retrieved ; prompt].
   PrefixCache* cache = config_.has_memory() ? mem.prefix_cache() : nullptr;
-  const bool reuse = cache != nullptr && !cache->empty() && cache->model_id_ == id_;
-  const bool fill = cache != nullptr && !reuse;
-  const int64_t stm_begin = bos + k_ltm;
+  if (cache != nullptr && cache->model_id_ != id_) {
+    cache->Clear();  // empty, or another model's
+    cache->model_id_ = id_;
+  }
   std::vector<SeqSegment> segments;
-  int64_t seq_rows = 0;
-  auto add_segment = [&](int64_t rows, int64_t position) {
-    if (rows > 0) segments.push_back({seq_rows, rows, position});
-    seq_rows += rows;
-  };
-  if (!reuse) add_segment(bos, 0);
-  const int64_t seq_ltm = seq_rows;  // seq row of the first retrieved token
-  add_segment(k_ltm, bos);
-  if (!reuse) add_segment(p - stm_begin, stm_begin);
-  const int64_t seq_prompt = seq_rows;
-  add_segment(t, p);
-  std::vector<Tensor> fill_keys, fill_values;
-  const int64_t packed_rows = bos + config_.stm_tokens();
+  if (k_ltm > 0) segments.push_back({0, k_ltm, bos});
+  segments.push_back({k_ltm, t, p});
 
   MPLUS_ASSIGN_OR_RETURN(Tensor h, Alloc(b, t, d));
   MPLUS_RETURN_IF_ERROR(b.Embedding(embed_tokens_, prompt, h));
-  MPLUS_ASSIGN_OR_RETURN(Tensor seq, Alloc(b, seq_rows, d));
+  MPLUS_ASSIGN_OR_RETURN(Tensor seq, Alloc(b, k_ltm + t, d));
   std::vector<float> retrieved(static_cast<size_t>(k_ltm * d));
   for (int l = 0; l < num_layers; ++l) {
     const Tensor& kc = state->k_cache_[l];
@@ -277,34 +332,13 @@ absl::StatusOr<std::unique_ptr<DecodeState>> Model::Prefill(SessionMemory& mem,
       MPLUS_ASSIGN_OR_RETURN(Tensor queries, Project(b, normed, layers_[l].query_proj));
       RetrievalQueries layer_queries(b, std::move(queries));
       MPLUS_RETURN_IF_ERROR(mem.RetrieveLongTerm(l, layer_queries, retrieved.data()));
-      MPLUS_RETURN_IF_ERROR(
-          b.CopyFromHost(retrieved.data(), DType::kF32, seq.Rows(seq_ltm, seq_ltm + k_ltm)));
+      MPLUS_RETURN_IF_ERROR(b.CopyFromHost(retrieved.data(), DType::kF32, seq.Rows(0, k_ltm)));
       if (want_retrieved) out->retrieved[l] = retrieved;
     }
-    if (reuse) {
-      MPLUS_RETURN_IF_ERROR(CopyPrefixRows(b, kc, cache->keys_[l], bos, stm_begin, false));
-      MPLUS_RETURN_IF_ERROR(CopyPrefixRows(b, vc, cache->values_[l], bos, stm_begin, false));
-    } else if (config_.has_memory()) {
-      if (bos) MPLUS_RETURN_IF_ERROR(CopyBos(l, seq.Rows(0, 1)));
-      MPLUS_ASSIGN_OR_RETURN(TensorView stm, CheckedShortTerm(mem, l));
-      MPLUS_RETURN_IF_ERROR(b.CopyFromHost(stm.data, stm.dtype, seq.Rows(stm_begin, p)));
-    }
-    MPLUS_RETURN_IF_ERROR(b.Copy(h, seq.Rows(seq_prompt, seq_prompt + t)));
+    if (config_.has_memory()) MPLUS_RETURN_IF_ERROR(MemoryPrefix(mem, cache, l, kc, vc));
+    MPLUS_RETURN_IF_ERROR(b.Copy(h, seq.Rows(k_ltm, k_ltm + t)));
     MPLUS_ASSIGN_OR_RETURN(h, LayerForward(b, dims_, layers_[l], Adapter::kDecoder, seq, t, kc, vc,
                                            segments, inv_freq_));
-    if (fill) {
-      MPLUS_ASSIGN_OR_RETURN(Tensor keys, Alloc(b, packed_rows, dims_.kv_cols()));
-      MPLUS_ASSIGN_OR_RETURN(Tensor values, Alloc(b, packed_rows, dims_.kv_cols()));
-      MPLUS_RETURN_IF_ERROR(CopyPrefixRows(b, kc, keys, bos, stm_begin, true));
-      MPLUS_RETURN_IF_ERROR(CopyPrefixRows(b, vc, values, bos, stm_begin, true));
-      fill_keys.push_back(std::move(keys));
-      fill_values.push_back(std::move(values));
-    }
-  }
-  if (fill) {  // only a complete forward fills the cache
-    cache->keys_ = std::move(fill_keys);
-    cache->values_ = std::move(fill_values);
-    cache->model_id_ = id_;
   }
   state->length_ = p + t;
   MPLUS_ASSIGN_OR_RETURN(out->logits, Logits(h.Rows(t - 1, t)));

@@ -84,9 +84,11 @@ class Model {
 
   // First forward of a generation over `prompt` with retrieval (decoder LoRA). Room is kept in
   // the cache for `max_new_tokens` more tokens. Fills `out` (retrieved only when
-  // `want_retrieved`). When `mem` keeps a prefix cache, an empty one (or one another model
-  // filled) is filled and a filled one replaces the bos and STM rows' projections: the results
-  // are bitwise those of an uncached prefill.
+  // `want_retrieved`). When `mem` keeps a prefix cache, the bos and STM rows it holds are copied
+  // instead of projected, the others (all at first, the new tokens after an inject) are
+  // projected and stored: the results are bitwise those of an uncached prefill whenever the
+  // backend's MatMul rounds each row independently of the call's row count (the CPU backend
+  // when the new rows are more than kGemvMaxRows), otherwise equal up to summation order.
   absl::StatusOr<std::unique_ptr<DecodeState>> Prefill(SessionMemory& mem,
                                                        absl::Span<const int32_t> prompt,
                                                        int64_t max_new_tokens, bool want_retrieved,
@@ -106,6 +108,13 @@ class Model {
   absl::Status CheckIds(absl::Span<const int32_t> ids, const char* what) const;
   absl::StatusOr<TensorView> CheckedShortTerm(const SessionMemory& mem, int layer) const;
   absl::Status CopyBos(int layer, const Tensor& row) const;
+  // 1 when the memory prefix starts with the bos embedding, else 0.
+  int64_t bos_rows() const;
+  // Writes layer `layer`'s bos and STM keys (rotated) and values into a generation's KV cache
+  // rows 0 and bos + K_ltm .., taking the rows `cache` holds and projecting the others from the
+  // short-term memory; refreshes `cache` (when not null) to hold all of them.
+  absl::Status MemoryPrefix(SessionMemory& mem, PrefixCache* cache, int layer, const Tensor& kc,
+                            const Tensor& vc) const;
   absl::StatusOr<std::vector<float>> Logits(const Tensor& last_hidden) const;
   absl::StatusOr<std::vector<float>> DroppedKeys(int layer, const TensorView& stm,
                                                  absl::Span<const int32_t> slots) const;

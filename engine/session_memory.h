@@ -57,7 +57,7 @@ class SessionMemory {
   virtual absl::Status RetrieveLongTerm(int layer, RetrievalQueries& queries, float* out) = 0;
 
   // The session's cache of prefix keys and values (prefix_cache.h), or null for none. A session
-  // that returns one must clear it whenever its short-term memory changes.
+  // that returns one must tell it of every change of its short-term memory (OnInject, Clear).
   virtual PrefixCache* prefix_cache() { return nullptr; }
 };
 

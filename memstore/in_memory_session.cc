@@ -144,7 +144,7 @@ absl::Status InMemorySession::ApplyInject(const engine::InjectResult& inject) {
       if (slot < 0 || slot >= n_) return absl::InvalidArgumentError("ApplyInject: bad slot");
     }
   }
-  prefix_cache_.Clear();  // the short-term memory is about to change
+  prefix_cache_.OnInject(inject.dropped);  // the short-term memory is about to change
   std::vector<DroppedTokens> dropped(layers);
   for (size_t l = 0; l < layers; ++l) {
     std::vector<bool> drop(static_cast<size_t>(n_), false);

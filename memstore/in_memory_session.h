@@ -28,7 +28,7 @@ class InMemorySession : public engine::SessionMemory {
   // Stored in the checkpoint dtype.
   engine::TensorView ShortTerm(int layer) const override;
   absl::Status RetrieveLongTerm(int layer, engine::RetrievalQueries& queries, float* out) override;
-  // Cleared by every ApplyInject that passes validation.
+  // Told of every ApplyInject that passes validation (PrefixCache::OnInject).
   engine::PrefixCache* prefix_cache() override { return &prefix_cache_; }
 
   // Commits an inject: STM_l <- [kept slots ascending ; delta_l rounded to the checkpoint

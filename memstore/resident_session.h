@@ -39,7 +39,8 @@ class ResidentSession : public engine::SessionMemory {
 
   engine::TensorView ShortTerm(int layer) const override;
   absl::Status RetrieveLongTerm(int layer, engine::RetrievalQueries& queries, float* out) override;
-  // Cleared by every Commit that passes validation (a reload starts with an empty one).
+  // Told of every Commit that passes validation (PrefixCache::OnInject); a reload starts with an
+  // empty one.
   engine::PrefixCache* prefix_cache() override {
     return store_.prefix_cache ? &prefix_cache_ : nullptr;
   }

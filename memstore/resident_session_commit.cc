@@ -48,7 +48,7 @@ absl::Status ResidentSession::Commit(const engine::InjectResult& result, int64_t
                                      int64_t* evicted_ltm_tokens) {
   absl::Status st = CheckResult(result);
   if (!st.ok()) return st;
-  prefix_cache_.Clear();  // the short-term memory is about to change
+  prefix_cache_.OnInject(result.dropped);  // the short-term memory is about to change
   const engine::ModelConfig& c = base_.config();
   const int L = base_.num_layers();
   const int64_t K = c.num_tokens, N = c.stm_tokens(), d = c.hidden_size;

@@ -40,8 +40,8 @@ ABSL_FLAG(
     std::string, device, "cpu",
     "Compute device: cpu, or cuda (GPU 0, through the CUDA backend plugin libmplus_cuda.so).");
 ABSL_FLAG(std::string, cuda_plugin, "",
-          "Path of libmplus_cuda.so for --device=cuda; empty: next to the server "
-          "(../lib/libmplus_cuda.so), then the build tree.");
+          "Path of libmplus_cuda.so for --device=cuda; empty: beside the server binary, then "
+          "../lib/libmplus_cuda.so from it, then the build tree.");
 ABSL_FLAG(int, shutdown_grace_seconds, 30,
           "On SIGTERM/SIGINT: seconds in-flight requests get to finish before being cancelled.");
 ABSL_FLAG(int, cpu_threads, 0, "Threads of the CPU backend (0: one per hardware thread).");
@@ -71,9 +71,10 @@ ABSL_FLAG(
     "may lose acknowledged injects; a process crash does not).");
 ABSL_FLAG(int64_t, block_cache_mb, 256, "RocksDB block cache for long-term memory vectors, MiB.");
 ABSL_FLAG(bool, prefix_cache, true,
-          "Keep each resident session's short-term-memory prefix K/V between Generates: much "
-          "faster time to first token, at 2*layers*(1+N)*kv_dim*4 bytes per session (~3.4 GB for "
-          "mplus-8b), counted in --resident_budget_mb.");
+          "Keep each resident session's short-term-memory prefix K/V between Generates (after an "
+          "Inject only the new memory tokens' rows are computed): much faster time to first "
+          "token, at 2*layers*(1+N)*kv_dim*4 bytes per session (~3.4 GB for mplus-8b), counted "
+          "in --resident_budget_mb (cpu) or --gpu_memory_budget_mb (cuda).");
 ABSL_FLAG(int64_t, resident_budget_mb, 8192,
           "Memory for resident sessions' short-term memory, MiB; least recently used sessions "
           "spill beyond it and are restored on their next request.");
