@@ -18,6 +18,7 @@
 #include "engine/cuda/device_memory.h"
 #include "engine/cuda/gemm.h"
 #include "engine/cuda/kernels.h"
+#include "engine/cuda/pinned_staging.h"
 #include "engine/cuda/retrieval.h"
 #include "engine/status_macros.h"
 
@@ -115,9 +116,11 @@ class CudaBackend : public Backend {
         indices_(state, MemCategory::kWorkspace) {}
 
   cudaStream_t stream() const { return state_->stream(); }
-  // Copies a small host array into the index scratch. The host data is first copied into a
-  // pageable vector we own, so cudaMemcpyAsync stages it before returning even when the
-  // caller's memory is pinned and freed right after the call.
+  // Enqueues a copy of `bytes` of host `src` to device `dst` on the stream; `src` may be reused
+  // as soon as this returns.
+  absl::Status UploadBytes(const void* src, size_t bytes, void* dst)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Copies a small host array into the index scratch.
   template <typename T>
   absl::StatusOr<const T*> UploadIndices(absl::Span<const T> host)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -135,6 +138,8 @@ class CudaBackend : public Backend {
   ScratchBuffer convert_ ABSL_GUARDED_BY(mu_);    // bf16 activations, widened weights
   ScratchBuffer attention_ ABSL_GUARDED_BY(mu_);  // split-key partial results
   ScratchBuffer indices_ ABSL_GUARDED_BY(mu_);    // positions, token ids
+  // Host-to-device copies; null when no pinned memory could be had (UploadBytes then waits).
+  std::unique_ptr<PinnedStaging> staging_ ABSL_GUARDED_BY(mu_);
   absl::Mutex scorer_mu_;
   std::unique_ptr<GpuRetrievalScorer> scorer_ ABSL_GUARDED_BY(scorer_mu_);
 };
@@ -149,6 +154,14 @@ absl::StatusOr<std::unique_ptr<Backend>> CudaBackend::Create(int ordinal) {
   absl::MutexLock lock(&backend->mu_);
   MPLUS_ASSIGN_OR_RETURN(backend->gemm_,
                          LtGemm::Create(backend->gemm_workspace_.get(), kGemmWorkspaceBytes));
+  absl::StatusOr<std::unique_ptr<PinnedStaging>> staging =
+      PinnedStaging::Create(ordinal, backend->stream());
+  if (staging.ok()) {
+    backend->staging_ = *std::move(staging);
+  } else if (!absl::IsResourceExhausted(staging.status())) {
+    return staging.status();
+  }
+  // Without pinned memory (page-locking limits) copies still work, synchronously.
   return backend;
 }
 
@@ -166,22 +179,38 @@ CudaMemoryStats CudaBackend::MemoryStats() const {
   return stats;
 }
 
+// Every host-to-device copy of the backend comes here. The copy goes on the compute stream, so
+// it runs after the earlier kernels that may still read or write `dst` and before the later
+// ones that read it (see engine/cuda/pinned_staging.h for why no separate copy stream).
+absl::Status CudaBackend::UploadBytes(const void* src, size_t bytes, void* dst) {
+  if (bytes == 0) return absl::OkStatus();
+  if (staging_ != nullptr) return staging_->Stage(src, bytes, dst);
+  if (src == nullptr) return absl::InvalidArgumentError("host-to-device copy from null");
+  // From pageable memory cudaMemcpyAsync may return before the DMA has read `src`, which the
+  // caller may reuse once we return: wait for it (and so for all earlier work).
+  MPLUS_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream()));
+  MPLUS_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream()));
+  return absl::OkStatus();
+}
+
 template <typename T>
 absl::StatusOr<const T*> CudaBackend::UploadIndices(absl::Span<const T> host) {
-  const std::vector<T> staged(host.begin(), host.end());
-  MPLUS_ASSIGN_OR_RETURN(void* dst, indices_.Get(staged.size() * sizeof(T)));
-  MPLUS_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst, staged.data(), staged.size() * sizeof(T),
-                                             cudaMemcpyHostToDevice, stream()));
+  const size_t bytes = host.size() * sizeof(T);
+  // Growing the scratch frees the old buffer stream-ordered: earlier kernels keep their indices.
+  MPLUS_ASSIGN_OR_RETURN(void* dst, indices_.Get(bytes));
+  MPLUS_RETURN_IF_ERROR(UploadBytes(host.data(), bytes, dst));
   return static_cast<const T*>(dst);
 }
 
 absl::Status CudaBackend::UploadWidened(const void* src, DType dtype, int64_t numel, float* dst) {
+  if (numel == 0) return absl::OkStatus();
   const size_t bytes = static_cast<size_t>(numel) * DTypeSize(dtype);
+  // convert_ may still be read by earlier kernels (a MatMul's bf16 activations): the staged copy
+  // into it is ordered after them on the stream, and the widen kernel after the copy. Growing
+  // convert_ frees the old buffer stream-ordered, so those kernels keep a valid pointer.
   MPLUS_ASSIGN_OR_RETURN(void* raw, convert_.Get(bytes));
-  MPLUS_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(raw, src, bytes, cudaMemcpyHostToDevice, stream()));
+  MPLUS_RETURN_IF_ERROR(UploadBytes(src, bytes, raw));
   MPLUS_CUDA_RETURN_IF_ERROR(LaunchWidenToF32(raw, dtype, numel, dst, stream()));
-  // The caller may free or reuse `src` once we return, pinned or not.
-  MPLUS_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream()));
   return absl::OkStatus();
 }
 
@@ -209,19 +238,23 @@ absl::StatusOr<Tensor> CudaBackend::UploadWeight(const TensorView& view) {
   // float16 is widened once here (see the header) so MatMul never sees it.
   const DType dtype = view.dtype == DType::kF16 ? DType::kF32 : view.dtype;
   const int64_t numel = view.numel();
+  if (view.nbytes != static_cast<size_t>(numel) * DTypeSize(view.dtype)) {
+    return absl::InvalidArgumentError(absl::StrCat("UploadWeight: ", view.name, " has ",
+                                                   view.nbytes, " bytes for ", numel, " elements"));
+  }
   absl::MutexLock lock(&mu_);
   MPLUS_RETURN_IF_ERROR(state_->Activate());
   MPLUS_ASSIGN_OR_RETURN(std::shared_ptr<void> storage,
                          DeviceState::Alloc(state_, static_cast<size_t>(numel) * DTypeSize(dtype),
                                             MemCategory::kWeights));
   if (dtype == view.dtype) {
-    MPLUS_CUDA_RETURN_IF_ERROR(
-        cudaMemcpyAsync(storage.get(), view.data, view.nbytes, cudaMemcpyHostToDevice, stream()));
-    MPLUS_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream()));
+    MPLUS_RETURN_IF_ERROR(UploadBytes(view.data, view.nbytes, storage.get()));
   } else {
     MPLUS_RETURN_IF_ERROR(
         UploadWidened(view.data, view.dtype, numel, static_cast<float*>(storage.get())));
   }
+  // Load time: wait, so that a failed copy is reported by the upload of its own tensor.
+  MPLUS_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream()));
   return Tensor::Own(dtype, view.shape, Device::kCuda, std::move(storage));
 }
 
@@ -229,12 +262,7 @@ absl::Status CudaBackend::CopyFromHost(const void* src, DType src_dtype, const T
   MPLUS_RETURN_IF_ERROR(CheckCuda(dst, "CopyFromHost"));
   absl::MutexLock lock(&mu_);
   MPLUS_RETURN_IF_ERROR(state_->Activate());
-  if (src_dtype == dst.dtype()) {
-    MPLUS_CUDA_RETURN_IF_ERROR(
-        cudaMemcpyAsync(dst.data(), src, dst.nbytes(), cudaMemcpyHostToDevice, stream()));
-    MPLUS_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream()));
-    return absl::OkStatus();
-  }
+  if (src_dtype == dst.dtype()) return UploadBytes(src, dst.nbytes(), dst.data());
   if (dst.dtype() != DType::kF32 || !IsFloat(src_dtype)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "CopyFromHost: cannot convert ", DTypeName(src_dtype), " to ", DTypeName(dst.dtype())));
