@@ -117,7 +117,9 @@ class Backend {
   virtual absl::Status CopyFromHost(const void* src, DType src_dtype, const Tensor& dst) = 0;
   // Device `src` into host memory of the same dtype (blocking).
   virtual absl::Status CopyToHost(const Tensor& src, void* dst) = 0;
-  // Device-to-device copy of equal element counts and dtypes.
+  // Device-to-device copy of equal element counts: equal dtypes (memmove semantics), or float32
+  // to bfloat16 (round to nearest even, as torch) or bfloat16 to float32 (exact); converting
+  // copies must not alias.
   virtual absl::Status Copy(const Tensor& src, const Tensor& dst) = 0;
   virtual absl::Status Synchronize() = 0;
 
@@ -136,8 +138,9 @@ class Backend {
   virtual absl::Status Rope(const Tensor& x, int64_t head_dim, absl::Span<const int64_t> positions,
                             const Tensor& inv_freq) = 0;
   // Softmax attention with scale 1/sqrt(head_dim). q [nq, H*hd]; k, v [nk, Hkv*hd] with
-  // nk >= nq; query head h reads kv head h / (H / Hkv). Bottom-right causal mask: query i sees
-  // keys 0 .. nk - nq + i (a prefix of keys seen by all, then causal). out [nq, H*hd].
+  // nk >= nq, both float32 or both bfloat16 (widened exactly; all math in float32); query head
+  // h reads kv head h / (H / Hkv). Bottom-right causal mask: query i sees keys
+  // 0 .. nk - nq + i (a prefix of keys seen by all, then causal). out [nq, H*hd] float32.
   virtual absl::Status Attention(const Tensor& q, const Tensor& k, const Tensor& v,
                                  int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,
                                  const Tensor& out) = 0;
@@ -149,7 +152,8 @@ class Backend {
   virtual absl::Status Add(const Tensor& a, const Tensor& b, const Tensor& out) = 0;
   // In-place x[i, :] += row for every row i (row has x.cols() elements, any float dtype).
   virtual absl::Status AddRow(const Tensor& x, const Tensor& row) = 0;
-  // out[i, :] = table[ids[i], :] widened to float32; ids must be in range (checked).
+  // out[i, :] = table[ids[i], :], widened to float32 or (a plain row gather) in the table's
+  // dtype; ids must be in range (checked).
   virtual absl::Status Embedding(const Tensor& table, absl::Span<const int32_t> ids,
                                  const Tensor& out) = 0;
 
