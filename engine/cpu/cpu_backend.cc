@@ -125,9 +125,28 @@ absl::Status CpuBackend::CopyToHost(const Tensor& src, void* dst) {
 absl::Status CpuBackend::Copy(const Tensor& src, const Tensor& dst) {
   if (absl::Status s = CheckCpu(src, "Copy"); !s.ok()) return s;
   if (absl::Status s = CheckCpu(dst, "Copy"); !s.ok()) return s;
-  if (src.dtype() != dst.dtype() || src.numel() != dst.numel()) return ShapeError("Copy", src, dst);
-  std::memmove(dst.data(), src.data(), src.nbytes());
-  return absl::OkStatus();
+  if (src.numel() != dst.numel()) return ShapeError("Copy", src, dst);
+  if (src.dtype() == dst.dtype()) {
+    std::memmove(dst.data(), src.data(), src.nbytes());
+    return absl::OkStatus();
+  }
+  const char* s = static_cast<const char*>(src.data());
+  const char* d = static_cast<const char*>(dst.data());
+  if (s < d + dst.nbytes() && d < s + src.nbytes()) {
+    return absl::InvalidArgumentError("Copy: a converting copy must not alias");
+  }
+  if (src.dtype() == DType::kF32 && dst.dtype() == DType::kBF16) {
+    const float* from = src.data_as<const float>();
+    uint16_t* to = dst.data_as<uint16_t>();
+    for (int64_t i = 0; i < src.numel(); ++i) to[i] = FloatToBF16(from[i]);
+    return absl::OkStatus();
+  }
+  if (src.dtype() == DType::kBF16 && dst.dtype() == DType::kF32) {
+    LoadFloats(src.data(), DType::kBF16, 0, src.numel(), dst.data_as<float>());
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrCat("Copy: cannot convert ", DTypeName(src.dtype()),
+                                                 " to ", DTypeName(dst.dtype())));
 }
 
 absl::Status CpuBackend::MatMul(const Tensor& x, const Tensor& w, const Tensor& out, float alpha,
@@ -232,8 +251,17 @@ absl::Status CpuBackend::Rope(const Tensor& x, int64_t head_dim,
 absl::Status CpuBackend::Attention(const Tensor& q, const Tensor& k, const Tensor& v,
                                    int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,
                                    const Tensor& out) {
-  for (const Tensor* t : {&q, &k, &v, &out}) {
+  for (const Tensor* t : {&q, &out}) {
     if (absl::Status s = CheckF32(*t, "Attention"); !s.ok()) return s;
+  }
+  for (const Tensor* t : {&k, &v}) {
+    if (absl::Status s = CheckCpu(*t, "Attention"); !s.ok()) return s;
+  }
+  const DType kv_dtype = k.dtype();
+  if ((kv_dtype != DType::kF32 && kv_dtype != DType::kBF16) || v.dtype() != kv_dtype) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Attention: K and V must both be F32 or both BF16, got ", DTypeName(k.dtype()),
+                     " and ", DTypeName(v.dtype())));
   }
   const int64_t nq = q.rows(), nk = k.rows();
   if (num_kv_heads <= 0 || num_heads % num_kv_heads != 0 || q.cols() != num_heads * head_dim ||
@@ -247,8 +275,9 @@ absl::Status CpuBackend::Attention(const Tensor& q, const Tensor& k, const Tenso
   const int64_t q_cols = q.cols(), o_cols = out.cols();
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   const float* qd = q.data_as<const float>();
-  const float* kd = k.data_as<const float>();
-  const float* vd = v.data_as<const float>();
+  const char* kd = static_cast<const char*>(k.data());
+  const char* vd = static_cast<const char*>(v.data());
+  const size_t kv_size = DTypeSize(kv_dtype);
   float* od = out.data_as<float>();
   // Tasks are (kv head, block of queries). The group's heads are stacked as rows (row
   // hh * nb + ii is head g * group + hh of query i0 + ii), so K and V are packed or streamed
@@ -272,13 +301,13 @@ absl::Status CpuBackend::Attention(const Tensor& q, const Tensor& k, const Tenso
         }
       }
       float* s = scores.data();
-      const float* kg = kd + g * head_dim;
+      const char* kg = kd + g * head_dim * kv_size;
       if (rows <= kGemvMaxRows) {
-        GemvNT(rows, keys, head_dim, qbuf.data(), head_dim, kg, DType::kF32, kv_cols, s, keys,
-               scale, false);
+        GemvNT(rows, keys, head_dim, qbuf.data(), head_dim, kg, kv_dtype, kv_cols, s, keys, scale,
+               false);
       } else {
-        GemmNT(rows, keys, head_dim, qbuf.data(), head_dim, kg, DType::kF32, kv_cols, s, keys,
-               scale, false);
+        GemmNT(rows, keys, head_dim, qbuf.data(), head_dim, kg, kv_dtype, kv_cols, s, keys, scale,
+               false);
       }
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t visible = nk - nq + i0 + r % nb + 1;
@@ -294,8 +323,8 @@ absl::Status CpuBackend::Attention(const Tensor& q, const Tensor& k, const Tenso
         for (int64_t j = 0; j < visible; ++j) p[j] *= inv;
         std::fill(p + visible, p + keys, 0.0f);
       }
-      GemmNN(rows, head_dim, keys, s, keys, vd + g * head_dim, kv_cols, obuf.data(), head_dim, 1.0f,
-             false);
+      GemmNN(rows, head_dim, keys, s, keys, vd + g * head_dim * kv_size, kv_dtype, kv_cols,
+             obuf.data(), head_dim, 1.0f, false);
       for (int64_t hh = 0; hh < group; ++hh) {
         for (int64_t ii = 0; ii < nb; ++ii) {
           const float* src = obuf.data() + (hh * nb + ii) * head_dim;
@@ -360,7 +389,12 @@ absl::Status CpuBackend::AddRow(const Tensor& x, const Tensor& row) {
 absl::Status CpuBackend::Embedding(const Tensor& table, absl::Span<const int32_t> ids,
                                    const Tensor& out) {
   if (absl::Status s = CheckFloat(table, "Embedding table"); !s.ok()) return s;
-  if (absl::Status s = CheckF32(out, "Embedding out"); !s.ok()) return s;
+  if (absl::Status s = CheckCpu(out, "Embedding out"); !s.ok()) return s;
+  if (out.dtype() != DType::kF32 && out.dtype() != table.dtype()) {
+    return absl::InvalidArgumentError(absl::StrCat("Embedding: out must be F32 or ",
+                                                   DTypeName(table.dtype()), ", got ",
+                                                   DTypeName(out.dtype())));
+  }
   const int64_t vocab = table.rows(), d = table.cols();
   if (out.rows() != static_cast<int64_t>(ids.size()) || out.cols() != d) {
     return ShapeError("Embedding", table, out);
@@ -370,7 +404,13 @@ absl::Status CpuBackend::Embedding(const Tensor& table, absl::Span<const int32_t
       return absl::InvalidArgumentError(
           absl::StrCat("Embedding: token id ", ids[i], " out of range [0, ", vocab, ")"));
     }
-    LoadFloats(table.data(), table.dtype(), ids[i] * d, d, out.data_as<float>() + i * d);
+    if (out.dtype() == table.dtype()) {  // plain row gather
+      const size_t row_bytes = static_cast<size_t>(d) * DTypeSize(table.dtype());
+      std::memcpy(static_cast<char*>(out.data()) + i * row_bytes,
+                  static_cast<const char*>(table.data()) + ids[i] * row_bytes, row_bytes);
+    } else {
+      LoadFloats(table.data(), table.dtype(), ids[i] * d, d, out.data_as<float>() + i * d);
+    }
   }
   return absl::OkStatus();
 }

@@ -124,22 +124,23 @@ MPLUS_AVX2 void PackTransposed(const void* w, int64_t ldw, int64_t j0, int64_t n
 }
 
 // Packs rows [k0, k0 + kc) x columns [j0, j0 + nc) of a row-major v into the same panel layout.
-MPLUS_AVX2 void PackRows(const float* v, int64_t ldv, int64_t j0, int64_t nc, int64_t k0,
-                         int64_t kc, float* buf) {
+template <DType T>
+MPLUS_AVX2 void PackRows(const void* v, int64_t ldv, int64_t j0, int64_t nc, int64_t k0, int64_t kc,
+                         float* buf) {
   for (int64_t p = 0; p * kNr < nc; ++p) {
     float* panel = buf + p * kc * kNr;
     const int64_t cols = std::min(kNr, nc - p * kNr);
-    const float* src = v + k0 * ldv + j0 + p * kNr;
+    const int64_t src = k0 * ldv + j0 + p * kNr;  // element index of the panel's first value
     if (cols == kNr) {
       for (int64_t kk = 0; kk < kc; ++kk) {
-        _mm256_storeu_ps(panel + kk * kNr, _mm256_loadu_ps(src + kk * ldv));
-        _mm256_storeu_ps(panel + kk * kNr + 8, _mm256_loadu_ps(src + kk * ldv + 8));
+        _mm256_storeu_ps(panel + kk * kNr, Load8<T>(v, src + kk * ldv));
+        _mm256_storeu_ps(panel + kk * kNr + 8, Load8<T>(v, src + kk * ldv + 8));
       }
       continue;
     }
     for (int64_t kk = 0; kk < kc; ++kk) {
       for (int64_t jj = 0; jj < kNr; ++jj)
-        panel[kk * kNr + jj] = jj < cols ? src[kk * ldv + jj] : 0.f;
+        panel[kk * kNr + jj] = jj < cols ? Widen(v, T, src + kk * ldv + jj) : 0.f;
     }
   }
 }
@@ -315,8 +316,8 @@ MPLUS_AVX2 void GemvNTAvx2(int64_t n, int64_t m, int64_t k, const float* x, int6
 
 // Few rows of P times V without packing: keys in blocks of kKeyBlock rows (kept in L1 while
 // every 16-column slice passes over them), partial sums in `acc` [R x m].
-template <int R>
-MPLUS_AVX2 void GemvNNAvx2(int64_t m, int64_t k, const float* p, int64_t ldp, const float* v,
+template <int R, DType T>
+MPLUS_AVX2 void GemvNNAvx2(int64_t m, int64_t k, const float* p, int64_t ldp, const void* v,
                            int64_t ldv, float* out, int64_t ldo, float alpha, bool accumulate) {
   constexpr int64_t kKeyBlock = 64;
   thread_local std::vector<float> acc_buf;
@@ -333,8 +334,8 @@ MPLUS_AVX2 void GemvNNAvx2(int64_t m, int64_t k, const float* p, int64_t ldp, co
         a[r][1] = _mm256_loadu_ps(acc + r * m + c0 + 8);
       }
       for (int64_t j = j0; j < j1; ++j) {
-        const __m256 v0 = _mm256_loadu_ps(v + j * ldv + c0);
-        const __m256 v1 = _mm256_loadu_ps(v + j * ldv + c0 + 8);
+        const __m256 v0 = Load8<T>(v, j * ldv + c0);
+        const __m256 v1 = Load8<T>(v, j * ldv + c0 + 8);
 #pragma GCC unroll 4
         for (int r = 0; r < R; ++r) {
           const __m256 pb = _mm256_broadcast_ss(p + r * ldp + j);
@@ -350,7 +351,8 @@ MPLUS_AVX2 void GemvNNAvx2(int64_t m, int64_t k, const float* p, int64_t ldp, co
     }
     for (int r = 0; r < R; ++r) {
       for (int64_t c = full; c < m; ++c) {
-        for (int64_t j = j0; j < j1; ++j) acc[r * m + c] += p[r * ldp + j] * v[j * ldv + c];
+        for (int64_t j = j0; j < j1; ++j)
+          acc[r * m + c] += p[r * ldp + j] * Widen(v, T, j * ldv + c);
       }
     }
   }
@@ -398,7 +400,29 @@ void GemvNT(int64_t n, int64_t m, int64_t k, const float* x, int64_t ldx, const 
   }
 }
 
-void GemmNN(int64_t n, int64_t m, int64_t k, const float* p, int64_t ldp, const float* v,
+template <DType T>
+MPLUS_AVX2 void GemmNNAvx2(int64_t n, int64_t m, int64_t k, const float* p, int64_t ldp,
+                           const void* v, int64_t ldv, float* out, int64_t ldo, float alpha,
+                           bool accumulate) {
+  switch (n) {  // few rows (decode): stream V once, no packing
+    case 1:
+      return GemvNNAvx2<1, T>(m, k, p, ldp, v, ldv, out, ldo, alpha, accumulate);
+    case 2:
+      return GemvNNAvx2<2, T>(m, k, p, ldp, v, ldv, out, ldo, alpha, accumulate);
+    case 3:
+      return GemvNNAvx2<3, T>(m, k, p, ldp, v, ldv, out, ldo, alpha, accumulate);
+    case 4:
+      return GemvNNAvx2<4, T>(m, k, p, ldp, v, ldv, out, ldo, alpha, accumulate);
+    default:
+      break;
+  }
+  BlockedGemm(n, m, k, p, ldp, out, ldo, alpha, accumulate,
+              [&](int64_t j0, int64_t nc, int64_t k0, int64_t kc, float* buf) {
+                PackRows<T>(v, ldv, j0, nc, k0, kc, buf);
+              });
+}
+
+void GemmNN(int64_t n, int64_t m, int64_t k, const float* p, int64_t ldp, const void* v, DType vt,
             int64_t ldv, float* out, int64_t ldo, float alpha, bool accumulate) {
   if (!HasAvx2Fma()) {
     for (int64_t i = 0; i < n; ++i) {
@@ -406,27 +430,19 @@ void GemmNN(int64_t n, int64_t m, int64_t k, const float* p, int64_t ldp, const 
       for (int64_t c = 0; c < m; ++c) o[c] = accumulate ? o[c] : 0.0f;
       for (int64_t j = 0; j < k; ++j) {
         const float s = alpha * p[i * ldp + j];
-        for (int64_t c = 0; c < m; ++c) o[c] += s * v[j * ldv + c];
+        for (int64_t c = 0; c < m; ++c) o[c] += s * Widen(v, vt, j * ldv + c);
       }
     }
     return;
   }
-  switch (n) {  // few rows (decode): stream V once, no packing
-    case 1:
-      return GemvNNAvx2<1>(m, k, p, ldp, v, ldv, out, ldo, alpha, accumulate);
-    case 2:
-      return GemvNNAvx2<2>(m, k, p, ldp, v, ldv, out, ldo, alpha, accumulate);
-    case 3:
-      return GemvNNAvx2<3>(m, k, p, ldp, v, ldv, out, ldo, alpha, accumulate);
-    case 4:
-      return GemvNNAvx2<4>(m, k, p, ldp, v, ldv, out, ldo, alpha, accumulate);
+  switch (vt) {
+    case DType::kBF16:
+      return GemmNNAvx2<DType::kBF16>(n, m, k, p, ldp, v, ldv, out, ldo, alpha, accumulate);
+    case DType::kF16:
+      return GemmNNAvx2<DType::kF16>(n, m, k, p, ldp, v, ldv, out, ldo, alpha, accumulate);
     default:
-      break;
+      return GemmNNAvx2<DType::kF32>(n, m, k, p, ldp, v, ldv, out, ldo, alpha, accumulate);
   }
-  BlockedGemm(n, m, k, p, ldp, out, ldo, alpha, accumulate,
-              [&](int64_t j0, int64_t nc, int64_t k0, int64_t kc, float* buf) {
-                PackRows(v, ldv, j0, nc, k0, kc, buf);
-              });
 }
 
 }  // namespace mplus::engine::cpu

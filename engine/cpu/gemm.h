@@ -26,8 +26,9 @@ void GemvNT(int64_t n, int64_t m, int64_t k, const float* x, int64_t ldx, const 
 inline constexpr int64_t kGemvMaxRows = 4;
 
 // out[i * ldo + c] = alpha * sum_j p[i * ldp + j] * v[j * ldv + c] (+ out when accumulate),
-// i < n, c < m, j < k; float32 (attention's probabilities times values).
-void GemmNN(int64_t n, int64_t m, int64_t k, const float* p, int64_t ldp, const float* v,
+// i < n, c < m, j < k (attention's probabilities times values); v float32, bfloat16 or float16,
+// widened in registers (so a bf16 v gives bitwise the result of its float32 widening).
+void GemmNN(int64_t n, int64_t m, int64_t k, const float* p, int64_t ldp, const void* v, DType vt,
             int64_t ldv, float* out, int64_t ldo, float alpha, bool accumulate);
 
 }  // namespace mplus::engine::cpu

@@ -2,6 +2,8 @@
 #include "engine/cpu/cpu_backend.h"
 
 #include <cmath>
+#include <cstring>
+#include <tuple>
 #include <vector>
 
 #include "engine/rope.h"
@@ -186,6 +188,53 @@ TEST_F(CpuBackendTest, EmbeddingGathersRowsAndRejectsBadIds) {
   const absl::Status s = backend_.Embedding(tt, bad, out);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("4"), std::string::npos);
+}
+
+// bfloat16 KV caches: converting copies round like torch, attention over bf16 K/V equals the
+// float32 path on the widened values bit for bit (prefill blocks and decode rows, GQA,
+// head_dim with a ragged tail), and a same-dtype Embedding is a plain row gather.
+TEST_F(CpuBackendTest, Bfloat16KeysAndValues) {
+  const std::vector<float> x = {1.0f, 1.00390625f, 1.01171875f, -3.3e38f, INFINITY, -0.0f};
+  Tensor f = Make({2, 3}, x);
+  Tensor b = *backend_.Allocate(DType::kBF16, {2, 3});
+  ASSERT_TRUE(backend_.Copy(f, b).ok());
+  Tensor back = Zeros({2, 3});
+  ASSERT_TRUE(backend_.Copy(b, back).ok());
+  for (int i = 0; i < 6; ++i) EXPECT_EQ(F(back)[i], BF16ToFloat(FloatToBF16(x[i]))) << i;
+  EXPECT_EQ(F(back)[1], 1.0f);       // ties round to even: down here,
+  EXPECT_EQ(F(back)[2], 1.015625f);  // up here
+  Tensor alias = Tensor::Borrow(DType::kBF16, {2, 3}, Device::kCpu, f.data());
+  EXPECT_EQ(backend_.Copy(f, alias).code(), absl::StatusCode::kInvalidArgument);
+
+  for (const auto& [nq, nk, hd] :
+       {std::tuple<int64_t, int64_t, int64_t>{37, 300, 72}, {1, 500, 64}, {3, 40, 16}}) {
+    const int64_t heads = 8, kv_heads = 2;
+    Tensor q = Make({nq, heads * hd}, Values(nq * heads * hd, 0.7));
+    Tensor k32 = Make({nk, kv_heads * hd}, Values(nk * kv_heads * hd, 1.1));
+    Tensor v32 = Make({nk, kv_heads * hd}, Values(nk * kv_heads * hd, 1.9));
+    Tensor k16 = *backend_.Allocate(DType::kBF16, k32.shape());
+    Tensor v16 = *backend_.Allocate(DType::kBF16, v32.shape());
+    ASSERT_TRUE(backend_.Copy(k32, k16).ok() && backend_.Copy(v32, v16).ok());
+    ASSERT_TRUE(backend_.Copy(k16, k32).ok() && backend_.Copy(v16, v32).ok());  // widened
+    Tensor want = Zeros({nq, heads * hd}), got = Zeros({nq, heads * hd});
+    ASSERT_TRUE(backend_.Attention(q, k32, v32, heads, kv_heads, hd, want).ok());
+    ASSERT_TRUE(backend_.Attention(q, k16, v16, heads, kv_heads, hd, got).ok());
+    EXPECT_EQ(std::memcmp(F(want), F(got), want.nbytes()), 0) << nq << "x" << nk << " hd " << hd;
+    EXPECT_FALSE(backend_.Attention(q, k16, v32, heads, kv_heads, hd, got).ok());
+  }
+
+  Tensor table = *backend_.Allocate(DType::kBF16, {4, 3});
+  ASSERT_TRUE(backend_.Copy(Make({4, 3}, Values(12, 0.4)), table).ok());
+  Tensor rows = *backend_.Allocate(DType::kBF16, {2, 3});
+  const std::vector<int32_t> ids = {2, 0};
+  ASSERT_TRUE(backend_.Embedding(table, ids, rows).ok());
+  const uint16_t* t16 = table.data_as<const uint16_t>();
+  const uint16_t* r16 = rows.data_as<const uint16_t>();
+  for (int c = 0; c < 3; ++c) {
+    EXPECT_EQ(r16[c], t16[6 + c]);
+    EXPECT_EQ(r16[3 + c], t16[c]);
+  }
+  EXPECT_FALSE(backend_.Embedding(table, ids, *backend_.Allocate(DType::kF16, {2, 3})).ok());
 }
 
 TEST_F(CpuBackendTest, ThreadPoolCoversEveryIndexOnce) {
