@@ -81,6 +81,25 @@ absl::Status KeysValues(Backend& backend, const LayerDims& dims, const DeviceLay
   return Linear(backend, normed, layer.v_proj, adapter, dims.lora_scale, v_out);
 }
 
+absl::Status RoundTo(Backend& backend, DType dtype, const Tensor& t) {
+  if (dtype == DType::kF32) return absl::OkStatus();
+  MPLUS_ASSIGN_OR_RETURN(Tensor narrow, backend.Allocate(dtype, t.shape()));
+  MPLUS_RETURN_IF_ERROR(backend.Copy(t, narrow));
+  return backend.Copy(narrow, t);
+}
+
+absl::Status StoreKeysValues(Backend& backend, const LayerDims& dims, const Tensor& k,
+                             const Tensor& v, absl::Span<const int64_t> positions,
+                             const Tensor& inv_freq, const Tensor& k_cache, const Tensor& v_cache,
+                             int64_t first_row) {
+  const int64_t end = first_row + k.rows();
+  // The projection's output is stored (rounded) before RoPE, as the official bf16 model's is.
+  MPLUS_RETURN_IF_ERROR(RoundTo(backend, k_cache.dtype(), k));
+  MPLUS_RETURN_IF_ERROR(backend.Rope(k, dims.head_dim, positions, inv_freq));
+  MPLUS_RETURN_IF_ERROR(backend.Copy(k, k_cache.Rows(first_row, end)));
+  return backend.Copy(v, v_cache.Rows(first_row, end));
+}
+
 absl::StatusOr<Tensor> LayerForward(Backend& backend, const LayerDims& dims,
                                     const DeviceLayer& layer, Adapter adapter, const Tensor& seq,
                                     int64_t num_queries, const Tensor& k_cache,
@@ -108,12 +127,13 @@ absl::StatusOr<Tensor> LayerForward(Backend& backend, const LayerDims& dims,
   std::vector<int64_t> positions;
   for (const SeqSegment& seg : segments) {
     const Tensor x = normed.Rows(seg.seq_begin, seg.seq_begin + seg.rows);
-    const Tensor k_new = k_cache.Rows(seg.cache_row, seg.cache_row + seg.rows);
-    const Tensor v_new = v_cache.Rows(seg.cache_row, seg.cache_row + seg.rows);
-    MPLUS_RETURN_IF_ERROR(KeysValues(backend, dims, layer, adapter, x, k_new, v_new));
+    MPLUS_ASSIGN_OR_RETURN(Tensor k, backend.Allocate(DType::kF32, {seg.rows, dims.kv_cols()}));
+    MPLUS_ASSIGN_OR_RETURN(Tensor v, backend.Allocate(DType::kF32, {seg.rows, dims.kv_cols()}));
+    MPLUS_RETURN_IF_ERROR(KeysValues(backend, dims, layer, adapter, x, k, v));
     positions.resize(static_cast<size_t>(seg.rows));
     std::iota(positions.begin(), positions.end(), seg.cache_row);
-    MPLUS_RETURN_IF_ERROR(backend.Rope(k_new, dims.head_dim, positions, inv_freq));
+    MPLUS_RETURN_IF_ERROR(
+        StoreKeysValues(backend, dims, k, v, positions, inv_freq, k_cache, v_cache, seg.cache_row));
   }
   // `positions` now holds the last segment's, which contains the queries.
   MPLUS_RETURN_IF_ERROR(backend.Rope(

@@ -54,6 +54,18 @@ absl::Status KeysValues(Backend& backend, const LayerDims& dims, const DeviceLay
                         Adapter adapter, const Tensor& normed, const Tensor& k_out,
                         const Tensor& v_out);
 
+// Rounds float32 `t` in place to the precision of `dtype` (a no-op for F32).
+absl::Status RoundTo(Backend& backend, DType dtype, const Tensor& t);
+
+// Stores float32 keys k (before RoPE, rotated here in place at `positions`) and values v into
+// the KV cache rows first_row.. in the caches' dtype. With a bfloat16 cache the keys are rounded
+// to bfloat16 before RoPE too (the official bf16 model projects and rotates in bf16); k and v
+// already rounded to the cache dtype give bitwise the same result.
+absl::Status StoreKeysValues(Backend& backend, const LayerDims& dims, const Tensor& k,
+                             const Tensor& v, absl::Span<const int64_t> positions,
+                             const Tensor& inv_freq, const Tensor& k_cache, const Tensor& v_cache,
+                             int64_t first_row);
+
 // A run of `seq` rows and where it sits in the sequence: rows [seq_begin, seq_begin + rows) of
 // seq are at positions (= KV cache rows) cache_row .. cache_row + rows - 1.
 struct SeqSegment {

@@ -66,6 +66,7 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& checkpoint
   MPLUS_ASSIGN_OR_RETURN(m->inv_freq_,
                          b.Allocate(DType::kF32, {static_cast<int64_t>(inv_freq.size())}));
   MPLUS_RETURN_IF_ERROR(b.CopyFromHost(inv_freq.data(), DType::kF32, m->inv_freq_));
+  m->kv_dtype_ = c.dtype == DType::kBF16 ? DType::kBF16 : DType::kF32;
   m->max_context_ = options.max_context > 0         ? options.max_context
                     : c.max_position_embeddings > 0 ? c.max_position_embeddings
                                                     : std::numeric_limits<int64_t>::max() / 2;
@@ -176,8 +177,8 @@ absl::StatusOr<InjectResult> Model::Inject(const SessionMemory& mem, absl::Span<
   MPLUS_ASSIGN_OR_RETURN(Tensor h, Alloc(b, t, d));
   MPLUS_RETURN_IF_ERROR(b.Embedding(embed_tokens_, ids, h));
   MPLUS_ASSIGN_OR_RETURN(Tensor seq, Alloc(b, s, d));
-  MPLUS_ASSIGN_OR_RETURN(Tensor k_cache, Alloc(b, s, dims_.kv_cols()));
-  MPLUS_ASSIGN_OR_RETURN(Tensor v_cache, Alloc(b, s, dims_.kv_cols()));
+  MPLUS_ASSIGN_OR_RETURN(Tensor k_cache, b.Allocate(kv_dtype_, {s, dims_.kv_cols()}));
+  MPLUS_ASSIGN_OR_RETURN(Tensor v_cache, b.Allocate(kv_dtype_, {s, dims_.kv_cols()}));
   for (int l = 0; l < num_layers; ++l) {
     MPLUS_ASSIGN_OR_RETURN(TensorView stm, CheckedShortTerm(mem, l));
     if (bos) MPLUS_RETURN_IF_ERROR(CopyBos(l, seq.Rows(0, 1)));
@@ -208,74 +209,68 @@ absl::Status Model::MemoryPrefix(SessionMemory& mem, PrefixCache* cache, int lay
   const int64_t n = config_.stm_tokens(), d = config_.hidden_size, kv = dims_.kv_cols();
   const int64_t bos = bos_rows(), stm_begin = bos + config_.ltm_retrieved_tokens();
   const bool filled = cache != nullptr && static_cast<int>(cache->keys_.size()) > layer;
-  // Keys and values (before RoPE) of `rows` rows given as float32 rows on the device.
-  auto project = [&](const Tensor& rows, int64_t first_row) -> absl::Status {
-    MPLUS_RETURN_IF_ERROR(b.RmsNorm(rows, lw.input_layernorm, dims_.rms_eps, rows));
-    const int64_t end = first_row + rows.rows();
-    return KeysValues(b, dims_, lw, Adapter::kDecoder, rows, kc.Rows(first_row, end),
-                      vc.Rows(first_row, end));
-  };
+  // The prefix rows in cache order (bos, then STM slots): keys before RoPE, and values, in
+  // float32 holding values of the cache dtype.
+  MPLUS_ASSIGN_OR_RETURN(Tensor keys, Alloc(b, bos + n, kv));
+  MPLUS_ASSIGN_OR_RETURN(Tensor values, Alloc(b, bos + n, kv));
 
-  // Cached STM rows (a prefix of the slots), gathered in slot order; then the rest projected.
-  int64_t cached = 0;
+  // Leading rows the cache holds (bos and a prefix of the slots), gathered in slot order.
+  int64_t have = 0;
   bool in_order = true;
   if (filled) {
-    const std::vector<int32_t>& rows = cache->slot_rows_[layer];
-    while (cached < n && rows[cached] >= 0) {
-      in_order = in_order && rows[cached] == bos + cached;
-      ++cached;
+    const std::vector<int32_t>& slot_rows = cache->slot_rows_[layer];
+    std::vector<int32_t> gather(static_cast<size_t>(bos), 0);
+    for (int64_t slot = 0; slot < n && slot_rows[slot] >= 0; ++slot) {
+      in_order = in_order && slot_rows[slot] == bos + slot;
+      gather.push_back(slot_rows[slot]);
     }
-    if (bos) {
-      MPLUS_RETURN_IF_ERROR(b.Copy(cache->keys_[layer].Rows(0, bos), kc.Rows(0, bos)));
-      MPLUS_RETURN_IF_ERROR(b.Copy(cache->values_[layer].Rows(0, bos), vc.Rows(0, bos)));
+    have = static_cast<int64_t>(gather.size());
+    if (have > 0) {  // Embedding is a row gather: out[i] = table[gather[i]], widened
+      MPLUS_RETURN_IF_ERROR(b.Embedding(cache->keys_[layer], gather, keys.Rows(0, have)));
+      MPLUS_RETURN_IF_ERROR(b.Embedding(cache->values_[layer], gather, values.Rows(0, have)));
     }
-    if (cached > 0) {  // Embedding is a row gather: out[i] = table[rows[i]]
-      const absl::Span<const int32_t> gather(rows.data(), static_cast<size_t>(cached));
-      MPLUS_RETURN_IF_ERROR(
-          b.Embedding(cache->keys_[layer], gather, kc.Rows(stm_begin, stm_begin + cached)));
-      MPLUS_RETURN_IF_ERROR(
-          b.Embedding(cache->values_[layer], gather, vc.Rows(stm_begin, stm_begin + cached)));
-    }
-  } else if (bos) {
-    MPLUS_ASSIGN_OR_RETURN(Tensor row, Alloc(b, bos, d));
-    MPLUS_RETURN_IF_ERROR(CopyBos(layer, row));
-    MPLUS_RETURN_IF_ERROR(project(row, 0));
   }
-  if (cached < n) {
+  // The others from memory: the bos embedding when not cached, then the STM rows not cached.
+  if (have < bos + n) {
+    MPLUS_ASSIGN_OR_RETURN(Tensor x, Alloc(b, bos + n - have, d));
+    if (have < bos) MPLUS_RETURN_IF_ERROR(CopyBos(layer, x.Rows(0, bos)));
+    const int64_t first_slot = std::max<int64_t>(have - bos, 0);
     MPLUS_ASSIGN_OR_RETURN(TensorView stm, CheckedShortTerm(mem, layer));
-    MPLUS_ASSIGN_OR_RETURN(Tensor rows, Alloc(b, n - cached, d));
-    MPLUS_RETURN_IF_ERROR(b.CopyFromHost(HostRow(stm, cached, d), stm.dtype, rows));
-    MPLUS_RETURN_IF_ERROR(project(rows, stm_begin + cached));
+    MPLUS_RETURN_IF_ERROR(b.CopyFromHost(HostRow(stm, first_slot, d), stm.dtype,
+                                         x.Rows(x.rows() - (n - first_slot), x.rows())));
+    MPLUS_RETURN_IF_ERROR(b.RmsNorm(x, lw.input_layernorm, dims_.rms_eps, x));
+    const Tensor k_new = keys.Rows(have, bos + n), v_new = values.Rows(have, bos + n);
+    MPLUS_RETURN_IF_ERROR(KeysValues(b, dims_, lw, Adapter::kDecoder, x, k_new, v_new));
+    MPLUS_RETURN_IF_ERROR(RoundTo(b, kv_dtype_, k_new));
+    MPLUS_RETURN_IF_ERROR(RoundTo(b, kv_dtype_, v_new));
   }
 
-  // The cache keeps the rows in slot order; untouched when it already holds exactly these.
-  if (cache != nullptr && (!filled || cached < n || !in_order)) {
+  // The cache keeps every row in slot order; untouched when it already does.
+  if (cache != nullptr && (!filled || have < bos + n || !in_order)) {
     if (!filled) {
-      MPLUS_ASSIGN_OR_RETURN(Tensor keys, Alloc(b, bos + n, kv));
-      MPLUS_ASSIGN_OR_RETURN(Tensor values, Alloc(b, bos + n, kv));
-      cache->keys_.push_back(std::move(keys));
-      cache->values_.push_back(std::move(values));
+      MPLUS_ASSIGN_OR_RETURN(Tensor ck, b.Allocate(kv_dtype_, {bos + n, kv}));
+      MPLUS_ASSIGN_OR_RETURN(Tensor cv, b.Allocate(kv_dtype_, {bos + n, kv}));
+      cache->keys_.push_back(std::move(ck));
+      cache->values_.push_back(std::move(cv));
       cache->slot_rows_.emplace_back();
     }
-    for (const auto& [from, to] :
-         {std::pair{&kc, &cache->keys_[layer]}, std::pair{&vc, &cache->values_[layer]}}) {
-      if (bos) MPLUS_RETURN_IF_ERROR(b.Copy(from->Rows(0, bos), to->Rows(0, bos)));
-      MPLUS_RETURN_IF_ERROR(b.Copy(from->Rows(stm_begin, stm_begin + n), to->Rows(bos, bos + n)));
-    }
-    std::vector<int32_t>& rows = cache->slot_rows_[layer];
-    rows.resize(static_cast<size_t>(n));
-    for (int64_t slot = 0; slot < n; ++slot) rows[slot] = static_cast<int32_t>(bos + slot);
+    MPLUS_RETURN_IF_ERROR(b.Copy(keys, cache->keys_[layer]));
+    MPLUS_RETURN_IF_ERROR(b.Copy(values, cache->values_[layer]));
+    std::vector<int32_t>& slot_rows = cache->slot_rows_[layer];
+    slot_rows.resize(static_cast<size_t>(n));
+    for (int64_t slot = 0; slot < n; ++slot) slot_rows[slot] = static_cast<int32_t>(bos + slot);
   }
 
-  // RoPE last: the cache holds keys before rotation.
+  // Rotated at their positions in this generation: bos at 0, STM from stm_begin.
   std::vector<int64_t> positions(static_cast<size_t>(n));
   std::iota(positions.begin(), positions.end(), stm_begin);
   if (bos) {
     const int64_t zero = 0;
-    MPLUS_RETURN_IF_ERROR(
-        b.Rope(kc.Rows(0, bos), dims_.head_dim, absl::MakeConstSpan(&zero, 1), inv_freq_));
+    MPLUS_RETURN_IF_ERROR(StoreKeysValues(b, dims_, keys.Rows(0, bos), values.Rows(0, bos),
+                                          absl::MakeConstSpan(&zero, 1), inv_freq_, kc, vc, 0));
   }
-  return b.Rope(kc.Rows(stm_begin, stm_begin + n), dims_.head_dim, positions, inv_freq_);
+  return StoreKeysValues(b, dims_, keys.Rows(bos, bos + n), values.Rows(bos, bos + n), positions,
+                         inv_freq_, kc, vc, stm_begin);
 }
 
 absl::StatusOr<std::unique_ptr<DecodeState>> Model::Prefill(SessionMemory& mem,
@@ -300,8 +295,8 @@ absl::StatusOr<std::unique_ptr<DecodeState>> Model::Prefill(SessionMemory& mem,
   auto state = std::make_unique<DecodeState>();
   state->capacity_ = p + t + max_new_tokens;
   for (int l = 0; l < num_layers; ++l) {
-    MPLUS_ASSIGN_OR_RETURN(Tensor kc, Alloc(b, state->capacity_, dims_.kv_cols()));
-    MPLUS_ASSIGN_OR_RETURN(Tensor vc, Alloc(b, state->capacity_, dims_.kv_cols()));
+    MPLUS_ASSIGN_OR_RETURN(Tensor kc, b.Allocate(kv_dtype_, {state->capacity_, dims_.kv_cols()}));
+    MPLUS_ASSIGN_OR_RETURN(Tensor vc, b.Allocate(kv_dtype_, {state->capacity_, dims_.kv_cols()}));
     state->k_cache_.push_back(std::move(kc));
     state->v_cache_.push_back(std::move(vc));
   }

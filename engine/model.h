@@ -50,7 +50,7 @@ class DecodeState {
 
  private:
   friend class Model;
-  std::vector<Tensor> k_cache_, v_cache_;  // per layer [capacity, kv_heads * head_dim]
+  std::vector<Tensor> k_cache_, v_cache_;  // per layer [capacity, kv_heads * head_dim], kv_dtype
   int64_t length_ = 0;
   int64_t capacity_ = 0;
 };
@@ -73,6 +73,9 @@ class Model {
   const ModelWeights& weights() const { return weights_; }
   Backend& backend() const { return *backend_; }
   int64_t max_context() const { return max_context_; }
+  // Element type of KV caches and prefix caches: bfloat16 for bf16 checkpoints (as the official
+  // bf16 model keeps K and V), float32 otherwise.
+  DType kv_dtype() const { return kv_dtype_; }
   // Rows before the prompt in a generate forward: bos + K_ltm + N (0 for plain Llama).
   int64_t prefix_length() const;
 
@@ -128,6 +131,7 @@ class Model {
   std::vector<DeviceLayer> layers_;
   Tensor embed_tokens_, final_norm_, lm_head_, new_memory_positional_emb_, inv_freq_;
   int64_t max_context_ = 0;
+  DType kv_dtype_ = DType::kF32;
 };
 
 }  // namespace mplus::engine

@@ -148,9 +148,10 @@ absl::Status MemoryServiceImpl::GenerateImpl(grpc::ServerContext* context,
                                /*want_retrieved=*/false, &prefill);
   if (!state.ok()) return state.status();
   if (config.has_long_term()) metrics_->retrieval_per_generate.Observe(memory.total_seconds());
-  // KV cache bytes while this generation runs (float32 K and V per layer).
-  const int64_t kv_bytes = 2 * 4 * config.num_hidden_layers * config.num_key_value_heads *
-                           config.head_dim * (*state)->capacity();
+  // KV cache bytes while this generation runs (K and V per layer).
+  const int64_t kv_bytes = 2 * static_cast<int64_t>(engine::DTypeSize(model_->kv_dtype())) *
+                           config.num_hidden_layers * config.num_key_value_heads * config.head_dim *
+                           (*state)->capacity();
   cache_bytes_ += kv_bytes;
   struct CacheRelease {
     std::atomic<int64_t>& counter;

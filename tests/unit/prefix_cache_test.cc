@@ -42,7 +42,7 @@ size_t ExpectedCacheBytes(const Model& model) {
   const ModelConfig& c = model.config();
   const int64_t rows = (model.weights().bos_embedding.data != nullptr ? 1 : 0) + c.stm_tokens();
   return static_cast<size_t>(2 * c.num_hidden_layers * rows * c.num_key_value_heads * c.head_dim) *
-         sizeof(float);
+         DTypeSize(model.kv_dtype());
 }
 
 // Prefill + a few decode steps on both sessions; every logit vector must match bit for bit.
