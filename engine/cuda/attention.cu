@@ -14,10 +14,12 @@ constexpr int kKeys = 32;                     // keys per tile: one per lane
 constexpr int kHd = static_cast<int>(kMaxAttentionHeadDim);
 constexpr float kLog2e = 1.4426950408889634f;
 
+// K/V are typed by the kernel's template argument (LoadKV); Params is shared with CombineKernel,
+// which never reads them.
 struct Params {
   const float* q;
-  const float* k;
-  const float* v;
+  const void* k;
+  const void* v;
   float* out;
   float* part_o;  // [splits, nq * H, hd] normalised partial outputs (splits > 1)
   float* part_m;  // [splits, nq * H] running max (log2 domain)
@@ -26,6 +28,13 @@ struct Params {
   int64_t keys_per_split;
   float scale_log2;  // log2(e) / sqrt(hd): scores live in the log2 domain, so exp2f is used
 };
+
+// K/V element loads widened to float32. bfloat16 is the top half of a float32, so widening is a
+// shift: exact, the same value engine/dtype.h's BF16ToFloat gives.
+__device__ __forceinline__ float LoadKV(const float* base, int64_t off) { return base[off]; }
+__device__ __forceinline__ float LoadKV(const uint16_t* base, int64_t off) {
+  return __uint_as_float(static_cast<uint32_t>(base[off]) << 16);
+}
 
 __device__ __forceinline__ float WarpMax(float v) {
   for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
@@ -39,8 +48,13 @@ __device__ __forceinline__ float WarpSum(float v) {
 // Block (row tile, kv head g, split s). Rows of kv head g are (query i, head g*group + r % group)
 // for r = i * group + .., so the group's query heads share every K/V tile (GQA).
 // CH = ceil(hd / 32): the output dims a lane owns are lane + 32 * c.
-template <int CH>
+// KV (float or uint16_t bfloat16 bits) matters only where a K/V tile is loaded into the float32
+// shared tiles; every float operation after that is the same code for both, so bf16 K/V give
+// bit for bit the result of float32 K/V holding the widened values.
+template <int CH, typename KV>
 __global__ void __launch_bounds__(kWarps * 32) AttentionKernel(Params p) {
+  const KV* k = static_cast<const KV*>(p.k);
+  const KV* v = static_cast<const KV*>(p.v);
   __shared__ float q_s[kRows][kHd];
   __shared__ float k_s[kKeys][kHd + 1];  // +1: lane j reads row j, conflict-free
   __shared__ float v_s[kKeys][kHd];
@@ -87,8 +101,8 @@ __global__ void __launch_bounds__(kWarps * 32) AttentionKernel(Params p) {
       const int64_t key = kb + j;
       const bool in = key < key_end;
       const int64_t off = key * kv_cols + g * hd + d;
-      k_s[j][d] = in ? p.k[off] : 0.0f;
-      v_s[j][d] = in ? p.v[off] : 0.0f;
+      k_s[j][d] = in ? LoadKV(k, off) : 0.0f;
+      v_s[j][d] = in ? LoadKV(v, off) : 0.0f;
     }
     __syncthreads();
 
@@ -162,6 +176,25 @@ __global__ void CombineKernel(Params p, int splits) {
   }
 }
 
+template <typename KV>
+void LaunchTiles(dim3 grid, const Params& p, int64_t head_dim, cudaStream_t stream) {
+  const int threads = kWarps * 32;
+  switch ((head_dim + 31) / 32) {
+    case 1:
+      AttentionKernel<1, KV><<<grid, threads, 0, stream>>>(p);
+      break;
+    case 2:
+      AttentionKernel<2, KV><<<grid, threads, 0, stream>>>(p);
+      break;
+    case 3:
+      AttentionKernel<3, KV><<<grid, threads, 0, stream>>>(p);
+      break;
+    default:
+      AttentionKernel<4, KV><<<grid, threads, 0, stream>>>(p);
+      break;
+  }
+}
+
 int64_t KeysPerSplit(const AttentionShape& shape, int splits) {
   const int64_t per = (shape.nk + splits - 1) / splits;
   return (per + kKeys - 1) / kKeys * kKeys;
@@ -185,12 +218,13 @@ size_t AttentionWorkspaceBytes(const AttentionShape& shape, int splits) {
          sizeof(float);
 }
 
-cudaError_t LaunchAttention(const float* q, const float* k, const float* v, float* out,
-                            const AttentionShape& shape, int splits, void* workspace,
+cudaError_t LaunchAttention(const float* q, const void* k, const void* v, DType kv_dtype,
+                            float* out, const AttentionShape& shape, int splits, void* workspace,
                             cudaStream_t stream) {
   if (shape.nq == 0) return cudaSuccess;
   if (shape.head_dim <= 0 || shape.head_dim > kMaxAttentionHeadDim || splits < 1 ||
-      shape.num_kv_heads <= 0 || shape.num_kv_heads > 65535) {
+      shape.num_kv_heads <= 0 || shape.num_kv_heads > 65535 ||
+      (kv_dtype != DType::kF32 && kv_dtype != DType::kBF16)) {
     return cudaErrorInvalidValue;
   }
   Params p;
@@ -217,20 +251,10 @@ cudaError_t LaunchAttention(const float* q, const float* k, const float* v, floa
   if (tiles > 0x7fffffff) return cudaErrorInvalidValue;
   const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(shape.num_kv_heads),
                   static_cast<unsigned>(splits));
-  const int threads = kWarps * 32;
-  switch ((shape.head_dim + 31) / 32) {
-    case 1:
-      AttentionKernel<1><<<grid, threads, 0, stream>>>(p);
-      break;
-    case 2:
-      AttentionKernel<2><<<grid, threads, 0, stream>>>(p);
-      break;
-    case 3:
-      AttentionKernel<3><<<grid, threads, 0, stream>>>(p);
-      break;
-    default:
-      AttentionKernel<4><<<grid, threads, 0, stream>>>(p);
-      break;
+  if (kv_dtype == DType::kBF16) {
+    LaunchTiles<uint16_t>(grid, p, shape.head_dim, stream);
+  } else {
+    LaunchTiles<float>(grid, p, shape.head_dim, stream);
   }
   if (cudaError_t err = cudaGetLastError(); err != cudaSuccess || splits == 1) return err;
   if (rows > 0x7fffffff) return cudaErrorInvalidValue;

@@ -1,4 +1,5 @@
-// Tiled online-softmax attention on CUDA (float32), with GQA and the bottom-right causal mask.
+// Tiled online-softmax attention on CUDA (float32 math; K/V float32 or bfloat16, widened on
+// load), with GQA and the bottom-right causal mask.
 // No [nq, nk] score matrix is ever materialised: each block streams key/value tiles through
 // shared memory keeping a running max and sum per query row. When there are too few
 // (query, head) rows to fill the GPU (decode: nq = 1), keys are split across blocks
@@ -10,6 +11,8 @@
 
 #include <cstddef>
 #include <cstdint>
+
+#include "engine/dtype.h"
 
 namespace mplus::engine::cuda {
 
@@ -24,10 +27,13 @@ struct AttentionShape {
 int AttentionSplits(const AttentionShape& shape, int num_sms);
 // Scratch bytes LaunchAttention needs for `splits` (0 when splits == 1).
 size_t AttentionWorkspaceBytes(const AttentionShape& shape, int splits);
-// q [nq, H*hd], k/v [nk, Hkv*hd], out [nq, H*hd]; all float32, row-major, on the device.
-// Requires 0 < head_dim <= kMaxAttentionHeadDim, H % Hkv == 0, nk >= nq (checked by caller).
-cudaError_t LaunchAttention(const float* q, const float* k, const float* v, float* out,
-                            const AttentionShape& shape, int splits, void* workspace,
+// q [nq, H*hd], k/v [nk, Hkv*hd], out [nq, H*hd]; row-major, on the device. q and out are
+// float32; k and v are both `kv_dtype`, F32 or BF16 (else cudaErrorInvalidValue). BF16 K/V give
+// bit for bit the output of F32 K/V holding the same (widened) values: same splits, same float
+// operations. Requires 0 < head_dim <= kMaxAttentionHeadDim, H % Hkv == 0, nk >= nq (checked by
+// caller).
+cudaError_t LaunchAttention(const float* q, const void* k, const void* v, DType kv_dtype,
+                            float* out, const AttentionShape& shape, int splits, void* workspace,
                             cudaStream_t stream);
 
 }  // namespace mplus::engine::cuda

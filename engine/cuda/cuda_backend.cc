@@ -62,6 +62,13 @@ absl::Status CheckFloat(const Tensor& t, const char* what) {
   return absl::OkStatus();
 }
 
+// Whether byte ranges [a, a + a_bytes) and [b, b + b_bytes) share a byte. Compared as integers:
+// the relational order of pointers into different allocations is unspecified in C++.
+bool Overlap(const void* a, size_t a_bytes, const void* b, size_t b_bytes) {
+  const auto ia = reinterpret_cast<uintptr_t>(a), ib = reinterpret_cast<uintptr_t>(b);
+  return ia < ib + b_bytes && ib < ia + a_bytes;
+}
+
 absl::Status ShapeError(const char* op, const Tensor& a, const Tensor& b) {
   return absl::InvalidArgumentError(
       absl::StrCat(op, ": incompatible shapes ", ShapeString(a), " and ", ShapeString(b)));
@@ -129,6 +136,8 @@ class CudaBackend : public Backend {
   // Widens `numel` host elements of `dtype` into float32 device memory at dst.
   absl::Status UploadWidened(const void* src, DType dtype, int64_t numel, float* dst)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Copy between different dtypes (float32 <-> bfloat16 only); takes mu_.
+  absl::Status ConvertingCopy(const Tensor& src, const Tensor& dst);
 
   const std::shared_ptr<DeviceState> state_;
   int num_sms_ = 0;
@@ -283,20 +292,49 @@ absl::Status CudaBackend::CopyToHost(const Tensor& src, void* dst) {
 absl::Status CudaBackend::Copy(const Tensor& src, const Tensor& dst) {
   MPLUS_RETURN_IF_ERROR(CheckCuda(src, "Copy"));
   MPLUS_RETURN_IF_ERROR(CheckCuda(dst, "Copy"));
-  if (src.dtype() != dst.dtype() || src.numel() != dst.numel()) return ShapeError("Copy", src, dst);
+  if (src.numel() != dst.numel()) return ShapeError("Copy", src, dst);
+  if (src.dtype() != dst.dtype()) return ConvertingCopy(src, dst);
   const size_t bytes = src.nbytes();
   if (bytes == 0 || src.data() == dst.data()) return absl::OkStatus();
   absl::MutexLock lock(&mu_);
   MPLUS_RETURN_IF_ERROR(state_->Activate());
   const char* s = static_cast<const char*>(src.data());
   char* d = static_cast<char*>(dst.data());
-  if (s < d + bytes && d < s + bytes) {
+  if (Overlap(s, bytes, d, bytes)) {
     // Overlapping ranges (memmove semantics, as on the CPU): go through scratch.
     MPLUS_ASSIGN_OR_RETURN(void* tmp, convert_.Get(bytes));
     MPLUS_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(tmp, s, bytes, cudaMemcpyDeviceToDevice, stream()));
     s = static_cast<const char*>(tmp);
   }
   MPLUS_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d, s, bytes, cudaMemcpyDeviceToDevice, stream()));
+  return absl::OkStatus();
+}
+
+// float32 <-> bfloat16 (a bf16 KV cache written from float32 projections, or read back): one
+// element-wise kernel from src into dst, which is why the two must not share bytes.
+absl::Status CudaBackend::ConvertingCopy(const Tensor& src, const Tensor& dst) {
+  const bool to_bf16 = src.dtype() == DType::kF32 && dst.dtype() == DType::kBF16;
+  const bool to_f32 = src.dtype() == DType::kBF16 && dst.dtype() == DType::kF32;
+  if (!to_bf16 && !to_f32) {
+    return absl::InvalidArgumentError(absl::StrCat("Copy: cannot convert ", DTypeName(src.dtype()),
+                                                   " to ", DTypeName(dst.dtype())));
+  }
+  const int64_t n = src.numel();
+  if (n == 0) return absl::OkStatus();
+  if (Overlap(src.data(), src.nbytes(), dst.data(), dst.nbytes())) {
+    return absl::InvalidArgumentError(absl::StrCat("Copy: converting copy ", ShapeString(src), " ",
+                                                   DTypeName(src.dtype()), " -> ",
+                                                   DTypeName(dst.dtype()), " must not alias"));
+  }
+  absl::MutexLock lock(&mu_);
+  MPLUS_RETURN_IF_ERROR(state_->Activate());
+  if (to_bf16) {
+    MPLUS_CUDA_RETURN_IF_ERROR(
+        LaunchF32ToBF16(src.data_as<const float>(), n, dst.data_as<uint16_t>(), stream()));
+  } else {
+    MPLUS_CUDA_RETURN_IF_ERROR(
+        LaunchWidenToF32(src.data(), DType::kBF16, n, dst.data_as<float>(), stream()));
+  }
   return absl::OkStatus();
 }
 
@@ -383,7 +421,15 @@ absl::Status CudaBackend::Rope(const Tensor& x, int64_t head_dim,
 absl::Status CudaBackend::Attention(const Tensor& q, const Tensor& k, const Tensor& v,
                                     int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,
                                     const Tensor& out) {
-  for (const Tensor* t : {&q, &k, &v, &out}) MPLUS_RETURN_IF_ERROR(CheckF32(*t, "Attention"));
+  for (const Tensor* t : {&q, &out}) MPLUS_RETURN_IF_ERROR(CheckF32(*t, "Attention"));
+  for (const Tensor* t : {&k, &v}) MPLUS_RETURN_IF_ERROR(CheckCuda(*t, "Attention"));
+  // bf16 K/V: a bfloat16 KV cache read in place (widened in the kernel's tile loads).
+  const DType kv_dtype = k.dtype();
+  if ((kv_dtype != DType::kF32 && kv_dtype != DType::kBF16) || v.dtype() != kv_dtype) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Attention: K and V must both be F32 or both BF16, got ", DTypeName(kv_dtype),
+                     " and ", DTypeName(v.dtype())));
+  }
   const int64_t nq = q.rows(), nk = k.rows();
   if (num_kv_heads <= 0 || num_heads % num_kv_heads != 0 || head_dim <= 0 ||
       q.cols() != num_heads * head_dim || k.cols() != num_kv_heads * head_dim || v.rows() != nk ||
@@ -406,9 +452,8 @@ absl::Status CudaBackend::Attention(const Tensor& q, const Tensor& k, const Tens
   if (const size_t bytes = AttentionWorkspaceBytes(shape, splits); bytes > 0) {
     MPLUS_ASSIGN_OR_RETURN(ws, attention_.Get(bytes));
   }
-  MPLUS_CUDA_RETURN_IF_ERROR(LaunchAttention(q.data_as<const float>(), k.data_as<const float>(),
-                                             v.data_as<const float>(), out.data_as<float>(), shape,
-                                             splits, ws, stream()));
+  MPLUS_CUDA_RETURN_IF_ERROR(LaunchAttention(q.data_as<const float>(), k.data(), v.data(), kv_dtype,
+                                             out.data_as<float>(), shape, splits, ws, stream()));
   return absl::OkStatus();
 }
 
@@ -457,7 +502,14 @@ absl::Status CudaBackend::AddRow(const Tensor& x, const Tensor& row) {
 absl::Status CudaBackend::Embedding(const Tensor& table, absl::Span<const int32_t> ids,
                                     const Tensor& out) {
   MPLUS_RETURN_IF_ERROR(CheckFloat(table, "Embedding table"));
-  MPLUS_RETURN_IF_ERROR(CheckF32(out, "Embedding out"));
+  MPLUS_RETURN_IF_ERROR(CheckCuda(out, "Embedding out"));
+  // F32 out widens; out in the table's own dtype is a plain row gather (e.g. bf16 rows copied
+  // into a bf16 KV cache).
+  if (out.dtype() != DType::kF32 && out.dtype() != table.dtype()) {
+    return absl::InvalidArgumentError(absl::StrCat("Embedding: out must be F32 or the table's ",
+                                                   DTypeName(table.dtype()), ", got ",
+                                                   DTypeName(out.dtype())));
+  }
   const int64_t vocab = table.rows(), d = table.cols();
   if (out.rows() != static_cast<int64_t>(ids.size()) || out.cols() != d) {
     return ShapeError("Embedding", table, out);
@@ -473,9 +525,14 @@ absl::Status CudaBackend::Embedding(const Tensor& table, absl::Span<const int32_
   absl::MutexLock lock(&mu_);
   MPLUS_RETURN_IF_ERROR(state_->Activate());
   MPLUS_ASSIGN_OR_RETURN(const int32_t* dev_ids, UploadIndices(ids));
-  MPLUS_CUDA_RETURN_IF_ERROR(LaunchEmbedding(table.data(), table.dtype(), d, dev_ids,
-                                             static_cast<int64_t>(ids.size()), out.data_as<float>(),
-                                             stream()));
+  const int64_t n = static_cast<int64_t>(ids.size());
+  if (out.dtype() == DType::kF32) {
+    MPLUS_CUDA_RETURN_IF_ERROR(LaunchEmbedding(table.data(), table.dtype(), d, dev_ids, n,
+                                               out.data_as<float>(), stream()));
+  } else {
+    MPLUS_CUDA_RETURN_IF_ERROR(
+        LaunchGatherRows(table.data(), table.dtype(), d, dev_ids, n, out.data(), stream()));
+  }
   return absl::OkStatus();
 }
 

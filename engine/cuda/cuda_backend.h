@@ -9,6 +9,12 @@
 //    activations can exceed the fp16 range); a float16 tensor from Allocate is widened per call.
 //  - Everything else (RMSNorm, RoPE with float32 angles and precise sinf/cosf, attention with an
 //    online softmax, SiLU, adds, embedding) computes in float32.
+//  - bfloat16 KV caches: Copy float32 -> bfloat16 rounds bit for bit as engine/dtype.h's
+//    FloatToBF16 (nearest even, NaN kept), so a cache written on the GPU equals the CPU's.
+//    Attention over bf16 K/V widens each element exactly as it loads a tile and then runs the
+//    float32 kernel code unchanged: its output is bitwise that of float32 K/V holding the widened
+//    values (only the K/V bytes read, and so decode bandwidth, halve). Embedding into a bf16
+//    tensor copies the table's rows bit for bit.
 //
 // Thread-safety: ops may be called from several threads; enqueueing is serialised by a mutex,
 // ordering across threads is the caller's business (as with the CPU backend).

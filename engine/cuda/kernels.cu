@@ -17,9 +17,12 @@ template <>
 __device__ __forceinline__ float ToFloat<float>(float v) {
   return v;
 }
+// bfloat16 is the top half of a float32: a shift widens it exactly, NaN payloads included (as
+// engine/dtype.h's BF16ToFloat; __bfloat162float is cvt.f32.bf16 on sm_90, which need not keep
+// a NaN's bits).
 template <>
 __device__ __forceinline__ float ToFloat<__nv_bfloat16>(__nv_bfloat16 v) {
-  return __bfloat162float(v);
+  return __uint_as_float(static_cast<uint32_t>(__bfloat16_as_ushort(v)) << 16);
 }
 template <>
 __device__ __forceinline__ float ToFloat<__half>(__half v) {
@@ -42,10 +45,20 @@ __global__ void WidenKernel(const T* __restrict__ src, int64_t n, float* __restr
   }
 }
 
-__global__ void ToBF16Kernel(const float* __restrict__ src, int64_t n, __nv_bfloat16* dst) {
+// Bit for bit engine/dtype.h's FloatToBF16, so that a bf16 KV cache written on the GPU equals
+// the CPU's: __float2bfloat16_rn (cvt.rn.bf16.f32) rounds numbers the same way but need not keep
+// a NaN's sign and payload.
+__device__ __forceinline__ uint16_t FloatToBF16Bits(float f) {
+  uint32_t u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);  // NaN
+  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest, ties to even (overflows to inf)
+  return static_cast<uint16_t>(u >> 16);
+}
+
+__global__ void ToBF16Kernel(const float* __restrict__ src, int64_t n, uint16_t* __restrict__ dst) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
-    dst[i] = __float2bfloat16_rn(src[i]);
+    dst[i] = FloatToBF16Bits(src[i]);
   }
 }
 
@@ -127,6 +140,16 @@ __global__ void EmbeddingKernel(const T* __restrict__ table, int64_t d,
   for (int64_t i = threadIdx.x; i < d; i += blockDim.x) dst[i] = ToFloat(src[i]);
 }
 
+// Row gather in the table's own dtype: U is an unsigned integer of the element's size, so the
+// bits are moved unchanged (NaN payloads included) whatever the float format.
+template <typename U>
+__global__ void GatherRowsKernel(const U* __restrict__ table, int64_t d,
+                                 const int32_t* __restrict__ ids, U* __restrict__ out) {
+  const U* src = table + static_cast<int64_t>(ids[blockIdx.x]) * d;
+  U* dst = out + blockIdx.x * d;
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) dst[i] = src[i];
+}
+
 // Calls f with a typed null pointer selecting the element type of `dtype`.
 template <typename F>
 cudaError_t DispatchFloat(DType dtype, F&& f) {
@@ -160,7 +183,7 @@ cudaError_t LaunchWidenToF32(const void* src, DType src_dtype, int64_t n, float*
 
 cudaError_t LaunchF32ToBF16(const float* src, int64_t n, uint16_t* dst, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  ToBF16Kernel<<<GridFor(n), kThreads, 0, stream>>>(src, n, reinterpret_cast<__nv_bfloat16*>(dst));
+  ToBF16Kernel<<<GridFor(n), kThreads, 0, stream>>>(src, n, dst);
   return cudaGetLastError();
 }
 
@@ -224,6 +247,30 @@ cudaError_t LaunchEmbedding(const void* table, DType table_dtype, int64_t d, con
     EmbeddingKernel<T><<<static_cast<unsigned>(n), kThreads, 0, stream>>>(
         static_cast<const T*>(table), d, ids, out);
   });
+}
+
+cudaError_t LaunchGatherRows(const void* table, DType dtype, int64_t d, const int32_t* ids,
+                             int64_t n, void* out, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  if (n > 0x7fffffff) return cudaErrorInvalidValue;
+  const unsigned grid = static_cast<unsigned>(n);
+  switch (DTypeSize(dtype)) {
+    case 2:
+      GatherRowsKernel<<<grid, kThreads, 0, stream>>>(static_cast<const uint16_t*>(table), d, ids,
+                                                      static_cast<uint16_t*>(out));
+      break;
+    case 4:
+      GatherRowsKernel<<<grid, kThreads, 0, stream>>>(static_cast<const uint32_t*>(table), d, ids,
+                                                      static_cast<uint32_t*>(out));
+      break;
+    case 8:
+      GatherRowsKernel<<<grid, kThreads, 0, stream>>>(static_cast<const uint64_t*>(table), d, ids,
+                                                      static_cast<uint64_t*>(out));
+      break;
+    default:
+      return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
 }
 
 }  // namespace mplus::engine::cuda

@@ -16,7 +16,8 @@ namespace mplus::engine::cuda {
 // dst[i] = float(src[i]) for a float dtype (F32/BF16/F16).
 cudaError_t LaunchWidenToF32(const void* src, DType src_dtype, int64_t n, float* dst,
                              cudaStream_t stream);
-// dst[i] = bf16(src[i]), round to nearest even (the rounding of torch's .to(bfloat16)).
+// dst[i] = bf16(src[i]), bit for bit engine/dtype.h's FloatToBF16: round to nearest even (the
+// rounding of torch's .to(bfloat16)), NaN stays NaN with its sign and top payload bits.
 cudaError_t LaunchF32ToBF16(const float* src, int64_t n, uint16_t* dst, cudaStream_t stream);
 // out[r, :] = w * x[r, :] / sqrt(mean(x[r, :]^2) + eps); out may alias x.
 cudaError_t LaunchRmsNorm(const float* x, const void* w, DType w_dtype, int64_t rows, int64_t d,
@@ -32,9 +33,13 @@ cudaError_t LaunchAdd(const float* a, const float* b, float* out, int64_t n, cud
 // x[r, :] += row for every r.
 cudaError_t LaunchAddRow(float* x, int64_t rows, int64_t d, const void* row, DType row_dtype,
                          cudaStream_t stream);
-// out[i, :] = table[ids[i], :]; ids were range-checked on the host.
+// out[i, :] = table[ids[i], :] widened to float32; ids were range-checked on the host.
 cudaError_t LaunchEmbedding(const void* table, DType table_dtype, int64_t d, const int32_t* ids,
                             int64_t n, float* out, cudaStream_t stream);
+// out[i, :] = table[ids[i], :] bit for bit, out in the table's dtype (rows of d elements); ids
+// were range-checked on the host.
+cudaError_t LaunchGatherRows(const void* table, DType dtype, int64_t d, const int32_t* ids,
+                             int64_t n, void* out, cudaStream_t stream);
 
 }  // namespace mplus::engine::cuda
 
