@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <limits>
 #include <numeric>
 #include <set>
@@ -54,9 +55,15 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& checkpoint
     MPLUS_ASSIGN_OR_RETURN(DeviceLayer layer, UploadLayer(b, lw));
     m->layers_.push_back(std::move(layer));
   }
-  MPLUS_ASSIGN_OR_RETURN(m->embed_tokens_, b.UploadWeight(m->weights_.embed_tokens));
   MPLUS_ASSIGN_OR_RETURN(m->final_norm_, b.UploadWeight(m->weights_.final_norm));
   MPLUS_ASSIGN_OR_RETURN(m->lm_head_, b.UploadWeight(m->weights_.lm_head));
+  // A forward reads only its tokens' rows of the embedding table, so a GPU gathers them from
+  // host memory rather than holding the table (~1 GB of an 8B model), unless lm_head is it.
+  if (m->weights_.lm_head.data == m->weights_.embed_tokens.data) {
+    m->embed_tokens_ = m->lm_head_;
+  } else if (b.device() == Device::kCpu) {
+    MPLUS_ASSIGN_OR_RETURN(m->embed_tokens_, b.UploadWeight(m->weights_.embed_tokens));
+  }
   if (c.has_memory()) {
     MPLUS_ASSIGN_OR_RETURN(m->new_memory_positional_emb_,
                            b.UploadWeight(m->weights_.new_memory_positional_emb));
@@ -103,6 +110,19 @@ absl::StatusOr<TensorView> Model::CheckedShortTerm(const SessionMemory& mem, int
                                             " is not ", n, " x ", d, " floats"));
   }
   return v;
+}
+
+absl::Status Model::Embed(absl::Span<const int32_t> ids, const Tensor& out) const {
+  if (!embed_tokens_.empty()) return backend_->Embedding(embed_tokens_, ids, out);
+  // Host gather (ids were checked by the caller), then one widening upload.
+  const TensorView& table = weights_.embed_tokens;
+  const size_t row_bytes = static_cast<size_t>(config_.hidden_size) * DTypeSize(table.dtype);
+  std::vector<char> rows(ids.size() * row_bytes);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    std::memcpy(rows.data() + i * row_bytes, HostRow(table, ids[i], config_.hidden_size),
+                row_bytes);
+  }
+  return backend_->CopyFromHost(rows.data(), table.dtype, out);
 }
 
 absl::Status Model::CopyBos(int layer, const Tensor& row) const {
@@ -175,7 +195,7 @@ absl::StatusOr<InjectResult> Model::Inject(const SessionMemory& mem, absl::Span<
   Backend& b = *backend_;
   const int64_t nq = std::max(t, k);  // if T < K the last K - T STM tokens are queries too
   MPLUS_ASSIGN_OR_RETURN(Tensor h, Alloc(b, t, d));
-  MPLUS_RETURN_IF_ERROR(b.Embedding(embed_tokens_, ids, h));
+  MPLUS_RETURN_IF_ERROR(Embed(ids, h));
   MPLUS_ASSIGN_OR_RETURN(Tensor seq, Alloc(b, s, d));
   MPLUS_ASSIGN_OR_RETURN(Tensor k_cache, b.Allocate(kv_dtype_, {s, dims_.kv_cols()}));
   MPLUS_ASSIGN_OR_RETURN(Tensor v_cache, b.Allocate(kv_dtype_, {s, dims_.kv_cols()}));
@@ -314,7 +334,7 @@ absl::StatusOr<std::unique_ptr<DecodeState>> Model::Prefill(SessionMemory& mem,
   segments.push_back({k_ltm, t, p});
 
   MPLUS_ASSIGN_OR_RETURN(Tensor h, Alloc(b, t, d));
-  MPLUS_RETURN_IF_ERROR(b.Embedding(embed_tokens_, prompt, h));
+  MPLUS_RETURN_IF_ERROR(Embed(prompt, h));
   MPLUS_ASSIGN_OR_RETURN(Tensor seq, Alloc(b, k_ltm + t, d));
   std::vector<float> retrieved(static_cast<size_t>(k_ltm * d));
   for (int l = 0; l < num_layers; ++l) {
@@ -348,7 +368,7 @@ absl::StatusOr<std::vector<float>> Model::Decode(DecodeState& state, int32_t tok
   }
   Backend& b = *backend_;
   MPLUS_ASSIGN_OR_RETURN(Tensor h, Alloc(b, 1, config_.hidden_size));
-  MPLUS_RETURN_IF_ERROR(b.Embedding(embed_tokens_, absl::MakeConstSpan(&token, 1), h));
+  MPLUS_RETURN_IF_ERROR(Embed(absl::MakeConstSpan(&token, 1), h));
   for (size_t l = 0; l < layers_.size(); ++l) {
     MPLUS_ASSIGN_OR_RETURN(
         h, LayerForward(b, dims_, layers_[l], Adapter::kDecoder, h, 1, state.k_cache_[l],

@@ -111,6 +111,8 @@ class Model {
   absl::Status CheckIds(absl::Span<const int32_t> ids, const char* what) const;
   absl::StatusOr<TensorView> CheckedShortTerm(const SessionMemory& mem, int layer) const;
   absl::Status CopyBos(int layer, const Tensor& row) const;
+  // out[i] = the embedding of ids[i] (in range), float32.
+  absl::Status Embed(absl::Span<const int32_t> ids, const Tensor& out) const;
   // 1 when the memory prefix starts with the bos embedding, else 0.
   int64_t bos_rows() const;
   // Writes layer `layer`'s bos and STM keys (rotated) and values into a generation's KV cache
@@ -129,7 +131,8 @@ class Model {
   std::shared_ptr<Backend> backend_;
   LayerDims dims_;
   std::vector<DeviceLayer> layers_;
-  Tensor embed_tokens_, final_norm_, lm_head_, new_memory_positional_emb_, inv_freq_;
+  Tensor embed_tokens_;  // empty on a GPU: Embed gathers rows on the host
+  Tensor final_norm_, lm_head_, new_memory_positional_emb_, inv_freq_;
   int64_t max_context_ = 0;
   DType kv_dtype_ = DType::kF32;
 };
