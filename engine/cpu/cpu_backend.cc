@@ -399,11 +399,14 @@ absl::Status CpuBackend::Embedding(const Tensor& table, absl::Span<const int32_t
   if (out.rows() != static_cast<int64_t>(ids.size()) || out.cols() != d) {
     return ShapeError("Embedding", table, out);
   }
-  for (size_t i = 0; i < ids.size(); ++i) {
-    if (ids[i] < 0 || ids[i] >= vocab) {
+  // Every id is checked before any row is written: a bad id leaves `out` untouched.
+  for (int32_t id : ids) {
+    if (id < 0 || id >= vocab) {
       return absl::InvalidArgumentError(
-          absl::StrCat("Embedding: token id ", ids[i], " out of range [0, ", vocab, ")"));
+          absl::StrCat("Embedding: token id ", id, " out of range [0, ", vocab, ")"));
     }
+  }
+  for (size_t i = 0; i < ids.size(); ++i) {
     if (out.dtype() == table.dtype()) {  // plain row gather
       const size_t row_bytes = static_cast<size_t>(d) * DTypeSize(table.dtype());
       std::memcpy(static_cast<char*>(out.data()) + i * row_bytes,

@@ -184,10 +184,11 @@ TEST_F(CpuBackendTest, EmbeddingGathersRowsAndRejectsBadIds) {
     EXPECT_EQ(F(out)[c], table[9 + c]);
     EXPECT_EQ(F(out)[3 + c], table[3 + c]);
   }
-  const std::vector<int32_t> bad = {4, 0};
+  const std::vector<int32_t> bad = {0, 4};
   const absl::Status s = backend_.Embedding(tt, bad, out);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("4"), std::string::npos);
+  for (int c = 0; c < 3; ++c) EXPECT_EQ(F(out)[c], table[9 + c]);  // nothing written
 }
 
 // bfloat16 KV caches: converting copies round like torch, attention over bf16 K/V equals the
