@@ -1,5 +1,5 @@
 // Fetch of K_ltm = 2560 retrieved long-term vectors of 4096 bf16 from RocksDB through
-// MemoryStore (RetrieveLongTerm: select + MultiGet + bf16->f32), warm (block cache and page
+// MemoryStore (RetrieveLongTerm: select + MultiGet of bf16 rows), warm (block cache and page
 // cache hot) and cold (store reopened, files dropped from the page cache).
 #include <fcntl.h>
 #include <unistd.h>

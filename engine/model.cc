@@ -336,7 +336,7 @@ absl::StatusOr<std::unique_ptr<DecodeState>> Model::Prefill(SessionMemory& mem,
   MPLUS_ASSIGN_OR_RETURN(Tensor h, Alloc(b, t, d));
   MPLUS_RETURN_IF_ERROR(Embed(prompt, h));
   MPLUS_ASSIGN_OR_RETURN(Tensor seq, Alloc(b, k_ltm + t, d));
-  std::vector<float> retrieved(static_cast<size_t>(k_ltm * d));
+  std::vector<char> retrieved;  // K_ltm rows in the session's storage dtype
   for (int l = 0; l < num_layers; ++l) {
     const Tensor& kc = state->k_cache_[l];
     const Tensor& vc = state->v_cache_[l];
@@ -346,9 +346,16 @@ absl::StatusOr<std::unique_ptr<DecodeState>> Model::Prefill(SessionMemory& mem,
       MPLUS_RETURN_IF_ERROR(b.RmsNorm(h, layers_[l].input_layernorm, dims_.rms_eps, normed));
       MPLUS_ASSIGN_OR_RETURN(Tensor queries, Project(b, normed, layers_[l].query_proj));
       RetrievalQueries layer_queries(b, std::move(queries));
+      MPLUS_ASSIGN_OR_RETURN(TensorView stm, CheckedShortTerm(mem, l));
+      retrieved.resize(static_cast<size_t>(k_ltm * d) * DTypeSize(stm.dtype));
       MPLUS_RETURN_IF_ERROR(mem.RetrieveLongTerm(l, layer_queries, retrieved.data()));
-      MPLUS_RETURN_IF_ERROR(b.CopyFromHost(retrieved.data(), DType::kF32, seq.Rows(0, k_ltm)));
-      if (want_retrieved) out->retrieved[l] = retrieved;
+      MPLUS_RETURN_IF_ERROR(b.CopyFromHost(retrieved.data(), stm.dtype, seq.Rows(0, k_ltm)));
+      if (want_retrieved) {
+        const TensorView rows{
+            "retrieved", stm.dtype, {k_ltm, d}, retrieved.data(), retrieved.size()};
+        out->retrieved[l].resize(static_cast<size_t>(k_ltm * d));
+        for (int64_t i = 0; i < k_ltm * d; ++i) out->retrieved[l][i] = rows.GetFloat(i);
+      }
     }
     if (config_.has_memory()) MPLUS_RETURN_IF_ERROR(MemoryPrefix(mem, cache, l, kc, vc));
     MPLUS_RETURN_IF_ERROR(b.Copy(h, seq.Rows(k_ltm, k_ltm + t)));

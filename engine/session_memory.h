@@ -51,10 +51,11 @@ class SessionMemory {
   // dtype is float32 or the checkpoint's dtype.
   virtual TensorView ShortTerm(int layer) const = 0;
 
-  // M+ only: writes layer `layer`'s K_ltm retrieved long-term tokens, float32 [K_ltm, hidden],
-  // in prefix order (oldest first), chosen by the mean sigmoid score of `queries`
-  // ([num_queries, selector_hidden_dim]) as MPLUS-DETAILS.md "Retrieval" says.
-  virtual absl::Status RetrieveLongTerm(int layer, RetrievalQueries& queries, float* out) = 0;
+  // M+ only: writes layer `layer`'s K_ltm retrieved long-term tokens [K_ltm, hidden] in prefix
+  // order (oldest first), chosen by the mean sigmoid score of `queries`
+  // ([num_queries, selector_hidden_dim]) as MPLUS-DETAILS.md "Retrieval" says. Elements are of
+  // ShortTerm(layer).dtype, the session's storage dtype: rows go to the device unconverted.
+  virtual absl::Status RetrieveLongTerm(int layer, RetrievalQueries& queries, void* out) = 0;
 
   // The session's cache of prefix keys and values (prefix_cache.h), or null for none. A session
   // that returns one must tell it of every change of its short-term memory (OnInject, Clear).

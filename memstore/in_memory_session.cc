@@ -9,27 +9,6 @@ namespace {
 
 using engine::DType;
 
-void ToFloats(const uint8_t* src, DType dtype, int64_t n, float* dst) {
-  for (int64_t i = 0; i < n; ++i) {
-    switch (dtype) {
-      case DType::kBF16: {
-        uint16_t v;
-        std::memcpy(&v, src + 2 * i, 2);
-        dst[i] = engine::BF16ToFloat(v);
-        break;
-      }
-      case DType::kF16: {
-        uint16_t v;
-        std::memcpy(&v, src + 2 * i, 2);
-        dst[i] = engine::F16ToFloat(v);
-        break;
-      }
-      default:
-        std::memcpy(dst + i, src + 4 * i, 4);
-    }
-  }
-}
-
 // Rounds to the storage dtype (bf16: nearest even, like torch).
 void FromFloats(const float* src, int64_t n, DType dtype, uint8_t* dst) {
   for (int64_t i = 0; i < n; ++i) {
@@ -108,7 +87,7 @@ engine::TensorView InMemorySession::ShortTerm(int layer) const {
 }
 
 absl::Status InMemorySession::RetrieveLongTerm(int layer, engine::RetrievalQueries& queries,
-                                               float* out) {
+                                               void* out) {
   if (ltm_ == nullptr) return absl::FailedPreconditionError("no long-term memory");
   absl::StatusOr<std::vector<int64_t>> selected = retriever_->Select(*ltm_, layer, queries);
   if (!selected.ok()) return selected.status();
@@ -121,7 +100,8 @@ absl::Status InMemorySession::RetrieveLongTerm(int layer, engine::RetrievalQueri
   for (size_t i = 0; i < chosen.size(); ++i) {
     auto it = vectors_.find(entries[chosen[i]].token_id);
     if (it == vectors_.end()) return absl::InternalError("long-term token vector missing");
-    ToFloats(it->second.data(), dtype_, d_, out + i * d_);
+    std::memcpy(static_cast<char*>(out) + i * it->second.size(), it->second.data(),
+                it->second.size());
   }
   return absl::OkStatus();
 }

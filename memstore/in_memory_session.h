@@ -27,7 +27,7 @@ class InMemorySession : public engine::SessionMemory {
 
   // Stored in the checkpoint dtype.
   engine::TensorView ShortTerm(int layer) const override;
-  absl::Status RetrieveLongTerm(int layer, engine::RetrievalQueries& queries, float* out) override;
+  absl::Status RetrieveLongTerm(int layer, engine::RetrievalQueries& queries, void* out) override;
   // Told of every ApplyInject that passes validation (PrefixCache::OnInject).
   engine::PrefixCache* prefix_cache() override { return &prefix_cache_; }
 

@@ -208,7 +208,7 @@ engine::TensorView ResidentSession::ShortTerm(int layer) const {
 }
 
 absl::Status ResidentSession::RetrieveLongTerm(int layer, engine::RetrievalQueries& queries,
-                                               float* out) {
+                                               void* out) {
   if (ltm_ == nullptr) return absl::FailedPreconditionError("model has no long-term memory");
   absl::StatusOr<std::vector<int64_t>> selected = retriever_->Select(*ltm_, layer, queries);
   if (!selected.ok()) return selected.status();
@@ -216,12 +216,7 @@ absl::Status ResidentSession::RetrieveLongTerm(int layer, engine::RetrievalQueri
   const auto& entries = ltm_->layer(layer).entries();
   std::vector<uint64_t> ids(chosen.size());
   for (size_t i = 0; i < chosen.size(); ++i) ids[i] = entries[chosen[i]].token_id;
-  const int64_t d = base_.hidden();
-  std::vector<uint8_t> rows(ids.size() * base_.row_bytes());
-  absl::Status st = ReadTokens(ids, rows.data());
-  if (!st.ok()) return st;
-  DTypeToFloats(rows.data(), base_.storage_dtype(), static_cast<int64_t>(ids.size()) * d, out);
-  return absl::OkStatus();
+  return ReadTokens(ids, static_cast<uint8_t*>(out));
 }
 
 size_t ResidentSession::ResidentBytes() const {

@@ -38,7 +38,7 @@ class ResidentSession : public engine::SessionMemory {
                                                                const SessionRecord& record);
 
   engine::TensorView ShortTerm(int layer) const override;
-  absl::Status RetrieveLongTerm(int layer, engine::RetrievalQueries& queries, float* out) override;
+  absl::Status RetrieveLongTerm(int layer, engine::RetrievalQueries& queries, void* out) override;
   // Told of every Commit that passes validation (PrefixCache::OnInject); a reload starts with an
   // empty one.
   engine::PrefixCache* prefix_cache() override {

@@ -22,7 +22,7 @@ class TimedSessionMemory final : public engine::SessionMemory {
       : inner_(inner), metrics_(metrics), k_ltm_(k_ltm) {}
 
   engine::TensorView ShortTerm(int layer) const override { return inner_.ShortTerm(layer); }
-  absl::Status RetrieveLongTerm(int layer, engine::RetrievalQueries& queries, float* out) override {
+  absl::Status RetrieveLongTerm(int layer, engine::RetrievalQueries& queries, void* out) override {
     const absl::Time start = absl::Now();
     absl::Status status = inner_.RetrieveLongTerm(layer, queries, out);
     const double seconds = SecondsSince(start);

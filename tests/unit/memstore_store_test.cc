@@ -235,7 +235,7 @@ TEST(MemstoreStoreTest, DeviceBudgetSpillsSessionsHoldingGpuMemory) {
   absl::StatusOr<engine::Tensor> device =
       testing::DeviceQueries(backend, {std::vector<float>(2 * p, 0.5f)}, p);
   ASSERT_TRUE(device.ok());
-  std::vector<float> out(
+  std::vector<float> out(  // float32 checkpoint: rows of floats
       static_cast<size_t>(m->config.ltm_retrieved_tokens() * m->config.hidden_size));
   auto retrieve_all_layers = [&](MemoryStore& store, const char* id) {
     absl::StatusOr<SessionHandle> h = store.Acquire(id);

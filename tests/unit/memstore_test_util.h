@@ -246,10 +246,13 @@ inline std::string CompareWithReference(ResidentSession& s, const ReferenceSessi
     std::vector<float> q(3 * p);
     for (float& x : q) x = normal(rng);
     const std::vector<float> want = ref.Retrieve(l, q);
-    std::vector<float> got(want.size());
+    const engine::DType dtype = s.ShortTerm(l).dtype;
+    std::vector<uint8_t> rows(want.size() * engine::DTypeSize(dtype));
     engine::RetrievalQueries queries(q.data(), 3, p);
-    const absl::Status st = s.RetrieveLongTerm(l, queries, got.data());
+    const absl::Status st = s.RetrieveLongTerm(l, queries, rows.data());
     if (!st.ok()) return "retrieve: " + st.ToString();
+    std::vector<float> got(want.size());
+    DTypeToFloats(rows.data(), dtype, static_cast<int64_t>(got.size()), got.data());
     if (std::memcmp(want.data(), got.data(), want.size() * sizeof(float)) != 0) {
       return "retrieved vectors" + at;
     }

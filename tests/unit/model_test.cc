@@ -69,7 +69,7 @@ std::string MakeLlamaCheckpoint() {
 class NoMemory : public SessionMemory {
  public:
   TensorView ShortTerm(int) const override { return {}; }
-  absl::Status RetrieveLongTerm(int, RetrievalQueries&, float*) override {
+  absl::Status RetrieveLongTerm(int, RetrievalQueries&, void*) override {
     return absl::InternalError("unexpected retrieval");
   }
 };
