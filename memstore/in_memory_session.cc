@@ -129,28 +129,27 @@ absl::Status InMemorySession::ApplyInject(const engine::InjectResult& inject) {
   for (size_t l = 0; l < layers; ++l) {
     std::vector<bool> drop(static_cast<size_t>(n_), false);
     for (int32_t slot : inject.dropped[l]) drop[slot] = true;
-    std::vector<uint8_t> next(stm_[l].size());
-    std::vector<int64_t> next_ages;
-    next_ages.reserve(static_cast<size_t>(n_));
+    // Compacted in place (kept rows move towards the front, never past an unread row): an
+    // mplus-8b layer is 100 MB.
+    uint8_t* rows = stm_[l].data();
+    std::vector<int64_t>& ages = stm_ages_[l];
     int64_t out = 0;
     for (int64_t slot = 0; slot < n_; ++slot) {
-      const uint8_t* row = stm_[l].data() + slot * row_bytes;
+      const uint8_t* row = rows + slot * row_bytes;
       if (drop[slot]) {
         if (ltm_ == nullptr) continue;
         const uint64_t id = next_token_id_++;
         vectors_[id].assign(row, row + row_bytes);
         dropped[l].token_ids.push_back(id);
-        dropped[l].stm_ages.push_back(stm_ages_[l][slot]);
+        dropped[l].stm_ages.push_back(ages[slot]);
       } else {
-        std::memcpy(next.data() + out * row_bytes, row, row_bytes);
-        next_ages.push_back(stm_ages_[l][slot]);
+        if (out != slot) std::memcpy(rows + out * row_bytes, row, row_bytes);
+        ages[out] = ages[slot];
         ++out;
       }
     }
-    FromFloats(inject.delta[l].data(), k_ * d_, dtype_, next.data() + out * row_bytes);
-    for (int64_t i = 0; i < k_; ++i) next_ages.push_back(k_ - 1 - i);  // first new token oldest
-    stm_[l] = std::move(next);
-    stm_ages_[l] = std::move(next_ages);
+    FromFloats(inject.delta[l].data(), k_ * d_, dtype_, rows + out * row_bytes);
+    for (int64_t i = 0; i < k_; ++i) ages[out + i] = k_ - 1 - i;  // first new token oldest
     if (ltm_ != nullptr) dropped[l].keys = inject.dropped_keys[l];
   }
   if (ltm_ == nullptr) return absl::OkStatus();
