@@ -740,8 +740,8 @@ TEST_F(GpuCheck, Bf16KvAttentionEqualsWidenedF32) {
     int64_t nq, nk, heads, kv_heads, hd;
     bool split;  // whether the shape takes the split-K (flash-decoding) path
   };
-  const Case cases[] = {{37, 300, 8, 2, 64, false},
-                        {37, 300, 8, 2, 128, false},
+  const Case cases[] = {{600, 900, 8, 2, 64, false},  // 300 row tiles: one wave or more
+                        {600, 900, 8, 2, 128, false},
                         {1, 5000, 8, 2, 64, true},
                         {1, 5000, 8, 2, 128, true}};
   uint32_t seed = 110;

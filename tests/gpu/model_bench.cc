@@ -222,13 +222,13 @@ absl::Status Run() {
                          RunRetrieval(backend, config, ltm_keys, threads));
 
   // Decode roofline: the weight bytes each step reads at the measured bandwidth. Each step also
-  // reads the float32 KV cache of the whole prefix + prompt (shown, not in the target).
+  // reads the KV cache of the whole prefix + prompt (shown, not in the target).
   const SessionResult& res = sessions[0];
   const SessionResult& off = sessions[1];
   const double weight_bytes = static_cast<double>(DecodeWeightBytes(config));
   const double roofline_ms = weight_bytes / bandwidth * 1e3;
   const double kv_bytes = 2.0 * config.num_hidden_layers * config.num_key_value_heads *
-                          config.head_dim * 4 *
+                          config.head_dim * engine::DTypeSize(model->kv_dtype()) *
                           (model->prefix_length() + sizes.short_prompt + sizes.decode_tokens / 2);
   auto decode_cell = [&](const SessionResult& s) {
     return absl::StrFormat("%.2f ms (%.0f%%)", s.decode_ms_per_token,
@@ -270,8 +270,8 @@ absl::Status Run() {
       {absl::StrFormat("retrieval per layer, %dk keys, first use (resident: key upload)",
                        ltm_keys / 1000),
        Ms(retrieval.resident.first_ms), Ms(retrieval.offload.first_ms), "", ""},
-      {absl::StrFormat("upload of the %d chosen vectors per layer (float32)",
-                       config.ltm_retrieved_tokens()),
+      {absl::StrFormat("upload of the %d chosen vectors per layer (%s, widened on the GPU)",
+                       config.ltm_retrieved_tokens(), engine::DTypeName(config.dtype)),
        Ms(retrieval.fetch_ms), Ms(retrieval.fetch_ms), "", ""},
       {absl::StrFormat("GPU key mirrors, %d layers x %dk keys", config.num_hidden_layers,
                        ltm_keys / 1000),
@@ -302,12 +302,12 @@ absl::Status Run() {
                cuda ? "mplus-8b" : "tiny-mplus");
   absl::PrintF(
       "Device: %s. Checkpoint %s, %s; load %.1f s; device-to-device copy %.0f GB/s; "
-      "each decode step also reads ~%s of float32 KV cache. GB = 10^9 bytes. Memory "
+      "each decode step also reads ~%s of %s KV cache. GB = 10^9 bytes. Memory "
       "after the %d-token prompt's prefill; peak since the backend was made (resident ran "
       "second).\n\n",
       device_name, Gb(ckpt.bytes),
       ckpt.reused ? "reused" : absl::StrFormat("written in %.1f s", ckpt.seconds), load_seconds,
-      bandwidth / 1e9, Gb(kv_bytes), sizes.long_prompt);
+      bandwidth / 1e9, Gb(kv_bytes), engine::DTypeName(model->kv_dtype()), sizes.long_prompt);
   PrintTable(rows);
   std::fflush(stdout);
   return absl::OkStatus();

@@ -116,19 +116,25 @@ absl::StatusOr<RetrievalResult> RunRetrieval(engine::Backend& backend,
         memstore::LongTermModeName(mode), t.first_ms, t.steady_ms, t.device_bytes / 1e9));
   }
 
-  // The chosen vectors of one layer, float32 [K_ltm, hidden], from the host to the backend.
+  // The chosen vectors of one layer [K_ltm, hidden] from the host to the backend, as
+  // Model::Prefill moves them: in the checkpoint dtype, widened to float32 on the device.
   const int64_t rows = params.retrieved_tokens, d = config.hidden_size;
-  const std::vector<float> host = RandomFloats(rows * d, 999);
+  const std::vector<float> values = RandomFloats(rows * d, 999);
+  std::vector<uint16_t> bf16(values.size());
+  for (size_t i = 0; i < values.size(); ++i) bf16[i] = engine::FloatToBF16(values[i]);
+  const bool narrow = config.dtype == engine::DType::kBF16;
+  const void* host = narrow ? static_cast<const void*>(bf16.data()) : values.data();
+  const engine::DType host_dtype = narrow ? engine::DType::kBF16 : engine::DType::kF32;
   MPLUS_ASSIGN_OR_RETURN(engine::Tensor dst, backend.Allocate(engine::DType::kF32, {rows, d}));
   constexpr int kCopies = 10;
   for (int i = 0; i <= kCopies; ++i) {
     if (i == 1) start = Clock::now();  // copy 0 warms up
-    MPLUS_RETURN_IF_ERROR(backend.CopyFromHost(host.data(), engine::DType::kF32, dst));
+    MPLUS_RETURN_IF_ERROR(backend.CopyFromHost(host, host_dtype, dst));
     MPLUS_RETURN_IF_ERROR(backend.Synchronize());
   }
   r.fetch_ms = SecondsSince(start) * 1e3 / kCopies;
-  Progress(absl::StrFormat("retrieval: upload of %d x %d float32 chosen vectors %.3f ms", rows, d,
-                           r.fetch_ms));
+  Progress(absl::StrFormat("retrieval: upload of %d x %d %s chosen vectors %.3f ms", rows, d,
+                           engine::DTypeName(host_dtype), r.fetch_ms));
   return r;
 }
 
