@@ -1,6 +1,7 @@
 #include <math_constants.h>
 
 #include <algorithm>
+#include <cstdint>
 
 #include "engine/cuda/attention.h"
 
@@ -36,6 +37,17 @@ __device__ __forceinline__ float LoadKV(const uint16_t* base, int64_t off) {
   return __uint_as_float(static_cast<uint32_t>(base[off]) << 16);
 }
 
+// Four consecutive K/V elements from element `off` (a multiple of 4, and the base 16-byte
+// aligned for float / 8-byte aligned for bf16 bits: checked by the launcher), widened as LoadKV.
+__device__ __forceinline__ float4 LoadKV4(const float* base, int64_t off) {
+  return *reinterpret_cast<const float4*>(base + off);
+}
+__device__ __forceinline__ float4 LoadKV4(const uint16_t* base, int64_t off) {
+  const uint2 bits = *reinterpret_cast<const uint2*>(base + off);
+  return make_float4(__uint_as_float(bits.x << 16), __uint_as_float(bits.x & 0xffff0000u),
+                     __uint_as_float(bits.y << 16), __uint_as_float(bits.y & 0xffff0000u));
+}
+
 __device__ __forceinline__ float WarpMax(float v) {
   for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
   return v;
@@ -51,7 +63,9 @@ __device__ __forceinline__ float WarpSum(float v) {
 // KV (float or uint16_t bfloat16 bits) matters only where a K/V tile is loaded into the float32
 // shared tiles; every float operation after that is the same code for both, so bf16 K/V give
 // bit for bit the result of float32 K/V holding the widened values.
-template <int CH, typename KV>
+// kVec: K/V rows are loaded four elements at a time (head_dim and the row stride multiples of
+// 4, base pointers aligned): a quarter of the load instructions, which bound decode.
+template <int CH, typename KV, bool kVec>
 __global__ void __launch_bounds__(kWarps * 32) AttentionKernel(Params p) {
   const KV* k = static_cast<const KV*>(p.k);
   const KV* v = static_cast<const KV*>(p.v);
@@ -96,13 +110,33 @@ __global__ void __launch_bounds__(kWarps * 32) AttentionKernel(Params p) {
 
   for (int64_t kb = split_begin; kb < key_end; kb += kKeys) {
     __syncthreads();  // q_s written / previous tile fully consumed
-    for (int idx = tid; idx < kKeys * hd; idx += blockDim.x) {
-      const int j = idx / static_cast<int>(hd), d = idx % static_cast<int>(hd);
-      const int64_t key = kb + j;
-      const bool in = key < key_end;
-      const int64_t off = key * kv_cols + g * hd + d;
-      k_s[j][d] = in ? LoadKV(k, off) : 0.0f;
-      v_s[j][d] = in ? LoadKV(v, off) : 0.0f;
+    if constexpr (kVec) {
+      const int quads = static_cast<int>(hd) / 4;
+      for (int idx = tid; idx < kKeys * quads; idx += blockDim.x) {
+        const int j = idx / quads, d = idx % quads * 4;
+        const int64_t key = kb + j;
+        const int64_t off = key * kv_cols + g * hd + d;
+        const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        const float4 kq = key < key_end ? LoadKV4(k, off) : zero;
+        const float4 vq = key < key_end ? LoadKV4(v, off) : zero;
+        k_s[j][d] = kq.x;
+        k_s[j][d + 1] = kq.y;
+        k_s[j][d + 2] = kq.z;
+        k_s[j][d + 3] = kq.w;
+        v_s[j][d] = vq.x;
+        v_s[j][d + 1] = vq.y;
+        v_s[j][d + 2] = vq.z;
+        v_s[j][d + 3] = vq.w;
+      }
+    } else {
+      for (int idx = tid; idx < kKeys * hd; idx += blockDim.x) {
+        const int j = idx / static_cast<int>(hd), d = idx % static_cast<int>(hd);
+        const int64_t key = kb + j;
+        const bool in = key < key_end;
+        const int64_t off = key * kv_cols + g * hd + d;
+        k_s[j][d] = in ? LoadKV(k, off) : 0.0f;
+        v_s[j][d] = in ? LoadKV(v, off) : 0.0f;
+      }
     }
     __syncthreads();
 
@@ -176,22 +210,37 @@ __global__ void CombineKernel(Params p, int splits) {
   }
 }
 
-template <typename KV>
+template <typename KV, bool kVec>
 void LaunchTiles(dim3 grid, const Params& p, int64_t head_dim, cudaStream_t stream) {
   const int threads = kWarps * 32;
   switch ((head_dim + 31) / 32) {
     case 1:
-      AttentionKernel<1, KV><<<grid, threads, 0, stream>>>(p);
+      AttentionKernel<1, KV, kVec><<<grid, threads, 0, stream>>>(p);
       break;
     case 2:
-      AttentionKernel<2, KV><<<grid, threads, 0, stream>>>(p);
+      AttentionKernel<2, KV, kVec><<<grid, threads, 0, stream>>>(p);
       break;
     case 3:
-      AttentionKernel<3, KV><<<grid, threads, 0, stream>>>(p);
+      AttentionKernel<3, KV, kVec><<<grid, threads, 0, stream>>>(p);
       break;
     default:
-      AttentionKernel<4, KV><<<grid, threads, 0, stream>>>(p);
+      AttentionKernel<4, KV, kVec><<<grid, threads, 0, stream>>>(p);
       break;
+  }
+}
+
+// Four-element loads need every loaded quad aligned: element offsets are multiples of 4 when
+// head_dim and the row stride are, and the bases must be 4-element aligned.
+template <typename KV>
+void LaunchTiles(dim3 grid, const Params& p, int64_t head_dim, cudaStream_t stream) {
+  const uintptr_t align = 4 * sizeof(KV);
+  const bool vec = head_dim % 4 == 0 && (p.kv_heads * head_dim) % 4 == 0 &&
+                   reinterpret_cast<uintptr_t>(p.k) % align == 0 &&
+                   reinterpret_cast<uintptr_t>(p.v) % align == 0;
+  if (vec) {
+    LaunchTiles<KV, true>(grid, p, head_dim, stream);
+  } else {
+    LaunchTiles<KV, false>(grid, p, head_dim, stream);
   }
 }
 
