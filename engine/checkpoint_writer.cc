@@ -228,6 +228,7 @@ ModelConfig TinyMplusConfig() {
   c.num_blocks = 6;
   c.num_ltm_blocks = 2;
   c.add_bos_embedding = true;
+  c.drop_memory_per_layer = true;  // as the official training configs
   c.add_decoder_lora = true;
   c.add_encoder_retriever = true;
   c.lora = {4, 8.0, {"q_proj", "v_proj", "k_proj", "up_proj", "down_proj", "gate_proj"}};

@@ -26,10 +26,15 @@ uint64_t Below(uint64_t& state, uint64_t bound) {
 }  // namespace
 
 std::vector<std::vector<int32_t>> ChooseDropSlots(uint64_t session_seed, int64_t inject_index,
-                                                  int num_layers, int64_t n, int64_t k) {
+                                                  int num_layers, int64_t n, int64_t k,
+                                                  bool per_layer) {
   std::vector<std::vector<int32_t>> result(static_cast<size_t>(num_layers));
   std::vector<int32_t> slots(static_cast<size_t>(n));
   for (int l = 0; l < num_layers; ++l) {
+    if (!per_layer && l > 0) {
+      result[l] = result[0];
+      continue;
+    }
     uint64_t state = session_seed;
     state = SplitMix64(state) ^ static_cast<uint64_t>(inject_index);
     state = SplitMix64(state) ^ static_cast<uint64_t>(l);

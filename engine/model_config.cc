@@ -293,6 +293,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text,
     CFG_RETURN_IF_ERROR(r.Int("num_blocks", &c.num_blocks, std::nullopt));
     // The official classes default add_bos_embedding to true.
     CFG_RETURN_IF_ERROR(r.Bool("add_bos_embedding", &c.add_bos_embedding, true));
+    // configuration_memoryllm.py defaults it to false.
+    CFG_RETURN_IF_ERROR(r.Bool("drop_memory_per_layer", &c.drop_memory_per_layer, false));
     CFG_RETURN_IF_ERROR(r.Bool("add_decoder_lora", &c.add_decoder_lora, false));
     CFG_RETURN_IF_ERROR(ParseLora(root, origin, &c.lora));
   }
@@ -455,7 +457,7 @@ std::string ModelConfigToJson(const ModelConfig& c) {
   j["tie_word_embeddings"] = c.tie_word_embeddings;
   if (c.has_memory()) {
     j["add_bos_embedding"] = c.add_bos_embedding;
-    j["drop_memory_per_layer"] = true;
+    j["drop_memory_per_layer"] = c.drop_memory_per_layer;
     j["add_decoder_lora"] = c.add_decoder_lora;
   }
   if (c.has_long_term()) {

@@ -51,6 +51,8 @@ struct ModelConfig {
   int64_t num_blocks = 0;      // short- plus long-term blocks
   int64_t num_ltm_blocks = 0;  // 0 for MemoryLLM
   bool add_bos_embedding = false;
+  // Each layer drops its own random K slots per inject; false: the same slots in every layer.
+  bool drop_memory_per_layer = false;
   bool add_decoder_lora = false;
   bool add_encoder_retriever = false;  // M+: checkpoint also holds (unused) encoder_query_proj
   LoraConfig lora;

@@ -410,9 +410,9 @@ absl::Status MemoryServiceImpl::InjectImpl(grpc::ServerContext* context,
     const int64_t end = std::min<int64_t>(begin + chunk_tokens, ids.size());
     const absl::Span<const int32_t> chunk(ids.data() + begin, end - begin);
     const memstore::SessionInfo info = handle->info();
-    const auto drops =
-        engine::ChooseDropSlots(info.seed, info.inject_count, config.num_hidden_layers,
-                                config.stm_tokens(), config.num_tokens);
+    const auto drops = engine::ChooseDropSlots(info.seed, info.inject_count,
+                                               config.num_hidden_layers, config.stm_tokens(),
+                                               config.num_tokens, config.drop_memory_per_layer);
     auto result = model_->Inject(handle->memory(), chunk, drops);
     if (!result.ok()) return result.status();
     if (absl::Status s = handle->Commit(*result, end - begin, chunk_key); !s.ok()) return s;

@@ -162,6 +162,9 @@ TEST(DropSlotsTest, DistinctSortedDeterministicAndSeedDependent) {
   EXPECT_EQ(a, engine::ChooseDropSlots(42, 3, 4, 100, 10));
   EXPECT_NE(a, engine::ChooseDropSlots(43, 3, 4, 100, 10));
   EXPECT_NE(a, engine::ChooseDropSlots(42, 4, 4, 100, 10));
+  // drop_memory_per_layer = false: layer 0's slots everywhere.
+  const auto shared = engine::ChooseDropSlots(42, 3, 4, 100, 10, /*per_layer=*/false);
+  for (const auto& layer : shared) EXPECT_EQ(layer, a[0]);
   EXPECT_NE(a[0], a[1]);
   // Pinned values: the generator is part of the contract (bitwise stable everywhere).
   EXPECT_EQ(engine::ChooseDropSlots(1, 0, 1, 8, 8)[0],

@@ -66,6 +66,7 @@ TEST(ModelConfigTest, LoadsTinyMplusFixture) {
     EXPECT_FALSE(c->lora.Targets("o_proj"));
     EXPECT_TRUE(c->add_decoder_lora);
     EXPECT_TRUE(c->add_bos_embedding);
+    EXPECT_TRUE(c->drop_memory_per_layer);
     EXPECT_TRUE(c->add_encoder_retriever);
     EXPECT_EQ(c->selector_hidden_dim, 12);
     EXPECT_EQ(c->num_selector_layers, 2);
@@ -125,7 +126,8 @@ TEST(ModelConfigTest, DetectsMemoryLlm) {
   EXPECT_FALSE(c->has_long_term());
   EXPECT_EQ(c->stm_tokens(), 256 * 40);
   EXPECT_EQ(c->prefix_length(), 1 + 256 * 40);
-  EXPECT_EQ(c->lora.r, 0);  // no lora_config: no adapters
+  EXPECT_EQ(c->lora.r, 0);                 // no lora_config: no adapters
+  EXPECT_FALSE(c->drop_memory_per_layer);  // the official default
 
   j.erase("architectures");  // fields alone are enough
   c = Parse(j);
