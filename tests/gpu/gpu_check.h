@@ -1,0 +1,76 @@
+// The GPU check fixture: a CPU reference backend and the CUDA backend shared by every test of
+// mplus_gpu_check (gpu_check.cc: ops and retrieval; gpu_check_copies.cc: staged copies and
+// bfloat16 K/V), and the element-wise comparison they use.
+#ifndef MPLUS_TESTS_GPU_GPU_CHECK_H_
+#define MPLUS_TESTS_GPU_GPU_CHECK_H_
+
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "engine/cpu/cpu_backend.h"
+#include "engine/cuda/cuda_backend.h"
+#include "gtest/gtest.h"
+#include "tests/gpu/gpu_test_util.h"
+
+namespace mplus::gpu_test {
+
+using engine::cpu::CpuBackend;
+
+class GpuCheck : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    cpu_ = new CpuBackend();
+    absl::StatusOr<std::unique_ptr<Backend>> gpu = engine::cuda::CreateCudaBackend(0);
+    ASSERT_TRUE(gpu.ok()) << gpu.status();
+    gpu_ = gpu->release();
+  }
+  static void TearDownTestSuite() {
+    delete gpu_;
+    delete cpu_;
+    gpu_ = nullptr;
+    cpu_ = nullptr;
+  }
+  void SetUp() override { ASSERT_NE(gpu_, nullptr) << "no CUDA backend"; }
+
+  static Backend* cpu_;
+  static Backend* gpu_;
+};
+
+// Element-wise check with a per-element bound.
+inline void ExpectNear(const std::vector<float>& got, const std::vector<float>& want,
+                       const std::vector<float>& bound, const char* what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  int64_t bad = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (!(std::fabs(got[i] - want[i]) <= bound[i])) {  // NaN fails too
+      if (++bad <= 5) {
+        ADD_FAILURE() << what << " [" << i << "]: gpu " << got[i] << " cpu " << want[i] << " bound "
+                      << bound[i];
+      }
+    }
+  }
+  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << got.size() << " elements off";
+}
+
+inline std::vector<float> RelBound(const std::vector<float>& want, float atol, float rtol) {
+  std::vector<float> b(want.size());
+  for (size_t i = 0; i < want.size(); ++i) b[i] = atol + rtol * std::fabs(want[i]);
+  return b;
+}
+
+#define ASSERT_OK_AND_ASSIGN(lhs, expr)            \
+  auto lhs##_or = (expr);                          \
+  ASSERT_TRUE(lhs##_or.ok()) << lhs##_or.status(); \
+  auto lhs = std::move(*lhs##_or)
+#define ASSERT_OK(expr)         \
+  do {                          \
+    absl::Status s_ = (expr);   \
+    ASSERT_TRUE(s_.ok()) << s_; \
+  } while (0)
+
+}  // namespace mplus::gpu_test
+
+#endif  // MPLUS_TESTS_GPU_GPU_CHECK_H_
