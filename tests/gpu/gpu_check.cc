@@ -13,7 +13,6 @@
 //  - Retrieval scores: 1e-6 absolute (double sigmoid sums; GEMM summation order only).
 #include "tests/gpu/gpu_check.h"
 
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
