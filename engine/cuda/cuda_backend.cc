@@ -114,6 +114,7 @@ class CudaBackend : public Backend {
                                                         const Tensor& queries, int64_t k) override;
 
   CudaMemoryStats MemoryStats() const;
+  void ResetMemoryPeak() { state_->ResetPeak(); }
 
  private:
   explicit CudaBackend(std::shared_ptr<DeviceState> state)
@@ -597,6 +598,16 @@ absl::StatusOr<CudaMemoryStats> GetCudaMemoryStats(const Backend& backend) {
         absl::StrCat("GetCudaMemoryStats: backend ", backend.name(), " is not a CUDA backend"));
   }
   return cuda->MemoryStats();
+}
+
+absl::Status ResetCudaMemoryPeak(Backend& backend) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  if (cuda == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ResetCudaMemoryPeak: backend ", backend.name(), " is not a CUDA backend"));
+  }
+  cuda->ResetMemoryPeak();
+  return absl::OkStatus();
 }
 
 }  // namespace mplus::engine::cuda

@@ -34,15 +34,17 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(int device_ordinal);
 
 // Device memory a CUDA backend currently holds, by what it is for.
 struct CudaMemoryStats {
-  int64_t weights_bytes = 0;    // UploadWeight
-  int64_t workspace_bytes = 0;  // cuBLASLt workspace, op scratch (bf16 activations, splits)
-  int64_t other_bytes = 0;      // Allocate (activations, KV caches, ...)
-  int64_t peak_total_bytes = 0;
+  int64_t weights_bytes = 0;     // UploadWeight
+  int64_t workspace_bytes = 0;   // cuBLASLt workspace, op scratch (bf16 activations, splits)
+  int64_t other_bytes = 0;       // Allocate (activations, KV caches, ...)
+  int64_t peak_total_bytes = 0;  // since the backend was made or ResetCudaMemoryPeak
   int64_t total() const { return weights_bytes + workspace_bytes + other_bytes; }
 };
 
 // Stats of a backend made by CreateCudaBackend; InvalidArgument for any other backend.
 absl::StatusOr<CudaMemoryStats> GetCudaMemoryStats(const Backend& backend);
+// Restarts peak_total_bytes from the bytes held now; InvalidArgument for another backend.
+absl::Status ResetCudaMemoryPeak(Backend& backend);
 
 }  // namespace mplus::engine::cuda
 

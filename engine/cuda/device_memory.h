@@ -43,6 +43,10 @@ class DeviceState {
     return bytes_[static_cast<int>(category)].load(std::memory_order_relaxed);
   }
   int64_t peak_bytes() const { return peak_.load(std::memory_order_relaxed); }
+  // Starts a new peak from what is held now (to measure one phase, e.g. one session).
+  void ResetPeak() {
+    peak_.store(total_.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  }
   // The first error a deleter hit (deleters cannot return one); reported by Synchronize.
   absl::Status TakeDeferredError();
 

@@ -303,8 +303,7 @@ absl::Status Run() {
   absl::PrintF(
       "Device: %s. Checkpoint %s, %s; load %.1f s; device-to-device copy %.0f GB/s; "
       "each decode step also reads ~%s of %s KV cache. GB = 10^9 bytes. Memory "
-      "after the %d-token prompt's prefill; peak since the backend was made (resident ran "
-      "second).\n\n",
+      "after the %d-token prompt's prefill; peak: the session's, one generation at a time.\n\n",
       device_name, Gb(ckpt.bytes),
       ckpt.reused ? "reused" : absl::StrFormat("written in %.1f s", ckpt.seconds), load_seconds,
       bandwidth / 1e9, Gb(kv_bytes), engine::DTypeName(model->kv_dtype()), sizes.long_prompt);

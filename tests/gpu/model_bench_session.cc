@@ -43,6 +43,10 @@ absl::StatusOr<SessionResult> RunSession(const engine::Model& model, memstore::L
   const char* name = memstore::LongTermModeName(mode);
   SessionResult r;
   std::mt19937 rng(static_cast<uint32_t>(mode) + 1);
+  // The peak reported is this session's (the previous one is gone).
+  if (model.backend().device() == engine::Device::kCuda) {
+    MPLUS_RETURN_IF_ERROR(engine::cuda::ResetCudaMemoryPeak(model.backend()));
+  }
   Clock::time_point start = Clock::now();
   MPLUS_ASSIGN_OR_RETURN(std::unique_ptr<memstore::InMemorySession> session,
                          memstore::InMemorySession::Create(model, mode));
@@ -66,6 +70,7 @@ absl::StatusOr<SessionResult> RunSession(const engine::Model& model, memstore::L
     MPLUS_RETURN_IF_ERROR(session->ApplyInject(result));
     if (i == 0) {
       for (const std::vector<int32_t>* p : {&prompt, &long_prompt}) {
+        state.reset();  // one generation at a time, as a session runs them
         MPLUS_ASSIGN_OR_RETURN(state, model.Prefill(*session, *p, 1, false, &out));
         MPLUS_RETURN_IF_ERROR(model.Decode(*state, 0).status());
       }
