@@ -247,7 +247,9 @@ TEST_F(MemoryServiceTest, RestartKeepsSessionsAndTheirMemory) {
   auto exit_status = server_->Terminate();
   ASSERT_TRUE(exit_status.ok());
   EXPECT_TRUE(WIFEXITED(*exit_status) && WEXITSTATUS(*exit_status) == 0);
-  StartServer();
+  // Restarted with the memory-placement flags changed: they decide where keys and caches live,
+  // never what is generated.
+  StartServer({"--ltm_mode=offload", "--gpu_memory_budget_mb=64", "--prefix_cache=false"});
   grpc::ClientContext ctx;
   v1::GetSessionRequest get;
   get.set_session_id("keep");
