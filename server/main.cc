@@ -85,7 +85,8 @@ ABSL_FLAG(std::string, ltm_mode, "resident",
           "No effect on the CPU.");
 ABSL_FLAG(int64_t, gpu_memory_budget_mb, 0,
           "GPU memory for resident sessions (prefix K/V caches and, in resident mode, long-term "
-          "keys), MiB; least recently used sessions spill beyond it. 0: no limit.");
+          "keys), MiB; least recently used sessions spill beyond it. 0: half of the GPU memory "
+          "free once the model is loaded.");
 
 namespace mplus::server {
 namespace {

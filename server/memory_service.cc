@@ -121,7 +121,15 @@ absl::Status MemoryServiceImpl::Open() {
   store_options.resident_budget_bytes = options_.resident_budget_bytes;
   store_options.prefix_cache = options_.prefix_cache;
   MPLUS_ASSIGN_OR_RETURN(store_options.ltm_mode, memstore::ParseLongTermMode(options_.ltm_mode));
-  store_options.device_budget_bytes = static_cast<size_t>(options_.gpu_memory_budget_mb) << 20;
+  if (cuda_plugin_ != nullptr) {
+    MPLUS_ASSIGN_OR_RETURN(engine::CudaPluginMemoryStats device,
+                           cuda_plugin_->MemoryStats(model_->backend(), /*device_ordinal=*/0));
+    store_options.device_budget_bytes =
+        SessionGpuBudgetBytes(options_.gpu_memory_budget_mb, device.device_free_bytes);
+    LogInfo("GPU memory: %.1f GiB free after loading the model; sessions may hold %.1f GiB",
+            device.device_free_bytes / 1073741824.0,
+            store_options.device_budget_bytes / 1073741824.0);
+  }
   store_options.on_commit_latency = [this](double seconds) {
     metrics_->store_write_latency.Observe(seconds);
   };

@@ -2,6 +2,7 @@
 #ifndef MPLUS_SERVER_SERVICE_OPTIONS_H_
 #define MPLUS_SERVER_SERVICE_OPTIONS_H_
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -30,8 +31,17 @@ struct ServiceOptions {
   size_t resident_budget_bytes = size_t{8} << 30;
   bool prefix_cache = true;
   std::string ltm_mode = "resident";  // memstore::ParseLongTermMode
-  int64_t gpu_memory_budget_mb = 0;   // 0: no limit
+  int64_t gpu_memory_budget_mb = 0;   // 0: SessionGpuBudgetBytes's default
 };
+
+// GPU bytes resident sessions may hold: --gpu_memory_budget_mb when set, else half of the device
+// memory free once the model is loaded (the other half is for running generations' KV caches
+// and activations), so that sessions spill before the GPU runs out.
+inline size_t SessionGpuBudgetBytes(int64_t flag_mb, int64_t free_bytes_after_load) {
+  if (flag_mb > 0) return static_cast<size_t>(flag_mb) << 20;
+  // At least 1: a device budget of 0 means "no limit" to the store.
+  return static_cast<size_t>(std::max<int64_t>(free_bytes_after_load / 2, 1));
+}
 
 }  // namespace mplus::server
 
