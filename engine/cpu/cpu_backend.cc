@@ -6,7 +6,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
+#include "engine/backend_checks.h"
 #include "engine/cpu/gemm.h"
 #include "engine/dot.h"
 
@@ -15,42 +15,14 @@ namespace {
 
 using engine::Dot;
 
-bool IsFloat(DType d) { return d == DType::kF32 || d == DType::kBF16 || d == DType::kF16; }
-
-std::string ShapeString(const Tensor& t) {
-  return absl::StrCat("[", absl::StrJoin(t.shape(), ","), "]");
-}
-
 absl::Status CheckCpu(const Tensor& t, const char* what) {
-  if (t.empty() && t.numel() != 0)
-    return absl::InvalidArgumentError(absl::StrCat(what, ": null tensor"));
-  if (t.device() != Device::kCpu) {
-    return absl::InvalidArgumentError(absl::StrCat(what, ": tensor is not on the CPU"));
-  }
-  return absl::OkStatus();
+  return CheckOnDevice(t, Device::kCpu, what);
 }
-
 absl::Status CheckF32(const Tensor& t, const char* what) {
-  if (absl::Status s = CheckCpu(t, what); !s.ok()) return s;
-  if (t.dtype() != DType::kF32) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, ": expected F32, got ", std::string(DTypeName(t.dtype()))));
-  }
-  return absl::OkStatus();
+  return engine::CheckF32(t, Device::kCpu, what);
 }
-
 absl::Status CheckFloat(const Tensor& t, const char* what) {
-  if (absl::Status s = CheckCpu(t, what); !s.ok()) return s;
-  if (!IsFloat(t.dtype())) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, ": expected a float dtype, got ", std::string(DTypeName(t.dtype()))));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status ShapeError(const char* op, const Tensor& a, const Tensor& b) {
-  return absl::InvalidArgumentError(
-      absl::StrCat(op, ": incompatible shapes ", ShapeString(a), " and ", ShapeString(b)));
+  return engine::CheckFloat(t, Device::kCpu, what);
 }
 
 inline float SiluF(float x) { return x / (1.0f + std::exp(-x)); }
@@ -74,7 +46,7 @@ void LoadFloats(const void* data, DType dtype, int64_t offset, int64_t n, float*
     }
     case DType::kI64:
     case DType::kI32:
-      std::abort();  // callers check IsFloat first
+      std::abort();  // callers check IsFloatDType first
   }
 }
 
@@ -107,7 +79,7 @@ absl::Status CpuBackend::CopyFromHost(const void* src, DType src_dtype, const Te
     std::memcpy(dst.data(), src, dst.nbytes());
     return absl::OkStatus();
   }
-  if (dst.dtype() != DType::kF32 || !IsFloat(src_dtype)) {
+  if (dst.dtype() != DType::kF32 || !IsFloatDType(src_dtype)) {
     return absl::InvalidArgumentError(absl::StrCat("CopyFromHost: cannot convert ",
                                                    std::string(DTypeName(src_dtype)), " to ",
                                                    std::string(DTypeName(dst.dtype()))));
@@ -130,9 +102,7 @@ absl::Status CpuBackend::Copy(const Tensor& src, const Tensor& dst) {
     std::memmove(dst.data(), src.data(), src.nbytes());
     return absl::OkStatus();
   }
-  const char* s = static_cast<const char*>(src.data());
-  const char* d = static_cast<const char*>(dst.data());
-  if (s < d + dst.nbytes() && d < s + src.nbytes()) {
+  if (Overlap(src.data(), src.nbytes(), dst.data(), dst.nbytes())) {
     return absl::InvalidArgumentError("Copy: a converting copy must not alias");
   }
   if (src.dtype() == DType::kF32 && dst.dtype() == DType::kBF16) {
@@ -390,22 +360,9 @@ absl::Status CpuBackend::Embedding(const Tensor& table, absl::Span<const int32_t
                                    const Tensor& out) {
   if (absl::Status s = CheckFloat(table, "Embedding table"); !s.ok()) return s;
   if (absl::Status s = CheckCpu(out, "Embedding out"); !s.ok()) return s;
-  if (out.dtype() != DType::kF32 && out.dtype() != table.dtype()) {
-    return absl::InvalidArgumentError(absl::StrCat("Embedding: out must be F32 or ",
-                                                   DTypeName(table.dtype()), ", got ",
-                                                   DTypeName(out.dtype())));
-  }
-  const int64_t vocab = table.rows(), d = table.cols();
-  if (out.rows() != static_cast<int64_t>(ids.size()) || out.cols() != d) {
-    return ShapeError("Embedding", table, out);
-  }
   // Every id is checked before any row is written: a bad id leaves `out` untouched.
-  for (int32_t id : ids) {
-    if (id < 0 || id >= vocab) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("Embedding: token id ", id, " out of range [0, ", vocab, ")"));
-    }
-  }
+  if (absl::Status s = CheckEmbedding(table, ids, out); !s.ok()) return s;
+  const int64_t d = table.cols();
   for (size_t i = 0; i < ids.size(); ++i) {
     if (out.dtype() == table.dtype()) {  // plain row gather
       const size_t row_bytes = static_cast<size_t>(d) * DTypeSize(table.dtype());

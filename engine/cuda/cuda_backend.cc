@@ -11,8 +11,8 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
+#include "engine/backend_checks.h"
 #include "engine/cuda/attention.h"
 #include "engine/cuda/cuda_status.h"
 #include "engine/cuda/device_memory.h"
@@ -28,50 +28,14 @@ namespace {
 // Hopper's recommended cuBLASLt workspace.
 constexpr size_t kGemmWorkspaceBytes = size_t{32} << 20;
 
-bool IsFloat(DType d) { return d == DType::kF32 || d == DType::kBF16 || d == DType::kF16; }
-
-std::string ShapeString(const Tensor& t) {
-  return absl::StrCat("[", absl::StrJoin(t.shape(), ","), "]");
-}
-
 absl::Status CheckCuda(const Tensor& t, const char* what) {
-  if (t.empty() && t.numel() != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(what, ": null tensor"));
-  }
-  if (t.device() != Device::kCuda) {
-    return absl::InvalidArgumentError(absl::StrCat(what, ": tensor is not on the GPU"));
-  }
-  return absl::OkStatus();
+  return CheckOnDevice(t, Device::kCuda, what);
 }
-
 absl::Status CheckF32(const Tensor& t, const char* what) {
-  MPLUS_RETURN_IF_ERROR(CheckCuda(t, what));
-  if (t.dtype() != DType::kF32) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, ": expected F32, got ", DTypeName(t.dtype())));
-  }
-  return absl::OkStatus();
+  return engine::CheckF32(t, Device::kCuda, what);
 }
-
 absl::Status CheckFloat(const Tensor& t, const char* what) {
-  MPLUS_RETURN_IF_ERROR(CheckCuda(t, what));
-  if (!IsFloat(t.dtype())) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, ": expected a float dtype, got ", DTypeName(t.dtype())));
-  }
-  return absl::OkStatus();
-}
-
-// Whether byte ranges [a, a + a_bytes) and [b, b + b_bytes) share a byte. Compared as integers:
-// the relational order of pointers into different allocations is unspecified in C++.
-bool Overlap(const void* a, size_t a_bytes, const void* b, size_t b_bytes) {
-  const auto ia = reinterpret_cast<uintptr_t>(a), ib = reinterpret_cast<uintptr_t>(b);
-  return ia < ib + b_bytes && ib < ia + a_bytes;
-}
-
-absl::Status ShapeError(const char* op, const Tensor& a, const Tensor& b) {
-  return absl::InvalidArgumentError(
-      absl::StrCat(op, ": incompatible shapes ", ShapeString(a), " and ", ShapeString(b)));
+  return engine::CheckFloat(t, Device::kCuda, what);
 }
 
 }  // namespace
@@ -241,7 +205,7 @@ absl::StatusOr<Tensor> CudaBackend::UploadWeight(const TensorView& view) {
   if (view.data == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat("UploadWeight: ", view.name, " has no data"));
   }
-  if (!IsFloat(view.dtype)) {
+  if (!IsFloatDType(view.dtype)) {
     return absl::InvalidArgumentError(
         absl::StrCat("UploadWeight: ", view.name, " has dtype ", DTypeName(view.dtype)));
   }
@@ -273,7 +237,7 @@ absl::Status CudaBackend::CopyFromHost(const void* src, DType src_dtype, const T
   absl::MutexLock lock(&mu_);
   MPLUS_RETURN_IF_ERROR(state_->Activate());
   if (src_dtype == dst.dtype()) return UploadBytes(src, dst.nbytes(), dst.data());
-  if (dst.dtype() != DType::kF32 || !IsFloat(src_dtype)) {
+  if (dst.dtype() != DType::kF32 || !IsFloatDType(src_dtype)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "CopyFromHost: cannot convert ", DTypeName(src_dtype), " to ", DTypeName(dst.dtype())));
   }
@@ -505,23 +469,9 @@ absl::Status CudaBackend::Embedding(const Tensor& table, absl::Span<const int32_
   MPLUS_RETURN_IF_ERROR(CheckFloat(table, "Embedding table"));
   MPLUS_RETURN_IF_ERROR(CheckCuda(out, "Embedding out"));
   // F32 out widens; out in the table's own dtype is a plain row gather (e.g. bf16 rows copied
-  // into a bf16 KV cache).
-  if (out.dtype() != DType::kF32 && out.dtype() != table.dtype()) {
-    return absl::InvalidArgumentError(absl::StrCat("Embedding: out must be F32 or the table's ",
-                                                   DTypeName(table.dtype()), ", got ",
-                                                   DTypeName(out.dtype())));
-  }
-  const int64_t vocab = table.rows(), d = table.cols();
-  if (out.rows() != static_cast<int64_t>(ids.size()) || out.cols() != d) {
-    return ShapeError("Embedding", table, out);
-  }
-  // Checked here, on the host copy, so a bad id never reaches the GPU.
-  for (int32_t id : ids) {
-    if (id < 0 || id >= vocab) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("Embedding: token id ", id, " out of range [0, ", vocab, ")"));
-    }
-  }
+  // into a bf16 KV cache). Ids are checked here, on the host, so a bad one never reaches the GPU.
+  MPLUS_RETURN_IF_ERROR(CheckEmbedding(table, ids, out));
+  const int64_t d = table.cols();
   if (ids.empty()) return absl::OkStatus();
   absl::MutexLock lock(&mu_);
   MPLUS_RETURN_IF_ERROR(state_->Activate());
