@@ -31,6 +31,14 @@ absl::StatusOr<DeviceProjector> UploadProjector(Backend& backend, const Projecto
   return out;
 }
 
+// Rounds float32 `t` in place to the precision of `dtype` (a no-op for F32).
+absl::Status RoundTo(Backend& backend, DType dtype, const Tensor& t) {
+  if (dtype == DType::kF32) return absl::OkStatus();
+  MPLUS_ASSIGN_OR_RETURN(Tensor narrow, backend.Allocate(dtype, t.shape()));
+  MPLUS_RETURN_IF_ERROR(backend.Copy(t, narrow));
+  return backend.Copy(narrow, t);
+}
+
 }  // namespace
 
 absl::StatusOr<DeviceLayer> UploadLayer(Backend& backend, const LayerWeights& w) {
@@ -79,13 +87,6 @@ absl::Status KeysValues(Backend& backend, const LayerDims& dims, const DeviceLay
                         const Tensor& v_out) {
   MPLUS_RETURN_IF_ERROR(Linear(backend, normed, layer.k_proj, adapter, dims.lora_scale, k_out));
   return Linear(backend, normed, layer.v_proj, adapter, dims.lora_scale, v_out);
-}
-
-absl::Status RoundTo(Backend& backend, DType dtype, const Tensor& t) {
-  if (dtype == DType::kF32) return absl::OkStatus();
-  MPLUS_ASSIGN_OR_RETURN(Tensor narrow, backend.Allocate(dtype, t.shape()));
-  MPLUS_RETURN_IF_ERROR(backend.Copy(t, narrow));
-  return backend.Copy(narrow, t);
 }
 
 absl::Status StoreKeysValues(Backend& backend, const LayerDims& dims, const Tensor& k,

@@ -54,9 +54,6 @@ absl::Status KeysValues(Backend& backend, const LayerDims& dims, const DeviceLay
                         Adapter adapter, const Tensor& normed, const Tensor& k_out,
                         const Tensor& v_out);
 
-// Rounds float32 `t` in place to the precision of `dtype` (a no-op for F32).
-absl::Status RoundTo(Backend& backend, DType dtype, const Tensor& t);
-
 // Stores float32 keys k (before RoPE, rotated here in place at `positions`) and values v into
 // the KV cache rows first_row.. in the caches' dtype. With a bfloat16 cache the keys are rounded
 // to bfloat16 before RoPE too (the official bf16 model projects and rotates in bf16); k and v

@@ -230,7 +230,7 @@ absl::Status Model::MemoryPrefix(SessionMemory& mem, PrefixCache* cache, int lay
   const int64_t bos = bos_rows(), stm_begin = bos + config_.ltm_retrieved_tokens();
   const bool filled = cache != nullptr && static_cast<int>(cache->keys_.size()) > layer;
   // The prefix rows in cache order (bos, then STM slots): keys before RoPE, and values, in
-  // float32 holding values of the cache dtype.
+  // float32. Copies into the cache and StoreKeysValues round them to the cache dtype.
   MPLUS_ASSIGN_OR_RETURN(Tensor keys, Alloc(b, bos + n, kv));
   MPLUS_ASSIGN_OR_RETURN(Tensor values, Alloc(b, bos + n, kv));
 
@@ -261,8 +261,6 @@ absl::Status Model::MemoryPrefix(SessionMemory& mem, PrefixCache* cache, int lay
     MPLUS_RETURN_IF_ERROR(b.RmsNorm(x, lw.input_layernorm, dims_.rms_eps, x));
     const Tensor k_new = keys.Rows(have, bos + n), v_new = values.Rows(have, bos + n);
     MPLUS_RETURN_IF_ERROR(KeysValues(b, dims_, lw, Adapter::kDecoder, x, k_new, v_new));
-    MPLUS_RETURN_IF_ERROR(RoundTo(b, kv_dtype_, k_new));
-    MPLUS_RETURN_IF_ERROR(RoundTo(b, kv_dtype_, v_new));
   }
 
   // The cache keeps every row in slot order; untouched when it already does.
