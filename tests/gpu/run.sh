@@ -112,30 +112,32 @@ run_goldens() {
 run_goldens cuda || failed=1
 run_goldens cpu || failed=1
 
+# run_bounded RESERVE BINARY ARGS...: runs BINARY until RESERVE seconds before the deadline,
+# prints and returns its exit status (124 when no time was left, 137 when killed).
+run_bounded() {
+  local reserve=$1 name=${2##*/} left status
+  shift
+  left=$((deadline - reserve - SECONDS))
+  if ((left <= 0)); then
+    echo "run.sh: no time left for $name" >&2
+    status=124
+  else
+    timeout --signal=KILL "$left" "$@"
+    status=$?
+    ((status == 137)) && echo "run.sh: $name killed after $left s" >&2
+  fi
+  echo "run.sh: $name exit status $status"
+  return $status
+}
+
 # Checks then their op timing table, in what is left of the 470 s less the 8B table's share.
-left=$((deadline - model_reserve - SECONDS))
-if ((left > 0)); then
-  timeout --signal=KILL "$left" "$bin" --gtest_color=no "${@:2}"
-  rc=$?
-  if ((rc == 137)); then echo "run.sh: mplus_gpu_check killed after $left s" >&2; fi
-else
-  echo "run.sh: no time left for mplus_gpu_check" >&2
-  rc=124
-fi
-echo "run.sh: mplus_gpu_check exit status $rc"
+run_bounded "$model_reserve" "$bin" --gtest_color=no "${@:2}"
+rc=$?
 ((rc == 0)) && rc=$failed
 
 # The 8B-shaped M+ timing table (markdown on stdout, progress on stderr), in what is left.
-left=$((deadline - SECONDS))
-if ((left > 0)); then
-  timeout --signal=KILL "$left" "$model_bench"
-  model_rc=$?
-  if ((model_rc == 137)); then echo "run.sh: mplus_gpu_model_bench killed after $left s" >&2; fi
-else
-  echo "run.sh: no time left for mplus_gpu_model_bench" >&2
-  model_rc=124
-fi
-echo "run.sh: mplus_gpu_model_bench exit status $model_rc"
+run_bounded 0 "$model_bench"
+model_rc=$?
 ((rc == 0)) && rc=$model_rc
 echo "run.sh: exit status $rc"
 exit $rc
