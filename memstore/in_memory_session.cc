@@ -3,33 +3,9 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "memstore/base_memory.h"
 
 namespace mplus::memstore {
-namespace {
-
-using engine::DType;
-
-// Rounds to the storage dtype (bf16: nearest even, like torch).
-void FromFloats(const float* src, int64_t n, DType dtype, uint8_t* dst) {
-  for (int64_t i = 0; i < n; ++i) {
-    uint16_t v;
-    switch (dtype) {
-      case DType::kBF16:
-        v = engine::FloatToBF16(src[i]);
-        std::memcpy(dst + 2 * i, &v, 2);
-        break;
-      case DType::kF16:
-        v = engine::FloatToF16(src[i]);
-        std::memcpy(dst + 2 * i, &v, 2);
-        break;
-      default:
-        std::memcpy(dst + 4 * i, src + i, 4);
-    }
-  }
-}
-
-}  // namespace
-
 absl::StatusOr<std::unique_ptr<InMemorySession>> InMemorySession::Create(const engine::Model& model,
                                                                          LongTermMode mode) {
   const engine::ModelConfig& c = model.config();
@@ -67,7 +43,7 @@ absl::StatusOr<std::unique_ptr<InMemorySession>> InMemorySession::Create(const e
       const uint64_t id = s->next_token_id_++;
       std::vector<uint8_t>& stored = s->vectors_[id];
       stored.resize(row_bytes);
-      FromFloats(row.data(), s->d_, s->dtype_, stored.data());
+      FloatsToDType(row.data(), s->d_, s->dtype_, stored.data());
       // The official code reads ages with .int(): truncation.
       s->ltm_->layer(l).AddMerged(id, key, static_cast<int64_t>(w.ltm_ages[l].GetFloat(i)),
                                   w.ltm_recall_frequencies[l].GetFloat(i));
@@ -148,7 +124,7 @@ absl::Status InMemorySession::ApplyInject(const engine::InjectResult& inject) {
         ++out;
       }
     }
-    FromFloats(inject.delta[l].data(), k_ * d_, dtype_, rows + out * row_bytes);
+    FloatsToDType(inject.delta[l].data(), k_ * d_, dtype_, rows + out * row_bytes);
     for (int64_t i = 0; i < k_; ++i) ages[out + i] = k_ - 1 - i;  // first new token oldest
     if (ltm_ != nullptr) dropped[l].keys = inject.dropped_keys[l];
   }
