@@ -210,6 +210,204 @@ __global__ void CombineKernel(Params p, int splits) {
   }
 }
 
+// --- Decode: one query row (flash-decoding specialised for GQA) --------------------------------
+// Block (kv head g, split s) reads each K/V row of its key range once, for all G query heads that
+// share the row. A row of head_dim = 8 * L elements is read by L lanes, eight elements (16 bytes
+// of bf16) each, so a warp covers 32 / L keys per step and kDecodeUnroll steps are in flight per
+// lane before any arithmetic. Scores go through shared memory: pass 1 scores, pass 2 softmax
+// statistics, pass 3 P·V. The float operations do not depend on KV, so bf16 K/V again give bit
+// for bit the result of float32 K/V holding the widened values.
+constexpr int kDecodeThreads = 128;
+constexpr int kDecodeWarps = kDecodeThreads / 32;
+constexpr int kDecodeMaxKeys = 256;  // keys per split: the scores live in shared memory
+constexpr int kDecodeUnroll = 4;
+
+__device__ __forceinline__ void Load8(const float* base, int64_t off, float (&f)[8]) {
+  const float4 a = *reinterpret_cast<const float4*>(base + off);
+  const float4 b = *reinterpret_cast<const float4*>(base + off + 4);
+  f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+}
+__device__ __forceinline__ void Load8(const uint16_t* base, int64_t off, float (&f)[8]) {
+  const uint4 b = *reinterpret_cast<const uint4*>(base + off);
+  const uint32_t w[4] = {b.x, b.y, b.z, b.w};
+  for (int i = 0; i < 4; ++i) {
+    f[2 * i] = __uint_as_float(w[i] << 16);
+    f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+  }
+}
+
+// Sum over the L lanes (a power of two) that share a key.
+__device__ __forceinline__ float KeyLanesSum(float v, int lanes_per_key) {
+  for (int off = lanes_per_key / 2; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
+template <typename KV, int G>
+__global__ void __launch_bounds__(kDecodeThreads)
+    DecodeAttentionKernel(Params p, int lanes_per_key) {
+  const KV* k = static_cast<const KV*>(p.k);
+  const KV* v = static_cast<const KV*>(p.v);
+  __shared__ float scores[G][kDecodeMaxKeys];
+  __shared__ float partial[kDecodeWarps][G][kHd];
+  __shared__ float reduce[kDecodeWarps][G];
+
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int L = lanes_per_key, keys_per_step = 32 / L;
+  const int sub = lane / L, part = lane % L;  // key slot of the step; dims [8 part, 8 part + 8)
+  const int64_t g = blockIdx.x, split = blockIdx.y, hd = p.hd;
+  const int64_t kv_cols = p.kv_heads * hd;
+  const int64_t key_begin = split * p.keys_per_split;
+  const int n = static_cast<int>(min(p.nk, key_begin + p.keys_per_split) - key_begin);
+  const int step = kDecodeWarps * keys_per_step;
+  const int64_t dim0 = g * hd + 8 * part;
+
+  float qr[G][8];
+  for (int h = 0; h < G; ++h) {
+    for (int e = 0; e < 8; ++e) qr[h][e] = p.q[(g * G + h) * hd + 8 * part + e] * p.scale_log2;
+  }
+
+  // Pass 1: scores. Every lane of a warp runs the same iterations (shuffles need the whole warp).
+  for (int j0 = warp * keys_per_step; j0 < n; j0 += kDecodeUnroll * step) {
+    float kf[kDecodeUnroll][8];
+    for (int u = 0; u < kDecodeUnroll; ++u) {
+      const int j = j0 + u * step + sub;
+      if (j < n) {
+        Load8(k, (key_begin + j) * kv_cols + dim0, kf[u]);
+      } else {
+        for (int e = 0; e < 8; ++e) kf[u][e] = 0.0f;
+      }
+    }
+    for (int u = 0; u < kDecodeUnroll; ++u) {
+      const int j = j0 + u * step + sub;
+      for (int h = 0; h < G; ++h) {
+        float dot = 0.0f;
+        for (int e = 0; e < 8; ++e) dot += qr[h][e] * kf[u][e];
+        dot = KeyLanesSum(dot, L);
+        if (part == 0 && j < n) scores[h][j] = dot;
+      }
+    }
+  }
+  __syncthreads();
+
+  // Pass 2: per head, the max and the sum of exp2(score - max); scores become probabilities.
+  float m[G], l[G];
+  for (int h = 0; h < G; ++h) {
+    float mx = -CUDART_INF_F;
+    for (int j = tid; j < n; j += kDecodeThreads) mx = fmaxf(mx, scores[h][j]);
+    mx = WarpMax(mx);
+    if (lane == 0) reduce[warp][h] = mx;
+  }
+  __syncthreads();
+  for (int h = 0; h < G; ++h) {
+    m[h] = reduce[0][h];
+    for (int w = 1; w < kDecodeWarps; ++w) m[h] = fmaxf(m[h], reduce[w][h]);
+  }
+  __syncthreads();  // everyone has read reduce
+  for (int h = 0; h < G; ++h) {
+    float sum = 0.0f;
+    for (int j = tid; j < n; j += kDecodeThreads) {
+      const float prob = m[h] == -CUDART_INF_F ? 0.0f : exp2f(scores[h][j] - m[h]);
+      scores[h][j] = prob;
+      sum += prob;
+    }
+    sum = WarpSum(sum);
+    if (lane == 0) reduce[warp][h] = sum;
+  }
+  __syncthreads();
+  for (int h = 0; h < G; ++h) {
+    l[h] = 0.0f;
+    for (int w = 0; w < kDecodeWarps; ++w) l[h] += reduce[w][h];
+  }
+
+  // Pass 3: P·V, each lane accumulating its eight dims of its key slots.
+  float acc[G][8];
+  for (int h = 0; h < G; ++h) {
+    for (int e = 0; e < 8; ++e) acc[h][e] = 0.0f;
+  }
+  for (int j0 = warp * keys_per_step; j0 < n; j0 += kDecodeUnroll * step) {
+    float vf[kDecodeUnroll][8];
+    for (int u = 0; u < kDecodeUnroll; ++u) {
+      const int j = j0 + u * step + sub;
+      if (j < n) {
+        Load8(v, (key_begin + j) * kv_cols + dim0, vf[u]);
+      } else {
+        for (int e = 0; e < 8; ++e) vf[u][e] = 0.0f;
+      }
+    }
+    for (int u = 0; u < kDecodeUnroll; ++u) {
+      const int j = j0 + u * step + sub;
+      if (j >= n) continue;
+      for (int h = 0; h < G; ++h) {
+        const float pj = scores[h][j];
+        for (int e = 0; e < 8; ++e) acc[h][e] += pj * vf[u][e];
+      }
+    }
+  }
+  // Sum over the warp's key slots (lanes with the same `part`), then over warps.
+  for (int off = 16; off >= L; off >>= 1) {
+    for (int h = 0; h < G; ++h) {
+      for (int e = 0; e < 8; ++e) acc[h][e] += __shfl_xor_sync(0xffffffffu, acc[h][e], off);
+    }
+  }
+  if (sub == 0) {
+    for (int h = 0; h < G; ++h) {
+      for (int e = 0; e < 8; ++e) partial[warp][h][8 * part + e] = acc[h][e];
+    }
+  }
+  __syncthreads();
+  const bool split_mode = gridDim.y > 1;
+  for (int idx = tid; idx < G * hd; idx += kDecodeThreads) {
+    const int h = idx / static_cast<int>(hd), d = idx % static_cast<int>(hd);
+    float o = 0.0f;
+    for (int w = 0; w < kDecodeWarps; ++w) o += partial[w][h][d];
+    const float inv_l = l[h] > 0.0f ? 1.0f / l[h] : 0.0f;
+    const int64_t head = g * G + h;
+    float* dst = split_mode ? p.part_o + (split * p.heads + head) * hd : p.out + head * hd;
+    dst[d] = o * inv_l;
+    if (split_mode && d == 0) {
+      p.part_m[split * p.heads + head] = m[h];
+      p.part_l[split * p.heads + head] = l[h];
+    }
+  }
+}
+
+// The decode kernel takes one query row, a group of 1, 2, 4 or 8 heads per K/V head and
+// head_dim = 8 * L with L a power of two up to 16.
+bool IsDecodeShape(const AttentionShape& shape) {
+  const int64_t group = shape.num_heads / shape.num_kv_heads;
+  const int64_t hd = shape.head_dim;
+  const bool group_ok = group == 1 || group == 2 || group == 4 || group == 8;
+  return shape.nq == 1 && group_ok && hd % 8 == 0 && hd / 8 <= 16 && ((hd / 8) & (hd / 8 - 1)) == 0;
+}
+
+int64_t DecodeKeysPerSplit(const AttentionShape& shape, int num_sms) {
+  // About eight blocks per SM (all resident at once: ~25 KB of shared memory each), splits of
+  // at least two 32-key tiles' worth.
+  const int64_t want_splits = std::max<int64_t>(1, 8 * int64_t{num_sms} / shape.num_kv_heads);
+  const int64_t per = (shape.nk + want_splits - 1) / want_splits;
+  return std::clamp<int64_t>((per + 31) / 32 * 32, 64, kDecodeMaxKeys);
+}
+
+template <typename KV>
+void LaunchDecode(const Params& p, int64_t group, int splits, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(p.kv_heads), static_cast<unsigned>(splits));
+  const int lanes = static_cast<int>(p.hd / 8);
+  switch (group) {
+    case 1:
+      DecodeAttentionKernel<KV, 1><<<grid, kDecodeThreads, 0, stream>>>(p, lanes);
+      break;
+    case 2:
+      DecodeAttentionKernel<KV, 2><<<grid, kDecodeThreads, 0, stream>>>(p, lanes);
+      break;
+    case 4:
+      DecodeAttentionKernel<KV, 4><<<grid, kDecodeThreads, 0, stream>>>(p, lanes);
+      break;
+    default:
+      DecodeAttentionKernel<KV, 8><<<grid, kDecodeThreads, 0, stream>>>(p, lanes);
+      break;
+  }
+}
+
 template <typename KV, bool kVec>
 void LaunchTiles(dim3 grid, const Params& p, int64_t head_dim, cudaStream_t stream) {
   const int threads = kWarps * 32;
@@ -252,6 +450,10 @@ int64_t KeysPerSplit(const AttentionShape& shape, int splits) {
 }  // namespace
 
 int AttentionSplits(const AttentionShape& shape, int num_sms) {
+  if (IsDecodeShape(shape)) {
+    const int64_t per = DecodeKeysPerSplit(shape, num_sms);
+    return static_cast<int>(std::min<int64_t>((shape.nk + per - 1) / per, 65535));
+  }
   const int64_t group = shape.num_heads / shape.num_kv_heads;
   const int64_t blocks = (shape.nq * group + kRows - 1) / kRows * shape.num_kv_heads;
   if (blocks >= num_sms) return 1;
@@ -298,11 +500,22 @@ cudaError_t LaunchAttention(const float* q, const void* k, const void* v, DType 
   p.part_m = splits > 1 ? ws + splits * rows * shape.head_dim : nullptr;
   p.part_l = splits > 1 ? p.part_m + splits * rows : nullptr;
 
+  // K/V rows read 16 bytes at a time need 16-byte aligned bases and row strides.
+  const size_t kv_size = kv_dtype == DType::kBF16 ? 2 : 4;
+  const bool aligned = reinterpret_cast<uintptr_t>(k) % 16 == 0 &&
+                       reinterpret_cast<uintptr_t>(v) % 16 == 0 &&
+                       shape.num_kv_heads * shape.head_dim * kv_size % 16 == 0;
   const int64_t tiles = (shape.nq * p.group + kRows - 1) / kRows;
   if (tiles > 0x7fffffff) return cudaErrorInvalidValue;
   const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(shape.num_kv_heads),
                   static_cast<unsigned>(splits));
-  if (kv_dtype == DType::kBF16) {
+  if (IsDecodeShape(shape) && aligned && p.keys_per_split <= kDecodeMaxKeys && splits <= 65535) {
+    if (kv_dtype == DType::kBF16) {
+      LaunchDecode<uint16_t>(p, p.group, splits, stream);
+    } else {
+      LaunchDecode<float>(p, p.group, splits, stream);
+    }
+  } else if (kv_dtype == DType::kBF16) {
     LaunchTiles<uint16_t>(grid, p, shape.head_dim, stream);
   } else {
     LaunchTiles<float>(grid, p, shape.head_dim, stream);

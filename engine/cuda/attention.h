@@ -3,7 +3,9 @@
 // No [nq, nk] score matrix is ever materialised: each block streams key/value tiles through
 // shared memory keeping a running max and sum per query row. When there are too few
 // (query, head) rows to fill the GPU (decode: nq = 1), keys are split across blocks
-// (flash-decoding) and a second kernel merges the partial results.
+// (flash-decoding) and a second kernel merges the partial results; a single query row with
+// GQA groups of 1, 2, 4 or 8 takes a dedicated decode kernel that reads each K/V row once for
+// the whole group, 16 bytes per lane.
 #ifndef MPLUS_ENGINE_CUDA_ATTENTION_H_
 #define MPLUS_ENGINE_CUDA_ATTENTION_H_
 

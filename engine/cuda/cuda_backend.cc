@@ -17,6 +17,7 @@
 #include "engine/cuda/cuda_status.h"
 #include "engine/cuda/device_memory.h"
 #include "engine/cuda/gemm.h"
+#include "engine/cuda/gemv.h"
 #include "engine/cuda/kernels.h"
 #include "engine/cuda/pinned_staging.h"
 #include "engine/cuda/retrieval.h"
@@ -330,6 +331,12 @@ absl::Status CudaBackend::MatMul(const Tensor& x, const Tensor& w, const Tensor&
   float* d = out.data_as<float>();
   switch (w.dtype()) {
     case DType::kBF16: {
+      if (GemvSupported(n, k, x.data(), w.data())) {  // decode: a few rows
+        MPLUS_CUDA_RETURN_IF_ERROR(LaunchGemvBf16(x.data_as<const float>(),
+                                                  w.data_as<const uint16_t>(), d, n, m, k, alpha,
+                                                  accumulate, num_sms_, stream()));
+        return absl::OkStatus();
+      }
       MPLUS_ASSIGN_OR_RETURN(void* xb, convert_.Get(static_cast<size_t>(n * k) * 2));
       MPLUS_CUDA_RETURN_IF_ERROR(
           LaunchF32ToBF16(x.data_as<const float>(), n * k, static_cast<uint16_t*>(xb), stream()));
@@ -377,8 +384,14 @@ absl::Status CudaBackend::Rope(const Tensor& x, int64_t head_dim,
   if (n == 0) return absl::OkStatus();
   absl::MutexLock lock(&mu_);
   MPLUS_RETURN_IF_ERROR(state_->Activate());
-  MPLUS_ASSIGN_OR_RETURN(const int64_t* pos, UploadIndices(positions));
-  MPLUS_CUDA_RETURN_IF_ERROR(LaunchRope(x.data_as<float>(), n, cols, head_dim, pos,
+  // Consecutive positions (every forward pass) need no upload.
+  const int64_t* pos = nullptr;
+  for (int64_t i = 1; i < n && pos == nullptr; ++i) {
+    if (positions[i] != positions[0] + i) {
+      MPLUS_ASSIGN_OR_RETURN(pos, UploadIndices(positions));
+    }
+  }
+  MPLUS_CUDA_RETURN_IF_ERROR(LaunchRope(x.data_as<float>(), n, cols, head_dim, pos, positions[0],
                                         inv_freq.data_as<const float>(), stream()));
   return absl::OkStatus();
 }

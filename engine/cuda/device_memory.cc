@@ -28,6 +28,9 @@ DeviceState::~DeviceState() {
   if (stream_ == nullptr) return;
   // Errors here have nobody to go to; the process is tearing the device state down.
   cudaSetDevice(ordinal_);
+  for (std::vector<void*>& blocks : kept_) {
+    for (void* p : blocks) cudaFreeAsync(p, stream_);
+  }
   cudaStreamSynchronize(stream_);
   cudaStreamDestroy(stream_);
 }
@@ -55,16 +58,40 @@ absl::Status DeviceState::TakeDeferredError() {
   return std::exchange(deferred_, absl::OkStatus());
 }
 
+void* DeviceState::TakeKept(int cls) {
+  absl::MutexLock lock(&kept_mu_);
+  if (kept_[cls].empty()) return nullptr;
+  void* ptr = kept_[cls].back();
+  kept_[cls].pop_back();
+  Account(MemCategory::kWorkspace, -static_cast<int64_t>(size_t{256} << cls));
+  return ptr;
+}
+
+bool DeviceState::Keep(int cls, void* ptr) {
+  absl::MutexLock lock(&kept_mu_);
+  if (kept_[cls].size() >= kKeptPerClass) return false;
+  kept_[cls].push_back(ptr);
+  Account(MemCategory::kWorkspace, static_cast<int64_t>(size_t{256} << cls));
+  return true;
+}
+
 absl::StatusOr<std::shared_ptr<void>> DeviceState::Alloc(const std::shared_ptr<DeviceState>& self,
                                                          size_t bytes, MemCategory category) {
   bytes = std::max<size_t>(bytes, 1);
-  void* ptr = nullptr;
-  MPLUS_CUDA_RETURN_IF_ERROR(cudaMallocAsync(&ptr, bytes, self->stream_));
+  int cls = -1;  // size class of a small non-weight block
+  if (category != MemCategory::kWeights && bytes <= (size_t{256} << (kSizeClasses - 1))) {
+    cls = 0;
+    while ((size_t{256} << cls) < bytes) ++cls;
+    bytes = size_t{256} << cls;
+  }
+  void* ptr = cls >= 0 ? self->TakeKept(cls) : nullptr;
+  if (ptr == nullptr) MPLUS_CUDA_RETURN_IF_ERROR(cudaMallocAsync(&ptr, bytes, self->stream_));
   self->Account(category, static_cast<int64_t>(bytes));
-  return std::shared_ptr<void>(ptr, [self, bytes, category](void* p) {
+  return std::shared_ptr<void>(ptr, [self, bytes, category, cls](void* p) {
+    self->Account(category, -static_cast<int64_t>(bytes));
+    if (cls >= 0 && self->Keep(cls, p)) return;
     cudaError_t err = cudaSetDevice(self->ordinal_);
     if (err == cudaSuccess) err = cudaFreeAsync(p, self->stream_);
-    self->Account(category, -static_cast<int64_t>(bytes));
     if (err != cudaSuccess) self->Defer(CudaError(err, "cudaFreeAsync", __FILE__, __LINE__));
   });
 }

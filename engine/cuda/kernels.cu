@@ -86,9 +86,10 @@ __global__ void RmsNormKernel(const float* x, const T* __restrict__ w, int64_t d
 
 // One block per row; thread j handles frequency j of every head (x is read once).
 __global__ void RopeKernel(float* x, int64_t cols, int64_t head_dim, const int64_t* positions,
-                           const float* __restrict__ inv_freq) {
+                           int64_t first_position, const float* __restrict__ inv_freq) {
   const int64_t half = head_dim / 2, heads = cols / head_dim;
-  const float pos = static_cast<float>(positions[blockIdx.x]);
+  const float pos = static_cast<float>(positions != nullptr ? positions[blockIdx.x]
+                                                            : first_position + blockIdx.x);
   float* row = x + blockIdx.x * cols;
   for (int64_t j = threadIdx.x; j < half; j += blockDim.x) {
     // float32 angle and precise cosf/sinf, as the HF reference (no fast-math intrinsics).
@@ -199,13 +200,14 @@ cudaError_t LaunchRmsNorm(const float* x, const void* w, DType w_dtype, int64_t 
 }
 
 cudaError_t LaunchRope(float* x, int64_t rows, int64_t cols, int64_t head_dim,
-                       const int64_t* positions, const float* inv_freq, cudaStream_t stream) {
+                       const int64_t* positions, int64_t first_position, const float* inv_freq,
+                       cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   if (rows > 0x7fffffff) return cudaErrorInvalidValue;
   const int threads =
       static_cast<int>(std::min<int64_t>(kThreads, std::max<int64_t>(32, head_dim / 2)));
   RopeKernel<<<static_cast<unsigned>(rows), threads, 0, stream>>>(x, cols, head_dim, positions,
-                                                                  inv_freq);
+                                                                  first_position, inv_freq);
   return cudaGetLastError();
 }
 

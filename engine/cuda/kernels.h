@@ -22,9 +22,11 @@ cudaError_t LaunchF32ToBF16(const float* src, int64_t n, uint16_t* dst, cudaStre
 // out[r, :] = w * x[r, :] / sqrt(mean(x[r, :]^2) + eps); out may alias x.
 cudaError_t LaunchRmsNorm(const float* x, const void* w, DType w_dtype, int64_t rows, int64_t d,
                           float eps, float* out, cudaStream_t stream);
-// In-place HF rotate_half RoPE of x [rows, cols] with heads of head_dim; positions [rows].
+// In-place HF rotate_half RoPE of x [rows, cols] with heads of head_dim; positions [rows] on
+// the device, or null for consecutive positions first_position, first_position + 1, ...
 cudaError_t LaunchRope(float* x, int64_t rows, int64_t cols, int64_t head_dim,
-                       const int64_t* positions, const float* inv_freq, cudaStream_t stream);
+                       const int64_t* positions, int64_t first_position, const float* inv_freq,
+                       cudaStream_t stream);
 // out = silu(gate) * up (out may alias either input).
 cudaError_t LaunchSiluMul(const float* gate, const float* up, float* out, int64_t n,
                           cudaStream_t stream);

@@ -46,10 +46,21 @@ TEST_F(GpuCheck, MatMul) {
     bool accumulate;
   };
   const Case cases[] = {
-      {1, 64, 48, DType::kF32, 1.0f, false},    {7, 130, 33, DType::kF32, 0.5f, true},
-      {64, 512, 256, DType::kF32, 1.0f, false}, {1, 4096, 1024, DType::kBF16, 1.0f, false},
-      {33, 200, 128, DType::kBF16, 2.0f, true}, {128, 384, 512, DType::kBF16, 1.0f, false},
-      {5, 96, 64, DType::kF16, 1.0f, false}};
+      {1, 64, 48, DType::kF32, 1.0f, false},
+      {7, 130, 33, DType::kF32, 0.5f, true},
+      {64, 512, 256, DType::kF32, 1.0f, false},
+      {1, 4096, 1024, DType::kBF16, 1.0f, false},
+      {33, 200, 128, DType::kBF16, 2.0f, true},
+      {128, 384, 512, DType::kBF16, 1.0f, false},
+      {5, 96, 64, DType::kF16, 1.0f, false},
+      // The decode GEMV (bf16 weights, 1-4 rows, k a multiple of 8): LoRA A and B shapes, a
+      // block per row (few rows), a warp per row, partial unrolls, accumulate.
+      {1, 16, 4096, DType::kBF16, 1.0f, false},
+      {1, 4096, 16, DType::kBF16, 0.5f, true},
+      {2, 1000, 136, DType::kBF16, 2.0f, true},
+      {3, 14336, 4096, DType::kBF16, 1.0f, false},
+      {4, 1024, 14336, DType::kBF16, 1.0f, true},
+      {1, 7, 24, DType::kBF16, 1.0f, false}};
   uint32_t seed = 1;
   for (const Case& c : cases) {
     SCOPED_TRACE(testing::Message() << "n=" << c.n << " m=" << c.m << " k=" << c.k
@@ -99,24 +110,27 @@ TEST_F(GpuCheck, RmsNormAliasedAndBf16Weight) {
 }
 
 TEST_F(GpuCheck, Rope) {
-  for (int64_t hd : {64, 128}) {
-    const int64_t n = 17, heads = 4;
-    const std::vector<float> x = RandomFloats(n * heads * hd, 21);
-    std::vector<float> inv_freq(static_cast<size_t>(hd / 2));
-    for (int64_t j = 0; j < hd / 2; ++j) {
-      inv_freq[j] = 1.0f / std::pow(500000.0f, 2.0f * j / static_cast<float>(hd));
+  // Scattered positions are uploaded; consecutive ones (every forward pass) are not.
+  for (const bool consecutive : {false, true}) {
+    for (int64_t hd : {64, 128}) {
+      const int64_t n = 17, heads = 4;
+      const std::vector<float> x = RandomFloats(n * heads * hd, 21);
+      std::vector<float> inv_freq(static_cast<size_t>(hd / 2));
+      for (int64_t j = 0; j < hd / 2; ++j) {
+        inv_freq[j] = 1.0f / std::pow(500000.0f, 2.0f * j / static_cast<float>(hd));
+      }
+      std::vector<int64_t> pos(static_cast<size_t>(n));
+      for (int64_t i = 0; i < n; ++i) pos[i] = consecutive ? 70000 + i : i * 1237 % 20000;
+      std::vector<std::vector<float>> res;
+      for (Backend* b : {cpu_, gpu_}) {
+        ASSERT_OK_AND_ASSIGN(xt, Upload(*b, x, {n, heads * hd}));
+        ASSERT_OK_AND_ASSIGN(ft, Upload(*b, inv_freq, {hd / 2}));
+        ASSERT_OK(b->Rope(xt, hd, pos, ft));
+        ASSERT_OK_AND_ASSIGN(host, Download(*b, xt));
+        res.push_back(std::move(host));
+      }
+      ExpectNear(res[1], res[0], RelBound(res[0], 1e-5f, 1e-5f), "Rope");
     }
-    std::vector<int64_t> pos(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) pos[i] = i * 1237 % 20000;
-    std::vector<std::vector<float>> res;
-    for (Backend* b : {cpu_, gpu_}) {
-      ASSERT_OK_AND_ASSIGN(xt, Upload(*b, x, {n, heads * hd}));
-      ASSERT_OK_AND_ASSIGN(ft, Upload(*b, inv_freq, {hd / 2}));
-      ASSERT_OK(b->Rope(xt, hd, pos, ft));
-      ASSERT_OK_AND_ASSIGN(host, Download(*b, xt));
-      res.push_back(std::move(host));
-    }
-    ExpectNear(res[1], res[0], RelBound(res[0], 1e-5f, 1e-5f), "Rope");
   }
 }
 
@@ -221,6 +235,20 @@ TEST_F(GpuCheck, MemoryStatsTrackWeights) {
   EXPECT_EQ(after.weights_bytes, before.weights_bytes);
   EXPECT_EQ(engine::cuda::GetCudaMemoryStats(*cpu_).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// Small activations go back to a free list, not to the pool: the next one of its size class is
+// the same block (a decode step allocates ~20 per layer).
+TEST_F(GpuCheck, SmallActivationsAreReused) {
+  void* first = nullptr;
+  {
+    ASSERT_OK_AND_ASSIGN(t, gpu_->Allocate(DType::kF32, {1000}));
+    first = t.data();
+  }
+  ASSERT_OK_AND_ASSIGN(again, gpu_->Allocate(DType::kF32, {900}));  // the same 4 KiB class
+  EXPECT_EQ(again.data(), first);
+  ASSERT_OK(gpu_->CopyFromHost(RandomFloats(900, 52).data(), DType::kF32, again));
+  ASSERT_OK(gpu_->Synchronize());
 }
 
 // CPU reference: as memstore's scorer (float32 dots, double sigmoid mean, lower index on ties).

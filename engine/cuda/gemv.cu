@@ -1,0 +1,131 @@
+#include <algorithm>
+#include <cstdint>
+
+#include "engine/cuda/gemv.h"
+
+namespace mplus::engine::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kUnroll = 4;  // 16-byte weight loads in flight per thread
+
+// Eight bf16 weights (bfloat16 is the top half of a float32: a shift widens it exactly) times
+// eight float32 activations.
+__device__ __forceinline__ float Dot8(const uint4 w, const float* x) {
+  const float4 a = *reinterpret_cast<const float4*>(x);
+  const float4 b = *reinterpret_cast<const float4*>(x + 4);
+  float s = __uint_as_float(w.x << 16) * a.x;
+  s = fmaf(__uint_as_float(w.x & 0xffff0000u), a.y, s);
+  s = fmaf(__uint_as_float(w.y << 16), a.z, s);
+  s = fmaf(__uint_as_float(w.y & 0xffff0000u), a.w, s);
+  s = fmaf(__uint_as_float(w.z << 16), b.x, s);
+  s = fmaf(__uint_as_float(w.z & 0xffff0000u), b.y, s);
+  s = fmaf(__uint_as_float(w.w << 16), b.z, s);
+  s = fmaf(__uint_as_float(w.w & 0xffff0000u), b.w, s);
+  return s;
+}
+
+// T threads (a power of two up to kThreads) per weight row: thread `part` of a row reads the
+// row's 8-element chunks part, part + T, ...; the T partial sums are reduced by shuffles within
+// a warp and through shared memory across warps.
+template <int N>
+__global__ void __launch_bounds__(kThreads)
+    GemvBf16Kernel(const float* __restrict__ x, const uint16_t* __restrict__ w, float* out,
+                   int64_t m, int64_t k, float alpha, bool accumulate, int threads_per_row) {
+  const int T = threads_per_row, tid = threadIdx.x, part = tid % T;
+  const int64_t row = blockIdx.x * int64_t{kThreads / T} + tid / T;
+  const int64_t chunks = k / 8;
+  float acc[N];
+  for (int r = 0; r < N; ++r) acc[r] = 0.0f;
+  if (row < m) {
+    const uint4* wrow = reinterpret_cast<const uint4*>(w + row * k);
+    int64_t c = part;
+    for (; c + (kUnroll - 1) * T < chunks; c += kUnroll * T) {
+      uint4 wv[kUnroll];
+      for (int u = 0; u < kUnroll; ++u) wv[u] = __ldcs(wrow + c + u * T);  // read once: stream
+      for (int u = 0; u < kUnroll; ++u) {
+        for (int r = 0; r < N; ++r) acc[r] += Dot8(wv[u], x + r * k + (c + u * T) * 8);
+      }
+    }
+    for (; c < chunks; c += T) {
+      const uint4 wv = __ldcs(wrow + c);
+      for (int r = 0; r < N; ++r) acc[r] += Dot8(wv, x + r * k + c * 8);
+    }
+  }
+  for (int off = min(T, 32) / 2; off > 0; off >>= 1) {
+    for (int r = 0; r < N; ++r) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], off);
+  }
+  if (T > 32) {
+    __shared__ float warp_sums[N][kThreads / 32];
+    const int warp = tid / 32;
+    if (tid % 32 == 0) {
+      for (int r = 0; r < N; ++r) warp_sums[r][warp] = acc[r];
+    }
+    __syncthreads();
+    if (part == 0) {
+      for (int r = 0; r < N; ++r) {
+        acc[r] = 0.0f;
+        for (int i = 0; i < T / 32; ++i) acc[r] += warp_sums[r][warp + i];
+      }
+    }
+  }
+  if (part == 0 && row < m) {
+    for (int r = 0; r < N; ++r) {
+      float* o = out + r * m + row;
+      *o = accumulate ? alpha * acc[r] + *o : alpha * acc[r];
+    }
+  }
+}
+
+// A warp per row while rows are plentiful; more threads per row (up to a block) when there are
+// too few rows to fill the GPU, as long as each thread keeps a few chunks to read.
+int ThreadsPerRow(int64_t m, int64_t k, int num_sms) {
+  const int64_t chunks = k / 8, want_threads = int64_t{num_sms} * 1024;
+  int t = 1;
+  while (t < 32 && t < chunks) t *= 2;
+  while (t < kThreads && m * t < want_threads && chunks >= 4 * int64_t{t}) t *= 2;
+  return t;
+}
+
+template <int N>
+void Launch(const float* x, const uint16_t* w, float* out, int64_t m, int64_t k, float alpha,
+            bool accumulate, int threads_per_row, cudaStream_t stream) {
+  const int64_t rows_per_block = kThreads / threads_per_row;
+  const auto blocks = static_cast<unsigned>((m + rows_per_block - 1) / rows_per_block);
+  GemvBf16Kernel<N>
+      <<<blocks, kThreads, 0, stream>>>(x, w, out, m, k, alpha, accumulate, threads_per_row);
+}
+
+}  // namespace
+
+bool GemvSupported(int64_t n, int64_t k, const void* x, const void* w) {
+  return n >= 1 && n <= kMaxGemvRows && k > 0 && k % 8 == 0 &&
+         reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0;
+}
+
+cudaError_t LaunchGemvBf16(const float* x, const uint16_t* w, float* out, int64_t n, int64_t m,
+                           int64_t k, float alpha, bool accumulate, int num_sms,
+                           cudaStream_t stream) {
+  if (m == 0) return cudaSuccess;
+  if (!GemvSupported(n, k, x, w) || m > (int64_t{1} << 31) || num_sms < 1) {
+    return cudaErrorInvalidValue;
+  }
+  const int t = ThreadsPerRow(m, k, num_sms);
+  switch (n) {
+    case 1:
+      Launch<1>(x, w, out, m, k, alpha, accumulate, t, stream);
+      break;
+    case 2:
+      Launch<2>(x, w, out, m, k, alpha, accumulate, t, stream);
+      break;
+    case 3:
+      Launch<3>(x, w, out, m, k, alpha, accumulate, t, stream);
+      break;
+    default:
+      Launch<4>(x, w, out, m, k, alpha, accumulate, t, stream);
+      break;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace mplus::engine::cuda
