@@ -157,6 +157,20 @@ class Backend {
   virtual absl::Status Embedding(const Tensor& table, absl::Span<const int32_t> ids,
                                  const Tensor& out) = 0;
 
+  // --- Fused ops: the defaults (engine/backend.cc) compose the ops above; a backend may do ---
+  // --- each in fewer passes (CUDA: one GEMV launch fewer per LoRA linear in decode).      ---
+  // LoRA linear: out = x·w^T + scale · (x·a^T)·b^T with a [r, k] and b [m, r] (any float
+  // dtypes; x and out float32 as MatMul).
+  virtual absl::Status LoraMatMul(const Tensor& x, const Tensor& w, const Tensor& a,
+                                  const Tensor& b, float scale, const Tensor& out);
+  // Writes float32 keys k (before RoPE) and values v ([n, kv_cols]) into KV cache rows k_rows /
+  // v_rows ([n, kv_cols], both F32 or both BF16): keys are rounded to the cache dtype (the
+  // official bf16 model projects in bf16), rotated in float32 at `positions` (as Rope), and
+  // rounded again; values are rounded. Afterwards k holds unspecified values.
+  virtual absl::Status StoreKeysValues(const Tensor& k, const Tensor& v, int64_t head_dim,
+                                       absl::Span<const int64_t> positions, const Tensor& inv_freq,
+                                       const Tensor& k_rows, const Tensor& v_rows);
+
   // --- Long-term retrieval on the backend (optional) --------------------------------------
   // Keys of `key_dim` floats stored as `dtype` (kF32 or kBF16), or null when this backend scores
   // on the host's keys (the CPU: they are already in its memory).

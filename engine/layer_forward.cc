@@ -31,14 +31,6 @@ absl::StatusOr<DeviceProjector> UploadProjector(Backend& backend, const Projecto
   return out;
 }
 
-// Rounds float32 `t` in place to the precision of `dtype` (a no-op for F32).
-absl::Status RoundTo(Backend& backend, DType dtype, const Tensor& t) {
-  if (dtype == DType::kF32) return absl::OkStatus();
-  MPLUS_ASSIGN_OR_RETURN(Tensor narrow, backend.Allocate(dtype, t.shape()));
-  MPLUS_RETURN_IF_ERROR(backend.Copy(t, narrow));
-  return backend.Copy(narrow, t);
-}
-
 }  // namespace
 
 absl::StatusOr<DeviceLayer> UploadLayer(Backend& backend, const LayerWeights& w) {
@@ -60,13 +52,9 @@ absl::StatusOr<DeviceLayer> UploadLayer(Backend& backend, const LayerWeights& w)
 
 absl::Status Linear(Backend& backend, const Tensor& x, const DeviceLinear& linear, Adapter adapter,
                     float lora_scale, const Tensor& out) {
-  MPLUS_RETURN_IF_ERROR(backend.MatMul(x, linear.weight, out));
   const int a = static_cast<int>(adapter);
-  if (linear.lora_a[a].empty()) return absl::OkStatus();
-  MPLUS_ASSIGN_OR_RETURN(Tensor t,
-                         backend.Allocate(DType::kF32, {x.rows(), linear.lora_a[a].rows()}));
-  MPLUS_RETURN_IF_ERROR(backend.MatMul(x, linear.lora_a[a], t));
-  return backend.MatMul(t, linear.lora_b[a], out, lora_scale, /*accumulate=*/true);
+  if (linear.lora_a[a].empty()) return backend.MatMul(x, linear.weight, out);
+  return backend.LoraMatMul(x, linear.weight, linear.lora_a[a], linear.lora_b[a], lora_scale, out);
 }
 
 absl::StatusOr<Tensor> Project(Backend& backend, const Tensor& normed,
@@ -94,11 +82,8 @@ absl::Status StoreKeysValues(Backend& backend, const LayerDims& dims, const Tens
                              const Tensor& inv_freq, const Tensor& k_cache, const Tensor& v_cache,
                              int64_t first_row) {
   const int64_t end = first_row + k.rows();
-  // The projection's output is stored (rounded) before RoPE, as the official bf16 model's is.
-  MPLUS_RETURN_IF_ERROR(RoundTo(backend, k_cache.dtype(), k));
-  MPLUS_RETURN_IF_ERROR(backend.Rope(k, dims.head_dim, positions, inv_freq));
-  MPLUS_RETURN_IF_ERROR(backend.Copy(k, k_cache.Rows(first_row, end)));
-  return backend.Copy(v, v_cache.Rows(first_row, end));
+  return backend.StoreKeysValues(k, v, dims.head_dim, positions, inv_freq,
+                                 k_cache.Rows(first_row, end), v_cache.Rows(first_row, end));
 }
 
 absl::StatusOr<Tensor> LayerForward(Backend& backend, const LayerDims& dims,

@@ -54,10 +54,11 @@ absl::Status KeysValues(Backend& backend, const LayerDims& dims, const DeviceLay
                         Adapter adapter, const Tensor& normed, const Tensor& k_out,
                         const Tensor& v_out);
 
-// Stores float32 keys k (before RoPE, rotated here in place at `positions`) and values v into
-// the KV cache rows first_row.. in the caches' dtype. With a bfloat16 cache the keys are rounded
-// to bfloat16 before RoPE too (the official bf16 model projects and rotates in bf16); k and v
-// already rounded to the cache dtype give bitwise the same result.
+// Stores float32 keys k (before RoPE, rotated at `positions`) and values v into the KV cache
+// rows first_row.. in the caches' dtype (Backend::StoreKeysValues; k is scratch afterwards). With
+// a bfloat16 cache the keys are rounded to bfloat16 before RoPE too (the official bf16 model
+// projects and rotates in bf16); k and v already rounded to the cache dtype give bitwise the
+// same result.
 absl::Status StoreKeysValues(Backend& backend, const LayerDims& dims, const Tensor& k,
                              const Tensor& v, absl::Span<const int64_t> positions,
                              const Tensor& inv_freq, const Tensor& k_cache, const Tensor& v_cache,

@@ -191,49 +191,86 @@ __global__ void __launch_bounds__(kWarps * 32) AttentionKernel(Params p) {
   }
 }
 
-// One block per (query, head): merges the splits' partial softmaxes.
-__global__ void CombineKernel(Params p, int splits) {
+// One block per (query, head): merges the splits' partial softmaxes. Thread t owns output dim
+// t % kHd for the splits s = t / kHd (mod kCombineGroups); the split loop is unrolled so that
+// its independent loads overlap (a hundred splits read one after another bound decode).
+constexpr int kCombineGroups = 2;
+constexpr int kCombineThreads = kCombineGroups * kHd;
+
+__global__ void __launch_bounds__(kCombineThreads) CombineKernel(Params p, int splits) {
+  __shared__ float warp_max[kCombineThreads / 32];
+  __shared__ float group_num[kCombineGroups][kHd], group_den[kCombineGroups][kHd];
   const int64_t rows = p.nq * p.heads, row = blockIdx.x;
+  const int tid = threadIdx.x, d = tid % kHd, group = tid / kHd;
   float mx = -CUDART_INF_F;
-  for (int s = 0; s < splits; ++s) mx = fmaxf(mx, p.part_m[s * rows + row]);
-  const int64_t i = row / p.heads, h = row % p.heads;
-  for (int64_t d = threadIdx.x; d < p.hd; d += blockDim.x) {
-    float num = 0.0f, den = 0.0f;
-    for (int s = 0; s < splits; ++s) {
+  for (int s = tid; s < splits; s += kCombineThreads) mx = fmaxf(mx, p.part_m[s * rows + row]);
+  mx = WarpMax(mx);
+  if (tid % 32 == 0) warp_max[tid / 32] = mx;
+  __syncthreads();
+  for (int w = 0; w < kCombineThreads / 32; ++w) mx = fmaxf(mx, warp_max[w]);
+  float num = 0.0f, den = 0.0f;
+  if (d < p.hd) {
+#pragma unroll 8
+    for (int s = group; s < splits; s += kCombineGroups) {
       const float ms = p.part_m[s * rows + row];
-      if (ms == -CUDART_INF_F) continue;  // split saw no visible key
-      const float w = p.part_l[s * rows + row] * exp2f(ms - mx);
+      // A split that saw no visible key (ms = -inf) weighs 0.
+      const float w = ms == -CUDART_INF_F ? 0.0f : p.part_l[s * rows + row] * exp2f(ms - mx);
       num += w * p.part_o[(s * rows + row) * p.hd + d];
       den += w;
     }
+  }
+  group_num[group][d] = num;
+  group_den[group][d] = den;
+  __syncthreads();
+  if (group == 0 && d < p.hd) {
+    for (int g = 1; g < kCombineGroups; ++g) {
+      num += group_num[g][d];
+      den += group_den[g][d];
+    }
+    const int64_t i = row / p.heads, h = row % p.heads;
     p.out[i * p.heads * p.hd + h * p.hd + d] = num / den;
   }
 }
 
 // --- Decode: one query row (flash-decoding specialised for GQA) --------------------------------
 // Block (kv head g, split s) reads each K/V row of its key range once, for all G query heads that
-// share the row. A row of head_dim = 8 * L elements is read by L lanes, eight elements (16 bytes
-// of bf16) each, so a warp covers 32 / L keys per step and kDecodeUnroll steps are in flight per
-// lane before any arithmetic. Scores go through shared memory: pass 1 scores, pass 2 softmax
-// statistics, pass 3 P·V. The float operations do not depend on KV, so bf16 K/V again give bit
-// for bit the result of float32 K/V holding the widened values.
+// share it. A row of head_dim = 8 * L elements is read by L lanes, eight elements (16 bytes of
+// bf16) each, so a warp runs 32 / L independent key streams. Each stream keeps an online softmax
+// (running max, sum and output per head) over its keys, with the K and V loads of kUnroll steps
+// issued before any arithmetic; streams are merged by shuffles, warps through shared memory.
+// The float operations do not depend on KV, so bf16 K/V again give bit for bit the result of
+// float32 K/V holding the widened values.
 constexpr int kDecodeThreads = 128;
 constexpr int kDecodeWarps = kDecodeThreads / 32;
-constexpr int kDecodeMaxKeys = 256;  // keys per split: the scores live in shared memory
-constexpr int kDecodeUnroll = 4;
 
-__device__ __forceinline__ void Load8(const float* base, int64_t off, float (&f)[8]) {
-  const float4 a = *reinterpret_cast<const float4*>(base + off);
-  const float4 b = *reinterpret_cast<const float4*>(base + off + 4);
-  f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+// Eight K/V elements as loaded (16 bytes of bf16 bits, or two float4), widened where used.
+template <typename KV>
+struct Raw8;
+template <>
+struct Raw8<uint16_t> {
+  uint4 bits;
+};
+template <>
+struct Raw8<float> {
+  float4 lo, hi;
+};
+__device__ __forceinline__ Raw8<uint16_t> LoadRaw8(const uint16_t* base, int64_t off) {
+  return {*reinterpret_cast<const uint4*>(base + off)};
 }
-__device__ __forceinline__ void Load8(const uint16_t* base, int64_t off, float (&f)[8]) {
-  const uint4 b = *reinterpret_cast<const uint4*>(base + off);
-  const uint32_t w[4] = {b.x, b.y, b.z, b.w};
+__device__ __forceinline__ Raw8<float> LoadRaw8(const float* base, int64_t off) {
+  return {*reinterpret_cast<const float4*>(base + off),
+          *reinterpret_cast<const float4*>(base + off + 4)};
+}
+__device__ __forceinline__ void Widen8(const Raw8<uint16_t>& r, float (&f)[8]) {
+  const uint32_t w[4] = {r.bits.x, r.bits.y, r.bits.z, r.bits.w};
   for (int i = 0; i < 4; ++i) {
     f[2 * i] = __uint_as_float(w[i] << 16);
     f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
   }
+}
+__device__ __forceinline__ void Widen8(const Raw8<float>& r, float (&f)[8]) {
+  f[0] = r.lo.x, f[1] = r.lo.y, f[2] = r.lo.z, f[3] = r.lo.w;
+  f[4] = r.hi.x, f[5] = r.hi.y, f[6] = r.hi.z, f[7] = r.hi.w;
 }
 
 // Sum over the L lanes (a power of two) that share a key.
@@ -242,18 +279,26 @@ __device__ __forceinline__ float KeyLanesSum(float v, int lanes_per_key) {
   return v;
 }
 
+// Weights of two online-softmax states with maxima m_a, m_b (log2 domain) under their joint max
+// m; both 0 when both are empty (m = -inf).
+__device__ __forceinline__ void MergeWeights(float m_a, float m_b, float m, float& w_a,
+                                             float& w_b) {
+  w_a = m == -CUDART_INF_F ? 0.0f : exp2f(m_a - m);
+  w_b = m == -CUDART_INF_F ? 0.0f : exp2f(m_b - m);
+}
+
 template <typename KV, int G>
 __global__ void __launch_bounds__(kDecodeThreads)
     DecodeAttentionKernel(Params p, int lanes_per_key) {
+  constexpr int kUnroll = G <= 4 ? 4 : 2;  // steps whose loads are in flight together
   const KV* k = static_cast<const KV*>(p.k);
   const KV* v = static_cast<const KV*>(p.v);
-  __shared__ float scores[G][kDecodeMaxKeys];
   __shared__ float partial[kDecodeWarps][G][kHd];
-  __shared__ float reduce[kDecodeWarps][G];
+  __shared__ float warp_m[kDecodeWarps][G], warp_l[kDecodeWarps][G];
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int L = lanes_per_key, keys_per_step = 32 / L;
-  const int sub = lane / L, part = lane % L;  // key slot of the step; dims [8 part, 8 part + 8)
+  const int sub = lane / L, part = lane % L;  // key stream; dims [8 part, 8 part + 8)
   const int64_t g = blockIdx.x, split = blockIdx.y, hd = p.hd;
   const int64_t kv_cols = p.kv_heads * hd;
   const int64_t key_begin = split * p.keys_per_split;
@@ -265,108 +310,86 @@ __global__ void __launch_bounds__(kDecodeThreads)
   for (int h = 0; h < G; ++h) {
     for (int e = 0; e < 8; ++e) qr[h][e] = p.q[(g * G + h) * hd + 8 * part + e] * p.scale_log2;
   }
-
-  // Pass 1: scores. Every lane of a warp runs the same iterations (shuffles need the whole warp).
-  for (int j0 = warp * keys_per_step; j0 < n; j0 += kDecodeUnroll * step) {
-    float kf[kDecodeUnroll][8];
-    for (int u = 0; u < kDecodeUnroll; ++u) {
-      const int j = j0 + u * step + sub;
-      if (j < n) {
-        Load8(k, (key_begin + j) * kv_cols + dim0, kf[u]);
-      } else {
-        for (int e = 0; e < 8; ++e) kf[u][e] = 0.0f;
-      }
-    }
-    for (int u = 0; u < kDecodeUnroll; ++u) {
-      const int j = j0 + u * step + sub;
-      for (int h = 0; h < G; ++h) {
-        float dot = 0.0f;
-        for (int e = 0; e < 8; ++e) dot += qr[h][e] * kf[u][e];
-        dot = KeyLanesSum(dot, L);
-        if (part == 0 && j < n) scores[h][j] = dot;
-      }
-    }
-  }
-  __syncthreads();
-
-  // Pass 2: per head, the max and the sum of exp2(score - max); scores become probabilities.
-  float m[G], l[G];
+  float m[G], l[G], acc[G][8];
   for (int h = 0; h < G; ++h) {
-    float mx = -CUDART_INF_F;
-    for (int j = tid; j < n; j += kDecodeThreads) mx = fmaxf(mx, scores[h][j]);
-    mx = WarpMax(mx);
-    if (lane == 0) reduce[warp][h] = mx;
-  }
-  __syncthreads();
-  for (int h = 0; h < G; ++h) {
-    m[h] = reduce[0][h];
-    for (int w = 1; w < kDecodeWarps; ++w) m[h] = fmaxf(m[h], reduce[w][h]);
-  }
-  __syncthreads();  // everyone has read reduce
-  for (int h = 0; h < G; ++h) {
-    float sum = 0.0f;
-    for (int j = tid; j < n; j += kDecodeThreads) {
-      const float prob = m[h] == -CUDART_INF_F ? 0.0f : exp2f(scores[h][j] - m[h]);
-      scores[h][j] = prob;
-      sum += prob;
-    }
-    sum = WarpSum(sum);
-    if (lane == 0) reduce[warp][h] = sum;
-  }
-  __syncthreads();
-  for (int h = 0; h < G; ++h) {
+    m[h] = -CUDART_INF_F;
     l[h] = 0.0f;
-    for (int w = 0; w < kDecodeWarps; ++w) l[h] += reduce[w][h];
-  }
-
-  // Pass 3: P·V, each lane accumulating its eight dims of its key slots.
-  float acc[G][8];
-  for (int h = 0; h < G; ++h) {
     for (int e = 0; e < 8; ++e) acc[h][e] = 0.0f;
   }
-  for (int j0 = warp * keys_per_step; j0 < n; j0 += kDecodeUnroll * step) {
-    float vf[kDecodeUnroll][8];
-    for (int u = 0; u < kDecodeUnroll; ++u) {
-      const int j = j0 + u * step + sub;
-      if (j < n) {
-        Load8(v, (key_begin + j) * kv_cols + dim0, vf[u]);
-      } else {
-        for (int e = 0; e < 8; ++e) vf[u][e] = 0.0f;
-      }
+
+  // Every lane of a warp runs the same iterations and shuffles (the shuffles need the whole
+  // warp: a lane past the end still sums its score, then ignores it).
+  for (int j0 = warp * keys_per_step; j0 < n; j0 += kUnroll * step) {
+    Raw8<KV> kraw[kUnroll], vraw[kUnroll];
+    for (int u = 0; u < kUnroll; ++u) {
+      const int j = min(j0 + u * step + sub, n - 1);  // past the end: a valid row, ignored
+      kraw[u] = LoadRaw8(k, (key_begin + j) * kv_cols + dim0);
+      vraw[u] = LoadRaw8(v, (key_begin + j) * kv_cols + dim0);
     }
-    for (int u = 0; u < kDecodeUnroll; ++u) {
-      const int j = j0 + u * step + sub;
-      if (j >= n) continue;
+    for (int u = 0; u < kUnroll; ++u) {
+      const bool in = j0 + u * step + sub < n;
+      float kf[8], vf[8];
+      Widen8(kraw[u], kf);
+      Widen8(vraw[u], vf);
       for (int h = 0; h < G; ++h) {
-        const float pj = scores[h][j];
-        for (int e = 0; e < 8; ++e) acc[h][e] += pj * vf[u][e];
+        float dot = 0.0f;
+        for (int e = 0; e < 8; ++e) dot += qr[h][e] * kf[e];
+        const float score = KeyLanesSum(dot, L);
+        if (!in) continue;
+        const float m_new = fmaxf(m[h], score);
+        // A stream whose keys so far all scored -inf stays empty (avoids inf - inf).
+        const float corr = m_new == -CUDART_INF_F ? 1.0f : exp2f(m[h] - m_new);
+        const float prob = m_new == -CUDART_INF_F ? 0.0f : exp2f(score - m_new);
+        l[h] = l[h] * corr + prob;
+        m[h] = m_new;
+        for (int e = 0; e < 8; ++e) acc[h][e] = acc[h][e] * corr + prob * vf[e];
       }
     }
   }
-  // Sum over the warp's key slots (lanes with the same `part`), then over warps.
+  // Merge the warp's streams (lanes with the same `part`), then the warps.
   for (int off = 16; off >= L; off >>= 1) {
     for (int h = 0; h < G; ++h) {
-      for (int e = 0; e < 8; ++e) acc[h][e] += __shfl_xor_sync(0xffffffffu, acc[h][e], off);
+      const float m_other = __shfl_xor_sync(0xffffffffu, m[h], off);
+      const float l_other = __shfl_xor_sync(0xffffffffu, l[h], off);
+      const float m_new = fmaxf(m[h], m_other);
+      float w_self, w_other;
+      MergeWeights(m[h], m_other, m_new, w_self, w_other);
+      l[h] = l[h] * w_self + l_other * w_other;
+      m[h] = m_new;
+      for (int e = 0; e < 8; ++e) {
+        const float a_other = __shfl_xor_sync(0xffffffffu, acc[h][e], off);
+        acc[h][e] = acc[h][e] * w_self + a_other * w_other;
+      }
     }
   }
   if (sub == 0) {
     for (int h = 0; h < G; ++h) {
       for (int e = 0; e < 8; ++e) partial[warp][h][8 * part + e] = acc[h][e];
+      if (part == 0) {
+        warp_m[warp][h] = m[h];
+        warp_l[warp][h] = l[h];
+      }
     }
   }
   __syncthreads();
   const bool split_mode = gridDim.y > 1;
   for (int idx = tid; idx < G * hd; idx += kDecodeThreads) {
     const int h = idx / static_cast<int>(hd), d = idx % static_cast<int>(hd);
-    float o = 0.0f;
-    for (int w = 0; w < kDecodeWarps; ++w) o += partial[w][h][d];
-    const float inv_l = l[h] > 0.0f ? 1.0f / l[h] : 0.0f;
+    float mx = -CUDART_INF_F;
+    for (int w = 0; w < kDecodeWarps; ++w) mx = fmaxf(mx, warp_m[w][h]);
+    float o = 0.0f, sum = 0.0f;
+    for (int w = 0; w < kDecodeWarps; ++w) {
+      float weight, unused;
+      MergeWeights(warp_m[w][h], mx, mx, weight, unused);
+      o += partial[w][h][d] * weight;
+      sum += warp_l[w][h] * weight;
+    }
     const int64_t head = g * G + h;
     float* dst = split_mode ? p.part_o + (split * p.heads + head) * hd : p.out + head * hd;
-    dst[d] = o * inv_l;
+    dst[d] = sum > 0.0f ? o / sum : 0.0f;
     if (split_mode && d == 0) {
-      p.part_m[split * p.heads + head] = m[h];
-      p.part_l[split * p.heads + head] = l[h];
+      p.part_m[split * p.heads + head] = mx;
+      p.part_l[split * p.heads + head] = sum;
     }
   }
 }
@@ -381,11 +404,11 @@ bool IsDecodeShape(const AttentionShape& shape) {
 }
 
 int64_t DecodeKeysPerSplit(const AttentionShape& shape, int num_sms) {
-  // About eight blocks per SM (all resident at once: ~25 KB of shared memory each), splits of
-  // at least two 32-key tiles' worth.
-  const int64_t want_splits = std::max<int64_t>(1, 8 * int64_t{num_sms} / shape.num_kv_heads);
+  // About four blocks per SM (as many as fit at once), splits of at least 64 keys: more splits
+  // only add merging work.
+  const int64_t want_splits = std::max<int64_t>(1, 4 * int64_t{num_sms} / shape.num_kv_heads);
   const int64_t per = (shape.nk + want_splits - 1) / want_splits;
-  return std::clamp<int64_t>((per + 31) / 32 * 32, 64, kDecodeMaxKeys);
+  return std::max<int64_t>((per + 31) / 32 * 32, 64);
 }
 
 template <typename KV>
@@ -509,7 +532,7 @@ cudaError_t LaunchAttention(const float* q, const void* k, const void* v, DType 
   if (tiles > 0x7fffffff) return cudaErrorInvalidValue;
   const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(shape.num_kv_heads),
                   static_cast<unsigned>(splits));
-  if (IsDecodeShape(shape) && aligned && p.keys_per_split <= kDecodeMaxKeys && splits <= 65535) {
+  if (IsDecodeShape(shape) && aligned && splits <= 65535) {
     if (kv_dtype == DType::kBF16) {
       LaunchDecode<uint16_t>(p, p.group, splits, stream);
     } else {
@@ -522,7 +545,7 @@ cudaError_t LaunchAttention(const float* q, const void* k, const void* v, DType 
   }
   if (cudaError_t err = cudaGetLastError(); err != cudaSuccess || splits == 1) return err;
   if (rows > 0x7fffffff) return cudaErrorInvalidValue;
-  CombineKernel<<<static_cast<unsigned>(rows), 128, 0, stream>>>(p, splits);
+  CombineKernel<<<static_cast<unsigned>(rows), kCombineThreads, 0, stream>>>(p, splits);
   return cudaGetLastError();
 }
 

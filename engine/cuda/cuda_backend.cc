@@ -3,6 +3,8 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -64,6 +66,11 @@ class CudaBackend : public Backend {
                     const Tensor& inv_freq) override;
   absl::Status Attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t num_heads,
                          int64_t num_kv_heads, int64_t head_dim, const Tensor& out) override;
+  absl::Status LoraMatMul(const Tensor& x, const Tensor& w, const Tensor& a, const Tensor& b,
+                          float scale, const Tensor& out) override;
+  absl::Status StoreKeysValues(const Tensor& k, const Tensor& v, int64_t head_dim,
+                               absl::Span<const int64_t> positions, const Tensor& inv_freq,
+                               const Tensor& k_rows, const Tensor& v_rows) override;
   absl::Status SiluMul(const Tensor& gate, const Tensor& up, const Tensor& out) override;
   absl::Status Silu(const Tensor& x) override;
   absl::Status Add(const Tensor& a, const Tensor& b, const Tensor& out) override;
@@ -79,6 +86,7 @@ class CudaBackend : public Backend {
                                                         const Tensor& queries, int64_t k) override;
 
   CudaMemoryStats MemoryStats() const;
+  double HostWaitSeconds() const { return wait_ns_.load(std::memory_order_relaxed) * 1e-9; }
   void ResetMemoryPeak() { state_->ResetPeak(); }
 
  private:
@@ -97,16 +105,24 @@ class CudaBackend : public Backend {
   template <typename T>
   absl::StatusOr<const T*> UploadIndices(absl::Span<const T> host)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Positions for a RoPE kernel: null when they are consecutive from positions[0] (nothing to
+  // upload), else uploaded into the index scratch.
+  absl::StatusOr<const int64_t*> DevicePositions(absl::Span<const int64_t> positions)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The retrieval scorer on this backend's stream, made on first use.
   absl::StatusOr<GpuRetrievalScorer*> Scorer();
   // Widens `numel` host elements of `dtype` into float32 device memory at dst.
   absl::Status UploadWidened(const void* src, DType dtype, int64_t numel, float* dst)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Copies `bytes` (maybe 0) from device `src` to host `dst`, then waits for the stream; timed
+  // into wait_ns_.
+  cudaError_t WaitForStream(const void* src = nullptr, size_t bytes = 0, void* dst = nullptr);
   // Copy between different dtypes (float32 <-> bfloat16 only); takes mu_.
   absl::Status ConvertingCopy(const Tensor& src, const Tensor& dst);
 
   const std::shared_ptr<DeviceState> state_;
   int num_sms_ = 0;
+  std::atomic<int64_t> wait_ns_{0};
   mutable absl::Mutex mu_;
   std::shared_ptr<void> gemm_workspace_;
   std::unique_ptr<LtGemm> gemm_ ABSL_GUARDED_BY(mu_);
@@ -245,13 +261,24 @@ absl::Status CudaBackend::CopyFromHost(const void* src, DType src_dtype, const T
   return UploadWidened(src, src_dtype, dst.numel(), dst.data_as<float>());
 }
 
+cudaError_t CudaBackend::WaitForStream(const void* src, size_t bytes, void* dst) {
+  const auto start = std::chrono::steady_clock::now();
+  cudaError_t err = cudaSuccess;
+  // Into pageable memory the copy itself waits for the stream: both count as waiting.
+  if (bytes > 0) err = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream());
+  if (err == cudaSuccess) err = cudaStreamSynchronize(stream());
+  wait_ns_.fetch_add(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start)
+          .count(),
+      std::memory_order_relaxed);
+  return err;
+}
+
 absl::Status CudaBackend::CopyToHost(const Tensor& src, void* dst) {
   MPLUS_RETURN_IF_ERROR(CheckCuda(src, "CopyToHost"));
   absl::MutexLock lock(&mu_);
   MPLUS_RETURN_IF_ERROR(state_->Activate());
-  MPLUS_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(dst, src.data(), src.nbytes(), cudaMemcpyDeviceToHost, stream()));
-  MPLUS_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream()));
+  MPLUS_CUDA_RETURN_IF_ERROR(WaitForStream(src.data(), src.nbytes(), dst));
   return state_->TakeDeferredError();
 }
 
@@ -306,7 +333,7 @@ absl::Status CudaBackend::ConvertingCopy(const Tensor& src, const Tensor& dst) {
 
 absl::Status CudaBackend::Synchronize() {
   MPLUS_RETURN_IF_ERROR(state_->Activate());
-  MPLUS_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream()));
+  MPLUS_CUDA_RETURN_IF_ERROR(WaitForStream());
   return state_->TakeDeferredError();
 }
 
@@ -334,7 +361,7 @@ absl::Status CudaBackend::MatMul(const Tensor& x, const Tensor& w, const Tensor&
       if (GemvSupported(n, k, x.data(), w.data())) {  // decode: a few rows
         MPLUS_CUDA_RETURN_IF_ERROR(LaunchGemvBf16(x.data_as<const float>(),
                                                   w.data_as<const uint16_t>(), d, n, m, k, alpha,
-                                                  accumulate, num_sms_, stream()));
+                                                  accumulate, GemvLora{}, num_sms_, stream()));
         return absl::OkStatus();
       }
       MPLUS_ASSIGN_OR_RETURN(void* xb, convert_.Get(static_cast<size_t>(n * k) * 2));
@@ -370,6 +397,13 @@ absl::Status CudaBackend::RmsNorm(const Tensor& x, const Tensor& weight, float e
   return absl::OkStatus();
 }
 
+absl::StatusOr<const int64_t*> CudaBackend::DevicePositions(absl::Span<const int64_t> positions) {
+  for (size_t i = 1; i < positions.size(); ++i) {
+    if (positions[i] != positions[0] + static_cast<int64_t>(i)) return UploadIndices(positions);
+  }
+  return nullptr;  // consecutive (every forward pass)
+}
+
 absl::Status CudaBackend::Rope(const Tensor& x, int64_t head_dim,
                                absl::Span<const int64_t> positions, const Tensor& inv_freq) {
   MPLUS_RETURN_IF_ERROR(CheckF32(x, "Rope x"));
@@ -384,13 +418,7 @@ absl::Status CudaBackend::Rope(const Tensor& x, int64_t head_dim,
   if (n == 0) return absl::OkStatus();
   absl::MutexLock lock(&mu_);
   MPLUS_RETURN_IF_ERROR(state_->Activate());
-  // Consecutive positions (every forward pass) need no upload.
-  const int64_t* pos = nullptr;
-  for (int64_t i = 1; i < n && pos == nullptr; ++i) {
-    if (positions[i] != positions[0] + i) {
-      MPLUS_ASSIGN_OR_RETURN(pos, UploadIndices(positions));
-    }
-  }
+  MPLUS_ASSIGN_OR_RETURN(const int64_t* pos, DevicePositions(positions));
   MPLUS_CUDA_RETURN_IF_ERROR(LaunchRope(x.data_as<float>(), n, cols, head_dim, pos, positions[0],
                                         inv_freq.data_as<const float>(), stream()));
   return absl::OkStatus();
@@ -432,6 +460,71 @@ absl::Status CudaBackend::Attention(const Tensor& q, const Tensor& k, const Tens
   }
   MPLUS_CUDA_RETURN_IF_ERROR(LaunchAttention(q.data_as<const float>(), k.data(), v.data(), kv_dtype,
                                              out.data_as<float>(), shape, splits, ws, stream()));
+  return absl::OkStatus();
+}
+
+// Decode's LoRA linears (a few rows, bf16 weights): the B term rides in the epilogue of the
+// base GEMV, two launches instead of three. Anything else, and every error, goes the composed way.
+absl::Status CudaBackend::LoraMatMul(const Tensor& x, const Tensor& w, const Tensor& a,
+                                     const Tensor& b, float scale, const Tensor& out) {
+  const int64_t n = x.rows(), k = x.cols(), m = w.rows(), r = a.rows();
+  bool fused = x.dtype() == DType::kF32 && out.dtype() == DType::kF32 &&
+               w.dtype() == DType::kBF16 && a.dtype() == DType::kBF16 &&
+               b.dtype() == DType::kBF16 && n > 0 && m > 0 && r > 0 && w.cols() == k &&
+               a.cols() == k && b.rows() == m && b.cols() == r && out.rows() == n &&
+               out.cols() == m && GemvSupported(n, k, x.data(), w.data()) &&
+               GemvSupported(n, k, x.data(), a.data());
+  for (const Tensor* t : {&x, &w, &a, &b, &out}) fused = fused && t->device() == Device::kCuda;
+  if (!fused || Overlap(x.data(), x.nbytes(), out.data(), out.nbytes())) {
+    return Backend::LoraMatMul(x, w, a, b, scale, out);
+  }
+  MPLUS_ASSIGN_OR_RETURN(Tensor t, Allocate(DType::kF32, {n, r}));
+  absl::MutexLock lock(&mu_);
+  MPLUS_RETURN_IF_ERROR(state_->Activate());
+  MPLUS_CUDA_RETURN_IF_ERROR(LaunchGemvBf16(x.data_as<const float>(), a.data_as<const uint16_t>(),
+                                            t.data_as<float>(), n, r, k, 1.0f, false, GemvLora{},
+                                            num_sms_, stream()));
+  const GemvLora lora{t.data_as<const float>(), b.data_as<const uint16_t>(), r, scale};
+  MPLUS_CUDA_RETURN_IF_ERROR(LaunchGemvBf16(x.data_as<const float>(), w.data_as<const uint16_t>(),
+                                            out.data_as<float>(), n, m, k, 1.0f, false, lora,
+                                            num_sms_, stream()));
+  return absl::OkStatus();
+}
+
+// One kernel instead of the composed five (round, widen, RoPE, two converting copies). Shapes
+// the kernel does not take, and every error, go the composed way.
+absl::Status CudaBackend::StoreKeysValues(const Tensor& k, const Tensor& v, int64_t head_dim,
+                                          absl::Span<const int64_t> positions,
+                                          const Tensor& inv_freq, const Tensor& k_rows,
+                                          const Tensor& v_rows) {
+  const int64_t n = k.rows(), cols = k.cols();
+  const DType cache = k_rows.dtype();
+  bool fused = k.dtype() == DType::kF32 && v.dtype() == DType::kF32 &&
+               inv_freq.dtype() == DType::kF32 && (cache == DType::kF32 || cache == DType::kBF16) &&
+               v_rows.dtype() == cache && v.rows() == n && v.cols() == cols &&
+               k_rows.numel() == n * cols && v_rows.numel() == n * cols && head_dim > 0 &&
+               head_dim % 2 == 0 && cols % head_dim == 0 && inv_freq.numel() == head_dim / 2 &&
+               static_cast<int64_t>(positions.size()) == n;
+  for (const Tensor* t : {&k, &v, &inv_freq, &k_rows, &v_rows}) {
+    fused = fused && t->device() == Device::kCuda;
+  }
+  // In place is fine (each element is read before it is written, by the same thread); other
+  // overlaps are not.
+  const auto bad_overlap = [](const Tensor& src, const Tensor& dst) {
+    return src.data() != dst.data() && Overlap(src.data(), src.nbytes(), dst.data(), dst.nbytes());
+  };
+  if (!fused || bad_overlap(k, k_rows) || bad_overlap(v, v_rows) || bad_overlap(k, v_rows) ||
+      bad_overlap(v, k_rows) ||
+      Overlap(k_rows.data(), k_rows.nbytes(), v_rows.data(), v_rows.nbytes())) {
+    return Backend::StoreKeysValues(k, v, head_dim, positions, inv_freq, k_rows, v_rows);
+  }
+  if (n == 0) return absl::OkStatus();
+  absl::MutexLock lock(&mu_);
+  MPLUS_RETURN_IF_ERROR(state_->Activate());
+  MPLUS_ASSIGN_OR_RETURN(const int64_t* pos, DevicePositions(positions));
+  MPLUS_CUDA_RETURN_IF_ERROR(LaunchStoreKeysValues(
+      k.data_as<const float>(), v.data_as<const float>(), n, cols, head_dim, pos, positions[0],
+      inv_freq.data_as<const float>(), cache, k_rows.data(), v_rows.data(), stream()));
   return absl::OkStatus();
 }
 
@@ -561,6 +654,15 @@ absl::StatusOr<CudaMemoryStats> GetCudaMemoryStats(const Backend& backend) {
         absl::StrCat("GetCudaMemoryStats: backend ", backend.name(), " is not a CUDA backend"));
   }
   return cuda->MemoryStats();
+}
+
+absl::StatusOr<double> GetCudaHostWaitSeconds(const Backend& backend) {
+  const auto* cuda = dynamic_cast<const CudaBackend*>(&backend);
+  if (cuda == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("GetCudaHostWaitSeconds: backend ", backend.name(), " is not a CUDA backend"));
+  }
+  return cuda->HostWaitSeconds();
 }
 
 absl::Status ResetCudaMemoryPeak(Backend& backend) {

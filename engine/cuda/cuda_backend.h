@@ -4,7 +4,9 @@
 //  - MatMul with float32 weights: float32 GEMM (no TF32) — same math, different summation order.
 //  - MatMul with bfloat16 weights: activations are rounded to bfloat16 (round to nearest even,
 //    as torch does in a bf16 model) and multiplied on tensor cores with float32 accumulation and
-//    float32 output: relative error per product term ~2^-9 from the activation rounding.
+//    float32 output: relative error per product term ~2^-9 from the activation rounding. With
+//    1-4 rows (decode) a GEMV kernel reads the float32 activations instead (gemv.h): no
+//    activation rounding, float32 sums. LoraMatMul adds the LoRA term in that GEMV's epilogue.
 //  - float16 weights are widened to float32 by UploadWeight (no fp16 activations: Llama
 //    activations can exceed the fp16 range); a float16 tensor from Allocate is widened per call.
 //  - Everything else (RMSNorm, RoPE with float32 angles and precise sinf/cosf, attention with an
@@ -45,6 +47,9 @@ struct CudaMemoryStats {
 absl::StatusOr<CudaMemoryStats> GetCudaMemoryStats(const Backend& backend);
 // Restarts peak_total_bytes from the bytes held now; InvalidArgument for another backend.
 absl::Status ResetCudaMemoryPeak(Backend& backend);
+// Seconds the host has spent waiting for the GPU (CopyToHost, Synchronize) since the backend was
+// made: a step's wall time minus its growth is what enqueueing the step cost the host.
+absl::StatusOr<double> GetCudaHostWaitSeconds(const Backend& backend);
 
 }  // namespace mplus::engine::cuda
 

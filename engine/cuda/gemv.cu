@@ -31,7 +31,8 @@ __device__ __forceinline__ float Dot8(const uint4 w, const float* x) {
 template <int N>
 __global__ void __launch_bounds__(kThreads)
     GemvBf16Kernel(const float* __restrict__ x, const uint16_t* __restrict__ w, float* out,
-                   int64_t m, int64_t k, float alpha, bool accumulate, int threads_per_row) {
+                   int64_t m, int64_t k, float alpha, bool accumulate, GemvLora lora,
+                   int threads_per_row) {
   const int T = threads_per_row, tid = threadIdx.x, part = tid % T;
   const int64_t row = blockIdx.x * int64_t{kThreads / T} + tid / T;
   const int64_t chunks = k / 8;
@@ -71,8 +72,18 @@ __global__ void __launch_bounds__(kThreads)
   }
   if (part == 0 && row < m) {
     for (int r = 0; r < N; ++r) {
+      float y = alpha * acc[r];
+      if (lora.t != nullptr) {
+        const uint16_t* b = lora.b + row * lora.r;
+        const float* t = lora.t + r * lora.r;
+        float term = 0.0f;
+        for (int64_t j = 0; j < lora.r; ++j) {
+          term += t[j] * __uint_as_float(static_cast<uint32_t>(b[j]) << 16);
+        }
+        y += lora.scale * term;
+      }
       float* o = out + r * m + row;
-      *o = accumulate ? alpha * acc[r] + *o : alpha * acc[r];
+      *o = accumulate ? y + *o : y;
     }
   }
 }
@@ -89,11 +100,11 @@ int ThreadsPerRow(int64_t m, int64_t k, int num_sms) {
 
 template <int N>
 void Launch(const float* x, const uint16_t* w, float* out, int64_t m, int64_t k, float alpha,
-            bool accumulate, int threads_per_row, cudaStream_t stream) {
+            bool accumulate, const GemvLora& lora, int threads_per_row, cudaStream_t stream) {
   const int64_t rows_per_block = kThreads / threads_per_row;
   const auto blocks = static_cast<unsigned>((m + rows_per_block - 1) / rows_per_block);
   GemvBf16Kernel<N>
-      <<<blocks, kThreads, 0, stream>>>(x, w, out, m, k, alpha, accumulate, threads_per_row);
+      <<<blocks, kThreads, 0, stream>>>(x, w, out, m, k, alpha, accumulate, lora, threads_per_row);
 }
 
 }  // namespace
@@ -104,25 +115,26 @@ bool GemvSupported(int64_t n, int64_t k, const void* x, const void* w) {
 }
 
 cudaError_t LaunchGemvBf16(const float* x, const uint16_t* w, float* out, int64_t n, int64_t m,
-                           int64_t k, float alpha, bool accumulate, int num_sms,
-                           cudaStream_t stream) {
+                           int64_t k, float alpha, bool accumulate, const GemvLora& lora,
+                           int num_sms, cudaStream_t stream) {
   if (m == 0) return cudaSuccess;
-  if (!GemvSupported(n, k, x, w) || m > (int64_t{1} << 31) || num_sms < 1) {
+  if (!GemvSupported(n, k, x, w) || m > (int64_t{1} << 31) || num_sms < 1 ||
+      (lora.t != nullptr && (lora.b == nullptr || lora.r < 0))) {
     return cudaErrorInvalidValue;
   }
   const int t = ThreadsPerRow(m, k, num_sms);
   switch (n) {
     case 1:
-      Launch<1>(x, w, out, m, k, alpha, accumulate, t, stream);
+      Launch<1>(x, w, out, m, k, alpha, accumulate, lora, t, stream);
       break;
     case 2:
-      Launch<2>(x, w, out, m, k, alpha, accumulate, t, stream);
+      Launch<2>(x, w, out, m, k, alpha, accumulate, lora, t, stream);
       break;
     case 3:
-      Launch<3>(x, w, out, m, k, alpha, accumulate, t, stream);
+      Launch<3>(x, w, out, m, k, alpha, accumulate, lora, t, stream);
       break;
     default:
-      Launch<4>(x, w, out, m, k, alpha, accumulate, t, stream);
+      Launch<4>(x, w, out, m, k, alpha, accumulate, lora, t, stream);
       break;
   }
   return cudaGetLastError();

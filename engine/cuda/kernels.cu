@@ -104,6 +104,41 @@ __global__ void RopeKernel(float* x, int64_t cols, int64_t head_dim, const int64
   }
 }
 
+// Cache element types: float, or uint16_t bfloat16 bits (rounded as ToBF16Kernel).
+__device__ __forceinline__ float RoundAs(float x, float*) { return x; }
+__device__ __forceinline__ float RoundAs(float x, uint16_t*) {
+  return __uint_as_float(static_cast<uint32_t>(FloatToBF16Bits(x)) << 16);
+}
+__device__ __forceinline__ void StoreAs(float x, float* p) { *p = x; }
+__device__ __forceinline__ void StoreAs(float x, uint16_t* p) { *p = FloatToBF16Bits(x); }
+
+// One block per row: RoundTo + RopeKernel + two converting copies of the composed
+// Backend::StoreKeysValues in one pass, with the same float operations.
+template <typename C>
+__global__ void StoreKeysValuesKernel(const float* k, const float* v, int64_t cols,
+                                      int64_t head_dim, const int64_t* positions,
+                                      int64_t first_position, const float* __restrict__ inv_freq,
+                                      C* k_rows, C* v_rows) {
+  const int64_t half = head_dim / 2, heads = cols / head_dim, row = blockIdx.x;
+  const float pos =
+      static_cast<float>(positions != nullptr ? positions[row] : first_position + row);
+  const float* kr = k + row * cols;
+  C* kc = k_rows + row * cols;
+  for (int64_t j = threadIdx.x; j < half; j += blockDim.x) {
+    const float angle = pos * inv_freq[j];
+    const float c = cosf(angle), s = sinf(angle);
+    for (int64_t h = 0; h < heads; ++h) {
+      const float a = RoundAs(kr[h * head_dim + j], kc),
+                  b = RoundAs(kr[h * head_dim + j + half], kc);
+      StoreAs(a * c - b * s, kc + h * head_dim + j);
+      StoreAs(b * c + a * s, kc + h * head_dim + j + half);
+    }
+  }
+  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
+    StoreAs(v[row * cols + i], v_rows + row * cols + i);
+  }
+}
+
 __global__ void SiluMulKernel(const float* gate, const float* up, float* out, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
@@ -208,6 +243,27 @@ cudaError_t LaunchRope(float* x, int64_t rows, int64_t cols, int64_t head_dim,
       static_cast<int>(std::min<int64_t>(kThreads, std::max<int64_t>(32, head_dim / 2)));
   RopeKernel<<<static_cast<unsigned>(rows), threads, 0, stream>>>(x, cols, head_dim, positions,
                                                                   first_position, inv_freq);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchStoreKeysValues(const float* k, const float* v, int64_t rows, int64_t cols,
+                                  int64_t head_dim, const int64_t* positions,
+                                  int64_t first_position, const float* inv_freq, DType cache_dtype,
+                                  void* k_rows, void* v_rows, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  if (rows > 0x7fffffff || (cache_dtype != DType::kF32 && cache_dtype != DType::kBF16)) {
+    return cudaErrorInvalidValue;
+  }
+  const auto grid = static_cast<unsigned>(rows);
+  if (cache_dtype == DType::kBF16) {
+    StoreKeysValuesKernel<<<grid, 128, 0, stream>>>(k, v, cols, head_dim, positions, first_position,
+                                                    inv_freq, static_cast<uint16_t*>(k_rows),
+                                                    static_cast<uint16_t*>(v_rows));
+  } else {
+    StoreKeysValuesKernel<<<grid, 128, 0, stream>>>(k, v, cols, head_dim, positions, first_position,
+                                                    inv_freq, static_cast<float*>(k_rows),
+                                                    static_cast<float*>(v_rows));
+  }
   return cudaGetLastError();
 }
 

@@ -27,6 +27,13 @@ cudaError_t LaunchRmsNorm(const float* x, const void* w, DType w_dtype, int64_t 
 cudaError_t LaunchRope(float* x, int64_t rows, int64_t cols, int64_t head_dim,
                        const int64_t* positions, int64_t first_position, const float* inv_freq,
                        cudaStream_t stream);
+// Backend::StoreKeysValues in one pass: k, v float32 [rows, cols] (k only read); k_rows, v_rows
+// [rows, cols] of cache_dtype (F32 or BF16), not overlapping k / v except exactly (in place).
+// Positions as LaunchRope.
+cudaError_t LaunchStoreKeysValues(const float* k, const float* v, int64_t rows, int64_t cols,
+                                  int64_t head_dim, const int64_t* positions,
+                                  int64_t first_position, const float* inv_freq, DType cache_dtype,
+                                  void* k_rows, void* v_rows, cudaStream_t stream);
 // out = silu(gate) * up (out may alias either input).
 cudaError_t LaunchSiluMul(const float* gate, const float* up, float* out, int64_t n,
                           cudaStream_t stream);

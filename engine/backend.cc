@@ -1,0 +1,35 @@
+#include "engine/backend.h"
+
+#include "engine/status_macros.h"
+
+namespace mplus::engine {
+namespace {
+
+// Rounds float32 `t` in place to the precision of `dtype` (a no-op for F32).
+absl::Status RoundTo(Backend& backend, DType dtype, const Tensor& t) {
+  if (dtype == DType::kF32) return absl::OkStatus();
+  MPLUS_ASSIGN_OR_RETURN(Tensor narrow, backend.Allocate(dtype, t.shape()));
+  MPLUS_RETURN_IF_ERROR(backend.Copy(t, narrow));
+  return backend.Copy(narrow, t);
+}
+
+}  // namespace
+
+absl::Status Backend::LoraMatMul(const Tensor& x, const Tensor& w, const Tensor& a, const Tensor& b,
+                                 float scale, const Tensor& out) {
+  MPLUS_RETURN_IF_ERROR(MatMul(x, w, out));
+  MPLUS_ASSIGN_OR_RETURN(Tensor t, Allocate(DType::kF32, {x.rows(), a.rows()}));
+  MPLUS_RETURN_IF_ERROR(MatMul(x, a, t));
+  return MatMul(t, b, out, scale, /*accumulate=*/true);
+}
+
+absl::Status Backend::StoreKeysValues(const Tensor& k, const Tensor& v, int64_t head_dim,
+                                      absl::Span<const int64_t> positions, const Tensor& inv_freq,
+                                      const Tensor& k_rows, const Tensor& v_rows) {
+  MPLUS_RETURN_IF_ERROR(RoundTo(*this, k_rows.dtype(), k));
+  MPLUS_RETURN_IF_ERROR(Rope(k, head_dim, positions, inv_freq));
+  MPLUS_RETURN_IF_ERROR(Copy(k, k_rows));
+  return Copy(v, v_rows);
+}
+
+}  // namespace mplus::engine

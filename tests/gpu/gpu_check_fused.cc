@@ -1,0 +1,140 @@
+// The CUDA backend's fused ops (one launch where the Backend defaults compose several): the
+// decode LoRA linear and the KV-cache store. Each is checked against the CPU and against the
+// GPU's own composed default (Backend::...), with NaN-poisoned outputs.
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "tests/gpu/gpu_check.h"
+
+namespace mplus::gpu_test {
+namespace {
+
+// float32 values of a float32 or bfloat16 tensor (widened on the device: exact).
+absl::StatusOr<std::vector<float>> DownloadWidened(Backend& b, const Tensor& t) {
+  if (t.dtype() == DType::kF32) return Download(b, t);
+  absl::StatusOr<Tensor> wide = b.Allocate(DType::kF32, t.shape());
+  if (!wide.ok()) return wide.status();
+  if (absl::Status s = b.Copy(t, *wide); !s.ok()) return s;
+  return Download(b, *wide);
+}
+
+TEST_F(GpuCheck, LoraMatMulFusedMatchesComposedAndCpu) {
+  struct Case {
+    int64_t n, m, k, r;
+  };
+  // Decode shapes (fused on the GPU), then a prefill-sized one (composed there too).
+  const Case cases[] = {{1, 4096, 4096, 16}, {1, 14336, 4096, 16}, {3, 1000, 136, 8},
+                        {2, 64, 24, 4},      {4, 1024, 14336, 16}, {9, 300, 256, 16}};
+  const float scale = 2.0f;
+  uint32_t seed = 500;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(testing::Message() << "n=" << c.n << " m=" << c.m << " k=" << c.k << " r=" << c.r);
+    const std::vector<float> x = RandomFloats(c.n * c.k, seed++);
+    const std::vector<float> w = Rounded(RandomFloats(c.m * c.k, seed++), DType::kBF16);
+    const std::vector<float> a = Rounded(RandomFloats(c.r * c.k, seed++), DType::kBF16);
+    const std::vector<float> bw = Rounded(RandomFloats(c.m * c.r, seed++), DType::kBF16);
+    auto hw = MakeWeight(w, DType::kBF16, {c.m, c.k});
+    auto ha = MakeWeight(a, DType::kBF16, {c.r, c.k});
+    auto hb = MakeWeight(bw, DType::kBF16, {c.m, c.r});
+    std::vector<std::vector<float>> res;  // cpu, gpu fused, gpu composed
+    for (int run = 0; run < 3; ++run) {
+      Backend& b = run == 0 ? *cpu_ : *gpu_;
+      ASSERT_OK_AND_ASSIGN(xt, Upload(b, x, {c.n, c.k}));
+      ASSERT_OK_AND_ASSIGN(wt, b.UploadWeight(hw->view));
+      ASSERT_OK_AND_ASSIGN(at, b.UploadWeight(ha->view));
+      ASSERT_OK_AND_ASSIGN(bt, b.UploadWeight(hb->view));
+      ASSERT_OK_AND_ASSIGN(out, Poisoned(b, {c.n, c.m}));
+      if (run == 2) {
+        ASSERT_OK(b.Backend::LoraMatMul(xt, wt, at, bt, scale, out));
+      } else {
+        ASSERT_OK(b.LoraMatMul(xt, wt, at, bt, scale, out));
+      }
+      ASSERT_OK_AND_ASSIGN(host, Download(b, out));
+      res.push_back(std::move(host));
+    }
+    // Bound as the MatMul check's for bf16 (the composed GPU path rounds x to bf16 for cuBLAS
+    // when it has more rows than the GEMV takes), over both terms.
+    std::vector<float> bound(static_cast<size_t>(c.n * c.m));
+    for (int64_t i = 0; i < c.n; ++i) {
+      std::vector<double> t(static_cast<size_t>(c.r), 0.0), t_mag(static_cast<size_t>(c.r), 0.0);
+      for (int64_t j = 0; j < c.r; ++j) {
+        for (int64_t q = 0; q < c.k; ++q) {
+          t[j] += x[i * c.k + q] * a[j * c.k + q];
+          t_mag[j] += std::fabs(x[i * c.k + q] * a[j * c.k + q]);
+        }
+      }
+      for (int64_t o = 0; o < c.m; ++o) {
+        double mag = 0;
+        for (int64_t q = 0; q < c.k; ++q) mag += std::fabs(x[i * c.k + q] * w[o * c.k + q]);
+        for (int64_t j = 0; j < c.r; ++j) mag += scale * t_mag[j] * std::fabs(bw[o * c.r + j]);
+        bound[i * c.m + o] = 1e-4f + static_cast<float>(mag) / 128;
+      }
+    }
+    ExpectNear(res[1], res[0], bound, "LoraMatMul GPU vs CPU");
+    ExpectNear(res[1], res[2], bound, "LoraMatMul GPU vs GPU composed");
+  }
+}
+
+TEST_F(GpuCheck, StoreKeysValuesFusedMatchesComposedAndCpu) {
+  const int64_t n = 7, kv_heads = 2, hd = 64, cols = kv_heads * hd;
+  std::vector<float> inv_freq(static_cast<size_t>(hd / 2));
+  for (int64_t j = 0; j < hd / 2; ++j) {
+    inv_freq[j] = 1.0f / std::pow(500000.0f, 2.0f * j / static_cast<float>(hd));
+  }
+  uint32_t seed = 600;
+  for (const DType cache : {DType::kF32, DType::kBF16}) {
+    for (const bool consecutive : {true, false}) {
+      SCOPED_TRACE(testing::Message()
+                   << engine::DTypeName(cache) << " consecutive=" << consecutive);
+      std::vector<int64_t> pos(static_cast<size_t>(n));
+      for (int64_t i = 0; i < n; ++i) pos[i] = consecutive ? 15000 + i : (i * 7919) % 30000;
+      const std::vector<float> k = RandomFloats(n * cols, seed++, -3, 3);
+      const std::vector<float> v = RandomFloats(n * cols, seed++, -3, 3);
+      // Rows 2..2+n of a 12-row cache (a KV cache's rows), cpu / gpu fused / gpu composed.
+      std::vector<std::vector<float>> keys, values;
+      for (int run = 0; run < 3; ++run) {
+        Backend& b = run == 0 ? *cpu_ : *gpu_;
+        ASSERT_OK_AND_ASSIGN(kt, Upload(b, k, {n, cols}));
+        ASSERT_OK_AND_ASSIGN(vt, Upload(b, v, {n, cols}));
+        ASSERT_OK_AND_ASSIGN(ft, Upload(b, inv_freq, {hd / 2}));
+        ASSERT_OK_AND_ASSIGN(poison, Poisoned(b, {12, cols}));
+        ASSERT_OK_AND_ASSIGN(kc, b.Allocate(cache, {12, cols}));
+        ASSERT_OK_AND_ASSIGN(vc, b.Allocate(cache, {12, cols}));
+        ASSERT_OK(b.Copy(poison, kc));
+        ASSERT_OK(b.Copy(poison, vc));
+        const Tensor kr = kc.Rows(2, 2 + n), vr = vc.Rows(2, 2 + n);
+        if (run == 2) {
+          ASSERT_OK(b.Backend::StoreKeysValues(kt, vt, hd, pos, ft, kr, vr));
+        } else {
+          ASSERT_OK(b.StoreKeysValues(kt, vt, hd, pos, ft, kr, vr));
+        }
+        ASSERT_OK_AND_ASSIGN(kh, DownloadWidened(b, kc));
+        ASSERT_OK_AND_ASSIGN(vh, DownloadWidened(b, vc));
+        for (int64_t i = 0; i < 12 * cols; ++i) {
+          const bool stored = i >= 2 * cols && i < (2 + n) * cols;
+          ASSERT_EQ(std::isnan(kh[i]), !stored) << "key element " << i;
+          ASSERT_EQ(std::isnan(vh[i]), !stored) << "value element " << i;
+        }
+        keys.push_back(std::move(kh));
+        values.push_back(std::move(vh));
+      }
+      // The fused kernel does the composed path's float operations: bit for bit (NaN == NaN
+      // here only through the poisoned rows, compared by position above).
+      for (size_t i = 2 * cols; i < static_cast<size_t>((2 + n) * cols); ++i) {
+        ASSERT_EQ(keys[1][i], keys[2][i]) << "key " << i << " fused vs composed";
+        ASSERT_EQ(values[1][i], values[2][i]) << "value " << i << " fused vs composed";
+        ASSERT_EQ(values[1][i], values[0][i]) << "value " << i << " GPU vs CPU";  // rounding only
+      }
+      // Against the CPU: RoPE's cosf/sinf may differ in the last bit, which a bf16 cache can
+      // turn into one bf16 step.
+      const float rtol = cache == DType::kBF16 ? 1.0f / 128 : 1e-5f;
+      std::vector<float> got(keys[1].begin() + 2 * cols, keys[1].begin() + (2 + n) * cols);
+      std::vector<float> want(keys[0].begin() + 2 * cols, keys[0].begin() + (2 + n) * cols);
+      ExpectNear(got, want, RelBound(want, 1e-5f, rtol), "StoreKeysValues keys GPU vs CPU");
+    }
+  }
+}
+
+}  // namespace
+}  // namespace mplus::gpu_test
