@@ -7,13 +7,15 @@
 
 namespace mplus::memstore {
 absl::StatusOr<std::unique_ptr<InMemorySession>> InMemorySession::Create(const engine::Model& model,
-                                                                         LongTermMode mode) {
+                                                                         LongTermMode mode,
+                                                                         bool prefix_cache) {
   const engine::ModelConfig& c = model.config();
   if (!c.has_memory()) {
     return absl::FailedPreconditionError("session memory needs a MemoryLLM or M+ checkpoint");
   }
   const engine::ModelWeights& w = model.weights();
   std::unique_ptr<InMemorySession> s(new InMemorySession());
+  s->use_prefix_cache_ = prefix_cache;
   s->num_layers_ = static_cast<int>(c.num_hidden_layers);
   s->n_ = c.stm_tokens();
   s->d_ = c.hidden_size;

@@ -21,15 +21,19 @@ class InMemorySession : public engine::SessionMemory {
  public:
   // STM = a copy of the checkpoint memory (ages 0); LTM = the checkpoint's long-term entries
   // (ages truncated to integers, stored recall frequencies), all merged.
-  // `mode`: where retrieval scores the long-term keys (long_term_retriever.h).
+  // `mode`: where retrieval scores the long-term keys (long_term_retriever.h); without
+  // `prefix_cache` every generation projects the whole prefix (as --prefix_cache=false).
   static absl::StatusOr<std::unique_ptr<InMemorySession>> Create(
-      const engine::Model& model, LongTermMode mode = LongTermMode::kResident);
+      const engine::Model& model, LongTermMode mode = LongTermMode::kResident,
+      bool prefix_cache = true);
 
   // Stored in the checkpoint dtype.
   engine::TensorView ShortTerm(int layer) const override;
   absl::Status RetrieveLongTerm(int layer, engine::RetrievalQueries& queries, void* out) override;
   // Told of every ApplyInject that passes validation (PrefixCache::OnInject).
-  engine::PrefixCache* prefix_cache() override { return &prefix_cache_; }
+  engine::PrefixCache* prefix_cache() override {
+    return use_prefix_cache_ ? &prefix_cache_ : nullptr;
+  }
 
   // Commits an inject: STM_l <- [kept slots ascending ; delta_l rounded to the checkpoint
   // dtype] with ages [kept ; K-1 .. 0]; the dropped tokens (with their STM ages) go to the
@@ -55,6 +59,7 @@ class InMemorySession : public engine::SessionMemory {
   std::unique_ptr<LongTermRetriever> retriever_;                 // with ltm_
   absl::flat_hash_map<uint64_t, std::vector<uint8_t>> vectors_;  // token id -> [d] in dtype_
   uint64_t next_token_id_ = 1;
+  bool use_prefix_cache_ = true;
   engine::PrefixCache prefix_cache_;
 };
 

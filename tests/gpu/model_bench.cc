@@ -218,6 +218,10 @@ absl::Status Run() {
     MPLUS_ASSIGN_OR_RETURN(sessions[mode == memstore::LongTermMode::kResident ? 0 : 1],
                            RunSession(*model, mode, sizes));
   }
+  std::optional<int64_t> lean_peak;
+  if (cuda) {
+    MPLUS_ASSIGN_OR_RETURN(lean_peak, LeanOffloadPeakBytes(*model, sizes));
+  }
   MPLUS_ASSIGN_OR_RETURN(RetrievalResult retrieval,
                          RunRetrieval(backend, config, ltm_keys, threads));
 
@@ -263,6 +267,8 @@ absl::Status Run() {
        : decode_ok(res)                 ? "MISS (offload)"
        : decode_ok(off)                 ? "MISS (resident)"
                                         : "MISS"},
+      {"  of which the host spent enqueueing (wall - waiting for the GPU)",
+       Ms(res.decode_enqueue_ms_per_token), Ms(off.decode_enqueue_ms_per_token), "", ""},
       {absl::StrFormat("retrieval per layer, %dk keys, steady", ltm_keys / 1000),
        Ms(retrieval.resident.steady_ms), Ms(retrieval.offload.steady_ms),
        absl::StrFormat("<= %.0f ms (resident)", kRetrievalTargetMs),
@@ -297,6 +303,19 @@ absl::Status Run() {
       off.memory
           ? Verdict(static_cast<double>(off.memory->peak_total_bytes) <= kOffloadMemoryTarget)
           : "n/a";
+  // The lean configuration, and the least any bf16 session can hold: the weights plus the
+  // prefix's K/V in every layer (needed by every decode step).
+  const double floor_bytes = static_cast<double>(off.memory ? off.memory->weights_bytes : 0) +
+                             2.0 * config.num_hidden_layers * model->prefix_length() *
+                                 config.num_key_value_heads * config.head_dim *
+                                 engine::DTypeSize(model->kv_dtype());
+  rows.push_back(
+      {absl::StrFormat("GPU memory: peak total, --prefix_cache=false (floor: weights + "
+                       "prefix K/V = %s)",
+                       Gb(floor_bytes)),
+       "", lean_peak ? Gb(static_cast<double>(*lean_peak)) : std::string("n/a"),
+       absl::StrFormat("offload <= %.1f GB", kOffloadMemoryTarget / 1e9),
+       lean_peak ? Verdict(static_cast<double>(*lean_peak) <= kOffloadMemoryTarget) : "n/a"});
 
   absl::PrintF("\n### mplus_gpu_model_bench: %s-shaped M+ (bf16, random weights)\n\n",
                cuda ? "mplus-8b" : "tiny-mplus");

@@ -42,6 +42,9 @@ struct SessionResult {
   double ttft_warm_ms = 0;               // short prompt, prefix cache filled
   double ttft_long_ms = 0;               // long prompt, prefix cache filled
   double decode_ms_per_token = 0;        // after the short prompt
+  // Of which the host spent enqueueing (not waiting for the GPU): when it is close to the whole,
+  // the GPU waits for the host (launch-bound).
+  double decode_enqueue_ms_per_token = 0;
   // Backend memory with the long prompt's KV cache alive; absent on a non-CUDA backend.
   std::optional<engine::cuda::CudaMemoryStats> memory;
   size_t prefix_cache_bytes = 0;
@@ -51,6 +54,10 @@ struct SessionResult {
 // One InMemorySession in `mode` on `model`: injects random chunks, then generates.
 absl::StatusOr<SessionResult> RunSession(const engine::Model& model, memstore::LongTermMode mode,
                                          const SessionSizes& sizes);
+
+// Peak backend bytes (CUDA) of one offload session without a prefix cache, the memory-lean
+// configuration (--prefix_cache=false): an inject, then a generation from the long prompt.
+absl::StatusOr<int64_t> LeanOffloadPeakBytes(const engine::Model& model, const SessionSizes& sizes);
 
 struct RetrievalTimes {
   double first_ms = 0;      // mean per layer of the first Select (resident: uploads the keys)

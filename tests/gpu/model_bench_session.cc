@@ -96,12 +96,18 @@ absl::StatusOr<SessionResult> RunSession(const engine::Model& model, memstore::L
   int32_t token = Argmax(out.logits);
   MPLUS_ASSIGN_OR_RETURN(std::vector<float> logits, model.Decode(*state, token));
   token = Argmax(logits);
+  const bool cuda = model.backend().device() == engine::Device::kCuda;
+  double waited = cuda ? *engine::cuda::GetCudaHostWaitSeconds(model.backend()) : 0;
   start = Clock::now();
   for (int i = 0; i < sizes.decode_tokens; ++i) {
     MPLUS_ASSIGN_OR_RETURN(logits, model.Decode(*state, token));
     token = Argmax(logits);
   }
   r.decode_ms_per_token = SecondsSince(start) * 1e3 / sizes.decode_tokens;
+  if (cuda) {
+    waited = *engine::cuda::GetCudaHostWaitSeconds(model.backend()) - waited;
+    r.decode_enqueue_ms_per_token = r.decode_ms_per_token - waited * 1e3 / sizes.decode_tokens;
+  }
   state.reset();
   MPLUS_ASSIGN_OR_RETURN(secs, TimePrefill(model, *session, prompt, 0, &state, &out));
   r.ttft_warm_ms = secs * 1e3;
@@ -110,9 +116,9 @@ absl::StatusOr<SessionResult> RunSession(const engine::Model& model, memstore::L
   r.ttft_long_ms = secs * 1e3;
   Progress(absl::StrFormat(
       "%s: time to first token %.1f ms (cold), %.1f ms (warm), %.1f ms (%d-token prompt); "
-      "decode %.2f ms/token",
+      "decode %.2f ms/token (%.2f ms enqueueing)",
       name, r.ttft_cold_ms, r.ttft_warm_ms, r.ttft_long_ms, sizes.long_prompt,
-      r.decode_ms_per_token));
+      r.decode_ms_per_token, r.decode_enqueue_ms_per_token));
 
   if (absl::StatusOr<engine::cuda::CudaMemoryStats> mem =
           engine::cuda::GetCudaMemoryStats(model.backend());
@@ -122,6 +128,36 @@ absl::StatusOr<SessionResult> RunSession(const engine::Model& model, memstore::L
   r.prefix_cache_bytes = session->prefix_cache()->bytes();
   r.retrieval_key_bytes = session->retrieval_key_bytes();
   return r;
+}
+
+absl::StatusOr<int64_t> LeanOffloadPeakBytes(const engine::Model& model,
+                                             const SessionSizes& sizes) {
+  const engine::ModelConfig& c = model.config();
+  MPLUS_RETURN_IF_ERROR(engine::cuda::ResetCudaMemoryPeak(model.backend()));
+  MPLUS_ASSIGN_OR_RETURN(std::unique_ptr<memstore::InMemorySession> session,
+                         memstore::InMemorySession::Create(model, memstore::LongTermMode::kOffload,
+                                                           /*prefix_cache=*/false));
+  std::mt19937 rng(3);
+  const auto drops = engine::ChooseDropSlots(7, 0, static_cast<int>(c.num_hidden_layers),
+                                             c.stm_tokens(), c.num_tokens);
+  MPLUS_ASSIGN_OR_RETURN(
+      engine::InjectResult result,
+      model.Inject(*session, RandomIds(sizes.chunk_tokens, c.vocab_size, rng), drops));
+  MPLUS_RETURN_IF_ERROR(session->ApplyInject(result));
+  engine::PrefillOutput out;
+  MPLUS_ASSIGN_OR_RETURN(std::unique_ptr<engine::DecodeState> state,
+                         model.Prefill(*session, RandomIds(sizes.long_prompt, c.vocab_size, rng),
+                                       sizes.decode_tokens, false, &out));
+  int32_t token = Argmax(out.logits);
+  for (int i = 0; i < sizes.decode_tokens; ++i) {
+    MPLUS_ASSIGN_OR_RETURN(std::vector<float> logits, model.Decode(*state, token));
+    token = Argmax(logits);
+  }
+  MPLUS_ASSIGN_OR_RETURN(engine::cuda::CudaMemoryStats mem,
+                         engine::cuda::GetCudaMemoryStats(model.backend()));
+  Progress(absl::StrFormat("offload without prefix cache: peak %.2f GB",
+                           static_cast<double>(mem.peak_total_bytes) / 1e9));
+  return mem.peak_total_bytes;
 }
 
 }  // namespace mplus::model_bench
