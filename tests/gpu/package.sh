@@ -7,7 +7,8 @@
 #   ninja mplus_gpu_check mplus-probe mplus-compare-golden mplus_cuda_plugin
 # `ninja -C BUILD_DIR mplus_gpu_bundle` builds those and runs this script into BUILD_DIR/gpu-bundle.
 # Then carry OUT_DIR to the GPU machine and run: OUT_DIR/run.sh OUT_DIR (or tests/gpu/run.sh OUT_DIR).
-# Bundle layout: the executables, libmplus_cuda.so, run.sh and golden-tolerances.txt at the top;
+# Bundle layout: the executables, libmplus_cuda.so, run.sh (+ env.sh, profile.sh) and
+# golden-tolerances.txt at the top;
 # lib/ (lib/compat/: libstdc++, used only where the system's is too old); fixtures/<name>/ as in
 # tests/fixtures (scenario JSON finds its checkpoint by a relative path).
 set -euo pipefail
@@ -65,7 +66,7 @@ while read -r fixture _; do
   [[ -z $fixture || $fixture == \#* ]] && continue
   cp -r "$src/tests/fixtures/$fixture" "$out/fixtures/$fixture"
 done <"$src/tests/golden/tolerances.txt"
-cp "$src/tests/gpu/run.sh" "$out/run.sh"
+for script in run.sh env.sh profile.sh; do cp "$src/tests/gpu/$script" "$out/$script"; done
 
 size=$(du -sb "$out" | cut -f1)
 glibc=$(objdump -T "$out"/mplus[-_]* "$out"/*.so "$out"/lib/*.so* 2>/dev/null |

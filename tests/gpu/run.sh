@@ -26,28 +26,9 @@ for f in "$bin" "$model_bench" "$probe" "$compare" "$plugin" "$dir/golden-tolera
   fi
 done
 
-cuda_home=${CUDA_HOME:-/usr/local/cuda}
-libpath="$dir/lib:$cuda_home/lib64:$cuda_home/lib"
-# The machine may carry CUDA 13's cuBLAS in a Python wheel rather than the toolkit.
-if command -v python3 >/dev/null; then
-  wheel_libs=$(python3 - <<'PY' 2>/dev/null
-import glob, os, site
-dirs = set()
-for sp in site.getsitepackages() + [site.getusersitepackages()]:
-    for so in glob.glob(os.path.join(sp, "nvidia", "*", "lib", "lib*.so.13")):
-        dirs.add(os.path.dirname(so))
-print(":".join(sorted(dirs)))
-PY
-  )
-  [[ -n $wheel_libs ]] && libpath="$libpath:$wheel_libs"
-fi
-export LD_LIBRARY_PATH="$libpath${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 objects=("$bin" "$model_bench" "$probe" "$compare" "$plugin")
-# Our libstdc++ only when the system's is too old for the binaries.
-if [[ -d $dir/lib/compat ]] &&
-  ldd "${objects[@]}" 2>&1 | grep -q "version .GLIBCXX\|version .CXXABI"; then
-  export LD_LIBRARY_PATH="$dir/lib/compat:$LD_LIBRARY_PATH"
-fi
+# shellcheck source=tests/gpu/env.sh
+source "$(dirname "$0")/env.sh"
 failed=0
 # Missing libraries are reported, and what can still run runs (the CPU control needs no CUDA).
 if ldd "${objects[@]}" | grep -q "not found"; then
@@ -72,7 +53,7 @@ trap 'rm -rf "$work"' EXIT
 # Every golden of every fixture in golden-tolerances.txt on device $1: mplus-probe writes the
 # intermediates, mplus-compare-golden checks them with the fixture's tolerance (as ctest does).
 run_goldens() {
-  local device=$1 passed=0 total=0 fixture tolerance scenario n out log rc
+  local device=$1 passed=0 total=0 fixture tolerance scenario n out log rc hung=0
   local -a args=(--device="$device")
   [[ $device == cuda ]] && args+=(--cuda_plugin="$plugin")
   while read -r fixture tolerance; do
@@ -87,6 +68,12 @@ run_goldens() {
         echo "FAIL golden $device $fixture scenario-$n: no time left"
         continue
       fi
+      if ((hung)); then
+        echo "FAIL golden $device $fixture scenario-$n: skipped, an earlier one hung"
+        continue
+      fi
+      # A tiny golden takes a second or two: 60 s means a hang, and the rest would hang too
+      # (one such run spent a whole device budget, 8 x 60 s).
       timeout --signal=KILL "$(budget 60)" "$probe" "${args[@]}" --scenario "$scenario" \
         --out "$out" >"$log" 2>&1
       rc=$?
@@ -99,7 +86,10 @@ run_goldens() {
         passed=$((passed + 1))
         echo "PASS golden $device $fixture scenario-$n (tolerance $tolerance)"
       else
-        ((rc == 137)) && echo "killed: out of time or memory" >>"$log"
+        if ((rc == 137)); then
+          echo "killed: out of time or memory" >>"$log"
+          hung=1
+        fi
         echo "FAIL golden $device $fixture scenario-$n (tolerance $tolerance): exit $rc"
         grep -v "^ok " "$log" | sed 's/^/    /'
       fi
