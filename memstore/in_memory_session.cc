@@ -70,10 +70,6 @@ absl::Status InMemorySession::RetrieveLongTerm(int layer, engine::RetrievalQueri
   absl::StatusOr<std::vector<int64_t>> selected = retriever_->Select(*ltm_, layer, queries);
   if (!selected.ok()) return selected.status();
   const std::vector<int64_t>& chosen = *selected;
-  if (static_cast<int64_t>(chosen.size()) != ltm_->params().retrieved_tokens) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("layer ", layer, " has no merged long-term entries to retrieve"));
-  }
   const std::vector<LongTermEntry>& entries = ltm_->layer(layer).entries();
   for (size_t i = 0; i < chosen.size(); ++i) {
     auto it = vectors_.find(entries[chosen[i]].token_id);

@@ -44,6 +44,19 @@ absl::StatusOr<engine::RetrievalKeys*> LongTermRetriever::Mirror(engine::Backend
 
 absl::StatusOr<std::vector<int64_t>> LongTermRetriever::Select(LongTermMemory& ltm, int layer,
                                                                engine::RetrievalQueries& queries) {
+  MPLUS_ASSIGN_OR_RETURN(std::vector<int64_t> chosen, Choose(ltm, layer, queries));
+  // Fewer only when the layer has no merged entry yet (otherwise retrieval wraps around to
+  // K_ltm): the model needs K_ltm rows, so this is the session's state, not the request's.
+  if (static_cast<int64_t>(chosen.size()) != ltm.params().retrieved_tokens) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("layer ", layer, " has no merged long-term entries to retrieve (",
+                     chosen.size(), " of ", ltm.params().retrieved_tokens, ")"));
+  }
+  return chosen;
+}
+
+absl::StatusOr<std::vector<int64_t>> LongTermRetriever::Choose(LongTermMemory& ltm, int layer,
+                                                               engine::RetrievalQueries& queries) {
   if (layer < 0 || layer >= ltm.num_layers()) {
     return absl::InvalidArgumentError(absl::StrCat("long-term layer ", layer, " out of range"));
   }

@@ -35,8 +35,9 @@ class LongTermRetriever {
         key_dtype_(storage_dtype == engine::DType::kBF16 ? engine::DType::kBF16
                                                          : engine::DType::kF32) {}
 
-  // Indices into ltm.layer(layer).entries() in prefix order (LongTermMemory::Select). Resident
-  // mode syncs the layer's mirror first (and marks the layer's keys synced).
+  // The K_ltm indices into ltm.layer(layer).entries() in prefix order (LongTermMemory::Select);
+  // FailedPrecondition while the layer has no merged entry. Resident mode syncs the layer's
+  // mirror first (and marks the layer's keys synced).
   absl::StatusOr<std::vector<int64_t>> Select(LongTermMemory& ltm, int layer,
                                               engine::RetrievalQueries& queries);
 
@@ -44,6 +45,9 @@ class LongTermRetriever {
   size_t device_bytes() const;
 
  private:
+  // Select without the count check.
+  absl::StatusOr<std::vector<int64_t>> Choose(LongTermMemory& ltm, int layer,
+                                              engine::RetrievalQueries& queries);
   // The layer's mirror on `backend` (made empty on first use), or null when the backend keeps
   // no keys.
   absl::StatusOr<engine::RetrievalKeys*> Mirror(engine::Backend& backend, const LongTermMemory& ltm,
