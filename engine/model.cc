@@ -25,11 +25,22 @@ const void* HostRow(const TensorView& view, int64_t row, int64_t cols) {
          static_cast<size_t>(row * cols) * DTypeSize(view.dtype);
 }
 
+// The end of the chunk of [begin, end) that starts at begin: `chunk` rows, or all that is left
+// when less than 1.5 chunks are. Chunks thus never go below half of `chunk` (nor below
+// kMinPrefixChunkRows / 2 > kGemvMaxRows rows), unless the whole range is that small.
+int64_t ChunkEnd(int64_t begin, int64_t end, int64_t chunk) {
+  return end - begin < chunk + chunk / 2 ? end : begin + chunk;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& checkpoint_dir,
                                                    const ModelOptions& options) {
   static std::atomic<uint64_t> next_id{1};
+  if (options.prefix_chunk_rows < kMinPrefixChunkRows) {
+    return absl::InvalidArgumentError(absl::StrCat("prefix_chunk_rows ", options.prefix_chunk_rows,
+                                                   " is below ", kMinPrefixChunkRows));
+  }
   std::unique_ptr<Model> m(new Model());
   m->id_ = next_id.fetch_add(1);
   MPLUS_ASSIGN_OR_RETURN(m->config_, LoadModelConfig(checkpoint_dir + "/config.json"));
@@ -74,6 +85,7 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& checkpoint
                          b.Allocate(DType::kF32, {static_cast<int64_t>(inv_freq.size())}));
   MPLUS_RETURN_IF_ERROR(b.CopyFromHost(inv_freq.data(), DType::kF32, m->inv_freq_));
   m->kv_dtype_ = c.dtype == DType::kBF16 ? DType::kBF16 : DType::kF32;
+  m->prefix_chunk_rows_ = options.prefix_chunk_rows;
   m->max_context_ = options.max_context > 0         ? options.max_context
                     : c.max_position_embeddings > 0 ? c.max_position_embeddings
                                                     : std::numeric_limits<int64_t>::max() / 2;
@@ -228,67 +240,101 @@ absl::Status Model::MemoryPrefix(SessionMemory& mem, PrefixCache* cache, int lay
   const DeviceLayer& lw = layers_[layer];
   const int64_t n = config_.stm_tokens(), d = config_.hidden_size, kv = dims_.kv_cols();
   const int64_t bos = bos_rows(), stm_begin = bos + config_.ltm_retrieved_tokens();
+  const int64_t rows = bos + n;  // cache order: bos, then the STM slots
   const bool filled = cache != nullptr && static_cast<int>(cache->keys_.size()) > layer;
-  // The prefix rows in cache order (bos, then STM slots): keys before RoPE, and values, in
-  // float32. Copies into the cache and StoreKeysValues round them to the cache dtype.
-  MPLUS_ASSIGN_OR_RETURN(Tensor keys, Alloc(b, bos + n, kv));
-  MPLUS_ASSIGN_OR_RETURN(Tensor values, Alloc(b, bos + n, kv));
 
-  // Leading rows the cache holds (bos and a prefix of the slots), gathered in slot order.
-  int64_t have = 0;
+  // Leading rows the cache holds (bos and a prefix of the slots), as cache rows in slot order.
+  std::vector<int32_t> gather;
   bool in_order = true;
   if (filled) {
     const std::vector<int32_t>& slot_rows = cache->slot_rows_[layer];
-    std::vector<int32_t> gather(static_cast<size_t>(bos), 0);
+    gather.assign(static_cast<size_t>(bos), 0);
     for (int64_t slot = 0; slot < n && slot_rows[slot] >= 0; ++slot) {
       in_order = in_order && slot_rows[slot] == bos + slot;
       gather.push_back(slot_rows[slot]);
     }
-    have = static_cast<int64_t>(gather.size());
-    if (have > 0) {  // Embedding is a row gather: out[i] = table[gather[i]], widened
-      MPLUS_RETURN_IF_ERROR(b.Embedding(cache->keys_[layer], gather, keys.Rows(0, have)));
-      MPLUS_RETURN_IF_ERROR(b.Embedding(cache->values_[layer], gather, values.Rows(0, have)));
-    }
   }
-  // The others from memory: the bos embedding when not cached, then the STM rows not cached.
-  if (have < bos + n) {
-    MPLUS_ASSIGN_OR_RETURN(Tensor x, Alloc(b, bos + n - have, d));
-    if (have < bos) MPLUS_RETURN_IF_ERROR(CopyBos(layer, x.Rows(0, bos)));
-    const int64_t first_slot = std::max<int64_t>(have - bos, 0);
-    MPLUS_ASSIGN_OR_RETURN(TensorView stm, CheckedShortTerm(mem, layer));
-    MPLUS_RETURN_IF_ERROR(b.CopyFromHost(HostRow(stm, first_slot, d), stm.dtype,
-                                         x.Rows(x.rows() - (n - first_slot), x.rows())));
-    MPLUS_RETURN_IF_ERROR(b.RmsNorm(x, lw.input_layernorm, dims_.rms_eps, x));
-    const Tensor k_new = keys.Rows(have, bos + n), v_new = values.Rows(have, bos + n);
-    MPLUS_RETURN_IF_ERROR(KeysValues(b, dims_, lw, Adapter::kDecoder, x, k_new, v_new));
+  const int64_t have = static_cast<int64_t>(gather.size());
+  // The cache ends up with every row in slot order. In order, it is completed in place; else
+  // the rows go to new tensors (the gathers still read the old ones) that replace it at the end.
+  const bool rewrite = cache != nullptr && (!filled || have < rows || !in_order);
+  const bool in_place = rewrite && filled && in_order;
+  Tensor cache_keys, cache_values;
+  if (in_place) {
+    cache_keys = cache->keys_[layer];
+    cache_values = cache->values_[layer];
+  } else if (rewrite) {
+    MPLUS_ASSIGN_OR_RETURN(cache_keys, b.Allocate(kv_dtype_, {rows, kv}));
+    MPLUS_ASSIGN_OR_RETURN(cache_values, b.Allocate(kv_dtype_, {rows, kv}));
   }
-
-  // The cache keeps every row in slot order; untouched when it already does.
-  if (cache != nullptr && (!filled || have < bos + n || !in_order)) {
-    if (!filled) {
-      MPLUS_ASSIGN_OR_RETURN(Tensor ck, b.Allocate(kv_dtype_, {bos + n, kv}));
-      MPLUS_ASSIGN_OR_RETURN(Tensor cv, b.Allocate(kv_dtype_, {bos + n, kv}));
-      cache->keys_.push_back(std::move(ck));
-      cache->values_.push_back(std::move(cv));
-      cache->slot_rows_.emplace_back();
-    }
-    MPLUS_RETURN_IF_ERROR(b.Copy(keys, cache->keys_[layer]));
-    MPLUS_RETURN_IF_ERROR(b.Copy(values, cache->values_[layer]));
-    std::vector<int32_t>& slot_rows = cache->slot_rows_[layer];
-    slot_rows.resize(static_cast<size_t>(n));
-    for (int64_t slot = 0; slot < n; ++slot) slot_rows[slot] = static_cast<int32_t>(bos + slot);
+  TensorView stm;
+  if (have < rows) {
+    MPLUS_ASSIGN_OR_RETURN(stm, CheckedShortTerm(mem, layer));
   }
 
-  // Rotated at their positions in this generation: bos at 0, STM from stm_begin.
-  std::vector<int64_t> positions(static_cast<size_t>(n));
-  std::iota(positions.begin(), positions.end(), stm_begin);
-  if (bos) {
-    const int64_t zero = 0;
-    MPLUS_RETURN_IF_ERROR(StoreKeysValues(b, dims_, keys.Rows(0, bos), values.Rows(0, bos),
-                                          absl::MakeConstSpan(&zero, 1), inv_freq_, kc, vc, 0));
+  // The prefix goes in chunks of prefix_chunk_rows_ (ModelOptions): the float32 transients of a
+  // whole short-term memory would be large (mplus-8b: 12.8k rows x 4096 = 210 MB per layer).
+  // Rows [r0, r1): gathered from the cache (r1 <= have) or projected from memory (r0 >= have);
+  // keys before RoPE and values in float32, then rotated into the KV cache at their positions
+  // in this generation (bos at 0, STM slots from stm_begin).
+  auto chunk = [&](int64_t r0, int64_t r1) -> absl::Status {
+    MPLUS_ASSIGN_OR_RETURN(Tensor keys, Alloc(b, r1 - r0, kv));
+    MPLUS_ASSIGN_OR_RETURN(Tensor values, Alloc(b, r1 - r0, kv));
+    if (r1 <= have) {  // Embedding is a row gather: out[i] = table[ids[i]], widened
+      const auto ids = absl::MakeConstSpan(gather).subspan(static_cast<size_t>(r0),
+                                                           static_cast<size_t>(r1 - r0));
+      MPLUS_RETURN_IF_ERROR(b.Embedding(cache->keys_[layer], ids, keys));
+      MPLUS_RETURN_IF_ERROR(b.Embedding(cache->values_[layer], ids, values));
+    } else {
+      MPLUS_ASSIGN_OR_RETURN(Tensor x, Alloc(b, r1 - r0, d));
+      if (r0 < bos) MPLUS_RETURN_IF_ERROR(CopyBos(layer, x.Rows(0, bos - r0)));
+      if (const int64_t s0 = std::max(r0, bos); s0 < r1) {
+        MPLUS_RETURN_IF_ERROR(
+            b.CopyFromHost(HostRow(stm, s0 - bos, d), stm.dtype, x.Rows(s0 - r0, r1 - r0)));
+      }
+      MPLUS_RETURN_IF_ERROR(b.RmsNorm(x, lw.input_layernorm, dims_.rms_eps, x));
+      MPLUS_RETURN_IF_ERROR(KeysValues(b, dims_, lw, Adapter::kDecoder, x, keys, values));
+    }
+    if (rewrite && !(in_place && r1 <= have)) {  // rows the cache does not hold yet
+      MPLUS_RETURN_IF_ERROR(b.Copy(keys, cache_keys.Rows(r0, r1)));
+      MPLUS_RETURN_IF_ERROR(b.Copy(values, cache_values.Rows(r0, r1)));
+    }
+    if (r0 < bos) {
+      const int64_t zero = 0;
+      MPLUS_RETURN_IF_ERROR(StoreKeysValues(b, dims_, keys.Rows(0, bos), values.Rows(0, bos),
+                                            absl::MakeConstSpan(&zero, 1), inv_freq_, kc, vc, 0));
+    }
+    const int64_t s0 = std::max(r0, bos);
+    if (s0 == r1) return absl::OkStatus();
+    std::vector<int64_t> positions(static_cast<size_t>(r1 - s0));
+    std::iota(positions.begin(), positions.end(), stm_begin + (s0 - bos));
+    return StoreKeysValues(b, dims_, keys.Rows(s0 - r0, r1 - r0), values.Rows(s0 - r0, r1 - r0),
+                           positions, inv_freq_, kc, vc, stm_begin + (s0 - bos));
+  };
+  for (int64_t r0 = 0; r0 < have;) {
+    const int64_t r1 = ChunkEnd(r0, have, prefix_chunk_rows_);
+    MPLUS_RETURN_IF_ERROR(chunk(r0, r1));
+    r0 = r1;
   }
-  return StoreKeysValues(b, dims_, keys.Rows(bos, bos + n), values.Rows(bos, bos + n), positions,
-                         inv_freq_, kc, vc, stm_begin);
+  for (int64_t r0 = have; r0 < rows;) {
+    const int64_t r1 = ChunkEnd(r0, rows, prefix_chunk_rows_);
+    MPLUS_RETURN_IF_ERROR(chunk(r0, r1));
+    r0 = r1;
+  }
+
+  if (!rewrite) return absl::OkStatus();
+  if (!filled) {
+    cache->keys_.push_back(std::move(cache_keys));
+    cache->values_.push_back(std::move(cache_values));
+    cache->slot_rows_.emplace_back();
+  } else if (!in_place) {
+    cache->keys_[layer] = std::move(cache_keys);
+    cache->values_[layer] = std::move(cache_values);
+  }
+  std::vector<int32_t>& slot_rows = cache->slot_rows_[layer];
+  slot_rows.resize(static_cast<size_t>(n));
+  for (int64_t slot = 0; slot < n; ++slot) slot_rows[slot] = static_cast<int32_t>(bos + slot);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::unique_ptr<DecodeState>> Model::Prefill(SessionMemory& mem,

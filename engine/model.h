@@ -24,6 +24,10 @@
 
 namespace mplus::engine {
 
+// Chunks of at least this many rows keep the CPU's MatMul on its GEMM path (> kGemvMaxRows),
+// so results do not depend on the chunking.
+inline constexpr int64_t kMinPrefixChunkRows = 16;
+
 struct ModelOptions {
   // CPU backend threads (<= 0: one per hardware thread); ignored when `backend` is given.
   int num_threads = 0;
@@ -33,6 +37,9 @@ struct ModelOptions {
   // Longest sequence one forward may hold (prefix + prompt + generated tokens);
   // 0: config max_position_embeddings (no limit if that is 0).
   int64_t max_context = 0;
+  // Rows of the memory prefix projected at once (at least kMinPrefixChunkRows): bounds the
+  // float32 transients of a generation's prefix (hidden states, keys, values) per layer.
+  int64_t prefix_chunk_rows = 1024;
   // Backend to run on; null: a CPU backend.
   std::shared_ptr<Backend> backend;
 };
@@ -134,6 +141,7 @@ class Model {
   Tensor embed_tokens_;  // empty on a GPU: Embed gathers rows on the host
   Tensor final_norm_, lm_head_, new_memory_positional_emb_, inv_freq_;
   int64_t max_context_ = 0;
+  int64_t prefix_chunk_rows_ = 1024;
   DType kv_dtype_ = DType::kF32;
 };
 

@@ -123,6 +123,49 @@ TEST(PrefixCacheTest, MplusBfloat16CachedPrefillIsBitwiseUncached) {
   RunRounds(*model);
 }
 
+// The prefix projected, gathered and cached in 16-row chunks (ModelOptions::prefix_chunk_rows)
+// gives bitwise the logits of one whole-prefix chunk, with the cache filled, completed in place,
+// and rewritten out of order after injects; a chunk size below the minimum is refused.
+TEST(PrefixCacheTest, ChunkedPrefixIsBitwiseWholePrefix) {
+  const std::string dir = std::string(MPLUS_FIXTURES_DIR) + "/tiny-mplus-bf16";
+  ModelOptions small;
+  small.prefix_chunk_rows = kMinPrefixChunkRows;
+  auto chunked = Model::Load(dir, small);
+  ASSERT_TRUE(chunked.ok()) << chunked.status();
+  auto whole = LoadOrDie(dir);
+  ASSERT_NE(whole, nullptr);
+  const ModelConfig& c = whole->config();
+  ASSERT_GE(c.stm_tokens(), 2 * kMinPrefixChunkRows) << "the fixture needs several chunks";
+  auto mem_chunked = memstore::InMemorySession::Create(**chunked);
+  auto mem_whole = memstore::InMemorySession::Create(*whole);
+  ASSERT_TRUE(mem_chunked.ok() && mem_whole.ok());
+  for (int round = 0; round < 3; ++round) {
+    SCOPED_TRACE(round);
+    for (const std::vector<int32_t>& prompt : {std::vector<int32_t>{9, 31, 7}, {200, 4}}) {
+      PrefillOutput a, b;
+      auto sa = (*chunked)->Prefill(**mem_chunked, prompt, 2, /*want_retrieved=*/false, &a);
+      auto sb = whole->Prefill(**mem_whole, prompt, 2, /*want_retrieved=*/false, &b);
+      ASSERT_TRUE(sa.ok() && sb.ok());
+      EXPECT_TRUE(BitwiseEqual(a.logits, b.logits));
+      auto la = (*chunked)->Decode(**sa, 12);
+      auto lb = whole->Decode(**sb, 12);
+      ASSERT_TRUE(la.ok() && lb.ok());
+      EXPECT_TRUE(BitwiseEqual(*la, *lb));
+    }
+    const std::vector<int32_t> chunk = {60 + round, 61, 62, 63};
+    auto drops = ChooseDropSlots(7 + round, round, static_cast<int>(c.num_hidden_layers),
+                                 c.stm_tokens(), c.num_tokens);
+    auto ra = (*chunked)->Inject(**mem_chunked, chunk, drops);
+    auto rb = whole->Inject(**mem_whole, chunk, drops);
+    ASSERT_TRUE(ra.ok() && rb.ok());
+    ASSERT_TRUE((*mem_chunked)->ApplyInject(*ra).ok());
+    ASSERT_TRUE((*mem_whole)->ApplyInject(*rb).ok());
+  }
+  ModelOptions tiny;
+  tiny.prefix_chunk_rows = kMinPrefixChunkRows - 1;
+  EXPECT_EQ(Model::Load(dir, tiny).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(PrefixCacheTest, MemoryLlmCachedPrefillIsBitwiseUncached) {
   auto config = LoadModelConfig(std::string(MPLUS_FIXTURES_DIR) + "/tiny-mplus/config.json");
   ASSERT_TRUE(config.ok()) << config.status();
