@@ -6,6 +6,7 @@
 #include <limits>
 #include <numeric>
 #include <set>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "engine/cpu/cpu_backend.h"
@@ -311,15 +312,13 @@ absl::Status Model::MemoryPrefix(SessionMemory& mem, PrefixCache* cache, int lay
     return StoreKeysValues(b, dims_, keys.Rows(s0 - r0, r1 - r0), values.Rows(s0 - r0, r1 - r0),
                            positions, inv_freq_, kc, vc, stm_begin + (s0 - bos));
   };
-  for (int64_t r0 = 0; r0 < have;) {
-    const int64_t r1 = ChunkEnd(r0, have, prefix_chunk_rows_);
-    MPLUS_RETURN_IF_ERROR(chunk(r0, r1));
-    r0 = r1;
-  }
-  for (int64_t r0 = have; r0 < rows;) {
-    const int64_t r1 = ChunkEnd(r0, rows, prefix_chunk_rows_);
-    MPLUS_RETURN_IF_ERROR(chunk(r0, r1));
-    r0 = r1;
+  // Gathered rows [0, have), then projected rows [have, rows): no chunk mixes the two.
+  for (const auto& [begin, end] : {std::pair<int64_t, int64_t>{0, have}, {have, rows}}) {
+    for (int64_t r0 = begin; r0 < end;) {
+      const int64_t r1 = ChunkEnd(r0, end, prefix_chunk_rows_);
+      MPLUS_RETURN_IF_ERROR(chunk(r0, r1));
+      r0 = r1;
+    }
   }
 
   if (!rewrite) return absl::OkStatus();

@@ -480,9 +480,10 @@ int AttentionSplits(const AttentionShape& shape, int num_sms) {
   const int64_t group = shape.num_heads / shape.num_kv_heads;
   const int64_t blocks = (shape.nq * group + kRows - 1) / kRows * shape.num_kv_heads;
   if (blocks >= num_sms) return 1;
-  // Decode is bound by how many K/V loads are in flight: aim at about eight blocks per SM (five
-  // fit at once), but no split shorter than 64 keys (two tiles). Measured on an H200: two blocks
-  // per SM (256-key splits) read the cache at ~0.4 TB/s.
+  // Few (query, head) rows (shapes the decode kernel does not take): bound by how many K/V loads
+  // are in flight, so aim at about eight blocks per SM (five fit at once), but no split shorter
+  // than 64 keys (two tiles). Measured on an H200 before the decode kernel: two blocks per SM
+  // (256-key splits) read the cache at ~0.4 TB/s.
   const int64_t want = (8 * int64_t{num_sms} + blocks - 1) / blocks;
   const int64_t most = std::max<int64_t>(1, shape.nk / 64);
   return static_cast<int>(std::clamp<int64_t>(std::min(want, most), 1, 128));
