@@ -37,6 +37,9 @@ ABSL_FLAG(int, decode_tokens, 64, "Timed decode steps after the 64-token prompt.
 ABSL_FLAG(int64_t, ltm_keys, 0,
           "Long-term keys per layer for the retrieval timing (0: 150000, or 5000 with "
           "--device=cpu).");
+ABSL_FLAG(int, kernel_trace_steps, 8,
+          "CUDA: after its timings, the resident session traces this many decode steps and one "
+          "long-prompt prefill with CUPTI and prints where the GPU time went (0: no trace).");
 ABSL_FLAG(int, threads, 0,
           "Host threads (checkpoint writing, key generation, CPU backend); 0: all.");
 
@@ -176,6 +179,10 @@ absl::Status Run() {
   if (sizes.inject_chunks < 1 || sizes.decode_tokens < 1) {
     return absl::InvalidArgumentError("--inject_chunks and --decode_tokens must be at least 1");
   }
+  const int trace_steps = absl::GetFlag(FLAGS_kernel_trace_steps);
+  if (trace_steps < 0) {
+    return absl::InvalidArgumentError("--kernel_trace_steps must be at least 0");
+  }
 
   // The GPU first: without one, fail before writing gigabytes.
   engine::ModelOptions options;
@@ -215,8 +222,10 @@ absl::Status Run() {
   SessionResult sessions[2];  // [0] resident, [1] offload
   for (memstore::LongTermMode mode :
        {memstore::LongTermMode::kOffload, memstore::LongTermMode::kResident}) {
-    MPLUS_ASSIGN_OR_RETURN(sessions[mode == memstore::LongTermMode::kResident ? 0 : 1],
-                           RunSession(*model, mode, sizes));
+    const bool resident = mode == memstore::LongTermMode::kResident;
+    SessionSizes session_sizes = sizes;
+    session_sizes.kernel_trace_steps = resident ? trace_steps : 0;
+    MPLUS_ASSIGN_OR_RETURN(sessions[resident ? 0 : 1], RunSession(*model, mode, session_sizes));
   }
   std::optional<int64_t> lean_peak;
   if (cuda) {
@@ -327,6 +336,19 @@ absl::Status Run() {
       ckpt.reused ? "reused" : absl::StrFormat("written in %.1f s", ckpt.seconds), load_seconds,
       bandwidth / 1e9, Gb(kv_bytes), engine::DTypeName(model->kv_dtype()), sizes.long_prompt);
   PrintTable(rows);
+  if (!res.decode_trace.empty()) {
+    absl::PrintF(
+        "\nWhere the GPU time of a decode step goes (resident session, %d steps after the "
+        "%d-token prompt, timed by the GPU through CUPTI; the span runs from the first kernel "
+        "to the last, host work between steps included):\n\n%s",
+        trace_steps, sizes.short_prompt, res.decode_trace);
+  }
+  if (!res.prefill_trace.empty()) {
+    absl::PrintF(
+        "\nWhere the GPU time of a %d-token prefill goes (resident, prefix cache warm, "
+        "retrieval included):\n\n%s",
+        sizes.long_prompt, res.prefill_trace);
+  }
   std::fflush(stdout);
   return absl::OkStatus();
 }

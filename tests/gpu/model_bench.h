@@ -33,6 +33,9 @@ struct SessionSizes {
   int inject_chunks = 8;  // timed, after one warm-up chunk
   int64_t short_prompt = 64, long_prompt = 1024;
   int decode_tokens = 64;  // timed, after one warm-up step
+  // CUDA: after the timings, trace kernel_trace_steps decode steps and one long-prompt prefill
+  // with CUPTI (0: no trace).
+  int kernel_trace_steps = 0;
 };
 
 struct SessionResult {
@@ -49,6 +52,9 @@ struct SessionResult {
   std::optional<engine::cuda::CudaMemoryStats> memory;
   size_t prefix_cache_bytes = 0;
   size_t retrieval_key_bytes = 0;
+  // Markdown tables of where the GPU time went (tests/gpu/kernel_trace.h), or why there is none;
+  // empty when not traced.
+  std::string decode_trace, prefill_trace;
 };
 
 // One InMemorySession in `mode` on `model`: injects random chunks, then generates.

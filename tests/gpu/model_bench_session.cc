@@ -1,14 +1,17 @@
 // One M+ session per long-term mode: inject throughput, time to first token, decode speed and
 // the backend memory it holds, as the server would drive it (drop slots from ChooseDropSlots).
 #include <algorithm>
+#include <functional>
 #include <memory>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "absl/strings/str_format.h"
 #include "engine/drop_slots.h"
 #include "engine/status_macros.h"
 #include "memstore/in_memory_session.h"
+#include "tests/gpu/kernel_trace.h"
 #include "tests/gpu/model_bench.h"
 
 namespace mplus::model_bench {
@@ -33,6 +36,17 @@ absl::StatusOr<double> TimePrefill(const engine::Model& model, engine::SessionMe
   const Clock::time_point start = Clock::now();
   MPLUS_ASSIGN_OR_RETURN(*state, model.Prefill(session, prompt, new_tokens, false, out));
   return SecondsSince(start);
+}
+
+// `work` under a kernel trace: the table per `steps`, or why there is none.
+std::string Traced(int steps, const std::function<absl::Status()>& work) {
+  constexpr int kTopKernels = 14;
+  if (absl::Status s = KernelTrace::Start(); !s.ok()) return "no trace: " + s.ToString();
+  const absl::Status ran = work();
+  absl::StatusOr<TraceSummary> summary = KernelTrace::Stop();
+  if (!ran.ok()) return "no trace: " + ran.ToString();
+  if (!summary.ok()) return "no trace: " + summary.status().ToString();
+  return FormatTrace(*summary, steps, kTopKernels);
 }
 
 }  // namespace
@@ -127,6 +141,24 @@ absl::StatusOr<SessionResult> RunSession(const engine::Model& model, memstore::L
   }
   r.prefix_cache_bytes = session->prefix_cache()->bytes();
   r.retrieval_key_bytes = session->retrieval_key_bytes();
+  if (cuda && sizes.kernel_trace_steps > 0) {
+    // After the memory reading above, which wants the long prompt's KV cache alive.
+    state.reset();
+    r.prefill_trace = Traced(1, [&] {
+      return model.Prefill(*session, long_prompt, sizes.kernel_trace_steps, false, &out).status();
+    });
+    MPLUS_ASSIGN_OR_RETURN(
+        state, model.Prefill(*session, prompt, sizes.kernel_trace_steps + 1, false, &out));
+    token = Argmax(out.logits);
+    r.decode_trace = Traced(sizes.kernel_trace_steps, [&]() -> absl::Status {
+      for (int i = 0; i < sizes.kernel_trace_steps; ++i) {
+        MPLUS_ASSIGN_OR_RETURN(logits, model.Decode(*state, token));
+        token = Argmax(logits);
+      }
+      return absl::OkStatus();
+    });
+    state.reset();
+  }
   return r;
 }
 
