@@ -1,5 +1,6 @@
 #include "engine/backend.h"
 
+#include "absl/strings/str_cat.h"
 #include "engine/status_macros.h"
 
 namespace mplus::engine {
@@ -21,6 +22,29 @@ absl::Status Backend::LoraMatMul(const Tensor& x, const Tensor& w, const Tensor&
   MPLUS_ASSIGN_OR_RETURN(Tensor t, Allocate(DType::kF32, {x.rows(), a.rows()}));
   MPLUS_RETURN_IF_ERROR(MatMul(x, a, t));
   return MatMul(t, b, out, scale, /*accumulate=*/true);
+}
+
+absl::StatusOr<std::vector<Tensor>> Backend::UploadWeights(absl::Span<const TensorView> views) {
+  std::vector<Tensor> out;
+  for (const TensorView& v : views) {
+    MPLUS_ASSIGN_OR_RETURN(Tensor t, UploadWeight(v));
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
+absl::Status Backend::LoraMatMulGroup(const Tensor& x, absl::Span<const LoraLinear> group,
+                                      float scale, absl::Span<const Tensor> outs) {
+  if (group.size() != outs.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("LoraMatMulGroup: ", group.size(), " linears for ", outs.size(), " outputs"));
+  }
+  for (size_t i = 0; i < group.size(); ++i) {
+    const LoraLinear& l = group[i];
+    MPLUS_RETURN_IF_ERROR(l.a.empty() ? MatMul(x, l.w, outs[i])
+                                      : LoraMatMul(x, l.w, l.a, l.b, scale, outs[i]));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Backend::StoreKeysValues(const Tensor& k, const Tensor& v, int64_t head_dim,

@@ -97,6 +97,12 @@ class RetrievalKeys {
   virtual size_t bytes() const = 0;  // device bytes held
 };
 
+// One linear of a LoraMatMulGroup: weight w [m, k], LoRA a [r, k] and b [m, r] (both empty
+// when the linear has no LoRA).
+struct LoraLinear {
+  Tensor w, a, b;
+};
+
 // All ops take 2-D views ([rows, cols]); "out" tensors are float32 and preallocated by the
 // caller. Unless an op says otherwise, out must not alias an input. Ops may run asynchronously;
 // CopyToHost and Synchronize wait. Errors (shape/dtype/device mismatches) are InvalidArgument.
@@ -112,6 +118,10 @@ class Backend {
   virtual absl::StatusOr<Tensor> Allocate(DType dtype, std::vector<int64_t> shape) = 0;
   // A checkpoint tensor made usable by the ops (the CPU borrows the mapped bytes; a GPU copies).
   virtual absl::StatusOr<Tensor> UploadWeight(const TensorView& view) = 0;
+  // Several weights that ops may be given together (q, k and v read the same input): a backend
+  // may place them back to back in this order, so that LoraMatMulGroup can treat them as one
+  // matrix. Default: UploadWeight each.
+  virtual absl::StatusOr<std::vector<Tensor>> UploadWeights(absl::Span<const TensorView> views);
   // Host `src` (numel of dst elements of `src_dtype`, any float dtype) into float32 `dst`,
   // converting; or a same-dtype byte copy.
   virtual absl::Status CopyFromHost(const void* src, DType src_dtype, const Tensor& dst) = 0;
@@ -163,6 +173,10 @@ class Backend {
   // dtypes; x and out float32 as MatMul).
   virtual absl::Status LoraMatMul(const Tensor& x, const Tensor& w, const Tensor& a,
                                   const Tensor& b, float scale, const Tensor& out);
+  // out[i] = x·w_i^T (+ scale · (x·a_i^T)·b_i^T) for each linear i of `group`, all reading x.
+  // Default: MatMul / LoraMatMul each.
+  virtual absl::Status LoraMatMulGroup(const Tensor& x, absl::Span<const LoraLinear> group,
+                                       float scale, absl::Span<const Tensor> outs);
   // Writes float32 keys k (before RoPE) and values v ([n, kv_cols]) into KV cache rows k_rows /
   // v_rows ([n, kv_cols], both F32 or both BF16): keys are rounded to the cache dtype (the
   // official bf16 model projects in bf16), rotated in float32 at `positions` (as Rope), and

@@ -12,14 +12,40 @@ absl::StatusOr<Tensor> UploadOptional(Backend& backend, const TensorView& view) 
   return backend.UploadWeight(view);
 }
 
-absl::StatusOr<DeviceLinear> UploadLinear(Backend& backend, const LinearWeights& w) {
-  DeviceLinear out;
-  MPLUS_ASSIGN_OR_RETURN(out.weight, backend.UploadWeight(w.weight));
+// Linears that read the same input (q, k, v; gate, up): their base weights are uploaded together,
+// and each adapter's A matrices together where every linear has one (Backend::UploadWeights), so
+// that LoraMatMulGroup may treat each as one matrix. B matrices are uploaded one by one.
+absl::StatusOr<std::vector<DeviceLinear>> UploadLinears(
+    Backend& backend, std::initializer_list<const LinearWeights*> weights) {
+  std::vector<DeviceLinear> out(weights.size());
+  std::vector<TensorView> views;
+  for (const LinearWeights* w : weights) views.push_back(w->weight);
+  MPLUS_ASSIGN_OR_RETURN(std::vector<Tensor> bases, backend.UploadWeights(views));
+  for (size_t i = 0; i < out.size(); ++i) out[i].weight = std::move(bases[i]);
   for (int a = 0; a < kNumAdapters; ++a) {
-    MPLUS_ASSIGN_OR_RETURN(out.lora_a[a], UploadOptional(backend, w.lora_a[a]));
-    MPLUS_ASSIGN_OR_RETURN(out.lora_b[a], UploadOptional(backend, w.lora_b[a]));
+    views.clear();
+    for (const LinearWeights* w : weights) {
+      if (w->lora_a[a].data != nullptr) views.push_back(w->lora_a[a]);
+    }
+    if (views.size() == out.size()) {
+      MPLUS_ASSIGN_OR_RETURN(std::vector<Tensor> as, backend.UploadWeights(views));
+      for (size_t i = 0; i < out.size(); ++i) out[i].lora_a[a] = std::move(as[i]);
+    }
+    size_t i = 0;
+    for (const LinearWeights* w : weights) {
+      if (views.size() != out.size()) {
+        MPLUS_ASSIGN_OR_RETURN(out[i].lora_a[a], UploadOptional(backend, w->lora_a[a]));
+      }
+      MPLUS_ASSIGN_OR_RETURN(out[i].lora_b[a], UploadOptional(backend, w->lora_b[a]));
+      ++i;
+    }
   }
   return out;
+}
+
+absl::StatusOr<DeviceLinear> UploadLinear(Backend& backend, const LinearWeights& w) {
+  MPLUS_ASSIGN_OR_RETURN(std::vector<DeviceLinear> one, UploadLinears(backend, {&w}));
+  return std::move(one[0]);
 }
 
 absl::StatusOr<DeviceProjector> UploadProjector(Backend& backend, const ProjectorWeights& w) {
@@ -38,12 +64,16 @@ absl::StatusOr<DeviceLayer> UploadLayer(Backend& backend, const LayerWeights& w)
   MPLUS_ASSIGN_OR_RETURN(out.input_layernorm, backend.UploadWeight(w.input_layernorm));
   MPLUS_ASSIGN_OR_RETURN(out.post_attention_layernorm,
                          backend.UploadWeight(w.post_attention_layernorm));
-  MPLUS_ASSIGN_OR_RETURN(out.q_proj, UploadLinear(backend, w.q_proj));
-  MPLUS_ASSIGN_OR_RETURN(out.k_proj, UploadLinear(backend, w.k_proj));
-  MPLUS_ASSIGN_OR_RETURN(out.v_proj, UploadLinear(backend, w.v_proj));
+  MPLUS_ASSIGN_OR_RETURN(std::vector<DeviceLinear> qkv,
+                         UploadLinears(backend, {&w.q_proj, &w.k_proj, &w.v_proj}));
+  out.q_proj = std::move(qkv[0]);
+  out.k_proj = std::move(qkv[1]);
+  out.v_proj = std::move(qkv[2]);
   MPLUS_ASSIGN_OR_RETURN(out.o_proj, UploadLinear(backend, w.o_proj));
-  MPLUS_ASSIGN_OR_RETURN(out.gate_proj, UploadLinear(backend, w.gate_proj));
-  MPLUS_ASSIGN_OR_RETURN(out.up_proj, UploadLinear(backend, w.up_proj));
+  MPLUS_ASSIGN_OR_RETURN(std::vector<DeviceLinear> gate_up,
+                         UploadLinears(backend, {&w.gate_proj, &w.up_proj}));
+  out.gate_proj = std::move(gate_up[0]);
+  out.up_proj = std::move(gate_up[1]);
   MPLUS_ASSIGN_OR_RETURN(out.down_proj, UploadLinear(backend, w.down_proj));
   MPLUS_ASSIGN_OR_RETURN(out.query_proj, UploadProjector(backend, w.query_proj));
   MPLUS_ASSIGN_OR_RETURN(out.key_proj, UploadProjector(backend, w.key_proj));
@@ -55,6 +85,15 @@ absl::Status Linear(Backend& backend, const Tensor& x, const DeviceLinear& linea
   const int a = static_cast<int>(adapter);
   if (linear.lora_a[a].empty()) return backend.MatMul(x, linear.weight, out);
   return backend.LoraMatMul(x, linear.weight, linear.lora_a[a], linear.lora_b[a], lora_scale, out);
+}
+
+absl::Status LinearGroup(Backend& backend, const Tensor& x,
+                         std::initializer_list<const DeviceLinear*> linears, Adapter adapter,
+                         float lora_scale, std::initializer_list<Tensor> outs) {
+  const int a = static_cast<int>(adapter);
+  std::vector<LoraLinear> group;
+  for (const DeviceLinear* l : linears) group.push_back({l->weight, l->lora_a[a], l->lora_b[a]});
+  return backend.LoraMatMulGroup(x, group, lora_scale, outs);
 }
 
 absl::StatusOr<Tensor> Project(Backend& backend, const Tensor& normed,
@@ -108,14 +147,23 @@ absl::StatusOr<Tensor> LayerForward(Backend& backend, const LayerDims& dims,
   MPLUS_ASSIGN_OR_RETURN(Tensor normed, backend.Allocate(DType::kF32, {s, d}));
   MPLUS_RETURN_IF_ERROR(backend.RmsNorm(seq, layer.input_layernorm, dims.rms_eps, normed));
   MPLUS_ASSIGN_OR_RETURN(Tensor q, backend.Allocate(DType::kF32, {nq, q_cols}));
-  MPLUS_RETURN_IF_ERROR(
-      Linear(backend, normed.Rows(s - nq, s), layer.q_proj, adapter, dims.lora_scale, q));
+  // Every row a query (decode): q, k and v in one grouped op; else q of the last nq rows alone.
+  const bool fused_qkv = segments.size() == 1 && nq == s;
+  if (!fused_qkv) {
+    MPLUS_RETURN_IF_ERROR(
+        Linear(backend, normed.Rows(s - nq, s), layer.q_proj, adapter, dims.lora_scale, q));
+  }
   std::vector<int64_t> positions;
   for (const SeqSegment& seg : segments) {
     const Tensor x = normed.Rows(seg.seq_begin, seg.seq_begin + seg.rows);
     MPLUS_ASSIGN_OR_RETURN(Tensor k, backend.Allocate(DType::kF32, {seg.rows, dims.kv_cols()}));
     MPLUS_ASSIGN_OR_RETURN(Tensor v, backend.Allocate(DType::kF32, {seg.rows, dims.kv_cols()}));
-    MPLUS_RETURN_IF_ERROR(KeysValues(backend, dims, layer, adapter, x, k, v));
+    if (fused_qkv) {
+      MPLUS_RETURN_IF_ERROR(LinearGroup(backend, x, {&layer.q_proj, &layer.k_proj, &layer.v_proj},
+                                        adapter, dims.lora_scale, {q, k, v}));
+    } else {
+      MPLUS_RETURN_IF_ERROR(KeysValues(backend, dims, layer, adapter, x, k, v));
+    }
     positions.resize(static_cast<size_t>(seg.rows));
     std::iota(positions.begin(), positions.end(), seg.cache_row);
     MPLUS_RETURN_IF_ERROR(
@@ -139,8 +187,8 @@ absl::StatusOr<Tensor> LayerForward(Backend& backend, const LayerDims& dims,
   MPLUS_RETURN_IF_ERROR(backend.RmsNorm(h, layer.post_attention_layernorm, dims.rms_eps, n2));
   MPLUS_ASSIGN_OR_RETURN(Tensor gate, backend.Allocate(DType::kF32, {nq, dims.intermediate}));
   MPLUS_ASSIGN_OR_RETURN(Tensor up, backend.Allocate(DType::kF32, {nq, dims.intermediate}));
-  MPLUS_RETURN_IF_ERROR(Linear(backend, n2, layer.gate_proj, adapter, dims.lora_scale, gate));
-  MPLUS_RETURN_IF_ERROR(Linear(backend, n2, layer.up_proj, adapter, dims.lora_scale, up));
+  MPLUS_RETURN_IF_ERROR(LinearGroup(backend, n2, {&layer.gate_proj, &layer.up_proj}, adapter,
+                                    dims.lora_scale, {gate, up}));
   MPLUS_RETURN_IF_ERROR(backend.SiluMul(gate, up, gate));
   MPLUS_RETURN_IF_ERROR(Linear(backend, gate, layer.down_proj, adapter, dims.lora_scale, n2));
   MPLUS_RETURN_IF_ERROR(backend.Add(h, n2, h));

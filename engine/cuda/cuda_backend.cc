@@ -41,6 +41,16 @@ absl::Status CheckFloat(const Tensor& t, const char* what) {
   return engine::CheckFloat(t, Device::kCuda, what);
 }
 
+// Whether the tensors lie back to back in memory, in order.
+bool BackToBack(absl::Span<const Tensor* const> ts) {
+  for (size_t i = 1; i < ts.size(); ++i) {
+    if (static_cast<const char*>(ts[i - 1]->data()) + ts[i - 1]->nbytes() != ts[i]->data()) {
+      return false;
+    }
+  }
+  return true;
+}
+
 }  // namespace
 
 class CudaBackend : public Backend {
@@ -53,6 +63,7 @@ class CudaBackend : public Backend {
 
   absl::StatusOr<Tensor> Allocate(DType dtype, std::vector<int64_t> shape) override;
   absl::StatusOr<Tensor> UploadWeight(const TensorView& view) override;
+  absl::StatusOr<std::vector<Tensor>> UploadWeights(absl::Span<const TensorView> views) override;
   absl::Status CopyFromHost(const void* src, DType src_dtype, const Tensor& dst) override;
   absl::Status CopyToHost(const Tensor& src, void* dst) override;
   absl::Status Copy(const Tensor& src, const Tensor& dst) override;
@@ -68,6 +79,8 @@ class CudaBackend : public Backend {
                          int64_t num_kv_heads, int64_t head_dim, const Tensor& out) override;
   absl::Status LoraMatMul(const Tensor& x, const Tensor& w, const Tensor& a, const Tensor& b,
                           float scale, const Tensor& out) override;
+  absl::Status LoraMatMulGroup(const Tensor& x, absl::Span<const LoraLinear> group, float scale,
+                               absl::Span<const Tensor> outs) override;
   absl::Status StoreKeysValues(const Tensor& k, const Tensor& v, int64_t head_dim,
                                absl::Span<const int64_t> positions, const Tensor& inv_freq,
                                const Tensor& k_rows, const Tensor& v_rows) override;
@@ -97,6 +110,7 @@ class CudaBackend : public Backend {
         indices_(state, MemCategory::kWorkspace) {}
 
   cudaStream_t stream() const { return state_->stream(); }
+  static absl::StatusOr<DType> WeightDType(const TensorView& view);
   // Enqueues a copy of `bytes` of host `src` to device `dst` on the stream; `src` may be reused
   // as soon as this returns.
   absl::Status UploadBytes(const void* src, size_t bytes, void* dst)
@@ -218,7 +232,9 @@ absl::StatusOr<Tensor> CudaBackend::Allocate(DType dtype, std::vector<int64_t> s
   return Tensor::Own(dtype, std::move(shape), Device::kCuda, std::move(storage));
 }
 
-absl::StatusOr<Tensor> CudaBackend::UploadWeight(const TensorView& view) {
+// The dtype a checkpoint tensor has on the GPU: float16 is widened once at upload (see the
+// header) so MatMul never sees it.
+absl::StatusOr<DType> CudaBackend::WeightDType(const TensorView& view) {
   if (view.data == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat("UploadWeight: ", view.name, " has no data"));
   }
@@ -226,13 +242,17 @@ absl::StatusOr<Tensor> CudaBackend::UploadWeight(const TensorView& view) {
     return absl::InvalidArgumentError(
         absl::StrCat("UploadWeight: ", view.name, " has dtype ", DTypeName(view.dtype)));
   }
-  // float16 is widened once here (see the header) so MatMul never sees it.
-  const DType dtype = view.dtype == DType::kF16 ? DType::kF32 : view.dtype;
-  const int64_t numel = view.numel();
-  if (view.nbytes != static_cast<size_t>(numel) * DTypeSize(view.dtype)) {
+  if (view.nbytes != static_cast<size_t>(view.numel()) * DTypeSize(view.dtype)) {
     return absl::InvalidArgumentError(absl::StrCat("UploadWeight: ", view.name, " has ",
-                                                   view.nbytes, " bytes for ", numel, " elements"));
+                                                   view.nbytes, " bytes for ", view.numel(),
+                                                   " elements"));
   }
+  return view.dtype == DType::kF16 ? DType::kF32 : view.dtype;
+}
+
+absl::StatusOr<Tensor> CudaBackend::UploadWeight(const TensorView& view) {
+  MPLUS_ASSIGN_OR_RETURN(const DType dtype, WeightDType(view));
+  const int64_t numel = view.numel();
   absl::MutexLock lock(&mu_);
   MPLUS_RETURN_IF_ERROR(state_->Activate());
   MPLUS_ASSIGN_OR_RETURN(std::shared_ptr<void> storage,
@@ -247,6 +267,35 @@ absl::StatusOr<Tensor> CudaBackend::UploadWeight(const TensorView& view) {
   // Load time: wait, so that a failed copy is reported by the upload of its own tensor.
   MPLUS_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream()));
   return Tensor::Own(dtype, view.shape, Device::kCuda, std::move(storage));
+}
+
+// One allocation, the tensors back to back (views sharing it), when they all keep their dtype
+// (bf16 or float32) and 256-byte multiples (every one stays as aligned as its own allocation).
+absl::StatusOr<std::vector<Tensor>> CudaBackend::UploadWeights(absl::Span<const TensorView> views) {
+  size_t total = 0;
+  bool packed = views.size() > 1;
+  for (const TensorView& v : views) {
+    MPLUS_ASSIGN_OR_RETURN(const DType dtype, WeightDType(v));
+    packed = packed && dtype == v.dtype && dtype == views[0].dtype && v.nbytes % 256 == 0;
+    total += v.nbytes;
+  }
+  if (!packed) return Backend::UploadWeights(views);
+  absl::MutexLock lock(&mu_);
+  MPLUS_RETURN_IF_ERROR(state_->Activate());
+  MPLUS_ASSIGN_OR_RETURN(std::shared_ptr<void> storage,
+                         DeviceState::Alloc(state_, total, MemCategory::kWeights));
+  std::vector<Tensor> out;
+  size_t offset = 0;
+  for (const TensorView& v : views) {
+    void* dst = static_cast<char*>(storage.get()) + offset;
+    MPLUS_RETURN_IF_ERROR(UploadBytes(v.data, v.nbytes, dst));
+    // Aliasing shared_ptr: a view at `dst` that keeps the whole allocation alive.
+    out.push_back(
+        Tensor::Own(v.dtype, v.shape, Device::kCuda, std::shared_ptr<void>(storage, dst)));
+    offset += v.nbytes;
+  }
+  MPLUS_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream()));
+  return out;
 }
 
 absl::Status CudaBackend::CopyFromHost(const void* src, DType src_dtype, const Tensor& dst) {
@@ -360,8 +409,8 @@ absl::Status CudaBackend::MatMul(const Tensor& x, const Tensor& w, const Tensor&
     case DType::kBF16: {
       if (GemvSupported(n, k, x.data(), w.data())) {  // decode: a few rows
         MPLUS_CUDA_RETURN_IF_ERROR(LaunchGemvBf16(x.data_as<const float>(),
-                                                  w.data_as<const uint16_t>(), d, n, m, k, alpha,
-                                                  accumulate, GemvLora{}, num_sms_, stream()));
+                                                  w.data_as<const uint16_t>(), n, m, k, alpha,
+                                                  accumulate, PlainGemv(d, m), num_sms_, stream()));
         return absl::OkStatus();
       }
       MPLUS_ASSIGN_OR_RETURN(void* xb, convert_.Get(static_cast<size_t>(n * k) * 2));
@@ -482,12 +531,69 @@ absl::Status CudaBackend::LoraMatMul(const Tensor& x, const Tensor& w, const Ten
   absl::MutexLock lock(&mu_);
   MPLUS_RETURN_IF_ERROR(state_->Activate());
   MPLUS_CUDA_RETURN_IF_ERROR(LaunchGemvBf16(x.data_as<const float>(), a.data_as<const uint16_t>(),
-                                            t.data_as<float>(), n, r, k, 1.0f, false, GemvLora{},
+                                            n, r, k, 1.0f, false, PlainGemv(t.data_as<float>(), r),
                                             num_sms_, stream()));
-  const GemvLora lora{t.data_as<const float>(), b.data_as<const uint16_t>(), r, scale};
+  GemvEpilogue ep = PlainGemv(out.data_as<float>(), m);
+  ep.lora_b[0] = b.data_as<const uint16_t>();
+  ep.lora_t = t.data_as<const float>();
+  ep.lora_r = ep.lora_t_cols = r;
+  ep.lora_scale = scale;
   MPLUS_CUDA_RETURN_IF_ERROR(LaunchGemvBf16(x.data_as<const float>(), w.data_as<const uint16_t>(),
-                                            out.data_as<float>(), n, m, k, 1.0f, false, lora,
-                                            num_sms_, stream()));
+                                            n, m, k, 1.0f, false, ep, num_sms_, stream()));
+  return absl::OkStatus();
+}
+
+// q, k, v (or gate, up) in decode: their weights back to back (UploadWeights) are one GEMV whose
+// epilogue routes each linear's rows to its output with its LoRA B term, after one GEMV for all
+// their A matrices (also back to back): two launches instead of two or three per linear.
+absl::Status CudaBackend::LoraMatMulGroup(const Tensor& x, absl::Span<const LoraLinear> group,
+                                          float scale, absl::Span<const Tensor> outs) {
+  const int64_t n = x.rows(), k = x.cols();
+  const int count = static_cast<int>(group.size());
+  bool fused = count >= 2 && count <= kMaxGemvSegments && outs.size() == group.size() &&
+               x.dtype() == DType::kF32 && x.device() == Device::kCuda && n > 0;
+  std::vector<const Tensor*> ws, as;
+  const int64_t r = fused ? group[0].a.rows() : 0;
+  int64_t m = 0;
+  for (int i = 0; fused && i < count; ++i) {
+    const LoraLinear& l = group[i];
+    const Tensor& out = outs[i];
+    fused = !l.a.empty() && l.w.dtype() == DType::kBF16 && l.a.dtype() == DType::kBF16 &&
+            l.b.dtype() == DType::kBF16 && l.w.cols() == k && l.a.cols() == k && l.a.rows() == r &&
+            r > 0 && l.b.rows() == l.w.rows() && l.b.cols() == r && out.dtype() == DType::kF32 &&
+            out.rows() == n && out.cols() == l.w.rows() &&
+            !Overlap(x.data(), x.nbytes(), out.data(), out.nbytes());
+    for (const Tensor* t : {&l.w, &l.a, &l.b, &out}) fused = fused && t->device() == Device::kCuda;
+    ws.push_back(&l.w);
+    as.push_back(&l.a);
+    m += l.w.rows();
+  }
+  fused = fused && BackToBack(ws) && BackToBack(as) &&
+          GemvSupported(n, k, x.data(), ws[0]->data()) &&
+          GemvSupported(n, k, x.data(), as[0]->data());
+  if (!fused) return Backend::LoraMatMulGroup(x, group, scale, outs);
+  MPLUS_ASSIGN_OR_RETURN(Tensor t, Allocate(DType::kF32, {n, count * r}));
+  GemvEpilogue ep;
+  ep.segments = count;
+  int64_t end = 0;
+  for (int i = 0; i < count; ++i) {
+    end += group[i].w.rows();
+    ep.end[i] = end;
+    ep.out[i] = outs[i].data_as<float>();
+    ep.lora_b[i] = group[i].b.data_as<const uint16_t>();
+  }
+  ep.lora_t = t.data_as<const float>();
+  ep.lora_r = r;
+  ep.lora_t_cols = count * r;
+  ep.lora_scale = scale;
+  absl::MutexLock lock(&mu_);
+  MPLUS_RETURN_IF_ERROR(state_->Activate());
+  MPLUS_CUDA_RETURN_IF_ERROR(
+      LaunchGemvBf16(x.data_as<const float>(), as[0]->data_as<const uint16_t>(), n, count * r, k,
+                     1.0f, false, PlainGemv(t.data_as<float>(), count * r), num_sms_, stream()));
+  MPLUS_CUDA_RETURN_IF_ERROR(LaunchGemvBf16(x.data_as<const float>(),
+                                            ws[0]->data_as<const uint16_t>(), n, m, k, 1.0f, false,
+                                            ep, num_sms_, stream()));
   return absl::OkStatus();
 }
 

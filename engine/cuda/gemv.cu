@@ -30,9 +30,8 @@ __device__ __forceinline__ float Dot8(const uint4 w, const float* x) {
 // a warp and through shared memory across warps.
 template <int N>
 __global__ void __launch_bounds__(kThreads)
-    GemvBf16Kernel(const float* __restrict__ x, const uint16_t* __restrict__ w, float* out,
-                   int64_t m, int64_t k, float alpha, bool accumulate, GemvLora lora,
-                   int threads_per_row) {
+    GemvBf16Kernel(const float* __restrict__ x, const uint16_t* __restrict__ w, int64_t m,
+                   int64_t k, float alpha, bool accumulate, GemvEpilogue ep, int threads_per_row) {
   const int T = threads_per_row, tid = threadIdx.x, part = tid % T;
   const int64_t row = blockIdx.x * int64_t{kThreads / T} + tid / T;
   const int64_t chunks = k / 8;
@@ -71,18 +70,22 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   if (part == 0 && row < m) {
+    int s = 0;
+    while (s + 1 < ep.segments && row >= ep.end[s]) ++s;
+    const int64_t begin = s == 0 ? 0 : ep.end[s - 1], rows = ep.end[s] - begin;
+    const int64_t local = row - begin;
     for (int r = 0; r < N; ++r) {
       float y = alpha * acc[r];
-      if (lora.t != nullptr) {
-        const uint16_t* b = lora.b + row * lora.r;
-        const float* t = lora.t + r * lora.r;
+      if (ep.lora_b[s] != nullptr) {
+        const uint16_t* b = ep.lora_b[s] + local * ep.lora_r;
+        const float* t = ep.lora_t + r * ep.lora_t_cols + s * ep.lora_r;
         float term = 0.0f;
-        for (int64_t j = 0; j < lora.r; ++j) {
+        for (int64_t j = 0; j < ep.lora_r; ++j) {
           term += t[j] * __uint_as_float(static_cast<uint32_t>(b[j]) << 16);
         }
-        y += lora.scale * term;
+        y += ep.lora_scale * term;
       }
-      float* o = out + r * m + row;
+      float* o = ep.out[s] + r * rows + local;
       *o = accumulate ? y + *o : y;
     }
   }
@@ -99,12 +102,28 @@ int ThreadsPerRow(int64_t m, int64_t k, int num_sms) {
 }
 
 template <int N>
-void Launch(const float* x, const uint16_t* w, float* out, int64_t m, int64_t k, float alpha,
-            bool accumulate, const GemvLora& lora, int threads_per_row, cudaStream_t stream) {
+void Launch(const float* x, const uint16_t* w, int64_t m, int64_t k, float alpha, bool accumulate,
+            const GemvEpilogue& ep, int threads_per_row, cudaStream_t stream) {
   const int64_t rows_per_block = kThreads / threads_per_row;
   const auto blocks = static_cast<unsigned>((m + rows_per_block - 1) / rows_per_block);
   GemvBf16Kernel<N>
-      <<<blocks, kThreads, 0, stream>>>(x, w, out, m, k, alpha, accumulate, lora, threads_per_row);
+      <<<blocks, kThreads, 0, stream>>>(x, w, m, k, alpha, accumulate, ep, threads_per_row);
+}
+
+// The segments tile [0, m) in order, each with an output; LoRA terms have their t.
+bool ValidEpilogue(const GemvEpilogue& ep, int64_t m) {
+  if (ep.segments < 1 || ep.segments > kMaxGemvSegments || ep.end[ep.segments - 1] != m) {
+    return false;
+  }
+  for (int s = 0; s < ep.segments; ++s) {
+    const int64_t begin = s == 0 ? 0 : ep.end[s - 1];
+    if (ep.end[s] < begin || ep.out[s] == nullptr) return false;
+    if (ep.lora_b[s] != nullptr &&
+        (ep.lora_t == nullptr || ep.lora_r < 0 || ep.lora_t_cols < (s + 1) * ep.lora_r)) {
+      return false;
+    }
+  }
+  return true;
 }
 
 }  // namespace
@@ -114,27 +133,27 @@ bool GemvSupported(int64_t n, int64_t k, const void* x, const void* w) {
          reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0;
 }
 
-cudaError_t LaunchGemvBf16(const float* x, const uint16_t* w, float* out, int64_t n, int64_t m,
-                           int64_t k, float alpha, bool accumulate, const GemvLora& lora,
-                           int num_sms, cudaStream_t stream) {
+cudaError_t LaunchGemvBf16(const float* x, const uint16_t* w, int64_t n, int64_t m, int64_t k,
+                           float alpha, bool accumulate, const GemvEpilogue& epilogue, int num_sms,
+                           cudaStream_t stream) {
   if (m == 0) return cudaSuccess;
   if (!GemvSupported(n, k, x, w) || m > (int64_t{1} << 31) || num_sms < 1 ||
-      (lora.t != nullptr && (lora.b == nullptr || lora.r < 0))) {
+      !ValidEpilogue(epilogue, m)) {
     return cudaErrorInvalidValue;
   }
   const int t = ThreadsPerRow(m, k, num_sms);
   switch (n) {
     case 1:
-      Launch<1>(x, w, out, m, k, alpha, accumulate, lora, t, stream);
+      Launch<1>(x, w, m, k, alpha, accumulate, epilogue, t, stream);
       break;
     case 2:
-      Launch<2>(x, w, out, m, k, alpha, accumulate, lora, t, stream);
+      Launch<2>(x, w, m, k, alpha, accumulate, epilogue, t, stream);
       break;
     case 3:
-      Launch<3>(x, w, out, m, k, alpha, accumulate, lora, t, stream);
+      Launch<3>(x, w, m, k, alpha, accumulate, epilogue, t, stream);
       break;
     default:
-      Launch<4>(x, w, out, m, k, alpha, accumulate, lora, t, stream);
+      Launch<4>(x, w, m, k, alpha, accumulate, epilogue, t, stream);
       break;
   }
   return cudaGetLastError();

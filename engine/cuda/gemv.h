@@ -13,23 +13,41 @@ namespace mplus::engine::cuda {
 
 inline constexpr int64_t kMaxGemvRows = 4;  // rows of x
 
-// The LoRA term of a LoRA linear, added by the GEMV's epilogue (one launch fewer than a second
-// GEMV): out[i, row] += scale * t[i, :] · b[row, :], t float32 [n, r], b bf16 [m, r].
-struct GemvLora {
-  const float* t = nullptr;  // null: no LoRA term
-  const uint16_t* b = nullptr;
-  int64_t r = 0;
-  float scale = 0.0f;
+inline constexpr int kMaxGemvSegments = 4;
+
+// Where the GEMV's rows go, and the LoRA terms its epilogue adds (a launch fewer than a second
+// GEMV each). Rows [end[s-1], end[s]) of w (end[-1] = 0) are segment s: written to out[s], its own
+// [n, rows_s] float32 matrix; with lora_b[s] (bf16 [rows_s, r]) they gain
+// lora_scale * t[i, s r .. s r + r) · lora_b[s][row, :], t float32 [n, lora_t_cols]. One segment
+// is a plain (LoRA) linear; several are linears reading the same x with their weights back to
+// back (q, k, v).
+struct GemvEpilogue {
+  int segments = 1;
+  int64_t end[kMaxGemvSegments] = {};
+  float* out[kMaxGemvSegments] = {};
+  const uint16_t* lora_b[kMaxGemvSegments] = {};  // null: no LoRA term for the segment
+  const float* lora_t = nullptr;
+  int64_t lora_r = 0, lora_t_cols = 0;
+  float lora_scale = 0.0f;
 };
+
+// One segment: all m rows into out, no LoRA.
+inline GemvEpilogue PlainGemv(float* out, int64_t m) {
+  GemvEpilogue e;
+  e.end[0] = m;
+  e.out[0] = out;
+  return e;
+}
 
 // Whether LaunchGemvBf16 takes these operands: 1 <= n <= kMaxGemvRows, k a multiple of 8, and
 // x, w 16-byte aligned (k a multiple of 8 keeps every row aligned after the first).
 bool GemvSupported(int64_t n, int64_t k, const void* x, const void* w);
-// out = alpha * x · w^T (+ the LoRA term), plus out when accumulate (out is not read
-// otherwise). Operands as GemvSupported; `num_sms` sizes the grid.
-cudaError_t LaunchGemvBf16(const float* x, const uint16_t* w, float* out, int64_t n, int64_t m,
-                           int64_t k, float alpha, bool accumulate, const GemvLora& lora,
-                           int num_sms, cudaStream_t stream);
+// out = alpha * x · w^T (+ the LoRA terms), plus out when accumulate (out is not read
+// otherwise), routed by `epilogue` (whose last end must be m). Operands as GemvSupported;
+// `num_sms` sizes the grid.
+cudaError_t LaunchGemvBf16(const float* x, const uint16_t* w, int64_t n, int64_t m, int64_t k,
+                           float alpha, bool accumulate, const GemvEpilogue& epilogue, int num_sms,
+                           cudaStream_t stream);
 
 }  // namespace mplus::engine::cuda
 

@@ -3,6 +3,7 @@
 // GPU's own composed default (Backend::...), with NaN-poisoned outputs.
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "tests/gpu/gpu_check.h"
@@ -17,6 +18,27 @@ absl::StatusOr<std::vector<float>> DownloadWidened(Backend& b, const Tensor& t) 
   if (!wide.ok()) return wide.status();
   if (absl::Status s = b.Copy(t, *wide); !s.ok()) return s;
   return Download(b, *wide);
+}
+
+// Bound as the MatMul check's for bf16 (the composed GPU path rounds x to bf16 for cuBLAS when
+// it has more rows than the GEMV takes), over both terms of x·w^T + scale (x·a^T)·b^T.
+std::vector<float> LoraBound(const std::vector<float>& x, const std::vector<float>& w,
+                             const std::vector<float>& a, const std::vector<float>& b, int64_t n,
+                             int64_t m, int64_t k, int64_t r, float scale) {
+  std::vector<float> bound(static_cast<size_t>(n * m));
+  for (int64_t i = 0; i < n; ++i) {
+    std::vector<double> t_mag(static_cast<size_t>(r), 0.0);
+    for (int64_t j = 0; j < r; ++j) {
+      for (int64_t q = 0; q < k; ++q) t_mag[j] += std::fabs(x[i * k + q] * a[j * k + q]);
+    }
+    for (int64_t o = 0; o < m; ++o) {
+      double mag = 0;
+      for (int64_t q = 0; q < k; ++q) mag += std::fabs(x[i * k + q] * w[o * k + q]);
+      for (int64_t j = 0; j < r; ++j) mag += std::fabs(scale) * t_mag[j] * std::fabs(b[o * r + j]);
+      bound[i * m + o] = 1e-4f + static_cast<float>(mag) / 128;
+    }
+  }
+  return bound;
 }
 
 TEST_F(GpuCheck, LoraMatMulFusedMatchesComposedAndCpu) {
@@ -53,26 +75,97 @@ TEST_F(GpuCheck, LoraMatMulFusedMatchesComposedAndCpu) {
       ASSERT_OK_AND_ASSIGN(host, Download(b, out));
       res.push_back(std::move(host));
     }
-    // Bound as the MatMul check's for bf16 (the composed GPU path rounds x to bf16 for cuBLAS
-    // when it has more rows than the GEMV takes), over both terms.
-    std::vector<float> bound(static_cast<size_t>(c.n * c.m));
-    for (int64_t i = 0; i < c.n; ++i) {
-      std::vector<double> t(static_cast<size_t>(c.r), 0.0), t_mag(static_cast<size_t>(c.r), 0.0);
-      for (int64_t j = 0; j < c.r; ++j) {
-        for (int64_t q = 0; q < c.k; ++q) {
-          t[j] += x[i * c.k + q] * a[j * c.k + q];
-          t_mag[j] += std::fabs(x[i * c.k + q] * a[j * c.k + q]);
-        }
-      }
-      for (int64_t o = 0; o < c.m; ++o) {
-        double mag = 0;
-        for (int64_t q = 0; q < c.k; ++q) mag += std::fabs(x[i * c.k + q] * w[o * c.k + q]);
-        for (int64_t j = 0; j < c.r; ++j) mag += scale * t_mag[j] * std::fabs(bw[o * c.r + j]);
-        bound[i * c.m + o] = 1e-4f + static_cast<float>(mag) / 128;
-      }
-    }
+    const std::vector<float> bound = LoraBound(x, w, a, bw, c.n, c.m, c.k, c.r, scale);
     ExpectNear(res[1], res[0], bound, "LoraMatMul GPU vs CPU");
     ExpectNear(res[1], res[2], bound, "LoraMatMul GPU vs GPU composed");
+  }
+}
+
+// Linears reading the same x (q, k, v; gate, up) with weights uploaded together: one GEMV for
+// their A matrices and one for their weights, each linear's rows routed to its own output with
+// its LoRA term; checked against the CPU and the GPU's composed path. Weights uploaded one by one
+// (not back to back) take the composed path.
+TEST_F(GpuCheck, LoraMatMulGroupFusedMatchesComposedAndCpu) {
+  struct Case {
+    int64_t n, k, r;
+    std::vector<int64_t> m;
+    bool together;
+  };
+  const Case cases[] = {{1, 256, 8, {512, 128, 128}, true},
+                        {3, 256, 8, {512, 128, 128}, true},
+                        {1, 512, 16, {1024, 1024}, true},
+                        {2, 256, 8, {512, 128, 128}, false}};
+  const float scale = 0.5f;
+  uint32_t seed = 700;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(testing::Message() << "n=" << c.n << " k=" << c.k << " r=" << c.r
+                                    << " linears=" << c.m.size() << " together=" << c.together);
+    const std::vector<float> x = RandomFloats(c.n * c.k, seed++);
+    std::vector<std::vector<float>> w, a, b;
+    std::vector<std::unique_ptr<HostWeight>> hw, ha, hb;
+    for (int64_t m : c.m) {
+      w.push_back(Rounded(RandomFloats(m * c.k, seed++), DType::kBF16));
+      a.push_back(Rounded(RandomFloats(c.r * c.k, seed++), DType::kBF16));
+      b.push_back(Rounded(RandomFloats(m * c.r, seed++), DType::kBF16));
+      hw.push_back(MakeWeight(w.back(), DType::kBF16, {m, c.k}));
+      ha.push_back(MakeWeight(a.back(), DType::kBF16, {c.r, c.k}));
+      hb.push_back(MakeWeight(b.back(), DType::kBF16, {m, c.r}));
+    }
+    std::vector<std::vector<std::vector<float>>> res;  // [cpu, gpu, gpu composed][linear]
+    for (int run = 0; run < 3; ++run) {
+      Backend& be = run == 0 ? *cpu_ : *gpu_;
+      ASSERT_OK_AND_ASSIGN(xt, Upload(be, x, {c.n, c.k}));
+      std::vector<engine::TensorView> wv, av;
+      for (size_t i = 0; i < c.m.size(); ++i) {
+        wv.push_back(hw[i]->view);
+        av.push_back(ha[i]->view);
+      }
+      std::vector<Tensor> ws, as;
+      if (c.together) {
+        ASSERT_OK_AND_ASSIGN(wt, be.UploadWeights(wv));
+        ASSERT_OK_AND_ASSIGN(at, be.UploadWeights(av));
+        ws = std::move(wt);
+        as = std::move(at);
+      } else {
+        for (size_t i = 0; i < c.m.size(); ++i) {
+          ASSERT_OK_AND_ASSIGN(wt, be.UploadWeight(wv[i]));
+          ASSERT_OK_AND_ASSIGN(at, be.UploadWeight(av[i]));
+          ws.push_back(std::move(wt));
+          as.push_back(std::move(at));
+        }
+      }
+      if (run == 1 && c.together) {  // the GPU packs them back to back
+        for (size_t i = 1; i < ws.size(); ++i) {
+          EXPECT_EQ(static_cast<const char*>(ws[i - 1].data()) + ws[i - 1].nbytes(), ws[i].data());
+          EXPECT_EQ(static_cast<const char*>(as[i - 1].data()) + as[i - 1].nbytes(), as[i].data());
+        }
+      }
+      std::vector<engine::LoraLinear> group;
+      std::vector<Tensor> outs;
+      for (size_t i = 0; i < c.m.size(); ++i) {
+        ASSERT_OK_AND_ASSIGN(bt, be.UploadWeight(hb[i]->view));
+        group.push_back({ws[i], as[i], bt});
+        ASSERT_OK_AND_ASSIGN(out, Poisoned(be, {c.n, c.m[i]}));
+        outs.push_back(std::move(out));
+      }
+      if (run == 2) {
+        ASSERT_OK(be.Backend::LoraMatMulGroup(xt, group, scale, outs));
+      } else {
+        ASSERT_OK(be.LoraMatMulGroup(xt, group, scale, outs));
+      }
+      std::vector<std::vector<float>> per_linear;
+      for (const Tensor& out : outs) {
+        ASSERT_OK_AND_ASSIGN(host, Download(be, out));
+        per_linear.push_back(std::move(host));
+      }
+      res.push_back(std::move(per_linear));
+    }
+    for (size_t i = 0; i < c.m.size(); ++i) {
+      SCOPED_TRACE(testing::Message() << "linear " << i);
+      const std::vector<float> bound = LoraBound(x, w[i], a[i], b[i], c.n, c.m[i], c.k, c.r, scale);
+      ExpectNear(res[1][i], res[0][i], bound, "LoraMatMulGroup GPU vs CPU");
+      ExpectNear(res[1][i], res[2][i], bound, "LoraMatMulGroup GPU vs GPU composed");
+    }
   }
 }
 
