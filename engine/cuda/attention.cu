@@ -394,6 +394,188 @@ __global__ void __launch_bounds__(kDecodeThreads)
   }
 }
 
+// --- Prefill over bf16 K/V on tensor cores (sm_80+ mma.sync, FlashAttention-2 style) ----------
+// Block (64 query rows, head h, split s): each warp owns 16 query rows, its Q fragments (bf16)
+// in registers; 64-key K and V tiles go through shared memory; S = Q K^T and O += P V are
+// m16n8k16 bf16 MMAs with float32 accumulation, the online softmax in float32 on the S
+// fragments. Q and P are rounded to bf16 for the MMAs, as the official bf16 model's attention
+// computes: this path is not bitwise the float32 one.
+constexpr int kTcWarps = 4;
+constexpr int kTcRows = 16 * kTcWarps;  // query rows per block
+constexpr int kTcKeys = 64;             // keys per tile
+constexpr int kTcHd = 128;
+constexpr int kTcStride =
+    kTcHd + 8;  // shared row, bf16: +16 bytes keeps fragment loads conflict-free
+
+// Round to nearest even (NaN stays a NaN).
+__device__ __forceinline__ uint32_t Bf16Bits(float f) {
+  uint32_t u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0u;
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return u >> 16;
+}
+// Two bf16 in a 32-bit MMA operand register: `lo` (the lower k index) in the low half.
+__device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
+  return Bf16Bits(lo) | (Bf16Bits(hi) << 16);
+}
+
+// d += a · b: A 16x16 (row-major fragment), B 16x8 (column-major fragment), D 16x8 float32.
+__device__ __forceinline__ void MmaBf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                        uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__global__ void __launch_bounds__(kTcWarps * 32) TensorCoreAttentionKernel(Params p) {
+  __shared__ __align__(16) uint16_t k_s[kTcKeys][kTcStride];
+  __shared__ __align__(16) uint16_t v_s[kTcKeys][kTcStride];
+  const uint16_t* k = static_cast<const uint16_t*>(p.k);
+  const uint16_t* v = static_cast<const uint16_t*>(p.v);
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int g = lane / 4, t4 = lane % 4;  // MMA fragment coordinates: row group, pair in row
+  const int64_t h = blockIdx.y, kv_head = h / p.group, split = blockIdx.z;
+  const int64_t q0 = blockIdx.x * int64_t{kTcRows};
+  const int64_t q_cols = p.heads * kTcHd, kv_cols = p.kv_heads * kTcHd;
+  const int64_t row0 = q0 + warp * 16 + g, row1 = row0 + 8;  // this thread's two query rows
+
+  // Q fragments of the 8 k-steps over head_dim (rows past nq are zero).
+  auto q_pair = [&](int64_t row, int d) -> uint32_t {
+    if (row >= p.nq) return 0u;
+    const float* src = p.q + row * q_cols + h * kTcHd + d;
+    return PackBf16(src[0], src[1]);
+  };
+  uint32_t qf[kTcHd / 16][4];
+  for (int kk = 0; kk < kTcHd / 16; ++kk) {
+    const int d = kk * 16 + t4 * 2;
+    qf[kk][0] = q_pair(row0, d);
+    qf[kk][1] = q_pair(row1, d);
+    qf[kk][2] = q_pair(row0, d + 8);
+    qf[kk][3] = q_pair(row1, d + 8);
+  }
+
+  // Keys of this split, cut at the last visible key of the block's last query; per row, the
+  // exclusive end of its visible keys (bottom-right causal mask; 0 for rows past nq).
+  const int64_t last_row = min(p.nq, q0 + kTcRows) - 1;
+  const int64_t split_begin = split * p.keys_per_split;
+  const int64_t key_end =
+      min(min(p.nk, split_begin + p.keys_per_split), p.nk - p.nq + last_row + 1);
+  const int64_t lim0 = row0 < p.nq ? min(key_end, p.nk - p.nq + row0 + 1) : 0;
+  const int64_t lim1 = row1 < p.nq ? min(key_end, p.nk - p.nq + row1 + 1) : 0;
+
+  float o[kTcHd / 8][4];
+  for (int nt = 0; nt < kTcHd / 8; ++nt) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.0f;
+  float m0 = -CUDART_INF_F, m1 = -CUDART_INF_F, l0 = 0.0f, l1 = 0.0f;
+
+  for (int64_t kb = split_begin; kb < key_end; kb += kTcKeys) {
+    __syncthreads();  // the previous tiles are consumed
+    for (int idx = tid; idx < kTcKeys * (kTcHd / 8); idx += kTcWarps * 32) {
+      const int r = idx / (kTcHd / 8), c = idx % (kTcHd / 8) * 8;
+      const int64_t key = kb + r;
+      uint4 kq = make_uint4(0, 0, 0, 0), vq = make_uint4(0, 0, 0, 0);
+      if (key < key_end) {
+        const int64_t off = key * kv_cols + kv_head * kTcHd + c;
+        kq = *reinterpret_cast<const uint4*>(k + off);
+        vq = *reinterpret_cast<const uint4*>(v + off);
+      }
+      *reinterpret_cast<uint4*>(&k_s[r][c]) = kq;
+      *reinterpret_cast<uint4*>(&v_s[r][c]) = vq;
+    }
+    __syncthreads();
+
+    // S = Q K^T, 16 x 64 per warp: 8 key tiles of 8 x 8 head_dim steps.
+    float s[kTcKeys / 8][4];
+    for (int nt = 0; nt < kTcKeys / 8; ++nt) {
+      s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+      for (int kk = 0; kk < kTcHd / 16; ++kk) {
+        const uint16_t* kr = &k_s[nt * 8 + g][kk * 16 + t4 * 2];
+        MmaBf16(s[nt], qf[kk], *reinterpret_cast<const uint32_t*>(kr),
+                *reinterpret_cast<const uint32_t*>(kr + 8));
+      }
+    }
+    // Scale into the log2 domain, mask, and the rows' maxima over the quad of threads.
+    float mx0 = -CUDART_INF_F, mx1 = -CUDART_INF_F;
+    for (int nt = 0; nt < kTcKeys / 8; ++nt) {
+      for (int e = 0; e < 2; ++e) {
+        const int64_t key = kb + nt * 8 + t4 * 2 + e;
+        s[nt][e] = key < lim0 ? s[nt][e] * p.scale_log2 : -CUDART_INF_F;
+        s[nt][2 + e] = key < lim1 ? s[nt][2 + e] * p.scale_log2 : -CUDART_INF_F;
+        mx0 = fmaxf(mx0, s[nt][e]);
+        mx1 = fmaxf(mx1, s[nt][2 + e]);
+      }
+    }
+    for (int off = 1; off < 4; off <<= 1) {
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
+    }
+    const float new0 = fmaxf(m0, mx0), new1 = fmaxf(m1, mx1);
+    // A row with no visible key yet stays empty (avoids inf - inf).
+    const float corr0 = new0 == -CUDART_INF_F ? 1.0f : exp2f(m0 - new0);
+    const float corr1 = new1 == -CUDART_INF_F ? 1.0f : exp2f(m1 - new1);
+    m0 = new0;
+    m1 = new1;
+    l0 *= corr0;
+    l1 *= corr1;
+    for (int nt = 0; nt < kTcHd / 8; ++nt) {
+      o[nt][0] *= corr0;
+      o[nt][1] *= corr0;
+      o[nt][2] *= corr1;
+      o[nt][3] *= corr1;
+    }
+    for (int nt = 0; nt < kTcKeys / 8; ++nt) {
+      for (int e = 0; e < 2; ++e) {
+        s[nt][e] = new0 == -CUDART_INF_F ? 0.0f : exp2f(s[nt][e] - new0);
+        s[nt][2 + e] = new1 == -CUDART_INF_F ? 0.0f : exp2f(s[nt][2 + e] - new1);
+        l0 += s[nt][e];
+        l1 += s[nt][2 + e];
+      }
+    }
+    // O += P V: P's accumulator fragments of two key tiles are the A fragment of a 16-key step.
+    for (int j = 0; j < kTcKeys / 16; ++j) {
+      const uint32_t a[4] = {PackBf16(s[2 * j][0], s[2 * j][1]), PackBf16(s[2 * j][2], s[2 * j][3]),
+                             PackBf16(s[2 * j + 1][0], s[2 * j + 1][1]),
+                             PackBf16(s[2 * j + 1][2], s[2 * j + 1][3])};
+      const int key = j * 16 + t4 * 2;
+      for (int nt = 0; nt < kTcHd / 8; ++nt) {
+        const int d = nt * 8 + g;
+        const uint32_t b0 = v_s[key][d] | (static_cast<uint32_t>(v_s[key + 1][d]) << 16);
+        const uint32_t b1 = v_s[key + 8][d] | (static_cast<uint32_t>(v_s[key + 9][d]) << 16);
+        MmaBf16(o[nt], a, b0, b1);
+      }
+    }
+  }
+
+  for (int off = 1; off < 4; off <<= 1) {
+    l0 += __shfl_xor_sync(0xffffffffu, l0, off);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, off);
+  }
+  const bool split_mode = gridDim.z > 1;
+  for (int half = 0; half < 2; ++half) {
+    const int64_t row = half == 0 ? row0 : row1;
+    if (row >= p.nq) continue;
+    const float l = half == 0 ? l0 : l1;
+    const float inv_l = l > 0.0f ? 1.0f / l : 0.0f;
+    float* dst = split_mode ? p.part_o + ((split * p.nq + row) * p.heads + h) * kTcHd
+                            : p.out + row * q_cols + h * kTcHd;
+    for (int nt = 0; nt < kTcHd / 8; ++nt) {
+      const int d = nt * 8 + t4 * 2;
+      dst[d] = o[nt][2 * half] * inv_l;
+      dst[d + 1] = o[nt][2 * half + 1] * inv_l;
+    }
+    if (split_mode && t4 == 0) {
+      p.part_m[(split * p.nq + row) * p.heads + h] = half == 0 ? m0 : m1;
+      p.part_l[(split * p.nq + row) * p.heads + h] = l;
+    }
+  }
+}
+
+// Prefill (more than a few query rows) over bf16 K/V with head_dim 128 takes the tensor cores.
+bool IsTensorCoreShape(const AttentionShape& shape, DType kv_dtype) {
+  return kv_dtype == DType::kBF16 && shape.head_dim == kTcHd && shape.nq >= 16;
+}
+
 // The decode kernel takes one query row, a group of 1, 2, 4 or 8 heads per K/V head and
 // head_dim = 8 * L with L a power of two up to 16.
 bool IsDecodeShape(const AttentionShape& shape) {
@@ -472,10 +654,18 @@ int64_t KeysPerSplit(const AttentionShape& shape, int splits) {
 
 }  // namespace
 
-int AttentionSplits(const AttentionShape& shape, int num_sms) {
+int AttentionSplits(const AttentionShape& shape, int num_sms, DType kv_dtype) {
   if (IsDecodeShape(shape)) {
     const int64_t per = DecodeKeysPerSplit(shape, num_sms);
     return static_cast<int>(std::min<int64_t>((shape.nk + per - 1) / per, 65535));
+  }
+  if (IsTensorCoreShape(shape, kv_dtype)) {
+    // About two blocks per SM, splits of at least four 64-key tiles.
+    const int64_t blocks = (shape.nq + kTcRows - 1) / kTcRows * shape.num_heads;
+    if (blocks >= num_sms) return 1;
+    const int64_t want = (2 * int64_t{num_sms} + blocks - 1) / blocks;
+    const int64_t most = std::max<int64_t>(1, shape.nk / (4 * kTcKeys));
+    return static_cast<int>(std::clamp<int64_t>(std::min(want, most), 1, 128));
   }
   const int64_t group = shape.num_heads / shape.num_kv_heads;
   const int64_t blocks = (shape.nq * group + kRows - 1) / kRows * shape.num_kv_heads;
@@ -533,7 +723,15 @@ cudaError_t LaunchAttention(const float* q, const void* k, const void* v, DType 
   if (tiles > 0x7fffffff) return cudaErrorInvalidValue;
   const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(shape.num_kv_heads),
                   static_cast<unsigned>(splits));
-  if (IsDecodeShape(shape) && aligned && splits <= 65535) {
+  if (IsTensorCoreShape(shape, kv_dtype) && aligned) {
+    const int64_t row_tiles = (shape.nq + kTcRows - 1) / kTcRows;
+    if (row_tiles > 0x7fffffff || shape.num_heads > 65535 || splits > 65535) {
+      return cudaErrorInvalidValue;
+    }
+    const dim3 tc_grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(shape.num_heads),
+                       static_cast<unsigned>(splits));
+    TensorCoreAttentionKernel<<<tc_grid, kTcWarps * 32, 0, stream>>>(p);
+  } else if (IsDecodeShape(shape) && aligned && splits <= 65535) {
     if (kv_dtype == DType::kBF16) {
       LaunchDecode<uint16_t>(p, p.group, splits, stream);
     } else {

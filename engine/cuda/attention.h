@@ -5,7 +5,8 @@
 // (query, head) rows to fill the GPU (decode: nq = 1), keys are split across blocks
 // (flash-decoding) and a second kernel merges the partial results; a single query row with
 // GQA groups of 1, 2, 4 or 8 takes a dedicated decode kernel that reads each K/V row once for
-// the whole group, 16 bytes per lane.
+// the whole group, 16 bytes per lane. Prefill (16 query rows or more) over bf16 K/V with
+// head_dim 128 runs on tensor cores (bf16 MMAs, float32 accumulation and softmax).
 #ifndef MPLUS_ENGINE_CUDA_ATTENTION_H_
 #define MPLUS_ENGINE_CUDA_ATTENTION_H_
 
@@ -25,15 +26,17 @@ struct AttentionShape {
   int64_t num_heads = 0, num_kv_heads = 0, head_dim = 0;
 };
 
-// How many key splits to use on a device with `num_sms` multiprocessors (1: no split).
-int AttentionSplits(const AttentionShape& shape, int num_sms);
+// How many key splits to use on a device with `num_sms` multiprocessors (1: no split), for K/V
+// of `kv_dtype`.
+int AttentionSplits(const AttentionShape& shape, int num_sms, DType kv_dtype);
 // Scratch bytes LaunchAttention needs for `splits` (0 when splits == 1).
 size_t AttentionWorkspaceBytes(const AttentionShape& shape, int splits);
 // q [nq, H*hd], k/v [nk, Hkv*hd], out [nq, H*hd]; row-major, on the device. q and out are
 // float32; k and v are both `kv_dtype`, F32 or BF16 (else cudaErrorInvalidValue). BF16 K/V give
-// bit for bit the output of F32 K/V holding the same (widened) values: same splits, same float
-// operations. Requires 0 < head_dim <= kMaxAttentionHeadDim, H % Hkv == 0, nk >= nq (checked by
-// caller).
+// bit for bit the output of F32 K/V holding the same (widened) values (same splits, same float
+// operations), except on the tensor-core prefill path, which rounds q and the probabilities to
+// bf16 for its MMAs as the official bf16 model does. `splits` from AttentionSplits. Requires 0 <
+// head_dim <= kMaxAttentionHeadDim, H % Hkv == 0, nk >= nq (checked by caller).
 cudaError_t LaunchAttention(const float* q, const void* k, const void* v, DType kv_dtype,
                             float* out, const AttentionShape& shape, int splits, void* workspace,
                             cudaStream_t stream);

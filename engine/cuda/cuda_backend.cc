@@ -500,7 +500,7 @@ absl::Status CudaBackend::Attention(const Tensor& q, const Tensor& k, const Tens
   }
   if (nq == 0) return absl::OkStatus();
   const AttentionShape shape{nq, nk, num_heads, num_kv_heads, head_dim};
-  const int splits = AttentionSplits(shape, num_sms_);
+  const int splits = AttentionSplits(shape, num_sms_, kv_dtype);
   absl::MutexLock lock(&mu_);
   MPLUS_RETURN_IF_ERROR(state_->Activate());
   void* ws = nullptr;

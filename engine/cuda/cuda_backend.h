@@ -15,8 +15,10 @@
 //    FloatToBF16 (nearest even, NaN kept), so a cache written on the GPU equals the CPU's.
 //    Attention over bf16 K/V widens each element exactly as it loads a tile and then runs the
 //    float32 kernel code unchanged: its output is bitwise that of float32 K/V holding the widened
-//    values (only the K/V bytes read, and so decode bandwidth, halve). Embedding into a bf16
-//    tensor copies the table's rows bit for bit.
+//    values (only the K/V bytes read, and so decode bandwidth, halve) — except prefill with
+//    head_dim 128, which runs on tensor cores with q and the probabilities rounded to bf16 (as
+//    the official bf16 model's attention). Embedding into a bf16 tensor copies the table's rows
+//    bit for bit.
 //
 // Thread-safety: ops may be called from several threads; enqueueing is serialised by a mutex,
 // ordering across threads is the caller's business (as with the CPU backend).
