@@ -17,8 +17,14 @@ absl::Status RoundTo(Backend& backend, DType dtype, const Tensor& t) {
 }  // namespace
 
 absl::Status Backend::LoraMatMul(const Tensor& x, const Tensor& w, const Tensor& a, const Tensor& b,
-                                 float scale, const Tensor& out) {
+                                 float scale, const Tensor& out, bool accumulate) {
+  if (accumulate) {  // MatMul's accumulate would add out before the LoRA term (and mid-sum)
+    MPLUS_ASSIGN_OR_RETURN(Tensor y, Allocate(DType::kF32, {out.rows(), out.cols()}));
+    MPLUS_RETURN_IF_ERROR(LoraMatMul(x, w, a, b, scale, y));
+    return Add(out, y, out);
+  }
   MPLUS_RETURN_IF_ERROR(MatMul(x, w, out));
+  if (a.empty()) return absl::OkStatus();
   MPLUS_ASSIGN_OR_RETURN(Tensor t, Allocate(DType::kF32, {x.rows(), a.rows()}));
   MPLUS_RETURN_IF_ERROR(MatMul(x, a, t));
   return MatMul(t, b, out, scale, /*accumulate=*/true);
@@ -41,8 +47,7 @@ absl::Status Backend::LoraMatMulGroup(const Tensor& x, absl::Span<const LoraLine
   }
   for (size_t i = 0; i < group.size(); ++i) {
     const LoraLinear& l = group[i];
-    MPLUS_RETURN_IF_ERROR(l.a.empty() ? MatMul(x, l.w, outs[i])
-                                      : LoraMatMul(x, l.w, l.a, l.b, scale, outs[i]));
+    MPLUS_RETURN_IF_ERROR(LoraMatMul(x, l.w, l.a, l.b, scale, outs[i]));
   }
   return absl::OkStatus();
 }

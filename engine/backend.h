@@ -169,10 +169,12 @@ class Backend {
 
   // --- Fused ops: the defaults (engine/backend.cc) compose the ops above; a backend may do ---
   // --- each in fewer passes (CUDA: one GEMV launch fewer per LoRA linear in decode).      ---
-  // LoRA linear: out = x·w^T + scale · (x·a^T)·b^T with a [r, k] and b [m, r] (any float
-  // dtypes; x and out float32 as MatMul).
+  // LoRA linear: y = x·w^T + scale · (x·a^T)·b^T with a [r, k] and b [m, r] (any float
+  // dtypes; both empty: no LoRA term; x and out float32 as MatMul); out = y, or with accumulate
+  // out = out + y, added after y is complete (a residual add in the reference's order).
   virtual absl::Status LoraMatMul(const Tensor& x, const Tensor& w, const Tensor& a,
-                                  const Tensor& b, float scale, const Tensor& out);
+                                  const Tensor& b, float scale, const Tensor& out,
+                                  bool accumulate = false);
   // out[i] = x·w_i^T (+ scale · (x·a_i^T)·b_i^T) for each linear i of `group`, all reading x.
   // Default: MatMul / LoraMatMul each.
   virtual absl::Status LoraMatMulGroup(const Tensor& x, absl::Span<const LoraLinear> group,

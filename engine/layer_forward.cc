@@ -81,10 +81,11 @@ absl::StatusOr<DeviceLayer> UploadLayer(Backend& backend, const LayerWeights& w)
 }
 
 absl::Status Linear(Backend& backend, const Tensor& x, const DeviceLinear& linear, Adapter adapter,
-                    float lora_scale, const Tensor& out) {
+                    float lora_scale, const Tensor& out, bool accumulate) {
   const int a = static_cast<int>(adapter);
-  if (linear.lora_a[a].empty()) return backend.MatMul(x, linear.weight, out);
-  return backend.LoraMatMul(x, linear.weight, linear.lora_a[a], linear.lora_b[a], lora_scale, out);
+  if (linear.lora_a[a].empty() && !accumulate) return backend.MatMul(x, linear.weight, out);
+  return backend.LoraMatMul(x, linear.weight, linear.lora_a[a], linear.lora_b[a], lora_scale, out,
+                            accumulate);
 }
 
 absl::Status LinearGroup(Backend& backend, const Tensor& x,
@@ -178,9 +179,8 @@ absl::StatusOr<Tensor> LayerForward(Backend& backend, const LayerDims& dims,
   MPLUS_ASSIGN_OR_RETURN(Tensor attn, backend.Allocate(DType::kF32, {nq, q_cols}));
   MPLUS_RETURN_IF_ERROR(backend.Attention(q, k_cache.Rows(0, end), v_cache.Rows(0, end), dims.heads,
                                           dims.kv_heads, dims.head_dim, attn));
-  MPLUS_ASSIGN_OR_RETURN(Tensor h, backend.Allocate(DType::kF32, {nq, d}));
-  MPLUS_RETURN_IF_ERROR(Linear(backend, attn, layer.o_proj, adapter, dims.lora_scale, h));
-  MPLUS_RETURN_IF_ERROR(backend.Add(h, seq.Rows(s - nq, s), h));  // residual = the query rows
+  const Tensor h = seq.Rows(s - nq, s);  // the residual stream: the query rows, updated in place
+  MPLUS_RETURN_IF_ERROR(Linear(backend, attn, layer.o_proj, adapter, dims.lora_scale, h, true));
 
   // Post-norm SwiGLU MLP.
   MPLUS_ASSIGN_OR_RETURN(Tensor n2, backend.Allocate(DType::kF32, {nq, d}));
@@ -190,8 +190,7 @@ absl::StatusOr<Tensor> LayerForward(Backend& backend, const LayerDims& dims,
   MPLUS_RETURN_IF_ERROR(LinearGroup(backend, n2, {&layer.gate_proj, &layer.up_proj}, adapter,
                                     dims.lora_scale, {gate, up}));
   MPLUS_RETURN_IF_ERROR(backend.SiluMul(gate, up, gate));
-  MPLUS_RETURN_IF_ERROR(Linear(backend, gate, layer.down_proj, adapter, dims.lora_scale, n2));
-  MPLUS_RETURN_IF_ERROR(backend.Add(h, n2, h));
+  MPLUS_RETURN_IF_ERROR(Linear(backend, gate, layer.down_proj, adapter, dims.lora_scale, h, true));
   return h;
 }
 

@@ -39,9 +39,10 @@ struct LayerDims {
 
 absl::StatusOr<DeviceLayer> UploadLayer(Backend& backend, const LayerWeights& weights);
 
-// out = x W^T (+ lora_scale * (x A^T) B^T when `adapter` wraps the module).
+// out = x W^T (+ lora_scale * (x A^T) B^T when `adapter` wraps the module), or with accumulate
+// out += that (a residual add: Backend::LoraMatMul).
 absl::Status Linear(Backend& backend, const Tensor& x, const DeviceLinear& linear, Adapter adapter,
-                    float lora_scale, const Tensor& out);
+                    float lora_scale, const Tensor& out, bool accumulate = false);
 
 // The retriever projector on already-normalised rows: returns [rows, p].
 absl::StatusOr<Tensor> Project(Backend& backend, const Tensor& normed,
@@ -74,9 +75,11 @@ struct SeqSegment {
 // empty); their keys and values are written to the k_cache / v_cache ([capacity, kv_cols]) rows
 // of their positions. Cache rows below the end of the last segment that no segment covers must
 // already hold their (rotated) keys and values. The last `num_queries` rows of seq, all in the
-// last segment, are the queries, attending to all cached keys up to their own position. Returns
-// the num_queries output rows [num_queries, hidden]. Each segment's keys and values come from
-// their own MatMul calls, so they do not depend on the other segments.
+// last segment, are the queries, attending to all cached keys up to their own position. The
+// layer's output replaces them (the residual stream is updated in place, so the residual adds
+// ride in the o_proj and down_proj epilogues); returns that view of seq [num_queries, hidden].
+// Each segment's keys and values come from their own MatMul calls, so they do not depend on the
+// other segments.
 absl::StatusOr<Tensor> LayerForward(Backend& backend, const LayerDims& dims,
                                     const DeviceLayer& layer, Adapter adapter, const Tensor& seq,
                                     int64_t num_queries, const Tensor& k_cache,

@@ -207,9 +207,10 @@ absl::StatusOr<InjectResult> Model::Inject(const SessionMemory& mem, absl::Span<
 
   Backend& b = *backend_;
   const int64_t nq = std::max(t, k);  // if T < K the last K - T STM tokens are queries too
-  MPLUS_ASSIGN_OR_RETURN(Tensor h, Alloc(b, t, d));
-  MPLUS_RETURN_IF_ERROR(Embed(ids, h));
+  // seq = [bos ; STM tail ; context]; the context rows are the residual stream, which
+  // LayerForward updates in place (with the STM tail too when T < K).
   MPLUS_ASSIGN_OR_RETURN(Tensor seq, Alloc(b, s, d));
+  MPLUS_RETURN_IF_ERROR(Embed(ids, seq.Rows(bos + k, s)));
   MPLUS_ASSIGN_OR_RETURN(Tensor k_cache, b.Allocate(kv_dtype_, {s, dims_.kv_cols()}));
   MPLUS_ASSIGN_OR_RETURN(Tensor v_cache, b.Allocate(kv_dtype_, {s, dims_.kv_cols()}));
   for (int l = 0; l < num_layers; ++l) {
@@ -217,13 +218,11 @@ absl::StatusOr<InjectResult> Model::Inject(const SessionMemory& mem, absl::Span<
     if (bos) MPLUS_RETURN_IF_ERROR(CopyBos(l, seq.Rows(0, 1)));
     MPLUS_RETURN_IF_ERROR(
         b.CopyFromHost(HostRow(stm, n - k, d), stm.dtype, seq.Rows(bos, bos + k)));
-    MPLUS_RETURN_IF_ERROR(b.Copy(h, seq.Rows(bos + k, s)));
     MPLUS_RETURN_IF_ERROR(b.AddRow(seq.Rows(s - k, s), new_memory_positional_emb_));
     MPLUS_ASSIGN_OR_RETURN(Tensor out, LayerForward(b, dims_, layers_[l], Adapter::kEncoder, seq,
                                                     nq, k_cache, v_cache, 0, inv_freq_));
     result.delta[l].resize(static_cast<size_t>(k * d));
     MPLUS_RETURN_IF_ERROR(b.CopyToHost(out.Rows(nq - k, nq), result.delta[l].data()));
-    h = out.Rows(nq - t, nq);
   }
   if (config_.has_long_term()) {
     result.dropped_keys.resize(num_layers);
@@ -376,9 +375,11 @@ absl::StatusOr<std::unique_ptr<DecodeState>> Model::Prefill(SessionMemory& mem,
   if (k_ltm > 0) segments.push_back({0, k_ltm, bos});
   segments.push_back({k_ltm, t, p});
 
-  MPLUS_ASSIGN_OR_RETURN(Tensor h, Alloc(b, t, d));
-  MPLUS_RETURN_IF_ERROR(Embed(prompt, h));
+  // seq = [retrieved ; prompt]; the prompt rows h are the residual stream, which LayerForward
+  // updates in place.
   MPLUS_ASSIGN_OR_RETURN(Tensor seq, Alloc(b, k_ltm + t, d));
+  const Tensor h = seq.Rows(k_ltm, k_ltm + t);
+  MPLUS_RETURN_IF_ERROR(Embed(prompt, h));
   std::vector<char> retrieved;  // K_ltm rows in the session's storage dtype
   for (int l = 0; l < num_layers; ++l) {
     const Tensor& kc = state->k_cache_[l];
@@ -401,9 +402,9 @@ absl::StatusOr<std::unique_ptr<DecodeState>> Model::Prefill(SessionMemory& mem,
       }
     }
     if (config_.has_memory()) MPLUS_RETURN_IF_ERROR(MemoryPrefix(mem, cache, l, kc, vc));
-    MPLUS_RETURN_IF_ERROR(b.Copy(h, seq.Rows(k_ltm, k_ltm + t)));
-    MPLUS_ASSIGN_OR_RETURN(h, LayerForward(b, dims_, layers_[l], Adapter::kDecoder, seq, t, kc, vc,
-                                           segments, inv_freq_));
+    MPLUS_RETURN_IF_ERROR(
+        LayerForward(b, dims_, layers_[l], Adapter::kDecoder, seq, t, kc, vc, segments, inv_freq_)
+            .status());
   }
   state->length_ = p + t;
   MPLUS_ASSIGN_OR_RETURN(out->logits, Logits(h.Rows(t - 1, t)));

@@ -78,7 +78,7 @@ class CudaBackend : public Backend {
   absl::Status Attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t num_heads,
                          int64_t num_kv_heads, int64_t head_dim, const Tensor& out) override;
   absl::Status LoraMatMul(const Tensor& x, const Tensor& w, const Tensor& a, const Tensor& b,
-                          float scale, const Tensor& out) override;
+                          float scale, const Tensor& out, bool accumulate) override;
   absl::Status LoraMatMulGroup(const Tensor& x, absl::Span<const LoraLinear> group, float scale,
                                absl::Span<const Tensor> outs) override;
   absl::Status StoreKeysValues(const Tensor& k, const Tensor& v, int64_t head_dim,
@@ -512,34 +512,44 @@ absl::Status CudaBackend::Attention(const Tensor& q, const Tensor& k, const Tens
   return absl::OkStatus();
 }
 
-// Decode's LoRA linears (a few rows, bf16 weights): the B term rides in the epilogue of the
-// base GEMV, two launches instead of three. Anything else, and every error, goes the composed way.
+// Decode's linears (a few rows, bf16 weights): the LoRA B term and a residual add (accumulate)
+// ride in the epilogue of the base GEMV, which adds out after the LoRA term as the composed way
+// does: two launches instead of four. Anything else, and every error, goes the composed way.
 absl::Status CudaBackend::LoraMatMul(const Tensor& x, const Tensor& w, const Tensor& a,
-                                     const Tensor& b, float scale, const Tensor& out) {
-  const int64_t n = x.rows(), k = x.cols(), m = w.rows(), r = a.rows();
+                                     const Tensor& b, float scale, const Tensor& out,
+                                     bool accumulate) {
+  const int64_t n = x.rows(), k = x.cols(), m = w.rows(), r = a.empty() ? 0 : a.rows();
   bool fused = x.dtype() == DType::kF32 && out.dtype() == DType::kF32 &&
-               w.dtype() == DType::kBF16 && a.dtype() == DType::kBF16 &&
-               b.dtype() == DType::kBF16 && n > 0 && m > 0 && r > 0 && w.cols() == k &&
-               a.cols() == k && b.rows() == m && b.cols() == r && out.rows() == n &&
-               out.cols() == m && GemvSupported(n, k, x.data(), w.data()) &&
-               GemvSupported(n, k, x.data(), a.data());
-  for (const Tensor* t : {&x, &w, &a, &b, &out}) fused = fused && t->device() == Device::kCuda;
-  if (!fused || Overlap(x.data(), x.nbytes(), out.data(), out.nbytes())) {
-    return Backend::LoraMatMul(x, w, a, b, scale, out);
+               w.dtype() == DType::kBF16 && n > 0 && m > 0 && w.cols() == k && out.rows() == n &&
+               out.cols() == m && GemvSupported(n, k, x.data(), w.data());
+  for (const Tensor* t : {&x, &w, &out}) fused = fused && t->device() == Device::kCuda;
+  if (!a.empty()) {
+    fused = fused && a.dtype() == DType::kBF16 && b.dtype() == DType::kBF16 && r > 0 &&
+            a.cols() == k && b.rows() == m && b.cols() == r &&
+            GemvSupported(n, k, x.data(), a.data()) && a.device() == Device::kCuda &&
+            b.device() == Device::kCuda;
   }
-  MPLUS_ASSIGN_OR_RETURN(Tensor t, Allocate(DType::kF32, {n, r}));
+  if (!fused || Overlap(x.data(), x.nbytes(), out.data(), out.nbytes())) {
+    return Backend::LoraMatMul(x, w, a, b, scale, out, accumulate);
+  }
+  Tensor t;
+  if (r > 0) {
+    MPLUS_ASSIGN_OR_RETURN(t, Allocate(DType::kF32, {n, r}));
+  }
   absl::MutexLock lock(&mu_);
   MPLUS_RETURN_IF_ERROR(state_->Activate());
-  MPLUS_CUDA_RETURN_IF_ERROR(LaunchGemvBf16(x.data_as<const float>(), a.data_as<const uint16_t>(),
-                                            n, r, k, 1.0f, false, PlainGemv(t.data_as<float>(), r),
-                                            num_sms_, stream()));
   GemvEpilogue ep = PlainGemv(out.data_as<float>(), m);
-  ep.lora_b[0] = b.data_as<const uint16_t>();
-  ep.lora_t = t.data_as<const float>();
-  ep.lora_r = ep.lora_t_cols = r;
-  ep.lora_scale = scale;
+  if (r > 0) {
+    MPLUS_CUDA_RETURN_IF_ERROR(
+        LaunchGemvBf16(x.data_as<const float>(), a.data_as<const uint16_t>(), n, r, k, 1.0f, false,
+                       PlainGemv(t.data_as<float>(), r), num_sms_, stream()));
+    ep.lora_b[0] = b.data_as<const uint16_t>();
+    ep.lora_t = t.data_as<const float>();
+    ep.lora_r = ep.lora_t_cols = r;
+    ep.lora_scale = scale;
+  }
   MPLUS_CUDA_RETURN_IF_ERROR(LaunchGemvBf16(x.data_as<const float>(), w.data_as<const uint16_t>(),
-                                            n, m, k, 1.0f, false, ep, num_sms_, stream()));
+                                            n, m, k, 1.0f, accumulate, ep, num_sms_, stream()));
   return absl::OkStatus();
 }
 

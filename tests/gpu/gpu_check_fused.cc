@@ -41,6 +41,8 @@ std::vector<float> LoraBound(const std::vector<float>& x, const std::vector<floa
   return bound;
 }
 
+// With and without the LoRA term, writing out or adding to it (a residual add, after the LoRA
+// term as the composed way does).
 TEST_F(GpuCheck, LoraMatMulFusedMatchesComposedAndCpu) {
   struct Case {
     int64_t n, m, k, r;
@@ -59,25 +61,34 @@ TEST_F(GpuCheck, LoraMatMulFusedMatchesComposedAndCpu) {
     auto hw = MakeWeight(w, DType::kBF16, {c.m, c.k});
     auto ha = MakeWeight(a, DType::kBF16, {c.r, c.k});
     auto hb = MakeWeight(bw, DType::kBF16, {c.m, c.r});
-    std::vector<std::vector<float>> res;  // cpu, gpu fused, gpu composed
-    for (int run = 0; run < 3; ++run) {
-      Backend& b = run == 0 ? *cpu_ : *gpu_;
-      ASSERT_OK_AND_ASSIGN(xt, Upload(b, x, {c.n, c.k}));
-      ASSERT_OK_AND_ASSIGN(wt, b.UploadWeight(hw->view));
-      ASSERT_OK_AND_ASSIGN(at, b.UploadWeight(ha->view));
-      ASSERT_OK_AND_ASSIGN(bt, b.UploadWeight(hb->view));
-      ASSERT_OK_AND_ASSIGN(out, Poisoned(b, {c.n, c.m}));
-      if (run == 2) {
-        ASSERT_OK(b.Backend::LoraMatMul(xt, wt, at, bt, scale, out));
-      } else {
-        ASSERT_OK(b.LoraMatMul(xt, wt, at, bt, scale, out));
+    const std::vector<float> residual = RandomFloats(c.n * c.m, seed++);
+    for (const bool lora : {true, false}) {
+      for (const bool accumulate : {false, true}) {
+        SCOPED_TRACE(testing::Message() << "lora=" << lora << " accumulate=" << accumulate);
+        std::vector<std::vector<float>> res;  // cpu, gpu fused, gpu composed
+        for (int run = 0; run < 3; ++run) {
+          Backend& b = run == 0 ? *cpu_ : *gpu_;
+          ASSERT_OK_AND_ASSIGN(xt, Upload(b, x, {c.n, c.k}));
+          ASSERT_OK_AND_ASSIGN(wt, b.UploadWeight(hw->view));
+          ASSERT_OK_AND_ASSIGN(a_uploaded, b.UploadWeight(ha->view));
+          ASSERT_OK_AND_ASSIGN(b_uploaded, b.UploadWeight(hb->view));
+          const Tensor at = lora ? a_uploaded : Tensor(), bt = lora ? b_uploaded : Tensor();
+          ASSERT_OK_AND_ASSIGN(
+              out, accumulate ? Upload(b, residual, {c.n, c.m}) : Poisoned(b, {c.n, c.m}));
+          if (run == 2) {
+            ASSERT_OK(b.Backend::LoraMatMul(xt, wt, at, bt, scale, out, accumulate));
+          } else {
+            ASSERT_OK(b.LoraMatMul(xt, wt, at, bt, scale, out, accumulate));
+          }
+          ASSERT_OK_AND_ASSIGN(host, Download(b, out));
+          res.push_back(std::move(host));
+        }
+        const std::vector<float> bound =
+            LoraBound(x, w, a, bw, c.n, c.m, c.k, c.r, lora ? scale : 0.0f);
+        ExpectNear(res[1], res[0], bound, "LoraMatMul GPU vs CPU");
+        ExpectNear(res[1], res[2], bound, "LoraMatMul GPU vs GPU composed");
       }
-      ASSERT_OK_AND_ASSIGN(host, Download(b, out));
-      res.push_back(std::move(host));
     }
-    const std::vector<float> bound = LoraBound(x, w, a, bw, c.n, c.m, c.k, c.r, scale);
-    ExpectNear(res[1], res[0], bound, "LoraMatMul GPU vs CPU");
-    ExpectNear(res[1], res[2], bound, "LoraMatMul GPU vs GPU composed");
   }
 }
 

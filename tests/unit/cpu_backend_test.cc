@@ -95,6 +95,27 @@ TEST_F(CpuBackendTest, MatMulBlockedAndGemvPathsAllDtypes) {
   }
 }
 
+// The composed LoRA linear (Backend's default, which the CPU uses): with accumulate, out gains
+// the complete product, LoRA term included, in one add (a residual add in the reference's order);
+// without LoRA matrices it is a plain MatMul.
+TEST_F(CpuBackendTest, LoraMatMulAccumulatesAfterTheLoraTerm) {
+  const int64_t n = 2, k = 300, m = 17, r = 4;
+  const float scale = 0.75f;
+  const Tensor x = Make({n, k}, Values(n * k, 0.21)), w = Make({m, k}, Values(m * k, 0.13));
+  const Tensor a = Make({r, k}, Values(r * k, 0.05)), b = Make({m, r}, Values(m * r, 0.71));
+  const std::vector<float> residual = Values(n * m, 0.9);
+  Tensor y = Zeros({n, m}), sum = Zeros({n, m}), acc = Make({n, m}, residual);
+  ASSERT_TRUE(backend_.LoraMatMul(x, w, a, b, scale, y).ok());
+  ASSERT_TRUE(backend_.LoraMatMul(x, w, a, b, scale, acc, /*accumulate=*/true).ok());
+  ASSERT_TRUE(backend_.Add(Make({n, m}, residual), y, sum).ok());
+  EXPECT_EQ(std::memcmp(F(acc), F(sum), sum.nbytes()), 0);
+
+  Tensor plain = Zeros({n, m}), no_lora = Make({n, m}, residual);
+  ASSERT_TRUE(backend_.MatMul(x, w, plain).ok());
+  ASSERT_TRUE(backend_.LoraMatMul(x, w, Tensor(), Tensor(), scale, no_lora, true).ok());
+  for (int64_t i = 0; i < n * m; ++i) EXPECT_EQ(F(no_lora)[i], residual[i] + F(plain)[i]) << i;
+}
+
 TEST_F(CpuBackendTest, RmsNormInPlace) {
   const int64_t n = 2, d = 10;
   const std::vector<float> x = Values(n * d, 0.7), w = Values(d, 1.9);
