@@ -1,5 +1,7 @@
 #include "engine/backend.h"
 
+#include <limits>
+
 #include "absl/strings/str_cat.h"
 #include "engine/status_macros.h"
 
@@ -12,6 +14,23 @@ absl::Status RoundTo(Backend& backend, DType dtype, const Tensor& t) {
   MPLUS_ASSIGN_OR_RETURN(Tensor narrow, backend.Allocate(dtype, t.shape()));
   MPLUS_RETURN_IF_ERROR(backend.Copy(t, narrow));
   return backend.Copy(narrow, t);
+}
+
+// The value of an int64 [1] position tensor, which must be below `rows` (cache rows).
+absl::StatusOr<int64_t> ReadPosition(Backend& backend, const Tensor& position, int64_t rows,
+                                     const char* what) {
+  if (position.dtype() != DType::kI64 || position.numel() != 1) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": position must be one int64, got ",
+                                                   DTypeName(position.dtype()), " [",
+                                                   position.numel(), "]"));
+  }
+  int64_t value = 0;
+  MPLUS_RETURN_IF_ERROR(backend.CopyToHost(position, &value));
+  if (value < 0 || value >= rows) {
+    return absl::OutOfRangeError(
+        absl::StrCat(what, ": position ", value, " outside [0, ", rows, ")"));
+  }
+  return value;
 }
 
 }  // namespace
@@ -59,6 +78,32 @@ absl::Status Backend::StoreKeysValues(const Tensor& k, const Tensor& v, int64_t 
   MPLUS_RETURN_IF_ERROR(Rope(k, head_dim, positions, inv_freq));
   MPLUS_RETURN_IF_ERROR(Copy(k, k_rows));
   return Copy(v, v_rows);
+}
+
+absl::Status Backend::StoreKeysValuesAt(const Tensor& k, const Tensor& v, int64_t head_dim,
+                                        const Tensor& position, const Tensor& inv_freq,
+                                        const Tensor& k_cache, const Tensor& v_cache) {
+  MPLUS_ASSIGN_OR_RETURN(const int64_t p,
+                         ReadPosition(*this, position, k_cache.rows(), "StoreKeysValuesAt"));
+  return StoreKeysValues(k, v, head_dim, absl::MakeConstSpan(&p, 1), inv_freq,
+                         k_cache.Rows(p, p + 1), v_cache.Rows(p, p + 1));
+}
+
+absl::Status Backend::RopeAt(const Tensor& x, int64_t head_dim, const Tensor& position,
+                             const Tensor& inv_freq) {
+  MPLUS_ASSIGN_OR_RETURN(
+      const int64_t p,
+      ReadPosition(*this, position, std::numeric_limits<int64_t>::max(), "RopeAt"));
+  return Rope(x, head_dim, absl::MakeConstSpan(&p, 1), inv_freq);
+}
+
+absl::Status Backend::AttentionAt(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                                  const Tensor& position, int64_t num_heads, int64_t num_kv_heads,
+                                  int64_t head_dim, const Tensor& out) {
+  MPLUS_ASSIGN_OR_RETURN(const int64_t p,
+                         ReadPosition(*this, position, k_cache.rows(), "AttentionAt"));
+  return Attention(q, k_cache.Rows(0, p + 1), v_cache.Rows(0, p + 1), num_heads, num_kv_heads,
+                   head_dim, out);
 }
 
 }  // namespace mplus::engine

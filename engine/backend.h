@@ -6,6 +6,7 @@
 #define MPLUS_ENGINE_BACKEND_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -97,6 +98,13 @@ class RetrievalKeys {
   virtual size_t bytes() const = 0;  // device bytes held
 };
 
+// Ops recorded by Backend::Record, enqueued again as one unit by Replay.
+class Recording {
+ public:
+  virtual ~Recording() = default;
+  virtual absl::Status Replay() = 0;
+};
+
 // One linear of a LoraMatMulGroup: weight w [m, k], LoRA a [r, k] and b [m, r] (both empty
 // when the linear has no LoRA).
 struct LoraLinear {
@@ -186,6 +194,31 @@ class Backend {
   virtual absl::Status StoreKeysValues(const Tensor& k, const Tensor& v, int64_t head_dim,
                                        absl::Span<const int64_t> positions, const Tensor& inv_freq,
                                        const Tensor& k_rows, const Tensor& v_rows);
+
+  // --- Decode steps that can be recorded once and replayed (optional) ----------------------
+  // A decode step's ops at a position held in device memory, so that the same recorded ops serve
+  // every step: `position` is an int64 [1] tensor on this backend. StoreKeysValuesAt stores the
+  // one row of k, v at positions {position} into row `position` of k_cache / v_cache;
+  // RopeAt rotates the one row of x at {position}; AttentionAt attends the one row of q to cache
+  // rows [0, position]. The defaults read the position back (a blocking copy) and call the ops
+  // above.
+  virtual absl::Status StoreKeysValuesAt(const Tensor& k, const Tensor& v, int64_t head_dim,
+                                         const Tensor& position, const Tensor& inv_freq,
+                                         const Tensor& k_cache, const Tensor& v_cache);
+  virtual absl::Status RopeAt(const Tensor& x, int64_t head_dim, const Tensor& position,
+                              const Tensor& inv_freq);
+  virtual absl::Status AttentionAt(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                                   const Tensor& position, int64_t num_heads, int64_t num_kv_heads,
+                                   int64_t head_dim, const Tensor& out);
+  // Records the ops `enqueue` issues on the calling thread, without running them, for
+  // Recording::Replay to run them as one unit (CUDA: a graph, one launch for hundreds of
+  // kernels). Whatever must differ between replays has to be read from device memory (the *At
+  // ops); memory allocated while recording stays reserved for the recording. Ops that cannot be
+  // recorded make this fail, and nothing is left enqueued. Unimplemented here (and on the CPU).
+  virtual absl::StatusOr<std::unique_ptr<Recording>> Record(
+      const std::function<absl::Status()>& enqueue) {
+    return absl::UnimplementedError(name() + " does not record ops");
+  }
 
   // --- Long-term retrieval on the backend (optional) --------------------------------------
   // Keys of `key_dim` floats stored as `dtype` (kF32 or kBF16), or null when this backend scores

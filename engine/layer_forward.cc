@@ -126,11 +126,16 @@ absl::Status StoreKeysValues(Backend& backend, const LayerDims& dims, const Tens
                                  k_cache.Rows(first_row, end), v_cache.Rows(first_row, end));
 }
 
-absl::StatusOr<Tensor> LayerForward(Backend& backend, const LayerDims& dims,
-                                    const DeviceLayer& layer, Adapter adapter, const Tensor& seq,
-                                    int64_t num_queries, const Tensor& k_cache,
-                                    const Tensor& v_cache, absl::Span<const SeqSegment> segments,
-                                    const Tensor& inv_freq) {
+namespace {
+
+// LayerForward, or with `position` LayerForwardAt (one segment of one row, whose cache_row the
+// ops read from `position` instead).
+absl::StatusOr<Tensor> LayerForwardImpl(Backend& backend, const LayerDims& dims,
+                                        const DeviceLayer& layer, Adapter adapter,
+                                        const Tensor& seq, int64_t num_queries,
+                                        const Tensor& k_cache, const Tensor& v_cache,
+                                        absl::Span<const SeqSegment> segments,
+                                        const Tensor& inv_freq, const Tensor* position) {
   const int64_t s = seq.rows(), nq = num_queries, d = dims.hidden;
   const int64_t q_cols = dims.heads * dims.head_dim;
   bool consistent = !segments.empty() && nq > 0 && nq <= segments.back().rows;
@@ -165,20 +170,30 @@ absl::StatusOr<Tensor> LayerForward(Backend& backend, const LayerDims& dims,
     } else {
       MPLUS_RETURN_IF_ERROR(KeysValues(backend, dims, layer, adapter, x, k, v));
     }
+    if (position != nullptr) {
+      MPLUS_RETURN_IF_ERROR(
+          backend.StoreKeysValuesAt(k, v, dims.head_dim, *position, inv_freq, k_cache, v_cache));
+      continue;
+    }
     positions.resize(static_cast<size_t>(seg.rows));
     std::iota(positions.begin(), positions.end(), seg.cache_row);
     MPLUS_RETURN_IF_ERROR(
         StoreKeysValues(backend, dims, k, v, positions, inv_freq, k_cache, v_cache, seg.cache_row));
   }
-  // `positions` now holds the last segment's, which contains the queries.
-  MPLUS_RETURN_IF_ERROR(backend.Rope(
-      q, dims.head_dim,
-      absl::MakeConstSpan(positions).subspan(static_cast<size_t>(segments.back().rows - nq)),
-      inv_freq));
-
   MPLUS_ASSIGN_OR_RETURN(Tensor attn, backend.Allocate(DType::kF32, {nq, q_cols}));
-  MPLUS_RETURN_IF_ERROR(backend.Attention(q, k_cache.Rows(0, end), v_cache.Rows(0, end), dims.heads,
-                                          dims.kv_heads, dims.head_dim, attn));
+  if (position != nullptr) {
+    MPLUS_RETURN_IF_ERROR(backend.RopeAt(q, dims.head_dim, *position, inv_freq));
+    MPLUS_RETURN_IF_ERROR(backend.AttentionAt(q, k_cache, v_cache, *position, dims.heads,
+                                              dims.kv_heads, dims.head_dim, attn));
+  } else {
+    // `positions` now holds the last segment's, which contains the queries.
+    MPLUS_RETURN_IF_ERROR(backend.Rope(
+        q, dims.head_dim,
+        absl::MakeConstSpan(positions).subspan(static_cast<size_t>(segments.back().rows - nq)),
+        inv_freq));
+    MPLUS_RETURN_IF_ERROR(backend.Attention(q, k_cache.Rows(0, end), v_cache.Rows(0, end),
+                                            dims.heads, dims.kv_heads, dims.head_dim, attn));
+  }
   const Tensor h = seq.Rows(s - nq, s);  // the residual stream: the query rows, updated in place
   MPLUS_RETURN_IF_ERROR(Linear(backend, attn, layer.o_proj, adapter, dims.lora_scale, h, true));
 
@@ -192,6 +207,29 @@ absl::StatusOr<Tensor> LayerForward(Backend& backend, const LayerDims& dims,
   MPLUS_RETURN_IF_ERROR(backend.SiluMul(gate, up, gate));
   MPLUS_RETURN_IF_ERROR(Linear(backend, gate, layer.down_proj, adapter, dims.lora_scale, h, true));
   return h;
+}
+
+}  // namespace
+
+absl::StatusOr<Tensor> LayerForward(Backend& backend, const LayerDims& dims,
+                                    const DeviceLayer& layer, Adapter adapter, const Tensor& seq,
+                                    int64_t num_queries, const Tensor& k_cache,
+                                    const Tensor& v_cache, absl::Span<const SeqSegment> segments,
+                                    const Tensor& inv_freq) {
+  return LayerForwardImpl(backend, dims, layer, adapter, seq, num_queries, k_cache, v_cache,
+                          segments, inv_freq, nullptr);
+}
+
+absl::StatusOr<Tensor> LayerForwardAt(Backend& backend, const LayerDims& dims,
+                                      const DeviceLayer& layer, Adapter adapter, const Tensor& seq,
+                                      const Tensor& k_cache, const Tensor& v_cache,
+                                      const Tensor& position, const Tensor& inv_freq) {
+  if (seq.rows() != 1) {
+    return absl::InternalError("LayerForwardAt: a decode step has one row");
+  }
+  const SeqSegment token{0, 1, 0};  // its cache row comes from `position`
+  return LayerForwardImpl(backend, dims, layer, adapter, seq, 1, k_cache, v_cache,
+                          absl::MakeConstSpan(&token, 1), inv_freq, &position);
 }
 
 absl::StatusOr<Tensor> LayerForward(Backend& backend, const LayerDims& dims,

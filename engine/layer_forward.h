@@ -86,6 +86,15 @@ absl::StatusOr<Tensor> LayerForward(Backend& backend, const LayerDims& dims,
                                     const Tensor& v_cache, absl::Span<const SeqSegment> segments,
                                     const Tensor& inv_freq);
 
+// One decode step's layer: seq is the one row of the token at `position` (an int64 [1] tensor on
+// the backend, read by the ops: Backend::StoreKeysValuesAt etc.), whose key and value go to that
+// row of k_cache / v_cache and which attends to rows [0, position]. As LayerForward otherwise, so
+// a recorded step (Backend::Record) replays at whatever position the tensor then holds.
+absl::StatusOr<Tensor> LayerForwardAt(Backend& backend, const LayerDims& dims,
+                                      const DeviceLayer& layer, Adapter adapter, const Tensor& seq,
+                                      const Tensor& k_cache, const Tensor& v_cache,
+                                      const Tensor& position, const Tensor& inv_freq);
+
 // The same with all of seq at positions cache_len .. cache_len + S - 1.
 absl::StatusOr<Tensor> LayerForward(Backend& backend, const LayerDims& dims,
                                     const DeviceLayer& layer, Adapter adapter, const Tensor& seq,

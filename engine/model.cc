@@ -87,6 +87,7 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& checkpoint
   MPLUS_RETURN_IF_ERROR(b.CopyFromHost(inv_freq.data(), DType::kF32, m->inv_freq_));
   m->kv_dtype_ = c.dtype == DType::kBF16 ? DType::kBF16 : DType::kF32;
   m->prefix_chunk_rows_ = options.prefix_chunk_rows;
+  m->replay_decode_ = options.replay_decode;
   m->max_context_ = options.max_context > 0         ? options.max_context
                     : c.max_position_embeddings > 0 ? c.max_position_embeddings
                                                     : std::numeric_limits<int64_t>::max() / 2;
@@ -143,14 +144,18 @@ absl::Status Model::CopyBos(int layer, const Tensor& row) const {
   return backend_->CopyFromHost(HostRow(bos, layer, config_.hidden_size), bos.dtype, row);
 }
 
-absl::StatusOr<std::vector<float>> Model::Logits(const Tensor& last_hidden) const {
+absl::Status Model::LogitsOnDevice(const Tensor& last_hidden, const Tensor& logits) const {
   Backend& b = *backend_;
   MPLUS_ASSIGN_OR_RETURN(Tensor normed, Alloc(b, 1, config_.hidden_size));
   MPLUS_RETURN_IF_ERROR(b.RmsNorm(last_hidden, final_norm_, dims_.rms_eps, normed));
-  MPLUS_ASSIGN_OR_RETURN(Tensor logits, Alloc(b, 1, lm_head_.rows()));
-  MPLUS_RETURN_IF_ERROR(b.MatMul(normed, lm_head_, logits));
+  return b.MatMul(normed, lm_head_, logits);
+}
+
+absl::StatusOr<std::vector<float>> Model::Logits(const Tensor& last_hidden) const {
+  MPLUS_ASSIGN_OR_RETURN(Tensor logits, Alloc(*backend_, 1, lm_head_.rows()));
+  MPLUS_RETURN_IF_ERROR(LogitsOnDevice(last_hidden, logits));
   std::vector<float> out(static_cast<size_t>(lm_head_.rows()));
-  MPLUS_RETURN_IF_ERROR(b.CopyToHost(logits, out.data()));
+  MPLUS_RETURN_IF_ERROR(backend_->CopyToHost(logits, out.data()));
   return out;
 }
 
@@ -418,15 +423,44 @@ absl::StatusOr<std::vector<float>> Model::Decode(DecodeState& state, int32_t tok
         absl::StrCat("decode: the cache is full (", state.capacity_, " positions)"));
   }
   Backend& b = *backend_;
-  MPLUS_ASSIGN_OR_RETURN(Tensor h, Alloc(b, 1, config_.hidden_size));
-  MPLUS_RETURN_IF_ERROR(Embed(absl::MakeConstSpan(&token, 1), h));
+  if (state.hidden_.empty()) {
+    MPLUS_ASSIGN_OR_RETURN(state.position_, b.Allocate(DType::kI64, {1}));
+    MPLUS_ASSIGN_OR_RETURN(state.hidden_, Alloc(b, 1, config_.hidden_size));
+    MPLUS_ASSIGN_OR_RETURN(state.logits_, Alloc(b, 1, lm_head_.rows()));
+    state.try_recording_ = replay_decode_;
+  }
+  MPLUS_RETURN_IF_ERROR(Embed(absl::MakeConstSpan(&token, 1), state.hidden_));
+  MPLUS_RETURN_IF_ERROR(b.CopyFromHost(&state.length_, DType::kI64, state.position_));
+  // Recording costs about one step; it pays off over the steps left.
+  constexpr int64_t kMinStepsToRecord = 4;
+  if (state.step_ == nullptr && state.try_recording_ &&
+      state.capacity_ - state.length_ >= kMinStepsToRecord) {
+    absl::StatusOr<std::unique_ptr<Recording>> step =
+        b.Record([this, &state] { return DecodeStep(state); });
+    if (step.ok()) {
+      state.step_ = *std::move(step);
+    } else {
+      // Not recordable here (the CPU, or an op that cannot be recorded): step by step.
+      state.try_recording_ = false;
+      state.recording_status_ = step.status();
+    }
+  }
+  MPLUS_RETURN_IF_ERROR(state.step_ != nullptr ? state.step_->Replay() : DecodeStep(state));
+  ++state.length_;
+  std::vector<float> logits(static_cast<size_t>(lm_head_.rows()));
+  MPLUS_RETURN_IF_ERROR(b.CopyToHost(state.logits_, logits.data()));
+  return logits;
+}
+
+absl::Status Model::DecodeStep(DecodeState& state) const {
+  Backend& b = *backend_;
+  Tensor h = state.hidden_;
   for (size_t l = 0; l < layers_.size(); ++l) {
     MPLUS_ASSIGN_OR_RETURN(
-        h, LayerForward(b, dims_, layers_[l], Adapter::kDecoder, h, 1, state.k_cache_[l],
-                        state.v_cache_[l], state.length_, inv_freq_));
+        h, LayerForwardAt(b, dims_, layers_[l], Adapter::kDecoder, h, state.k_cache_[l],
+                          state.v_cache_[l], state.position_, inv_freq_));
   }
-  ++state.length_;
-  return Logits(h);
+  return LogitsOnDevice(h, state.logits_);
 }
 
 absl::StatusOr<std::vector<int32_t>> Model::Generate(SessionMemory& mem,

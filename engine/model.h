@@ -40,6 +40,10 @@ struct ModelOptions {
   // Rows of the memory prefix projected at once (at least kMinPrefixChunkRows): bounds the
   // float32 transients of a generation's prefix (hidden states, keys, values) per layer.
   int64_t prefix_chunk_rows = 1024;
+  // Decode steps replay the first step's recorded ops (Backend::Record: one CUDA graph launch
+  // instead of ~500 kernel launches) where the backend can record them; false: every step
+  // enqueues its ops one by one.
+  bool replay_decode = true;
   // Backend to run on; null: a CPU backend.
   std::shared_ptr<Backend> backend;
 };
@@ -49,17 +53,28 @@ using TokenPicker = std::function<int32_t(absl::Span<const float> logits)>;
 // Receives each generated token; returning false stops generation.
 using TokenCallback = std::function<bool(int32_t token)>;
 
-// The KV cache of one generation (prefix + prompt + decoded tokens), on the model's device.
+// The KV cache of one generation (prefix + prompt + decoded tokens), on the model's device, and
+// the buffers of its decode steps.
 class DecodeState {
  public:
   int64_t length() const { return length_; }
   int64_t capacity() const { return capacity_; }
+  // Whether decode steps replay a recording (Backend::Record) rather than enqueue op by op; if
+  // not, why (OK: not tried yet, or off).
+  bool replaying() const { return step_ != nullptr; }
+  const absl::Status& recording_status() const { return recording_status_; }
 
  private:
   friend class Model;
   std::vector<Tensor> k_cache_, v_cache_;  // per layer [capacity, kv_heads * head_dim], kv_dtype
   int64_t length_ = 0;
   int64_t capacity_ = 0;
+  // A decode step reads its token's position (int64 [1]) and embedding ([1, hidden], then the
+  // residual stream) from, and writes its logits ([1, vocab]) to, the same tensors every time.
+  Tensor position_, hidden_, logits_;
+  std::unique_ptr<Recording> step_;  // the step's ops as recorded, once recorded
+  bool try_recording_ = true;        // false when recording is off or failed
+  absl::Status recording_status_;
 };
 
 struct PrefillOutput {
@@ -127,7 +142,11 @@ class Model {
   // short-term memory; refreshes `cache` (when not null) to hold all of them.
   absl::Status MemoryPrefix(SessionMemory& mem, PrefixCache* cache, int layer, const Tensor& kc,
                             const Tensor& vc) const;
+  // logits [1, vocab] of the last hidden row.
+  absl::Status LogitsOnDevice(const Tensor& last_hidden, const Tensor& logits) const;
   absl::StatusOr<std::vector<float>> Logits(const Tensor& last_hidden) const;
+  // Enqueues the ops of one decode step over `state`'s step tensors.
+  absl::Status DecodeStep(DecodeState& state) const;
   absl::StatusOr<std::vector<float>> DroppedKeys(int layer, const TensorView& stm,
                                                  absl::Span<const int32_t> slots) const;
 
@@ -142,6 +161,7 @@ class Model {
   Tensor final_norm_, lm_head_, new_memory_positional_emb_, inv_freq_;
   int64_t max_context_ = 0;
   int64_t prefix_chunk_rows_ = 1024;
+  bool replay_decode_ = true;
   DType kv_dtype_ = DType::kF32;
 };
 
