@@ -361,6 +361,7 @@ absl::StatusOr<std::unique_ptr<DecodeState>> Model::Prefill(SessionMemory& mem,
   Backend& b = *backend_;
   auto state = std::make_unique<DecodeState>();
   state->capacity_ = p + t + max_new_tokens;
+  state->try_recording_ = replay_decode_;
   for (int l = 0; l < num_layers; ++l) {
     MPLUS_ASSIGN_OR_RETURN(Tensor kc, b.Allocate(kv_dtype_, {state->capacity_, dims_.kv_cols()}));
     MPLUS_ASSIGN_OR_RETURN(Tensor vc, b.Allocate(kv_dtype_, {state->capacity_, dims_.kv_cols()}));
@@ -427,7 +428,6 @@ absl::StatusOr<std::vector<float>> Model::Decode(DecodeState& state, int32_t tok
     MPLUS_ASSIGN_OR_RETURN(state.position_, b.Allocate(DType::kI64, {1}));
     MPLUS_ASSIGN_OR_RETURN(state.hidden_, Alloc(b, 1, config_.hidden_size));
     MPLUS_ASSIGN_OR_RETURN(state.logits_, Alloc(b, 1, lm_head_.rows()));
-    state.try_recording_ = replay_decode_;
   }
   MPLUS_RETURN_IF_ERROR(Embed(absl::MakeConstSpan(&token, 1), state.hidden_));
   MPLUS_RETURN_IF_ERROR(b.CopyFromHost(&state.length_, DType::kI64, state.position_));

@@ -63,6 +63,12 @@ class DecodeState {
   // not, why (OK: not tried yet, or off).
   bool replaying() const { return step_ != nullptr; }
   const absl::Status& recording_status() const { return recording_status_; }
+  // Overrides ModelOptions::replay_decode for this generation's steps to come (false drops a
+  // recording made).
+  void set_replay_decode(bool replay) {
+    if (!replay) step_.reset();
+    try_recording_ = replay;
+  }
 
  private:
   friend class Model;
@@ -73,7 +79,7 @@ class DecodeState {
   // residual stream) from, and writes its logits ([1, vocab]) to, the same tensors every time.
   Tensor position_, hidden_, logits_;
   std::unique_ptr<Recording> step_;  // the step's ops as recorded, once recorded
-  bool try_recording_ = true;        // false when recording is off or failed
+  bool try_recording_ = false;       // ModelOptions::replay_decode; false once recording failed
   absl::Status recording_status_;
 };
 

@@ -27,6 +27,9 @@ struct Params {
   float* part_l;  // [splits, nq * H] running sum
   int64_t nq, nk, heads, kv_heads, hd, group;
   int64_t keys_per_split;
+  // Decode kernel only: when not null, the keys are rows [0, *last_position] (at most nk); the
+  // grid and splits are sized for nk, and splits past the end see no key.
+  const int64_t* last_position;
   float scale_log2;  // log2(e) / sqrt(hd): scores live in the log2 domain, so exp2f is used
 };
 
@@ -302,7 +305,8 @@ __global__ void __launch_bounds__(kDecodeThreads)
   const int64_t g = blockIdx.x, split = blockIdx.y, hd = p.hd;
   const int64_t kv_cols = p.kv_heads * hd;
   const int64_t key_begin = split * p.keys_per_split;
-  const int n = static_cast<int>(min(p.nk, key_begin + p.keys_per_split) - key_begin);
+  const int64_t nk = p.last_position != nullptr ? min(*p.last_position + 1, p.nk) : p.nk;
+  const int n = static_cast<int>(min(nk, key_begin + p.keys_per_split) - key_begin);
   const int step = kDecodeWarps * keys_per_step;
   const int64_t dim0 = g * hd + 8 * part;
 
@@ -647,6 +651,13 @@ void LaunchTiles(dim3 grid, const Params& p, int64_t head_dim, cudaStream_t stre
   }
 }
 
+// K/V rows read 16 bytes at a time need 16-byte aligned bases and row strides.
+bool KvRowsAligned(const AttentionShape& shape, const void* k, const void* v, DType kv_dtype) {
+  const size_t kv_size = kv_dtype == DType::kBF16 ? 2 : 4;
+  return reinterpret_cast<uintptr_t>(k) % 16 == 0 && reinterpret_cast<uintptr_t>(v) % 16 == 0 &&
+         shape.num_kv_heads * shape.head_dim * kv_size % 16 == 0;
+}
+
 int64_t KeysPerSplit(const AttentionShape& shape, int splits) {
   const int64_t per = (shape.nk + splits - 1) / splits;
   return (per + kKeys - 1) / kKeys * kKeys;
@@ -685,10 +696,17 @@ size_t AttentionWorkspaceBytes(const AttentionShape& shape, int splits) {
          sizeof(float);
 }
 
+bool DecodeKernelTakes(const AttentionShape& shape, const void* k, const void* v, DType kv_dtype,
+                       int splits) {
+  return IsDecodeShape(shape) && KvRowsAligned(shape, k, v, kv_dtype) && splits <= 65535;
+}
+
 cudaError_t LaunchAttention(const float* q, const void* k, const void* v, DType kv_dtype,
                             float* out, const AttentionShape& shape, int splits, void* workspace,
-                            cudaStream_t stream) {
+                            cudaStream_t stream, const int64_t* last_position) {
   if (shape.nq == 0) return cudaSuccess;
+  const bool decode_kernel = DecodeKernelTakes(shape, k, v, kv_dtype, splits);
+  if (last_position != nullptr && !decode_kernel) return cudaErrorInvalidValue;
   if (shape.head_dim <= 0 || shape.head_dim > kMaxAttentionHeadDim || splits < 1 ||
       shape.num_kv_heads <= 0 || shape.num_kv_heads > 65535 ||
       (kv_dtype != DType::kF32 && kv_dtype != DType::kBF16)) {
@@ -706,6 +724,7 @@ cudaError_t LaunchAttention(const float* q, const void* k, const void* v, DType 
   p.hd = shape.head_dim;
   p.group = shape.num_heads / shape.num_kv_heads;
   p.keys_per_split = KeysPerSplit(shape, splits);
+  p.last_position = last_position;
   // The same float32 scale as the reference, folded with log2(e) for exp2f.
   p.scale_log2 = (1.0f / sqrtf(static_cast<float>(shape.head_dim))) * kLog2e;
   const int64_t rows = shape.nq * shape.num_heads;
@@ -714,11 +733,7 @@ cudaError_t LaunchAttention(const float* q, const void* k, const void* v, DType 
   p.part_m = splits > 1 ? ws + splits * rows * shape.head_dim : nullptr;
   p.part_l = splits > 1 ? p.part_m + splits * rows : nullptr;
 
-  // K/V rows read 16 bytes at a time need 16-byte aligned bases and row strides.
-  const size_t kv_size = kv_dtype == DType::kBF16 ? 2 : 4;
-  const bool aligned = reinterpret_cast<uintptr_t>(k) % 16 == 0 &&
-                       reinterpret_cast<uintptr_t>(v) % 16 == 0 &&
-                       shape.num_kv_heads * shape.head_dim * kv_size % 16 == 0;
+  const bool aligned = KvRowsAligned(shape, k, v, kv_dtype);
   const int64_t tiles = (shape.nq * p.group + kRows - 1) / kRows;
   if (tiles > 0x7fffffff) return cudaErrorInvalidValue;
   const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(shape.num_kv_heads),
@@ -731,7 +746,7 @@ cudaError_t LaunchAttention(const float* q, const void* k, const void* v, DType 
     const dim3 tc_grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(shape.num_heads),
                        static_cast<unsigned>(splits));
     TensorCoreAttentionKernel<<<tc_grid, kTcWarps * 32, 0, stream>>>(p);
-  } else if (IsDecodeShape(shape) && aligned && splits <= 65535) {
+  } else if (decode_kernel) {
     if (kv_dtype == DType::kBF16) {
       LaunchDecode<uint16_t>(p, p.group, splits, stream);
     } else {

@@ -37,9 +37,16 @@ size_t AttentionWorkspaceBytes(const AttentionShape& shape, int splits);
 // operations), except on the tensor-core prefill path, which rounds q and the probabilities to
 // bf16 for its MMAs as the official bf16 model does. `splits` from AttentionSplits. Requires 0 <
 // head_dim <= kMaxAttentionHeadDim, H % Hkv == 0, nk >= nq (checked by caller).
+// With `last_position` (device memory; decode only: DecodeKernelTakes), the one query attends to
+// key rows [0, *last_position] of the nk given (splits for nk), read when the kernel runs: a
+// recorded launch then serves every decode step.
 cudaError_t LaunchAttention(const float* q, const void* k, const void* v, DType kv_dtype,
                             float* out, const AttentionShape& shape, int splits, void* workspace,
-                            cudaStream_t stream);
+                            cudaStream_t stream, const int64_t* last_position = nullptr);
+// Whether the shape and operands go to the dedicated decode kernel (one query row, GQA group of
+// 1, 2, 4 or 8, head_dim = 8 * 2^i <= 128, K/V rows 16-byte aligned).
+bool DecodeKernelTakes(const AttentionShape& shape, const void* k, const void* v, DType kv_dtype,
+                       int splits);
 
 }  // namespace mplus::engine::cuda
 

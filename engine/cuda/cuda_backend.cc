@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -39,6 +40,12 @@ absl::Status CheckF32(const Tensor& t, const char* what) {
 }
 absl::Status CheckFloat(const Tensor& t, const char* what) {
   return engine::CheckFloat(t, Device::kCuda, what);
+}
+
+// A decode step's position: one int64 on the GPU.
+bool IsPosition(const Tensor& position) {
+  return position.dtype() == DType::kI64 && position.numel() == 1 &&
+         position.device() == Device::kCuda;
 }
 
 // Whether the tensors lie back to back in memory, in order.
@@ -91,6 +98,17 @@ class CudaBackend : public Backend {
   absl::Status Embedding(const Tensor& table, absl::Span<const int32_t> ids,
                          const Tensor& out) override;
 
+  absl::Status StoreKeysValuesAt(const Tensor& k, const Tensor& v, int64_t head_dim,
+                                 const Tensor& position, const Tensor& inv_freq,
+                                 const Tensor& k_cache, const Tensor& v_cache) override;
+  absl::Status RopeAt(const Tensor& x, int64_t head_dim, const Tensor& position,
+                      const Tensor& inv_freq) override;
+  absl::Status AttentionAt(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                           const Tensor& position, int64_t num_heads, int64_t num_kv_heads,
+                           int64_t head_dim, const Tensor& out) override;
+  absl::StatusOr<std::unique_ptr<Recording>> Record(
+      const std::function<absl::Status()>& enqueue) override;
+
   absl::StatusOr<std::unique_ptr<RetrievalKeys>> NewRetrievalKeys(int64_t key_dim,
                                                                   DType dtype) override;
   absl::Status SyncRetrievalKeys(RetrievalKeys& keys, const float* host_keys, int64_t rows,
@@ -109,7 +127,21 @@ class CudaBackend : public Backend {
         attention_(state, MemCategory::kWorkspace),
         indices_(state, MemCategory::kWorkspace) {}
 
-  cudaStream_t stream() const { return state_->stream(); }
+  // Where ops enqueue: the device's compute stream, or while the calling thread records, the
+  // capture stream (other threads' work goes on the compute stream, outside the recording).
+  cudaStream_t stream() const {
+    return recording_thread_.load(std::memory_order_relaxed) == std::this_thread::get_id()
+               ? capture_stream_
+               : state_->stream();
+  }
+  // Checks Attention's operands; the shape they make.
+  absl::StatusOr<AttentionShape> AttentionArgs(const Tensor& q, const Tensor& k, const Tensor& v,
+                                               int64_t num_heads, int64_t num_kv_heads,
+                                               int64_t head_dim, const Tensor& out);
+  // Attention (last_position null) or AttentionAt over checked operands.
+  absl::Status LaunchAttentionOp(const Tensor& q, const Tensor& k, const Tensor& v,
+                                 const AttentionShape& shape, int splits, const Tensor& out,
+                                 const int64_t* last_position);
   static absl::StatusOr<DType> WeightDType(const TensorView& view);
   // Enqueues a copy of `bytes` of host `src` to device `dst` on the stream; `src` may be reused
   // as soon as this returns.
@@ -147,6 +179,10 @@ class CudaBackend : public Backend {
   std::unique_ptr<PinnedStaging> staging_ ABSL_GUARDED_BY(mu_);
   absl::Mutex scorer_mu_;
   std::unique_ptr<GpuRetrievalScorer> scorer_ ABSL_GUARDED_BY(scorer_mu_);
+  // Record: one recording at a time, on its own stream.
+  absl::Mutex record_mu_;
+  cudaStream_t capture_stream_ = nullptr;  // made by the first Record
+  std::atomic<std::thread::id> recording_thread_{};
 };
 
 absl::StatusOr<std::unique_ptr<Backend>> CudaBackend::Create(int ordinal) {
@@ -173,6 +209,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CudaBackend::Create(int ordinal) {
 CudaBackend::~CudaBackend() {
   // Work still queued may use the scratch buffers and the GEMM plans destroyed below.
   if (state_->Activate().ok()) cudaStreamSynchronize(stream());
+  if (capture_stream_ != nullptr) cudaStreamDestroy(capture_stream_);
 }
 
 CudaMemoryStats CudaBackend::MemoryStats() const {
@@ -189,6 +226,10 @@ CudaMemoryStats CudaBackend::MemoryStats() const {
 // ones that read it (see engine/cuda/pinned_staging.h for why no separate copy stream).
 absl::Status CudaBackend::UploadBytes(const void* src, size_t bytes, void* dst) {
   if (bytes == 0) return absl::OkStatus();
+  if (recording_thread_.load(std::memory_order_relaxed) == std::this_thread::get_id()) {
+    // A replay would copy whatever the host buffer then holds.
+    return absl::FailedPreconditionError("a host-to-device copy cannot be recorded");
+  }
   if (staging_ != nullptr) return staging_->Stage(src, bytes, dst);
   if (src == nullptr) return absl::InvalidArgumentError("host-to-device copy from null");
   // From pageable memory cudaMemcpyAsync may return before the DMA has read `src`, which the
@@ -473,9 +514,10 @@ absl::Status CudaBackend::Rope(const Tensor& x, int64_t head_dim,
   return absl::OkStatus();
 }
 
-absl::Status CudaBackend::Attention(const Tensor& q, const Tensor& k, const Tensor& v,
-                                    int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,
-                                    const Tensor& out) {
+absl::StatusOr<AttentionShape> CudaBackend::AttentionArgs(const Tensor& q, const Tensor& k,
+                                                          const Tensor& v, int64_t num_heads,
+                                                          int64_t num_kv_heads, int64_t head_dim,
+                                                          const Tensor& out) {
   for (const Tensor* t : {&q, &out}) MPLUS_RETURN_IF_ERROR(CheckF32(*t, "Attention"));
   for (const Tensor* t : {&k, &v}) MPLUS_RETURN_IF_ERROR(CheckCuda(*t, "Attention"));
   // bf16 K/V: a bfloat16 KV cache read in place (widened in the kernel's tile loads).
@@ -498,18 +540,175 @@ absl::Status CudaBackend::Attention(const Tensor& q, const Tensor& k, const Tens
                                                  kMaxAttentionHeadDim,
                                                  " is not supported on CUDA"));
   }
-  if (nq == 0) return absl::OkStatus();
-  const AttentionShape shape{nq, nk, num_heads, num_kv_heads, head_dim};
-  const int splits = AttentionSplits(shape, num_sms_, kv_dtype);
+  return AttentionShape{nq, nk, num_heads, num_kv_heads, head_dim};
+}
+
+absl::Status CudaBackend::LaunchAttentionOp(const Tensor& q, const Tensor& k, const Tensor& v,
+                                            const AttentionShape& shape, int splits,
+                                            const Tensor& out, const int64_t* last_position) {
+  if (shape.nq == 0) return absl::OkStatus();
   absl::MutexLock lock(&mu_);
   MPLUS_RETURN_IF_ERROR(state_->Activate());
   void* ws = nullptr;
   if (const size_t bytes = AttentionWorkspaceBytes(shape, splits); bytes > 0) {
     MPLUS_ASSIGN_OR_RETURN(ws, attention_.Get(bytes));
   }
-  MPLUS_CUDA_RETURN_IF_ERROR(LaunchAttention(q.data_as<const float>(), k.data(), v.data(), kv_dtype,
-                                             out.data_as<float>(), shape, splits, ws, stream()));
+  MPLUS_CUDA_RETURN_IF_ERROR(LaunchAttention(q.data_as<const float>(), k.data(), v.data(),
+                                             k.dtype(), out.data_as<float>(), shape, splits, ws,
+                                             stream(), last_position));
   return absl::OkStatus();
+}
+
+absl::Status CudaBackend::Attention(const Tensor& q, const Tensor& k, const Tensor& v,
+                                    int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,
+                                    const Tensor& out) {
+  MPLUS_ASSIGN_OR_RETURN(const AttentionShape shape,
+                         AttentionArgs(q, k, v, num_heads, num_kv_heads, head_dim, out));
+  return LaunchAttentionOp(q, k, v, shape, AttentionSplits(shape, num_sms_, k.dtype()), out,
+                           nullptr);
+}
+
+// --- Decode steps at a device-held position (recordable: nothing is read back) -----------------
+// Shapes the kernels do not take go the default way, which reads the position back: recording
+// such a step fails, and the model then decodes op by op.
+
+absl::Status CudaBackend::AttentionAt(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                                      const Tensor& position, int64_t num_heads,
+                                      int64_t num_kv_heads, int64_t head_dim, const Tensor& out) {
+  // The splits cover the whole cache; those past the position see no key.
+  MPLUS_ASSIGN_OR_RETURN(const AttentionShape shape, AttentionArgs(q, k_cache, v_cache, num_heads,
+                                                                   num_kv_heads, head_dim, out));
+  const int splits = AttentionSplits(shape, num_sms_, k_cache.dtype());
+  if (q.rows() != 1 || !IsPosition(position) ||
+      !DecodeKernelTakes(shape, k_cache.data(), v_cache.data(), k_cache.dtype(), splits)) {
+    return Backend::AttentionAt(q, k_cache, v_cache, position, num_heads, num_kv_heads, head_dim,
+                                out);
+  }
+  return LaunchAttentionOp(q, k_cache, v_cache, shape, splits, out,
+                           position.data_as<const int64_t>());
+}
+
+absl::Status CudaBackend::RopeAt(const Tensor& x, int64_t head_dim, const Tensor& position,
+                                 const Tensor& inv_freq) {
+  const int64_t cols = x.cols();
+  if (x.rows() != 1 || !IsPosition(position) || x.dtype() != DType::kF32 ||
+      x.device() != Device::kCuda || inv_freq.dtype() != DType::kF32 ||
+      inv_freq.device() != Device::kCuda || head_dim <= 0 || head_dim % 2 != 0 ||
+      cols % head_dim != 0 || inv_freq.numel() != head_dim / 2) {
+    return Backend::RopeAt(x, head_dim, position, inv_freq);
+  }
+  absl::MutexLock lock(&mu_);
+  MPLUS_RETURN_IF_ERROR(state_->Activate());
+  MPLUS_CUDA_RETURN_IF_ERROR(LaunchRope(x.data_as<float>(), 1, cols, head_dim,
+                                        position.data_as<const int64_t>(), 0,
+                                        inv_freq.data_as<const float>(), stream()));
+  return absl::OkStatus();
+}
+
+// The caller keeps the position below the caches' rows (the kernel trusts it).
+absl::Status CudaBackend::StoreKeysValuesAt(const Tensor& k, const Tensor& v, int64_t head_dim,
+                                            const Tensor& position, const Tensor& inv_freq,
+                                            const Tensor& k_cache, const Tensor& v_cache) {
+  const int64_t cols = k.cols();
+  const DType cache = k_cache.dtype();
+  bool fused = k.rows() == 1 && IsPosition(position) && k.dtype() == DType::kF32 &&
+               v.dtype() == DType::kF32 && inv_freq.dtype() == DType::kF32 &&
+               (cache == DType::kF32 || cache == DType::kBF16) && v_cache.dtype() == cache &&
+               v.rows() == 1 && v.cols() == cols && k_cache.cols() == cols &&
+               v_cache.cols() == cols && v_cache.rows() == k_cache.rows() && head_dim > 0 &&
+               head_dim % 2 == 0 && cols % head_dim == 0 && inv_freq.numel() == head_dim / 2;
+  for (const Tensor* t : {&k, &v, &inv_freq, &k_cache, &v_cache}) {
+    fused = fused && t->device() == Device::kCuda;
+  }
+  for (const Tensor* src : {&k, &v}) {
+    for (const Tensor* dst : {&k_cache, &v_cache}) {
+      fused = fused && !Overlap(src->data(), src->nbytes(), dst->data(), dst->nbytes());
+    }
+  }
+  if (!fused || Overlap(k_cache.data(), k_cache.nbytes(), v_cache.data(), v_cache.nbytes())) {
+    return Backend::StoreKeysValuesAt(k, v, head_dim, position, inv_freq, k_cache, v_cache);
+  }
+  absl::MutexLock lock(&mu_);
+  MPLUS_RETURN_IF_ERROR(state_->Activate());
+  MPLUS_CUDA_RETURN_IF_ERROR(LaunchStoreKeysValues(
+      k.data_as<const float>(), v.data_as<const float>(), 1, cols, head_dim,
+      position.data_as<const int64_t>(), 0, inv_freq.data_as<const float>(), cache, k_cache.data(),
+      v_cache.data(), stream(), /*rows_at_positions=*/true));
+  return absl::OkStatus();
+}
+
+namespace {
+
+// Recorded ops as an executable CUDA graph, launched on the compute stream (after what is
+// enqueued there, before what follows). Holds the arena its ops' memory came from.
+class CudaRecording : public Recording {
+ public:
+  CudaRecording(std::shared_ptr<DeviceState> state, cudaGraphExec_t exec,
+                std::shared_ptr<RecordingArena> arena)
+      : state_(std::move(state)), exec_(exec), arena_(std::move(arena)) {}
+  // A launch still running finishes first (CUDA frees an in-flight graph on completion); the
+  // arena's blocks are then freed on the stream, after it.
+  ~CudaRecording() override {
+    if (state_->Activate().ok()) cudaGraphExecDestroy(exec_);
+  }
+  CudaRecording(const CudaRecording&) = delete;
+  CudaRecording& operator=(const CudaRecording&) = delete;
+
+  absl::Status Replay() override {
+    MPLUS_RETURN_IF_ERROR(state_->Activate());
+    MPLUS_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(exec_, state_->stream()));
+    return absl::OkStatus();
+  }
+
+ private:
+  const std::shared_ptr<DeviceState> state_;
+  const cudaGraphExec_t exec_;
+  const std::shared_ptr<RecordingArena> arena_;
+};
+
+}  // namespace
+
+// The ops `enqueue` issues on this thread go to capture_stream_ (stream()), and the memory they
+// allocate to a fresh arena; nothing runs. Work of other threads keeps going to the compute
+// stream meanwhile, outside the recording. An op that fails (one that must read something back,
+// say) fails the recording: the capture is ended and dropped.
+absl::StatusOr<std::unique_ptr<Recording>> CudaBackend::Record(
+    const std::function<absl::Status()>& enqueue) {
+  absl::MutexLock record_lock(&record_mu_);
+  MPLUS_RETURN_IF_ERROR(state_->Activate());
+  if (capture_stream_ == nullptr) {
+    MPLUS_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&capture_stream_, cudaStreamNonBlocking));
+  }
+  auto arena = std::make_shared<RecordingArena>(state_);
+  absl::Status status;
+  cudaGraph_t graph = nullptr;
+  {
+    RecordingArena::Scope scope(arena.get());
+    recording_thread_.store(std::this_thread::get_id());
+    // Relaxed: other threads may allocate and free device memory meanwhile.
+    cudaError_t err = cudaStreamBeginCapture(capture_stream_, cudaStreamCaptureModeRelaxed);
+    if (err == cudaSuccess) {
+      status = enqueue();
+      err = cudaStreamEndCapture(capture_stream_, &graph);  // also after a failed op
+    }
+    recording_thread_.store(std::thread::id());
+    {
+      absl::MutexLock lock(&mu_);
+      for (ScratchBuffer* scratch : {&convert_, &attention_, &indices_}) scratch->EndRecording();
+    }
+    if (status.ok() && err != cudaSuccess)
+      status = CudaError(err, "stream capture", __FILE__, __LINE__);
+  }
+  cudaGetLastError();  // a failed capture leaves its error behind; it is reported above
+  if (!status.ok()) {
+    if (graph != nullptr) cudaGraphDestroy(graph);
+    return status;
+  }
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  MPLUS_CUDA_RETURN_IF_ERROR(err);
+  return std::make_unique<CudaRecording>(state_, exec, std::move(arena));
 }
 
 // Decode's linears (a few rows, bf16 weights): the LoRA B term and a residual add (accumulate)

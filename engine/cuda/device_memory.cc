@@ -75,9 +75,67 @@ bool DeviceState::Keep(int cls, void* ptr) {
   return true;
 }
 
+namespace {
+thread_local RecordingArena* current_arena = nullptr;
+}  // namespace
+
+RecordingArena::Scope::Scope(RecordingArena* arena) : previous_(current_arena) {
+  current_arena = arena;
+}
+RecordingArena::Scope::~Scope() { current_arena = previous_; }
+
+RecordingArena* RecordingArena::Current(const DeviceState* state) {
+  return current_arena != nullptr && current_arena->state_.get() == state ? current_arena : nullptr;
+}
+
+RecordingArena::~RecordingArena() {
+  absl::MutexLock lock(&mu_);
+  if (blocks_.empty()) return;
+  cudaError_t err = cudaSetDevice(state_->ordinal_);
+  for (const auto& [ptr, size] : blocks_) {
+    if (err == cudaSuccess) err = cudaFreeAsync(ptr, state_->stream_);
+    state_->Account(MemCategory::kWorkspace, -static_cast<int64_t>(size));
+  }
+  if (err != cudaSuccess) state_->Defer(CudaError(err, "cudaFreeAsync", __FILE__, __LINE__));
+}
+
+int64_t RecordingArena::bytes() const {
+  absl::MutexLock lock(&mu_);
+  int64_t total = 0;
+  for (const auto& block : blocks_) total += static_cast<int64_t>(block.second);
+  return total;
+}
+
+absl::StatusOr<std::shared_ptr<void>> RecordingArena::Alloc(size_t bytes) {
+  size_t size = 256;  // powers of two, so that freed blocks fit later requests
+  while (size < bytes) size *= 2;
+  void* ptr = nullptr;
+  {
+    absl::MutexLock lock(&mu_);
+    std::vector<void*>& free = free_[size];
+    if (!free.empty()) {
+      ptr = free.back();
+      free.pop_back();
+    } else {
+      // On the compute stream, which is not the one being recorded: a real allocation.
+      MPLUS_CUDA_RETURN_IF_ERROR(cudaMallocAsync(&ptr, size, state_->stream_));
+      blocks_.emplace_back(ptr, size);
+      state_->Account(MemCategory::kWorkspace, static_cast<int64_t>(size));
+    }
+  }
+  return std::shared_ptr<void>(ptr, [arena = shared_from_this(), size](void* p) {
+    absl::MutexLock lock(&arena->mu_);
+    arena->free_[size].push_back(p);
+  });
+}
+
 absl::StatusOr<std::shared_ptr<void>> DeviceState::Alloc(const std::shared_ptr<DeviceState>& self,
                                                          size_t bytes, MemCategory category) {
   bytes = std::max<size_t>(bytes, 1);
+  if (RecordingArena* arena = RecordingArena::Current(self.get());
+      arena != nullptr && category != MemCategory::kWeights) {
+    return arena->Alloc(bytes);
+  }
   int cls = -1;  // size class of a small non-weight block
   if (category != MemCategory::kWeights && bytes <= (size_t{256} << (kSizeClasses - 1))) {
     cls = 0;
@@ -97,6 +155,11 @@ absl::StatusOr<std::shared_ptr<void>> DeviceState::Alloc(const std::shared_ptr<D
 }
 
 absl::StatusOr<void*> ScratchBuffer::Get(size_t bytes) {
+  if (RecordingArena::Current(state_.get()) != nullptr) {
+    recorded_.reset();  // the op that used it is recorded: later ones may reuse the block
+    MPLUS_ASSIGN_OR_RETURN(recorded_, DeviceState::Alloc(state_, bytes, category_));
+    return recorded_.get();
+  }
   if (bytes <= bytes_ && mem_ != nullptr) return mem_.get();
   // Grow by at least half again so slowly growing shapes do not reallocate every call.
   const size_t want = std::max(bytes, bytes_ + bytes_ / 2);

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -20,6 +21,45 @@
 namespace mplus::engine::cuda {
 
 enum class MemCategory : int { kWeights = 0, kWorkspace = 1, kOther = 2 };
+
+class DeviceState;
+
+// The device memory of one recording (CudaBackend::Record): while a thread records, every
+// non-weight block it allocates on the arena's device comes from here, and stays reserved for as
+// long as the recording may be replayed (the arena lives until its recording and every tensor
+// from it are gone). A block freed while recording is reused by later allocations of the same
+// recording only: its ops replay in recorded order, so that reuse is as safe as stream order.
+// Blocks count as workspace.
+class RecordingArena : public std::enable_shared_from_this<RecordingArena> {
+ public:
+  explicit RecordingArena(std::shared_ptr<DeviceState> state) : state_(std::move(state)) {}
+  ~RecordingArena();  // frees every block, ordered after what the stream holds
+  RecordingArena(const RecordingArena&) = delete;
+  RecordingArena& operator=(const RecordingArena&) = delete;
+
+  // Makes `arena` the calling thread's arena for its lifetime (then the previous one again).
+  class Scope {
+   public:
+    explicit Scope(RecordingArena* arena);
+    ~Scope();
+    Scope(const Scope&) = delete;
+    Scope& operator=(const Scope&) = delete;
+
+   private:
+    RecordingArena* previous_;
+  };
+  // The calling thread's arena for `state`'s device, or null.
+  static RecordingArena* Current(const DeviceState* state);
+
+  int64_t bytes() const;
+  absl::StatusOr<std::shared_ptr<void>> Alloc(size_t bytes);
+
+ private:
+  const std::shared_ptr<DeviceState> state_;
+  mutable absl::Mutex mu_;
+  std::vector<std::pair<void*, size_t>> blocks_ ABSL_GUARDED_BY(mu_);
+  std::map<size_t, std::vector<void*>> free_ ABSL_GUARDED_BY(mu_);  // by block size
+};
 
 // One device and its compute stream. Memory comes from the device's stream-ordered pool on that
 // stream, so freeing a buffer never waits for the GPU and never races work already enqueued.
@@ -40,7 +80,7 @@ class DeviceState {
   absl::Status Activate() const;
 
   // `bytes` (at least 1) of device memory accounted to `category`; freed (stream-ordered) when
-  // the last copy of the pointer goes away.
+  // the last copy of the pointer goes away. From the thread's RecordingArena while it records.
   static absl::StatusOr<std::shared_ptr<void>> Alloc(const std::shared_ptr<DeviceState>& self,
                                                      size_t bytes, MemCategory category);
 
@@ -56,6 +96,7 @@ class DeviceState {
   absl::Status TakeDeferredError();
 
  private:
+  friend class RecordingArena;
   explicit DeviceState(int ordinal) : ordinal_(ordinal) {}
   void Account(MemCategory category, int64_t delta);
   void Defer(absl::Status status);
@@ -78,18 +119,22 @@ class DeviceState {
 };
 
 // A growable device buffer (op scratch). Growing frees the old buffer stream-ordered, so work
-// already enqueued on the stream keeps a valid pointer.
+// already enqueued on the stream keeps a valid pointer. While the calling thread records, Get
+// hands out a block of the recording's arena instead (the shared buffer may be regrown, and
+// freed, while the recording is still replayed), held until the next Get or EndRecording.
 class ScratchBuffer {
  public:
   ScratchBuffer(std::shared_ptr<DeviceState> state, MemCategory category)
       : state_(std::move(state)), category_(category) {}
   absl::StatusOr<void*> Get(size_t bytes);
+  void EndRecording() { recorded_.reset(); }
 
  private:
   std::shared_ptr<DeviceState> state_;
   MemCategory category_;
   std::shared_ptr<void> mem_;
   size_t bytes_ = 0;
+  std::shared_ptr<void> recorded_;
 };
 
 }  // namespace mplus::engine::cuda

@@ -118,12 +118,13 @@ template <typename C>
 __global__ void StoreKeysValuesKernel(const float* k, const float* v, int64_t cols,
                                       int64_t head_dim, const int64_t* positions,
                                       int64_t first_position, const float* __restrict__ inv_freq,
-                                      C* k_rows, C* v_rows) {
+                                      C* k_rows, C* v_rows, bool rows_at_positions) {
   const int64_t half = head_dim / 2, heads = cols / head_dim, row = blockIdx.x;
-  const float pos =
-      static_cast<float>(positions != nullptr ? positions[row] : first_position + row);
+  const int64_t position = positions != nullptr ? positions[row] : first_position + row;
+  const float pos = static_cast<float>(position);
+  const int64_t dst_row = rows_at_positions ? position : row;
   const float* kr = k + row * cols;
-  C* kc = k_rows + row * cols;
+  C* kc = k_rows + dst_row * cols;
   for (int64_t j = threadIdx.x; j < half; j += blockDim.x) {
     const float angle = pos * inv_freq[j];
     const float c = cosf(angle), s = sinf(angle);
@@ -135,7 +136,7 @@ __global__ void StoreKeysValuesKernel(const float* k, const float* v, int64_t co
     }
   }
   for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
-    StoreAs(v[row * cols + i], v_rows + row * cols + i);
+    StoreAs(v[row * cols + i], v_rows + dst_row * cols + i);
   }
 }
 
@@ -249,20 +250,22 @@ cudaError_t LaunchRope(float* x, int64_t rows, int64_t cols, int64_t head_dim,
 cudaError_t LaunchStoreKeysValues(const float* k, const float* v, int64_t rows, int64_t cols,
                                   int64_t head_dim, const int64_t* positions,
                                   int64_t first_position, const float* inv_freq, DType cache_dtype,
-                                  void* k_rows, void* v_rows, cudaStream_t stream) {
+                                  void* k_rows, void* v_rows, cudaStream_t stream,
+                                  bool rows_at_positions) {
   if (rows == 0) return cudaSuccess;
-  if (rows > 0x7fffffff || (cache_dtype != DType::kF32 && cache_dtype != DType::kBF16)) {
+  if (rows > 0x7fffffff || (cache_dtype != DType::kF32 && cache_dtype != DType::kBF16) ||
+      (rows_at_positions && positions == nullptr)) {
     return cudaErrorInvalidValue;
   }
   const auto grid = static_cast<unsigned>(rows);
   if (cache_dtype == DType::kBF16) {
-    StoreKeysValuesKernel<<<grid, 128, 0, stream>>>(k, v, cols, head_dim, positions, first_position,
-                                                    inv_freq, static_cast<uint16_t*>(k_rows),
-                                                    static_cast<uint16_t*>(v_rows));
+    StoreKeysValuesKernel<<<grid, 128, 0, stream>>>(
+        k, v, cols, head_dim, positions, first_position, inv_freq, static_cast<uint16_t*>(k_rows),
+        static_cast<uint16_t*>(v_rows), rows_at_positions);
   } else {
     StoreKeysValuesKernel<<<grid, 128, 0, stream>>>(k, v, cols, head_dim, positions, first_position,
                                                     inv_freq, static_cast<float*>(k_rows),
-                                                    static_cast<float*>(v_rows));
+                                                    static_cast<float*>(v_rows), rows_at_positions);
   }
   return cudaGetLastError();
 }

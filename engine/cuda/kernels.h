@@ -29,11 +29,13 @@ cudaError_t LaunchRope(float* x, int64_t rows, int64_t cols, int64_t head_dim,
                        cudaStream_t stream);
 // Backend::StoreKeysValues in one pass: k, v float32 [rows, cols] (k only read); k_rows, v_rows
 // [rows, cols] of cache_dtype (F32 or BF16), not overlapping k / v except exactly (in place).
-// Positions as LaunchRope.
+// Positions as LaunchRope. With rows_at_positions (positions given), k_rows / v_rows are whole
+// caches and row r goes to their row positions[r] (a decode step's row, placed by the GPU).
 cudaError_t LaunchStoreKeysValues(const float* k, const float* v, int64_t rows, int64_t cols,
                                   int64_t head_dim, const int64_t* positions,
                                   int64_t first_position, const float* inv_freq, DType cache_dtype,
-                                  void* k_rows, void* v_rows, cudaStream_t stream);
+                                  void* k_rows, void* v_rows, cudaStream_t stream,
+                                  bool rows_at_positions = false);
 // out = silu(gate) * up (out may alias either input).
 cudaError_t LaunchSiluMul(const float* gate, const float* up, float* out, int64_t n,
                           cudaStream_t stream);

@@ -48,6 +48,11 @@ struct SessionResult {
   // Of which the host spent enqueueing (not waiting for the GPU): when it is close to the whole,
   // the GPU waits for the host (launch-bound).
   double decode_enqueue_ms_per_token = 0;
+  // Whether those steps replayed a recorded step (ModelOptions::replay_decode), else why not;
+  // and the same steps enqueued op by op.
+  bool decode_replayed = false;
+  std::string decode_not_replayed_why;
+  double decode_step_by_step_ms_per_token = 0;
   // Backend memory with the long prompt's KV cache alive; absent on a non-CUDA backend.
   std::optional<engine::cuda::CudaMemoryStats> memory;
   size_t prefix_cache_bytes = 0;

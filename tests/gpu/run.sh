@@ -121,7 +121,7 @@ run_bounded() {
 }
 
 # Checks then their op timing table, in what is left of the 470 s less the 8B table's share.
-run_bounded "$model_reserve" "$bin" --gtest_color=no "${@:2}"
+MPLUS_GPU_FIXTURES="$dir/fixtures" run_bounded "$model_reserve" "$bin" --gtest_color=no "${@:2}"
 rc=$?
 ((rc == 0)) && rc=$failed
 
