@@ -290,6 +290,36 @@ __device__ __forceinline__ void MergeWeights(float m_a, float m_b, float m, floa
   w_b = m == -CUDART_INF_F ? 0.0f : exp2f(m_b - m);
 }
 
+// The end of a decode block (kv head blockIdx.x, split blockIdx.y): merges its warps' online-
+// softmax states (after a __syncthreads) and writes the normalised output, or with splits the
+// partial output, max and sum for CombineKernel.
+template <int G>
+__device__ void MergeDecodeWarps(const Params& p, const float (&partial)[kDecodeWarps][G][kHd],
+                                 const float (&warp_m)[kDecodeWarps][G],
+                                 const float (&warp_l)[kDecodeWarps][G]) {
+  const int64_t g = blockIdx.x, split = blockIdx.y, hd = p.hd;
+  const bool split_mode = gridDim.y > 1;
+  for (int idx = threadIdx.x; idx < G * hd; idx += blockDim.x) {
+    const int h = idx / static_cast<int>(hd), d = idx % static_cast<int>(hd);
+    float mx = -CUDART_INF_F;
+    for (int w = 0; w < kDecodeWarps; ++w) mx = fmaxf(mx, warp_m[w][h]);
+    float o = 0.0f, sum = 0.0f;
+    for (int w = 0; w < kDecodeWarps; ++w) {
+      float weight, unused;
+      MergeWeights(warp_m[w][h], mx, mx, weight, unused);
+      o += partial[w][h][d] * weight;
+      sum += warp_l[w][h] * weight;
+    }
+    const int64_t head = g * G + h;
+    float* dst = split_mode ? p.part_o + (split * p.heads + head) * hd : p.out + head * hd;
+    dst[d] = sum > 0.0f ? o / sum : 0.0f;
+    if (split_mode && d == 0) {
+      p.part_m[split * p.heads + head] = mx;
+      p.part_l[split * p.heads + head] = sum;
+    }
+  }
+}
+
 template <typename KV, int G>
 __global__ void __launch_bounds__(kDecodeThreads)
     DecodeAttentionKernel(Params p, int lanes_per_key) {
@@ -376,26 +406,145 @@ __global__ void __launch_bounds__(kDecodeThreads)
     }
   }
   __syncthreads();
-  const bool split_mode = gridDim.y > 1;
-  for (int idx = tid; idx < G * hd; idx += kDecodeThreads) {
-    const int h = idx / static_cast<int>(hd), d = idx % static_cast<int>(hd);
-    float mx = -CUDART_INF_F;
-    for (int w = 0; w < kDecodeWarps; ++w) mx = fmaxf(mx, warp_m[w][h]);
-    float o = 0.0f, sum = 0.0f;
-    for (int w = 0; w < kDecodeWarps; ++w) {
-      float weight, unused;
-      MergeWeights(warp_m[w][h], mx, mx, weight, unused);
-      o += partial[w][h][d] * weight;
-      sum += warp_l[w][h] * weight;
+  MergeDecodeWarps<G>(p, partial, warp_m, warp_l);
+}
+
+// --- Decode, head_dim 128: tiles of 32 keys per warp ------------------------------------------
+// The kernel above spends most of its time in dependent chains (a shuffle reduction per key and
+// head, then the softmax update) with few bytes in flight. Here lane i of a warp owns key i of
+// a 32-key tile for the scores (its whole K row, q from shared memory: no shuffles), the tile's
+// softmax costs two warp reductions per head, and for the values lane i owns dims 4i .. 4i + 3 of
+// every key of the tile (the probabilities through shared memory). All K and V loads of a tile
+// are issued before any arithmetic on them: ~16 KB in flight per warp (bf16).
+constexpr int kTileKeys = 32;
+constexpr int kTileHd = 128;
+constexpr int kTileBlocksPerSm = 3;  // ~170 registers a thread
+
+// Four consecutive K/V elements (8 bytes of bf16 bits, or a float4), widened where used.
+template <typename KV>
+struct Raw4;
+template <>
+struct Raw4<uint16_t> {
+  uint2 bits;
+};
+template <>
+struct Raw4<float> {
+  float4 f;
+};
+__device__ __forceinline__ Raw4<uint16_t> LoadRaw4(const uint16_t* base, int64_t off) {
+  return {*reinterpret_cast<const uint2*>(base + off)};
+}
+__device__ __forceinline__ Raw4<float> LoadRaw4(const float* base, int64_t off) {
+  return {*reinterpret_cast<const float4*>(base + off)};
+}
+__device__ __forceinline__ void Widen4(const Raw4<uint16_t>& r, float (&f)[4]) {
+  f[0] = __uint_as_float(r.bits.x << 16), f[1] = __uint_as_float(r.bits.x & 0xffff0000u);
+  f[2] = __uint_as_float(r.bits.y << 16), f[3] = __uint_as_float(r.bits.y & 0xffff0000u);
+}
+__device__ __forceinline__ void Widen4(const Raw4<float>& r, float (&f)[4]) {
+  f[0] = r.f.x, f[1] = r.f.y, f[2] = r.f.z, f[3] = r.f.w;
+}
+
+template <typename KV, int G>
+__global__ void __launch_bounds__(kDecodeThreads, kTileBlocksPerSm)
+    DecodeAttentionTileKernel(Params p) {
+  // bf16: a tile's K and V loads go out together (64 + 64 registers). float32 (twice the
+  // registers): K in two batches, then V in two batches after the softmax.
+  constexpr int kBatches = sizeof(KV) / 2;
+  constexpr bool kVWithK = kBatches == 1;
+  constexpr int kKChunks = kTileHd / 8 / kBatches;  // 8-element K chunks per lane per batch
+  constexpr int kVKeys = kTileKeys / kBatches;      // keys whose V a lane holds at once
+  const KV* k = static_cast<const KV*>(p.k);
+  const KV* v = static_cast<const KV*>(p.v);
+  __shared__ __align__(16) float q_s[G][kTileHd];
+  __shared__ __align__(16) float prob_s[kDecodeWarps][kTileKeys][G];
+  __shared__ float partial[kDecodeWarps][G][kHd];
+  __shared__ float warp_m[kDecodeWarps][G], warp_l[kDecodeWarps][G];
+
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int64_t g = blockIdx.x, split = blockIdx.y;
+  const int64_t kv_cols = p.kv_heads * kTileHd;
+  const int64_t key_begin = split * p.keys_per_split;
+  const int64_t nk = p.last_position != nullptr ? min(*p.last_position + 1, p.nk) : p.nk;
+  const int n = static_cast<int>(min(nk, key_begin + p.keys_per_split) - key_begin);
+  for (int idx = tid; idx < G * kTileHd; idx += kDecodeThreads) {
+    q_s[idx / kTileHd][idx % kTileHd] = p.q[(g * G) * kTileHd + idx] * p.scale_log2;
+  }
+  __syncthreads();
+
+  float m[G], l[G], acc[G][4];
+  for (int h = 0; h < G; ++h) {
+    m[h] = -CUDART_INF_F;
+    l[h] = 0.0f;
+    for (int e = 0; e < 4; ++e) acc[h][e] = 0.0f;
+  }
+  // Every lane of a warp runs the same tiles (the reductions need the whole warp): a lane past
+  // the end reads the last key again and weighs it 0.
+  for (int base = warp * kTileKeys; base < n; base += kDecodeWarps * kTileKeys) {
+    const bool in = base + lane < n;
+    const KV* k_row = k + (key_begin + min(base + lane, n - 1)) * kv_cols + g * kTileHd;
+    const KV* v_dims = v + key_begin * kv_cols + g * kTileHd + 4 * lane;
+    float s[G];
+    for (int h = 0; h < G; ++h) s[h] = 0.0f;
+    Raw4<KV> vraw[kVKeys];
+    const auto load_v = [&](int first_key) {
+      for (int t = 0; t < kVKeys; ++t) {
+        vraw[t] = LoadRaw4(v_dims, static_cast<int64_t>(min(first_key + t, n - 1)) * kv_cols);
+      }
+    };
+    for (int b = 0; b < kBatches; ++b) {
+      Raw8<KV> kraw[kKChunks];
+      for (int c = 0; c < kKChunks; ++c) kraw[c] = LoadRaw8(k_row, (b * kKChunks + c) * 8);
+      if (kVWithK) load_v(base);
+      for (int c = 0; c < kKChunks; ++c) {
+        float kf[8];
+        Widen8(kraw[c], kf);
+        const int d0 = (b * kKChunks + c) * 8;
+        for (int h = 0; h < G; ++h) {
+          const float4 qa = *reinterpret_cast<const float4*>(&q_s[h][d0]);
+          const float4 qb = *reinterpret_cast<const float4*>(&q_s[h][d0 + 4]);
+          s[h] += qa.x * kf[0] + qa.y * kf[1] + qa.z * kf[2] + qa.w * kf[3] + qb.x * kf[4] +
+                  qb.y * kf[5] + qb.z * kf[6] + qb.w * kf[7];
+        }
+      }
     }
-    const int64_t head = g * G + h;
-    float* dst = split_mode ? p.part_o + (split * p.heads + head) * hd : p.out + head * hd;
-    dst[d] = sum > 0.0f ? o / sum : 0.0f;
-    if (split_mode && d == 0) {
-      p.part_m[split * p.heads + head] = mx;
-      p.part_l[split * p.heads + head] = sum;
+    // The tile's online-softmax update, per head (m and l are the same in every lane).
+    float corr[G];
+    for (int h = 0; h < G; ++h) {
+      const float m_new = fmaxf(m[h], WarpMax(in ? s[h] : -CUDART_INF_F));
+      // A warp whose keys so far all scored -inf stays empty (avoids inf - inf).
+      corr[h] = m_new == -CUDART_INF_F ? 1.0f : exp2f(m[h] - m_new);
+      const float prob = in && m_new != -CUDART_INF_F ? exp2f(s[h] - m_new) : 0.0f;
+      l[h] = l[h] * corr[h] + WarpSum(prob);
+      m[h] = m_new;
+      prob_s[warp][lane][h] = prob;
+    }
+    __syncwarp();
+    for (int h = 0; h < G; ++h) {
+      for (int e = 0; e < 4; ++e) acc[h][e] *= corr[h];
+    }
+    for (int b = 0; b < kBatches; ++b) {
+      if (!kVWithK) load_v(base + b * kVKeys);
+      for (int t = 0; t < kVKeys; ++t) {
+        float vf[4];
+        Widen4(vraw[t], vf);
+        for (int h = 0; h < G; ++h) {
+          const float prob = prob_s[warp][b * kVKeys + t][h];
+          for (int e = 0; e < 4; ++e) acc[h][e] += prob * vf[e];
+        }
+      }
+    }
+    __syncwarp();  // the next tile overwrites prob_s
+  }
+  for (int h = 0; h < G; ++h) {
+    for (int e = 0; e < 4; ++e) partial[warp][h][4 * lane + e] = acc[h][e];
+    if (lane == 0) {
+      warp_m[warp][h] = m[h];
+      warp_l[warp][h] = l[h];
     }
   }
+  __syncthreads();
+  MergeDecodeWarps<G>(p, partial, warp_m, warp_l);
 }
 
 // --- Prefill over bf16 K/V on tensor cores (sm_80+ mma.sync, FlashAttention-2 style) ----------
@@ -589,17 +738,41 @@ bool IsDecodeShape(const AttentionShape& shape) {
   return shape.nq == 1 && group_ok && hd % 8 == 0 && hd / 8 <= 16 && ((hd / 8) & (hd / 8 - 1)) == 0;
 }
 
+// head_dim 128 takes DecodeAttentionTileKernel, other decode shapes DecodeAttentionKernel.
+bool IsTileDecodeShape(const AttentionShape& shape) { return shape.head_dim == kTileHd; }
+
 int64_t DecodeKeysPerSplit(const AttentionShape& shape, int num_sms) {
-  // About four blocks per SM (as many as fit at once), splits of at least 64 keys: more splits
-  // only add merging work.
-  const int64_t want_splits = std::max<int64_t>(1, 4 * int64_t{num_sms} / shape.num_kv_heads);
+  // As many blocks as fit on the GPU at once (one wave), splits of at least 64 keys: more
+  // splits only add merging work.
+  const int64_t blocks_per_sm = IsTileDecodeShape(shape) ? kTileBlocksPerSm : 4;
+  const int64_t want_splits =
+      std::max<int64_t>(1, blocks_per_sm * int64_t{num_sms} / shape.num_kv_heads);
   const int64_t per = (shape.nk + want_splits - 1) / want_splits;
   return std::max<int64_t>((per + 31) / 32 * 32, 64);
 }
 
 template <typename KV>
+void LaunchTileDecode(const Params& p, int64_t group, dim3 grid, cudaStream_t stream) {
+  switch (group) {
+    case 1:
+      DecodeAttentionTileKernel<KV, 1><<<grid, kDecodeThreads, 0, stream>>>(p);
+      break;
+    case 2:
+      DecodeAttentionTileKernel<KV, 2><<<grid, kDecodeThreads, 0, stream>>>(p);
+      break;
+    case 4:
+      DecodeAttentionTileKernel<KV, 4><<<grid, kDecodeThreads, 0, stream>>>(p);
+      break;
+    default:
+      DecodeAttentionTileKernel<KV, 8><<<grid, kDecodeThreads, 0, stream>>>(p);
+      break;
+  }
+}
+
+template <typename KV>
 void LaunchDecode(const Params& p, int64_t group, int splits, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(p.kv_heads), static_cast<unsigned>(splits));
+  if (p.hd == kTileHd) return LaunchTileDecode<KV>(p, group, grid, stream);
   const int lanes = static_cast<int>(p.hd / 8);
   switch (group) {
     case 1:

@@ -381,6 +381,9 @@ TEST_F(GpuCheck, Bf16KvAttentionEqualsWidenedF32) {
   const Case cases[] = {{600, 900, 8, 2, 64, false, false},  // 300 row tiles: one wave or more
                         {1, 5000, 8, 2, 64, true, false},
                         {1, 5000, 8, 2, 128, true, false},
+                        {1, 31, 8, 8, 128, false, false},  // decode tiles: a partial one
+                        {1, 777, 8, 4, 128, true, false},
+                        {1, 2000, 16, 2, 128, true, false},
                         {600, 900, 8, 2, 128, false, true},
                         {300, 1700, 32, 8, 128, false, true},  // GQA 4, rows not a tile multiple
                         {40, 3000, 8, 2, 128, true, true}};    // few row tiles: key splits

@@ -1,8 +1,10 @@
 // Decode steps recorded once and replayed (Backend::Record: a CUDA graph per generation) against
 // the same steps enqueued op by op, on the tiny M+ checkpoints: bitwise equal logits, step after
 // step, since both run the same kernels with the same parameters.
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -39,6 +41,85 @@ class InitialMemory : public engine::SessionMemory {
 std::string FixtureDir(const std::string& name) {
   const char* root = std::getenv("MPLUS_GPU_FIXTURES");  // run.sh: the bundle's fixtures
   return std::string(root != nullptr ? root : "tests/fixtures") + "/" + name;
+}
+
+// The position of a decode step as the ops read it: an int64 [1] tensor on `b`.
+absl::StatusOr<Tensor> Position(Backend& b, int64_t value) {
+  absl::StatusOr<Tensor> t = b.Allocate(DType::kI64, {1});
+  if (!t.ok()) return t.status();
+  if (absl::Status s = b.CopyFromHost(&value, DType::kI64, *t); !s.ok()) return s;
+  return t;
+}
+
+// StoreKeysValuesAt, RopeAt and AttentionAt read the position on the GPU (the kernels) and on
+// the CPU (Backend's defaults, which read it back): the same results, and no cache row past the
+// position is read (they hold NaN) or written but the position's.
+TEST_F(GpuCheck, DecodeOpsAtADevicePosition) {
+  struct Case {
+    int64_t capacity, position, heads, kv_heads, hd;
+    DType cache;
+  };
+  const Case cases[] = {{3000, 1234, 32, 8, 128, DType::kBF16},
+                        {3000, 0, 32, 8, 128, DType::kBF16},
+                        {700, 699, 8, 8, 128, DType::kF32},
+                        {500, 77, 8, 2, 64, DType::kF32}};
+  uint32_t seed = 900;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(testing::Message()
+                 << "capacity=" << c.capacity << " position=" << c.position << " H=" << c.heads
+                 << "/" << c.kv_heads << " hd=" << c.hd << " " << DTypeName(c.cache));
+    const int64_t kv_cols = c.kv_heads * c.hd, q_cols = c.heads * c.hd;
+    const int64_t valid = c.position * kv_cols;  // cache elements before the position's row
+    std::vector<float> cache = Rounded(RandomFloats(c.capacity * kv_cols, seed++, -2, 2), c.cache);
+    for (int64_t i = valid; i < c.capacity * kv_cols; ++i) {
+      cache[i] = std::numeric_limits<float>::quiet_NaN();
+    }
+    const std::vector<float> q = RandomFloats(q_cols, seed++, -2, 2);
+    const std::vector<float> k = RandomFloats(kv_cols, seed++, -2, 2);
+    const std::vector<float> v = RandomFloats(kv_cols, seed++);
+    const std::vector<float> inv_freq = RandomFloats(c.hd / 2, seed++, 0, 1);
+    std::vector<std::vector<float>> caches, queries, outs;
+    for (Backend* b : {cpu_, gpu_}) {
+      SCOPED_TRACE(b->name());
+      ASSERT_OK_AND_ASSIGN(pos, Position(*b, c.position));
+      ASSERT_OK_AND_ASSIGN(kc_f, Upload(*b, cache, {c.capacity, kv_cols}));
+      ASSERT_OK_AND_ASSIGN(kc, b->Allocate(c.cache, {c.capacity, kv_cols}));
+      ASSERT_OK_AND_ASSIGN(vc, b->Allocate(c.cache, {c.capacity, kv_cols}));
+      ASSERT_OK(b->Copy(kc_f, kc));
+      ASSERT_OK(b->Copy(kc_f, vc));
+      ASSERT_OK_AND_ASSIGN(kt, Upload(*b, k, {1, kv_cols}));
+      ASSERT_OK_AND_ASSIGN(vt, Upload(*b, v, {1, kv_cols}));
+      ASSERT_OK_AND_ASSIGN(freq, Upload(*b, inv_freq, {c.hd / 2}));
+      ASSERT_OK(b->StoreKeysValuesAt(kt, vt, c.hd, pos, freq, kc, vc));
+      ASSERT_OK_AND_ASSIGN(qt, Upload(*b, q, {1, q_cols}));
+      ASSERT_OK(b->RopeAt(qt, c.hd, pos, freq));
+      ASSERT_OK_AND_ASSIGN(out, Poisoned(*b, {1, q_cols}));
+      ASSERT_OK(b->AttentionAt(qt, kc, vc, pos, c.heads, c.kv_heads, c.hd, out));
+      ASSERT_OK_AND_ASSIGN(kc_wide, b->Allocate(DType::kF32, {c.capacity, kv_cols}));
+      ASSERT_OK(b->Copy(kc, kc_wide));
+      ASSERT_OK_AND_ASSIGN(cache_host, Download(*b, kc_wide));
+      ASSERT_OK_AND_ASSIGN(q_host, Download(*b, qt));
+      ASSERT_OK_AND_ASSIGN(out_host, Download(*b, out));
+      caches.push_back(std::move(cache_host));
+      queries.push_back(std::move(q_host));
+      outs.push_back(std::move(out_host));
+    }
+    // The rows before the position are untouched, the position's row is the rotated key, the
+    // rows after it still NaN (NaN != NaN: compare bits).
+    std::vector<float> gpu_row(caches[1].begin() + valid, caches[1].begin() + valid + kv_cols);
+    std::vector<float> cpu_row(caches[0].begin() + valid, caches[0].begin() + valid + kv_cols);
+    ExpectNear(gpu_row, cpu_row, RelBound(cpu_row, 1e-5f, 1e-5f), "StoreKeysValuesAt row");
+    for (int64_t i = 0; i < c.capacity * kv_cols; ++i) {
+      if (i >= valid && i < valid + kv_cols) continue;
+      ASSERT_EQ(std::isnan(caches[1][i]), i >= valid + kv_cols) << "cache element " << i;
+      if (i < valid) {
+        ASSERT_EQ(caches[1][i], cache[i]) << "cache element " << i;
+      }
+    }
+    ExpectNear(queries[1], queries[0], RelBound(queries[0], 1e-5f, 1e-5f), "RopeAt");
+    for (float x : outs[1]) ASSERT_FALSE(std::isnan(x)) << "a row past the position was read";
+    ExpectNear(outs[1], outs[0], RelBound(outs[0], 2e-5f, 1e-4f), "AttentionAt");
+  }
 }
 
 TEST_F(GpuCheck, RecordedDecodeStepsMatchStepByStepBitwise) {
