@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <map>
 #include <memory>
+#include <tuple>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
@@ -28,9 +29,20 @@ struct Totals {
   uint64_t ns = 0;
 };
 
+// A kernel as launched: the same kernel with another grid is usually another shape (a GEMV of
+// another matrix, say), so they are summed apart.
+struct Launch {
+  std::string raw_name;  // mangled
+  int32_t grid[3];
+  bool operator<(const Launch& o) const {
+    return std::tie(raw_name, grid[0], grid[1], grid[2]) <
+           std::tie(o.raw_name, o.grid[0], o.grid[1], o.grid[2]);
+  }
+};
+
 // What the completion callback (a CUPTI thread) has collected since Start.
 struct Collected {
-  std::map<std::string, Totals> kernels;  // by raw (mangled) name
+  std::map<Launch, Totals> kernels;
   Totals copies;
   std::vector<std::pair<uint64_t, uint64_t>> intervals;  // [start, end) ns of every record
 };
@@ -62,7 +74,9 @@ void CUPTIAPI BufferCompleted(CUcontext, uint32_t, uint8_t* buffer, size_t, size
       const auto* k = reinterpret_cast<const CUpti_ActivityKernel10*>(record);
       start = k->start;
       end = k->end;
-      Totals& t = collected->kernels[k->name != nullptr ? k->name : "?"];
+      Totals& t =
+          collected
+              ->kernels[Launch{k->name != nullptr ? k->name : "?", {k->gridX, k->gridY, k->gridZ}}];
       ++t.count;
       t.ns += end - start;
     } else if (record->kind == CUPTI_ACTIVITY_KIND_MEMCPY) {
@@ -168,9 +182,10 @@ absl::StatusOr<TraceSummary> KernelTrace::Stop() {
   }
 
   TraceSummary summary;
-  std::map<std::string, KernelTotal> by_name;  // template instances with equal short names merge
-  for (const auto& [raw, totals] : got->kernels) {
-    const std::string name = ShortKernelName(Demangle(raw));
+  std::map<std::string, KernelTotal> by_name;  // instances with equal short names and grids merge
+  for (const auto& [launch, totals] : got->kernels) {
+    const std::string name = absl::StrCat(ShortKernelName(Demangle(launch.raw_name)), " grid ",
+                                          launch.grid[0], "x", launch.grid[1], "x", launch.grid[2]);
     KernelTotal& k = by_name[name];
     k.name = name;
     k.count += totals.count;

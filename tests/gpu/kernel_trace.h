@@ -15,7 +15,7 @@
 namespace mplus::model_bench {
 
 struct KernelTotal {
-  std::string name;  // demangled, without namespaces and parameter lists
+  std::string name;  // demangled, without namespaces and parameter lists, and the launch's grid
   int64_t count = 0;
   double gpu_us = 0;  // sum of the GPU durations
 };

@@ -40,7 +40,7 @@ absl::StatusOr<double> TimePrefill(const engine::Model& model, engine::SessionMe
 
 // `work` under a kernel trace: the table per `steps`, or why there is none.
 std::string Traced(int steps, const std::function<absl::Status()>& work) {
-  constexpr int kTopKernels = 14;
+  constexpr int kTopKernels = 20;
   if (absl::Status s = KernelTrace::Start(); !s.ok()) return "no trace: " + s.ToString();
   const absl::Status ran = work();
   absl::StatusOr<TraceSummary> summary = KernelTrace::Stop();
