@@ -48,6 +48,10 @@ ABSL_FLAG(int, cpu_threads, 0, "Threads of the CPU backend (0: one per hardware 
 ABSL_FLAG(bool, bf16_rope_inv_freq, true,
           "bf16 checkpoints: round RoPE inv_freq to bf16 as the official inference recipe does; "
           "false keeps float32 frequencies.");
+ABSL_FLAG(bool, cuda_graphs, true,
+          "--device=cuda: each generation records its first decode step as a CUDA graph and "
+          "replays it for the next tokens (one launch instead of ~500); false launches every "
+          "kernel of every step (slower; to rule the graphs out when debugging).");
 ABSL_FLAG(int, engine_workers, 2,
           "Requests of different sessions that run on the engine at once (one per session).");
 ABSL_FLAG(int, max_queued_requests, 64,
@@ -152,6 +156,7 @@ int Run() {
   options.cuda_plugin = absl::GetFlag(FLAGS_cuda_plugin);
   options.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);
   options.bf16_rope_inv_freq = absl::GetFlag(FLAGS_bf16_rope_inv_freq);
+  options.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
   options.engine_workers = absl::GetFlag(FLAGS_engine_workers);
   options.max_queued_requests = absl::GetFlag(FLAGS_max_queued_requests);
   options.max_request_bytes = absl::GetFlag(FLAGS_max_request_bytes);

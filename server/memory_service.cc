@@ -101,6 +101,7 @@ absl::Status MemoryServiceImpl::Open() {
     LogInfo("CUDA backend on GPU 0");
   }
   model_options.bf16_rope_inv_freq = options_.bf16_rope_inv_freq;
+  model_options.replay_decode = options_.cuda_graphs;
   auto model = engine::Model::Load(model_dir, model_options);
   if (!model.ok()) return model.status();
   model_ = std::move(*model);
