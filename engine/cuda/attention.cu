@@ -290,6 +290,24 @@ __device__ __forceinline__ void MergeWeights(float m_a, float m_b, float m, floa
   w_b = m == -CUDART_INF_F ? 0.0f : exp2f(m_b - m);
 }
 
+// A decode warp's merged online-softmax state into shared memory for MergeDecodeWarps: a lane's
+// output dims [dim0, dim0 + D) of each head, and (one lane) the running max and sum.
+template <int G, int D>
+__device__ __forceinline__ void StoreWarpState(const float (&acc)[G][D], const float (&m)[G],
+                                               const float (&l)[G], int warp, int dim0,
+                                               bool writes_state,
+                                               float (&partial)[kDecodeWarps][G][kHd],
+                                               float (&warp_m)[kDecodeWarps][G],
+                                               float (&warp_l)[kDecodeWarps][G]) {
+  for (int h = 0; h < G; ++h) {
+    for (int e = 0; e < D; ++e) partial[warp][h][dim0 + e] = acc[h][e];
+    if (writes_state) {
+      warp_m[warp][h] = m[h];
+      warp_l[warp][h] = l[h];
+    }
+  }
+}
+
 // The end of a decode block (kv head blockIdx.x, split blockIdx.y): merges its warps' online-
 // softmax states (after a __syncthreads) and writes the normalised output, or with splits the
 // partial output, max and sum for CombineKernel.
@@ -396,15 +414,7 @@ __global__ void __launch_bounds__(kDecodeThreads)
       }
     }
   }
-  if (sub == 0) {
-    for (int h = 0; h < G; ++h) {
-      for (int e = 0; e < 8; ++e) partial[warp][h][8 * part + e] = acc[h][e];
-      if (part == 0) {
-        warp_m[warp][h] = m[h];
-        warp_l[warp][h] = l[h];
-      }
-    }
-  }
+  if (sub == 0) StoreWarpState(acc, m, l, warp, 8 * part, part == 0, partial, warp_m, warp_l);
   __syncthreads();
   MergeDecodeWarps<G>(p, partial, warp_m, warp_l);
 }
@@ -536,13 +546,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kTileBlocksPerSm)
     }
     __syncwarp();  // the next tile overwrites prob_s
   }
-  for (int h = 0; h < G; ++h) {
-    for (int e = 0; e < 4; ++e) partial[warp][h][4 * lane + e] = acc[h][e];
-    if (lane == 0) {
-      warp_m[warp][h] = m[h];
-      warp_l[warp][h] = l[h];
-    }
-  }
+  StoreWarpState(acc, m, l, warp, 4 * lane, lane == 0, partial, warp_m, warp_l);
   __syncthreads();
   MergeDecodeWarps<G>(p, partial, warp_m, warp_l);
 }
