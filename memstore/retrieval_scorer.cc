@@ -9,6 +9,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/cpu_count.h"
 #include "engine/dot.h"
 
 namespace mplus::memstore {
@@ -175,9 +176,8 @@ void MeanSigmoidScores(const float* queries, int64_t nq, const float* keys, int6
   // Each key's score is computed the same way on any thread; large layers split across cores.
   constexpr double kWorkPerThread = 1 << 24;  // multiply-adds; below this a thread costs more
   const double work = static_cast<double>(nq) * static_cast<double>(n) * static_cast<double>(p);
-  const int64_t threads =
-      std::max<int64_t>(1, std::min<int64_t>(std::max(1u, std::thread::hardware_concurrency()),
-                                             static_cast<int64_t>(work / kWorkPerThread)));
+  const int64_t threads = std::max<int64_t>(
+      1, std::min<int64_t>(AvailableCpus(), static_cast<int64_t>(work / kWorkPerThread)));
   const ScoreRangeFn score_range = BestScoreRange();
   if (threads == 1) {
     score_range(queries, nq, keys, 0, n, p, scores_out);
