@@ -11,6 +11,7 @@
 
 #include "bench/machine_floor.h"
 #include "benchmark/benchmark.h"
+#include "common/cpu_count.h"
 #include "engine/cpu/cpu_backend.h"
 
 namespace mplus::engine::cpu {
@@ -21,7 +22,7 @@ struct Floor {
   double peak_flops;  // all threads
   double bandwidth;   // all threads reading at once
   Floor() {
-    threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    threads = AvailableCpus();
     peak_flops = bench::MeasureFmaPeak() * threads;
     std::vector<double> bw(threads);
     std::vector<std::thread> readers;

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/cpu_count.h"
 #include "nlohmann/json.hpp"
 
 namespace mplus::engine {
@@ -347,9 +348,7 @@ absl::Status WriteRandomCheckpoint(const ModelConfig& config, const CheckpointOp
     shard_size += n;
     total += n;
   }
-  const int threads = o.threads > 0
-                          ? o.threads
-                          : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  const int threads = o.threads > 0 ? o.threads : AvailableCpus();
   Progress progress(o, total);
   if (o.log) {
     o.log(absl::StrFormat("writing %d tensors, %.3f GB in %d file(s) to %s", specs.size(),

@@ -29,7 +29,7 @@ namespace mplus::engine {
 inline constexpr int64_t kMinPrefixChunkRows = 16;
 
 struct ModelOptions {
-  // CPU backend threads (<= 0: one per hardware thread); ignored when `backend` is given.
+  // CPU backend threads (<= 0: one per CPU the process may use); ignored when `backend` is given.
   int num_threads = 0;
   // bf16 checkpoints only: round RoPE inv_freq to bf16 as the official bf16 recipe does
   // (MPLUS.md); false keeps the float32 frequencies. float32 checkpoints always use float32.

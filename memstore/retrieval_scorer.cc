@@ -6,9 +6,9 @@
 #include <cmath>
 #include <new>
 #include <numeric>
-#include <thread>
 #include <vector>
 
+#include "common/parallel_for.h"
 #include "engine/dot.h"
 
 namespace mplus::memstore {
@@ -173,24 +173,12 @@ struct Better {
 void MeanSigmoidScores(const float* queries, int64_t nq, const float* keys, int64_t n, int64_t p,
                        float* scores_out) {
   // Each key's score is computed the same way on any thread; large layers split across cores.
-  constexpr double kWorkPerThread = 1 << 24;  // multiply-adds; below this a thread costs more
-  const double work = static_cast<double>(nq) * static_cast<double>(n) * static_cast<double>(p);
-  const int64_t threads =
-      std::max<int64_t>(1, std::min<int64_t>(std::max(1u, std::thread::hardware_concurrency()),
-                                             static_cast<int64_t>(work / kWorkPerThread)));
+  constexpr int64_t kWorkPerThread = 1 << 24;  // multiply-adds; below this a thread costs more
   const ScoreRangeFn score_range = BestScoreRange();
-  if (threads == 1) {
-    score_range(queries, nq, keys, 0, n, p, scores_out);
-    return;
-  }
-  std::vector<std::thread> pool;
-  const int64_t per = (n + threads - 1) / threads;
-  for (int64_t t = 1; t < threads; ++t) {
-    const int64_t b = std::min(n, t * per), e = std::min(n, (t + 1) * per);
-    pool.emplace_back(score_range, queries, nq, keys, b, e, p, scores_out);
-  }
-  score_range(queries, nq, keys, 0, std::min(n, per), p, scores_out);
-  for (std::thread& th : pool) th.join();
+  ParallelFor(n, std::max<int64_t>(1, kWorkPerThread / std::max<int64_t>(1, nq * p)),
+              [&](int64_t begin, int64_t end) {
+                score_range(queries, nq, keys, begin, end, p, scores_out);
+              });
 }
 
 std::vector<int64_t> TopK(const float* scores, int64_t n, int64_t k) {

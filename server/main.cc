@@ -44,7 +44,9 @@ ABSL_FLAG(std::string, cuda_plugin, "",
           "../lib/libmplus_cuda.so from it, then the build tree.");
 ABSL_FLAG(int, shutdown_grace_seconds, 30,
           "On SIGTERM/SIGINT: seconds in-flight requests get to finish before being cancelled.");
-ABSL_FLAG(int, cpu_threads, 0, "Threads of the CPU backend (0: one per hardware thread).");
+ABSL_FLAG(int, cpu_threads, 0,
+          "Threads of the CPU backend (0: one per CPU the process may use: its affinity mask "
+          "and cgroup CPU limit, e.g. a Kubernetes CPU limit).");
 ABSL_FLAG(bool, bf16_rope_inv_freq, true,
           "bf16 checkpoints: round RoPE inv_freq to bf16 as the official inference recipe does; "
           "false keeps float32 frequencies.");

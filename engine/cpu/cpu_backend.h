@@ -13,7 +13,7 @@ namespace mplus::engine::cpu {
 
 class CpuBackend : public Backend {
  public:
-  // num_threads <= 0: one per hardware thread.
+  // num_threads <= 0: one per CPU the process may use (AvailableCpus).
   explicit CpuBackend(int num_threads = 0) : pool_(num_threads) {}
 
   Device device() const override { return Device::kCpu; }

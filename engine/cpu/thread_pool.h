@@ -13,7 +13,7 @@ namespace mplus::engine::cpu {
 
 class ThreadPool {
  public:
-  // num_threads <= 0: hardware concurrency. The calling thread also works, so n threads means
+  // num_threads <= 0: AvailableCpus(). The calling thread also works, so n threads means
   // n - 1 workers.
   explicit ThreadPool(int num_threads);
   ~ThreadPool();

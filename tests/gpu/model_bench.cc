@@ -21,6 +21,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/cpu_count.h"
 #include "common/flags_help.h"
 #include "engine/checkpoint_writer.h"
 #include "engine/cuda/device_info.h"
@@ -164,9 +165,8 @@ absl::Status Run() {
         absl::StrCat("--device must be cuda or cpu, got '", device, "'"));
   }
   const bool cuda = device == "cuda";
-  const int threads = absl::GetFlag(FLAGS_threads) > 0
-                          ? absl::GetFlag(FLAGS_threads)
-                          : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  const int threads =
+      absl::GetFlag(FLAGS_threads) > 0 ? absl::GetFlag(FLAGS_threads) : AvailableCpus();
   engine::ModelConfig config = cuda ? engine::Mplus8bConfig() : engine::TinyMplusConfig();
   config.dtype = engine::DType::kBF16;
   std::string dir = absl::GetFlag(FLAGS_checkpoint_dir);
