@@ -168,6 +168,7 @@ class CudaBackend : public Backend {
 
   const std::shared_ptr<DeviceState> state_;
   int num_sms_ = 0;
+  GemvDevice gemv_;
   std::atomic<int64_t> wait_ns_{0};
   mutable absl::Mutex mu_;
   std::shared_ptr<void> gemm_workspace_;
@@ -190,6 +191,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CudaBackend::Create(int ordinal) {
   std::unique_ptr<CudaBackend> backend(new CudaBackend(state));
   MPLUS_CUDA_RETURN_IF_ERROR(
       cudaDeviceGetAttribute(&backend->num_sms_, cudaDevAttrMultiProcessorCount, ordinal));
+  MPLUS_CUDA_RETURN_IF_ERROR(GetGemvDevice(&backend->gemv_));
   MPLUS_ASSIGN_OR_RETURN(backend->gemm_workspace_,
                          DeviceState::Alloc(state, kGemmWorkspaceBytes, MemCategory::kWorkspace));
   absl::MutexLock lock(&backend->mu_);
@@ -451,7 +453,7 @@ absl::Status CudaBackend::MatMul(const Tensor& x, const Tensor& w, const Tensor&
       if (GemvSupported(n, k, x.data(), w.data())) {  // decode: a few rows
         MPLUS_CUDA_RETURN_IF_ERROR(LaunchGemvBf16(x.data_as<const float>(),
                                                   w.data_as<const uint16_t>(), n, m, k, alpha,
-                                                  accumulate, PlainGemv(d, m), num_sms_, stream()));
+                                                  accumulate, PlainGemv(d, m), gemv_, stream()));
         return absl::OkStatus();
       }
       MPLUS_ASSIGN_OR_RETURN(void* xb, convert_.Get(static_cast<size_t>(n * k) * 2));
@@ -739,16 +741,16 @@ absl::Status CudaBackend::LoraMatMul(const Tensor& x, const Tensor& w, const Ten
   MPLUS_RETURN_IF_ERROR(state_->Activate());
   GemvEpilogue ep = PlainGemv(out.data_as<float>(), m);
   if (r > 0) {
-    MPLUS_CUDA_RETURN_IF_ERROR(
-        LaunchGemvBf16(x.data_as<const float>(), a.data_as<const uint16_t>(), n, r, k, 1.0f, false,
-                       PlainGemv(t.data_as<float>(), r), num_sms_, stream()));
+    MPLUS_CUDA_RETURN_IF_ERROR(LaunchGemvBf16(x.data_as<const float>(), a.data_as<const uint16_t>(),
+                                              n, r, k, 1.0f, false,
+                                              PlainGemv(t.data_as<float>(), r), gemv_, stream()));
     ep.lora_b[0] = b.data_as<const uint16_t>();
     ep.lora_t = t.data_as<const float>();
     ep.lora_r = ep.lora_t_cols = r;
     ep.lora_scale = scale;
   }
   MPLUS_CUDA_RETURN_IF_ERROR(LaunchGemvBf16(x.data_as<const float>(), w.data_as<const uint16_t>(),
-                                            n, m, k, 1.0f, accumulate, ep, num_sms_, stream()));
+                                            n, m, k, 1.0f, accumulate, ep, gemv_, stream()));
   return absl::OkStatus();
 }
 
@@ -799,10 +801,10 @@ absl::Status CudaBackend::LoraMatMulGroup(const Tensor& x, absl::Span<const Lora
   MPLUS_RETURN_IF_ERROR(state_->Activate());
   MPLUS_CUDA_RETURN_IF_ERROR(
       LaunchGemvBf16(x.data_as<const float>(), as[0]->data_as<const uint16_t>(), n, count * r, k,
-                     1.0f, false, PlainGemv(t.data_as<float>(), count * r), num_sms_, stream()));
+                     1.0f, false, PlainGemv(t.data_as<float>(), count * r), gemv_, stream()));
   MPLUS_CUDA_RETURN_IF_ERROR(LaunchGemvBf16(x.data_as<const float>(),
                                             ws[0]->data_as<const uint16_t>(), n, m, k, 1.0f, false,
-                                            ep, num_sms_, stream()));
+                                            ep, gemv_, stream()));
   return absl::OkStatus();
 }
 

@@ -25,6 +25,19 @@ __device__ __forceinline__ float Dot8(const uint4 w, const float* x) {
   return s;
 }
 
+// Programmatic dependent launch (sm_90+; nothing on older GPUs, whose launches are never
+// programmatic): the wait for the kernel before, and the go-ahead for the launch after.
+__device__ __forceinline__ void WaitForPrecedingKernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void AllowDependentLaunch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 // T threads (a power of two up to kThreads) per weight row: thread `part` of a row reads the
 // row's 8-element chunks part, part + T, ...; the T partial sums are reduced by shuffles within
 // a warp and through shared memory across warps.
@@ -32,24 +45,33 @@ template <int N>
 __global__ void __launch_bounds__(kThreads)
     GemvBf16Kernel(const float* __restrict__ x, const uint16_t* __restrict__ w, int64_t m,
                    int64_t k, float alpha, bool accumulate, GemvEpilogue ep, int threads_per_row) {
+  AllowDependentLaunch();
   const int T = threads_per_row, tid = threadIdx.x, part = tid % T;
   const int64_t row = blockIdx.x * int64_t{kThreads / T} + tid / T;
   const int64_t chunks = k / 8;
+  const uint4* wrow = reinterpret_cast<const uint4*>(w + min(row, m - 1) * k);
+  // The first weights are read before the wait for the kernel before (see GemvDevice).
+  uint4 wv[kUnroll];
+  const bool first_full = row < m && part + (kUnroll - 1) * T < chunks;
+  if (first_full) {
+    for (int u = 0; u < kUnroll; ++u) wv[u] = __ldcs(wrow + part + u * T);  // read once: stream
+  }
+  WaitForPrecedingKernel();
   float acc[N];
   for (int r = 0; r < N; ++r) acc[r] = 0.0f;
   if (row < m) {
-    const uint4* wrow = reinterpret_cast<const uint4*>(w + row * k);
     int64_t c = part;
     for (; c + (kUnroll - 1) * T < chunks; c += kUnroll * T) {
-      uint4 wv[kUnroll];
-      for (int u = 0; u < kUnroll; ++u) wv[u] = __ldcs(wrow + c + u * T);  // read once: stream
+      if (c != part) {
+        for (int u = 0; u < kUnroll; ++u) wv[u] = __ldcs(wrow + c + u * T);
+      }
       for (int u = 0; u < kUnroll; ++u) {
         for (int r = 0; r < N; ++r) acc[r] += Dot8(wv[u], x + r * k + (c + u * T) * 8);
       }
     }
     for (; c < chunks; c += T) {
-      const uint4 wv = __ldcs(wrow + c);
-      for (int r = 0; r < N; ++r) acc[r] += Dot8(wv, x + r * k + c * 8);
+      const uint4 tail = __ldcs(wrow + c);
+      for (int r = 0; r < N; ++r) acc[r] += Dot8(tail, x + r * k + c * 8);
     }
   }
   for (int off = min(T, 32) / 2; off > 0; off >>= 1) {
@@ -102,12 +124,21 @@ int ThreadsPerRow(int64_t m, int64_t k, int num_sms) {
 }
 
 template <int N>
-void Launch(const float* x, const uint16_t* w, int64_t m, int64_t k, float alpha, bool accumulate,
-            const GemvEpilogue& ep, int threads_per_row, cudaStream_t stream) {
+cudaError_t Launch(const float* x, const uint16_t* w, int64_t m, int64_t k, float alpha,
+                   bool accumulate, const GemvEpilogue& ep, int threads_per_row, bool programmatic,
+                   cudaStream_t stream) {
   const int64_t rows_per_block = kThreads / threads_per_row;
-  const auto blocks = static_cast<unsigned>((m + rows_per_block - 1) / rows_per_block);
-  GemvBf16Kernel<N>
-      <<<blocks, kThreads, 0, stream>>>(x, w, m, k, alpha, accumulate, ep, threads_per_row);
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>((m + rows_per_block - 1) / rows_per_block));
+  config.blockDim = dim3(kThreads);
+  config.stream = stream;
+  cudaLaunchAttribute attribute;
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &attribute;
+  config.numAttrs = programmatic ? 1 : 0;
+  return cudaLaunchKernelEx(&config, GemvBf16Kernel<N>, x, w, m, k, alpha, accumulate, ep,
+                            threads_per_row);
 }
 
 // The segments tile [0, m) in order, each with an output; LoRA terms have their t.
@@ -128,35 +159,44 @@ bool ValidEpilogue(const GemvEpilogue& ep, int64_t m) {
 
 }  // namespace
 
+cudaError_t GetGemvDevice(GemvDevice* device) {
+  int ordinal = 0, major = 0;
+  cudaError_t err = cudaGetDevice(&ordinal);
+  if (err == cudaSuccess) {
+    err = cudaDeviceGetAttribute(&device->num_sms, cudaDevAttrMultiProcessorCount, ordinal);
+  }
+  if (err == cudaSuccess) {
+    err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, ordinal);
+  }
+  device->programmatic_launch = major >= 9;
+  return err;
+}
+
 bool GemvSupported(int64_t n, int64_t k, const void* x, const void* w) {
   return n >= 1 && n <= kMaxGemvRows && k > 0 && k % 8 == 0 &&
          reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0;
 }
 
 cudaError_t LaunchGemvBf16(const float* x, const uint16_t* w, int64_t n, int64_t m, int64_t k,
-                           float alpha, bool accumulate, const GemvEpilogue& epilogue, int num_sms,
-                           cudaStream_t stream) {
+                           float alpha, bool accumulate, const GemvEpilogue& epilogue,
+                           const GemvDevice& device, cudaStream_t stream) {
   if (m == 0) return cudaSuccess;
-  if (!GemvSupported(n, k, x, w) || m > (int64_t{1} << 31) || num_sms < 1 ||
+  if (!GemvSupported(n, k, x, w) || m > (int64_t{1} << 31) || device.num_sms < 1 ||
       !ValidEpilogue(epilogue, m)) {
     return cudaErrorInvalidValue;
   }
-  const int t = ThreadsPerRow(m, k, num_sms);
+  const int t = ThreadsPerRow(m, k, device.num_sms);
+  const bool pdl = device.programmatic_launch;
   switch (n) {
     case 1:
-      Launch<1>(x, w, m, k, alpha, accumulate, epilogue, t, stream);
-      break;
+      return Launch<1>(x, w, m, k, alpha, accumulate, epilogue, t, pdl, stream);
     case 2:
-      Launch<2>(x, w, m, k, alpha, accumulate, epilogue, t, stream);
-      break;
+      return Launch<2>(x, w, m, k, alpha, accumulate, epilogue, t, pdl, stream);
     case 3:
-      Launch<3>(x, w, m, k, alpha, accumulate, epilogue, t, stream);
-      break;
+      return Launch<3>(x, w, m, k, alpha, accumulate, epilogue, t, pdl, stream);
     default:
-      Launch<4>(x, w, m, k, alpha, accumulate, epilogue, t, stream);
-      break;
+      return Launch<4>(x, w, m, k, alpha, accumulate, epilogue, t, pdl, stream);
   }
-  return cudaGetLastError();
 }
 
 }  // namespace mplus::engine::cuda

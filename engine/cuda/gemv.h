@@ -39,15 +39,27 @@ inline GemvEpilogue PlainGemv(float* out, int64_t m) {
   return e;
 }
 
+// What a GEMV launch needs to know of the device. On sm_90+ a GEMV is launched as a programmatic
+// dependent of the kernel before it: it may start while that kernel's last blocks run, reading
+// its first weights (which no kernel writes) meanwhile, and waits for that kernel (PTX
+// griddepcontrol.wait) before it reads x or touches out. It also lets the launch after it start
+// early, which changes nothing unless that launch is programmatic too.
+struct GemvDevice {
+  int num_sms = 1;
+  bool programmatic_launch = false;  // compute capability 9.0 or later
+};
+// The current device's.
+cudaError_t GetGemvDevice(GemvDevice* device);
+
 // Whether LaunchGemvBf16 takes these operands: 1 <= n <= kMaxGemvRows, k a multiple of 8, and
 // x, w 16-byte aligned (k a multiple of 8 keeps every row aligned after the first).
 bool GemvSupported(int64_t n, int64_t k, const void* x, const void* w);
 // out = alpha * x · w^T (+ the LoRA terms), plus out when accumulate (out is not read
 // otherwise), routed by `epilogue` (whose last end must be m). Operands as GemvSupported;
-// `num_sms` sizes the grid.
+// `device.num_sms` sizes the grid.
 cudaError_t LaunchGemvBf16(const float* x, const uint16_t* w, int64_t n, int64_t m, int64_t k,
-                           float alpha, bool accumulate, const GemvEpilogue& epilogue, int num_sms,
-                           cudaStream_t stream);
+                           float alpha, bool accumulate, const GemvEpilogue& epilogue,
+                           const GemvDevice& device, cudaStream_t stream);
 
 }  // namespace mplus::engine::cuda
 

@@ -1,6 +1,7 @@
 // The CUDA backend's fused ops (one launch where the Backend defaults compose several): the
 // decode LoRA linear and the KV-cache store. Each is checked against the CPU and against the
-// GPU's own composed default (Backend::...), with NaN-poisoned outputs.
+// GPU's own composed default (Backend::...), with NaN-poisoned outputs. Also GEMVs launched as
+// programmatic dependents of the kernel before them (sm_90).
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -238,6 +239,32 @@ TEST_F(GpuCheck, StoreKeysValuesFusedMatchesComposedAndCpu) {
       ExpectNear(got, want, RelBound(want, 1e-5f, rtol), "StoreKeysValues keys GPU vs CPU");
     }
   }
+}
+
+// Back-to-back GEMVs, the second reading what the first writes: on sm_90 the second is a
+// programmatic dependent launch that starts while the first runs (reading its own weights) and
+// must wait for it before reading x. A large first GEMV leaves a wide window for a missing wait
+// to show as a wrong second result.
+TEST_F(GpuCheck, GemvChainWaitsForThePrecedingGemv) {
+  const int64_t k1 = 4096, m1 = 28672, m2 = 4096;
+  const std::vector<float> x = RandomFloats(k1, 1200);
+  const std::vector<float> w1 = Rounded(RandomFloats(m1 * k1, 1201), DType::kBF16);
+  const std::vector<float> w2 = Rounded(RandomFloats(m2 * m1, 1202), DType::kBF16);
+  auto hw1 = MakeWeight(w1, DType::kBF16, {m1, k1});
+  auto hw2 = MakeWeight(w2, DType::kBF16, {m2, m1});
+  std::vector<std::vector<float>> res;
+  for (Backend* b : {cpu_, gpu_}) {
+    ASSERT_OK_AND_ASSIGN(xt, Upload(*b, x, {1, k1}));
+    ASSERT_OK_AND_ASSIGN(wt1, b->UploadWeight(hw1->view));
+    ASSERT_OK_AND_ASSIGN(wt2, b->UploadWeight(hw2->view));
+    ASSERT_OK_AND_ASSIGN(y1, Poisoned(*b, {1, m1}));
+    ASSERT_OK_AND_ASSIGN(y2, Poisoned(*b, {1, m2}));
+    ASSERT_OK(b->MatMul(xt, wt1, y1));  // y1 was NaN: a read before it is written shows
+    ASSERT_OK(b->MatMul(y1, wt2, y2));
+    ASSERT_OK_AND_ASSIGN(host, Download(*b, y2));
+    res.push_back(std::move(host));
+  }
+  ExpectNear(res[1], res[0], RelBound(res[0], 1e-2f, 1e-3f), "GEMV after GEMV");
 }
 
 }  // namespace
