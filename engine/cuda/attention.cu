@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "engine/cuda/attention.h"
+#include "engine/cuda/dependent_launch.cuh"
 
 namespace mplus::engine::cuda {
 namespace {
@@ -201,6 +202,7 @@ constexpr int kCombineGroups = 2;
 constexpr int kCombineThreads = kCombineGroups * kHd;
 
 __global__ void __launch_bounds__(kCombineThreads) CombineKernel(Params p, int splits) {
+  AllowDependentLaunch();  // o_proj's GEMVs are behind it in decode
   __shared__ float warp_max[kCombineThreads / 32];
   __shared__ float group_num[kCombineGroups][kHd], group_den[kCombineGroups][kHd];
   const int64_t rows = p.nq * p.heads, row = blockIdx.x;

@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "engine/cuda/dependent_launch.cuh"
 #include "engine/cuda/gemv.h"
 
 namespace mplus::engine::cuda {
@@ -23,19 +24,6 @@ __device__ __forceinline__ float Dot8(const uint4 w, const float* x) {
   s = fmaf(__uint_as_float(w.w << 16), b.z, s);
   s = fmaf(__uint_as_float(w.w & 0xffff0000u), b.w, s);
   return s;
-}
-
-// Programmatic dependent launch (sm_90+; nothing on older GPUs, whose launches are never
-// programmatic): the wait for the kernel before, and the go-ahead for the launch after.
-__device__ __forceinline__ void WaitForPrecedingKernel() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void AllowDependentLaunch() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
 }
 
 // T threads (a power of two up to kThreads) per weight row: thread `part` of a row reads the

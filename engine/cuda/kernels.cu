@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "engine/cuda/dependent_launch.cuh"
 #include "engine/cuda/kernels.h"
 
 namespace mplus::engine::cuda {
@@ -66,6 +67,7 @@ __global__ void ToBF16Kernel(const float* __restrict__ src, int64_t n, uint16_t*
 template <typename T>
 __global__ void RmsNormKernel(const float* x, const T* __restrict__ w, int64_t d, float eps,
                               float* out) {
+  AllowDependentLaunch();  // the GEMV behind a norm may start streaming its weights
   const float* xr = x + blockIdx.x * d;
   float* orow = out + blockIdx.x * d;
   float sum = 0.0f;
@@ -141,6 +143,7 @@ __global__ void StoreKeysValuesKernel(const float* k, const float* v, int64_t co
 }
 
 __global__ void SiluMulKernel(const float* gate, const float* up, float* out, int64_t n) {
+  AllowDependentLaunch();  // as RmsNormKernel: down_proj's GEMV is behind it
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
     out[i] = SiluF(gate[i]) * up[i];
