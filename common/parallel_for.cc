@@ -1,6 +1,7 @@
 #include "common/parallel_for.h"
 
 #include <algorithm>
+#include <cstring>
 #include <thread>
 #include <vector>
 
@@ -20,6 +21,14 @@ void ParallelFor(int64_t n, int64_t min_per_thread,
   }
   fn(0, std::min(n, per));
   for (std::thread& t : pool) t.join();
+}
+
+void ParallelCopy(void* dst, const void* src, size_t bytes) {
+  constexpr int64_t kMinBytesPerThread = int64_t{2} << 20;
+  ParallelFor(static_cast<int64_t>(bytes), kMinBytesPerThread, [&](int64_t begin, int64_t end) {
+    std::memcpy(static_cast<char*>(dst) + begin, static_cast<const char*>(src) + begin,
+                static_cast<size_t>(end - begin));
+  });
 }
 
 }  // namespace mplus

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "common/parallel_for.h"
 #include "engine/cuda/cuda_status.h"
 #include "engine/status_macros.h"
 
@@ -89,7 +90,7 @@ absl::Status PinnedStaging::Stage(const void* src, size_t bytes, void* dst) {
     // Advance waited for the previous round's copies when the ring entered this buffer.
     char* pinned = static_cast<char*>(b.host) + used_;
     const size_t n = std::min(bytes, kBufferBytes - used_);
-    std::memcpy(pinned, from, n);
+    ParallelCopy(pinned, from, n);
     // A failed enqueue leaves nothing reading the buffer: the bytes may be overwritten.
     MPLUS_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(to, pinned, n, cudaMemcpyHostToDevice, stream_));
     if (cudaError_t err = cudaEventRecord(b.done, stream_); err != cudaSuccess) {

@@ -2,12 +2,12 @@
 // returns as soon as the caller's bytes are in pinned memory instead of waiting for the GPU.
 //
 // What this buys, exactly: cudaMemcpyAsync from pinned memory is asynchronous to the host, so
-// Stage memcpys the caller's bytes into a ring buffer (CPU), enqueues the pinned -> device DMA on
-// the stream and returns. The caller may then overwrite or free its memory, and the host goes on
-// with its own work (long-term selection, fetching the next vectors, the next staging memcpy,
-// enqueueing later kernels) while the GPU is still computing what was enqueued before. Copying
-// from pageable memory and then synchronising the stream instead makes the host wait for all
-// earlier GPU work at every copy.
+// Stage memcpys the caller's bytes into a ring buffer (CPU; on several threads for megabytes,
+// common/parallel_for.h), enqueues the pinned -> device DMA on the stream and returns. The caller
+// may then overwrite or free its memory, and the host goes on with its own work (long-term
+// selection, fetching the next vectors, the next staging memcpy, enqueueing later kernels) while
+// the GPU is still computing what was enqueued before. Copying from pageable memory and then
+// synchronising the stream instead makes the host wait for all earlier GPU work at every copy.
 //
 // What it does not buy: the DMA does not overlap the kernels enqueued before it. The copies go
 // on the compute stream itself. A separate copy stream would not help: a destination may still

@@ -59,5 +59,14 @@ TEST(ParallelForTest, CoversEveryIndexOnceInContiguousRanges) {
   }
 }
 
+TEST(ParallelForTest, ParallelCopyCopiesEveryByte) {
+  for (const size_t bytes : {size_t{0}, size_t{13}, (size_t{5} << 20) + 3}) {
+    std::vector<char> src(bytes), dst(bytes, 0);
+    for (size_t i = 0; i < bytes; ++i) src[i] = static_cast<char>(i * 7 + 1);
+    ParallelCopy(dst.data(), src.data(), bytes);
+    EXPECT_EQ(dst, src) << bytes << " bytes";
+  }
+}
+
 }  // namespace
 }  // namespace mplus
