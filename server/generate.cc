@@ -1,5 +1,6 @@
 // MemoryServiceImpl::Generate: prompt → prefill with long-term retrieval → sampled, streamed
 // decode with stop strings and UTF-8-safe text deltas.
+#include <atomic>
 #include <optional>
 
 #include "absl/strings/str_cat.h"
@@ -8,6 +9,7 @@
 #include "engine/chat_format.h"
 #include "engine/sampler.h"
 #include "engine/text_stream.h"
+#include "server/logging.h"
 #include "server/memory_service.h"
 
 namespace mplus::server {
@@ -68,6 +70,17 @@ absl::StatusOr<engine::SamplingOptions> SamplingFromProto(const v1::SamplingPara
     return absl::InvalidArgumentError(absl::StrCat("sampling: ", s.message()));
   }
   return o;
+}
+
+// A GPU that could not record a decode step still generates, op by op (slower): said once.
+void WarnIfNotReplaying(const engine::DecodeState& state) {
+  const absl::Status& why = state.recording_status();
+  if (why.ok() || absl::IsUnimplemented(why)) return;  // recording off, or the CPU
+  static std::atomic<bool> warned{false};
+  if (!warned.exchange(true)) {
+    LogWarning("decode steps are not replayed from a CUDA graph (%s); generating op by op",
+               why.ToString());
+  }
 }
 
 }  // namespace
@@ -205,6 +218,7 @@ absl::Status MemoryServiceImpl::GenerateImpl(grpc::ServerContext* context,
     auto next = model_->Decode(**state, token);
     if (!next.ok()) return next.status();
     logits = std::move(*next);
+    if (i == 0) WarnIfNotReplaying(**state);
   }
 
   v1::GenerateResponse last;
