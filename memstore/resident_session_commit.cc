@@ -3,6 +3,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "common/parallel_for.h"
 #include "memstore/resident_session.h"
 #include "rocksdb/write_batch.h"
 
@@ -185,21 +186,24 @@ absl::Status ResidentSession::Commit(const engine::InjectResult& result, int64_t
         absl::StrCat("memstore: session ", rec.id, ": inject not committed: ", ws.ToString()));
   }
 
-  // Durable: bring the short-term cache in line (compact kept rows, append the new ones).
-  for (int l = 0; l < L; ++l) {
-    uint8_t* rows = stm_rows_[l].data();
-    size_t next_drop = 0;
-    int64_t out = 0;
-    for (int64_t i = 0; i < N; ++i) {
-      if (next_drop < result.dropped[l].size() && result.dropped[l][next_drop] == i) {
-        ++next_drop;
-        continue;
+  // Durable: bring the short-term cache in line (compact kept rows, append the new ones): most
+  // of a layer's rows move (100 MB on mplus-8b), layers on several threads.
+  ParallelFor(L, 1, [&](int64_t first, int64_t last) {
+    for (int64_t l = first; l < last; ++l) {
+      uint8_t* rows = stm_rows_[l].data();
+      size_t next_drop = 0;
+      int64_t out = 0;
+      for (int64_t i = 0; i < N; ++i) {
+        if (next_drop < result.dropped[l].size() && result.dropped[l][next_drop] == i) {
+          ++next_drop;
+          continue;
+        }
+        if (out != i) std::memmove(rows + out * row_bytes, rows + i * row_bytes, row_bytes);
+        ++out;
       }
-      if (out != i) std::memmove(rows + out * row_bytes, rows + i * row_bytes, row_bytes);
-      ++out;
+      std::memcpy(rows + out * row_bytes, new_rows[l].data(), K * row_bytes);
     }
-    std::memcpy(rows + out * row_bytes, new_rows[l].data(), K * row_bytes);
-  }
+  });
   stm_ = std::move(new_stm);
   if (ltm_) {
     ltm_slots_ = std::move(new_slots);
