@@ -180,6 +180,9 @@ absl::StatusOr<Tensor> LayerForwardImpl(Backend& backend, const LayerDims& dims,
     MPLUS_RETURN_IF_ERROR(
         StoreKeysValues(backend, dims, k, v, positions, inv_freq, k_cache, v_cache, seg.cache_row));
   }
+  // Transients go as soon as they are dead: for a long prompt each is float32 [rows, hidden] or
+  // so, and together they set the GPU's peak.
+  normed = Tensor();
   MPLUS_ASSIGN_OR_RETURN(Tensor attn, backend.Allocate(DType::kF32, {nq, q_cols}));
   if (position != nullptr) {
     MPLUS_RETURN_IF_ERROR(backend.RopeAt(q, dims.head_dim, *position, inv_freq));
@@ -194,8 +197,10 @@ absl::StatusOr<Tensor> LayerForwardImpl(Backend& backend, const LayerDims& dims,
     MPLUS_RETURN_IF_ERROR(backend.Attention(q, k_cache.Rows(0, end), v_cache.Rows(0, end),
                                             dims.heads, dims.kv_heads, dims.head_dim, attn));
   }
+  q = Tensor();
   const Tensor h = seq.Rows(s - nq, s);  // the residual stream: the query rows, updated in place
   MPLUS_RETURN_IF_ERROR(Linear(backend, attn, layer.o_proj, adapter, dims.lora_scale, h, true));
+  attn = Tensor();
 
   // Post-norm SwiGLU MLP.
   MPLUS_ASSIGN_OR_RETURN(Tensor n2, backend.Allocate(DType::kF32, {nq, d}));
