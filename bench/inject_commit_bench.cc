@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <random>
 
+#include "bench/bf16_view.h"
 #include "benchmark/benchmark.h"
 #include "memstore/memory_store.h"
 
@@ -33,15 +34,7 @@ struct Setup {
     const int64_t n = config.stm_tokens();
     memory.assign(static_cast<size_t>(kLayers * n * kHidden), 0x3f80);
     empty.resize(1);
-    auto view = [](const char* name, const void* data, std::vector<int64_t> shape, size_t bytes) {
-      engine::TensorView t;
-      t.name = name;
-      t.dtype = engine::DType::kBF16;
-      t.shape = std::move(shape);
-      t.data = data;
-      t.nbytes = bytes;
-      return t;
-    };
+    const auto view = bench::Bf16View;
     weights.memory = view("memory", memory.data(), {kLayers, n, kHidden}, memory.size() * 2);
     for (int64_t l = 0; l < kLayers; ++l) {
       weights.ltm.push_back(view("ltm", empty.data(), {0, kHidden}, 0));

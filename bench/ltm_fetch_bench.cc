@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <random>
 
+#include "bench/bf16_view.h"
 #include "benchmark/benchmark.h"
 #include "memstore/memory_store.h"
 
@@ -35,15 +36,7 @@ struct Setup {
     config.decay_frequency = 1;
     config.initial_rf_when_moving_stm_to_ltm = 1000;  // no eviction
     memory.assign(config.stm_tokens() * kHidden, 0x3f80);
-    auto view = [](const char* name, const void* data, std::vector<int64_t> shape, size_t bytes) {
-      engine::TensorView t;
-      t.name = name;
-      t.dtype = engine::DType::kBF16;
-      t.shape = std::move(shape);
-      t.data = data;
-      t.nbytes = bytes;
-      return t;
-    };
+    const auto view = bench::Bf16View;
     weights.memory =
         view("memory", memory.data(), {1, config.stm_tokens(), kHidden}, memory.size() * 2);
     empty.resize(1);
