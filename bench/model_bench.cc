@@ -1,8 +1,11 @@
 // The whole M+ forward on the CPU backend for a mid-size random bf16 checkpoint written on the
 // fly (L 4, d 2048, 16/4 heads of 128, I 5632, V 32000, K 64, 10 blocks of which 2 long-term:
 // N 512 STM rows, K_ltm 128 retrieved rows, 1024 initial long-term entries): inject tokens/s,
-// prefill (time to first token, long-term retrieval included) and decode tokens/s, wall time.
+// prefill (time to first token, long-term retrieval included) and decode tokens/s, wall time;
+// and the backend memory a 1024-token prefill holds and peaks at.
 // The checkpoint (~0.6 GB) is cached in $TMPDIR/mplus_model_bench (or /tmp).
+#include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
@@ -11,6 +14,7 @@
 
 #include "benchmark/benchmark.h"
 #include "engine/checkpoint_writer.h"
+#include "engine/cpu/cpu_backend.h"
 #include "engine/drop_slots.h"
 #include "engine/model.h"
 #include "memstore/in_memory_session.h"
@@ -39,11 +43,12 @@ ModelConfig MidConfig() {
 }
 
 struct Fixture {
+  std::string dir;
   std::unique_ptr<Model> model;
   std::vector<int32_t> inject_ids, prompt;
   Fixture() {
     const char* tmp = std::getenv("TMPDIR");
-    const std::string dir = std::string(tmp != nullptr ? tmp : "/tmp") + "/mplus_model_bench";
+    dir = std::string(tmp != nullptr ? tmp : "/tmp") + "/mplus_model_bench";
     const ModelConfig config = MidConfig();
     if (!std::filesystem::exists(dir + "/config.json")) {
       CheckpointOptions options;
@@ -134,6 +139,63 @@ void BM_Decode(benchmark::State& state) {
       benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
 }
 BENCHMARK(BM_Decode)->Iterations(kDecodeTokens)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// A CPU backend that counts the bytes of the tensors it has allocated and are still alive, and
+// their peak: on a GPU the same allocations are device memory.
+class PeakBytesBackend : public cpu::CpuBackend {
+ public:
+  PeakBytesBackend() : cpu::CpuBackend(0) {}
+  absl::StatusOr<Tensor> Allocate(DType dtype, std::vector<int64_t> shape) override {
+    int64_t n = 1;
+    for (int64_t s : shape) n *= s;
+    if (n < 0) return absl::InvalidArgumentError("Allocate: negative dimension");
+    const auto bytes = static_cast<int64_t>(std::max<size_t>(1, n * DTypeSize(dtype)));
+    void* data = std::malloc(static_cast<size_t>(bytes));
+    if (data == nullptr) return absl::ResourceExhaustedError("Allocate");
+    live_ += bytes;  // allocations come from the model's thread only
+    peak_ = std::max(peak_.load(), live_.load());
+    return Tensor::Own(dtype, std::move(shape), Device::kCpu,
+                       std::shared_ptr<void>(data, [this, bytes](void* p) {
+                         live_ -= bytes;
+                         std::free(p);
+                       }));
+  }
+  int64_t live() const { return live_; }
+  int64_t peak() const { return peak_; }
+  void ResetPeak() { peak_ = live_.load(); }
+
+ private:
+  std::atomic<int64_t> live_{0}, peak_{0};
+};
+
+// Backend memory of a 1024-token prefill (prefix cache warm): what the generation keeps (its
+// KV cache) and the peak of the transients on top, which set a GPU's peak for long prompts.
+void BM_PrefillMemory(benchmark::State& state) {
+  constexpr int64_t kLongPrompt = 1024;
+  Fixture& f = Get();
+  auto backend = std::make_shared<PeakBytesBackend>();
+  ModelOptions options;
+  options.backend = backend;
+  absl::StatusOr<std::unique_ptr<Model>> model = Model::Load(f.dir, options);
+  if (!model.ok()) std::abort();
+  auto mem = NewSession(**model);
+  std::vector<int32_t> prompt;
+  for (int64_t i = 0; i < kLongPrompt; ++i) prompt.push_back(3 + (i * 7919) % 31000);
+  PrefillOutput out;
+  if (!(*model)->Prefill(*mem, prompt, 1, false, &out).ok()) std::abort();  // fills the cache
+  int64_t kept = 0, transient = 0;
+  for (auto _ : state) {
+    const int64_t before = backend->live();
+    backend->ResetPeak();
+    auto generation = (*model)->Prefill(*mem, prompt, 1, false, &out);
+    if (!generation.ok()) state.SkipWithError("Prefill failed");
+    kept = backend->live() - before;
+    transient = backend->peak() - backend->live();
+  }
+  state.counters["kv_cache_MB"] = static_cast<double>(kept) / 1e6;
+  state.counters["peak_transient_MB"] = static_cast<double>(transient) / 1e6;
+}
+BENCHMARK(BM_PrefillMemory)->Iterations(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace
 }  // namespace mplus::engine
