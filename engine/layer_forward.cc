@@ -202,15 +202,23 @@ absl::StatusOr<Tensor> LayerForwardImpl(Backend& backend, const LayerDims& dims,
   MPLUS_RETURN_IF_ERROR(Linear(backend, attn, layer.o_proj, adapter, dims.lora_scale, h, true));
   attn = Tensor();
 
-  // Post-norm SwiGLU MLP.
-  MPLUS_ASSIGN_OR_RETURN(Tensor n2, backend.Allocate(DType::kF32, {nq, d}));
-  MPLUS_RETURN_IF_ERROR(backend.RmsNorm(h, layer.post_attention_layernorm, dims.rms_eps, n2));
-  MPLUS_ASSIGN_OR_RETURN(Tensor gate, backend.Allocate(DType::kF32, {nq, dims.intermediate}));
-  MPLUS_ASSIGN_OR_RETURN(Tensor up, backend.Allocate(DType::kF32, {nq, dims.intermediate}));
-  MPLUS_RETURN_IF_ERROR(LinearGroup(backend, n2, {&layer.gate_proj, &layer.up_proj}, adapter,
-                                    dims.lora_scale, {gate, up}));
-  MPLUS_RETURN_IF_ERROR(backend.SiluMul(gate, up, gate));
-  MPLUS_RETURN_IF_ERROR(Linear(backend, gate, layer.down_proj, adapter, dims.lora_scale, h, true));
+  // Post-norm SwiGLU MLP, rows in near-equal chunks of at most dims.mlp_chunk_rows: its two
+  // float32 [rows, intermediate] transients are a long prompt's largest. Every row's result is
+  // its own (chunks keep more than a GEMV's rows, so the CPU's MatMul rounds each row alike).
+  const int64_t chunks = (nq + dims.mlp_chunk_rows - 1) / dims.mlp_chunk_rows;
+  for (int64_t c = 0; c < chunks; ++c) {
+    const Tensor hc = h.Rows(nq * c / chunks, nq * (c + 1) / chunks);
+    const int64_t rows = hc.rows();
+    MPLUS_ASSIGN_OR_RETURN(Tensor n2, backend.Allocate(DType::kF32, {rows, d}));
+    MPLUS_RETURN_IF_ERROR(backend.RmsNorm(hc, layer.post_attention_layernorm, dims.rms_eps, n2));
+    MPLUS_ASSIGN_OR_RETURN(Tensor gate, backend.Allocate(DType::kF32, {rows, dims.intermediate}));
+    MPLUS_ASSIGN_OR_RETURN(Tensor up, backend.Allocate(DType::kF32, {rows, dims.intermediate}));
+    MPLUS_RETURN_IF_ERROR(LinearGroup(backend, n2, {&layer.gate_proj, &layer.up_proj}, adapter,
+                                      dims.lora_scale, {gate, up}));
+    MPLUS_RETURN_IF_ERROR(backend.SiluMul(gate, up, gate));
+    MPLUS_RETURN_IF_ERROR(
+        Linear(backend, gate, layer.down_proj, adapter, dims.lora_scale, hc, true));
+  }
   return h;
 }
 

@@ -34,6 +34,8 @@ struct LayerDims {
   int64_t hidden = 0, heads = 0, kv_heads = 0, head_dim = 0, intermediate = 0;
   float rms_eps = 1e-5f;
   float lora_scale = 0;  // alpha / r
+  // Rows of a layer's MLP computed at once (ModelOptions::mlp_chunk_rows).
+  int64_t mlp_chunk_rows = 512;
   int64_t kv_cols() const { return kv_heads * head_dim; }
 };
 

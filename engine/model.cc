@@ -38,9 +38,12 @@ int64_t ChunkEnd(int64_t begin, int64_t end, int64_t chunk) {
 absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& checkpoint_dir,
                                                    const ModelOptions& options) {
   static std::atomic<uint64_t> next_id{1};
-  if (options.prefix_chunk_rows < kMinPrefixChunkRows) {
-    return absl::InvalidArgumentError(absl::StrCat("prefix_chunk_rows ", options.prefix_chunk_rows,
-                                                   " is below ", kMinPrefixChunkRows));
+  for (const auto& [name, rows] : {std::pair{"prefix_chunk_rows", options.prefix_chunk_rows},
+                                   std::pair{"mlp_chunk_rows", options.mlp_chunk_rows}}) {
+    if (rows < kMinPrefixChunkRows) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, " ", rows, " is below ", kMinPrefixChunkRows));
+    }
   }
   std::unique_ptr<Model> m(new Model());
   m->id_ = next_id.fetch_add(1);
@@ -62,7 +65,8 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& checkpoint
                        c.head_dim,
                        c.intermediate_size,
                        static_cast<float>(c.rms_norm_eps),
-                       static_cast<float>(c.lora.scale())};
+                       static_cast<float>(c.lora.scale()),
+                       options.mlp_chunk_rows};
   for (const LayerWeights& lw : m->weights_.layers) {
     MPLUS_ASSIGN_OR_RETURN(DeviceLayer layer, UploadLayer(b, lw));
     m->layers_.push_back(std::move(layer));

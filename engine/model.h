@@ -40,6 +40,10 @@ struct ModelOptions {
   // Rows of the memory prefix projected at once (at least kMinPrefixChunkRows): bounds the
   // float32 transients of a generation's prefix (hidden states, keys, values) per layer.
   int64_t prefix_chunk_rows = 1024;
+  // Rows of a layer's MLP computed at once (at least kMinPrefixChunkRows): bounds its two float32
+  // [rows, intermediate] transients for long prompts (mplus-8b: 2 x 512 x 14336 x 4 bytes) at
+  // little cost to GEMM efficiency.
+  int64_t mlp_chunk_rows = 512;
   // Decode steps replay the first step's recorded ops (Backend::Record: one CUDA graph launch
   // instead of ~500 kernel launches) where the backend can record them; false: every step
   // enqueues its ops one by one.

@@ -126,6 +126,41 @@ TEST(PrefixCacheTest, MplusBfloat16CachedPrefillIsBitwiseUncached) {
 // The prefix projected, gathered and cached in 16-row chunks (ModelOptions::prefix_chunk_rows)
 // gives bitwise the logits of one whole-prefix chunk, with the cache filled, completed in place,
 // and rewritten out of order after injects; a chunk size below the minimum is refused.
+// A layer's MLP in row chunks (ModelOptions::mlp_chunk_rows) gives every row what the whole does,
+// for prompts (prefill) and chunks (inject) of many rows.
+TEST(PrefixCacheTest, ChunkedMlpIsBitwiseWholeMlp) {
+  const std::string dir = std::string(MPLUS_FIXTURES_DIR) + "/tiny-mplus-bf16";
+  ModelOptions small;
+  small.mlp_chunk_rows = kMinPrefixChunkRows;
+  auto chunked = Model::Load(dir, small);
+  ASSERT_TRUE(chunked.ok()) << chunked.status();
+  auto whole = LoadOrDie(dir);
+  ASSERT_NE(whole, nullptr);
+  const ModelConfig& c = whole->config();
+  auto mem_chunked = memstore::InMemorySession::Create(**chunked);
+  auto mem_whole = memstore::InMemorySession::Create(*whole);
+  ASSERT_TRUE(mem_chunked.ok() && mem_whole.ok());
+  std::vector<int32_t> long_ids;
+  for (int32_t i = 0; i < 3 * kMinPrefixChunkRows + 5; ++i) long_ids.push_back(3 + i * 7 % 300);
+  const auto drops =
+      ChooseDropSlots(3, 0, static_cast<int>(c.num_hidden_layers), c.stm_tokens(), c.num_tokens);
+  auto ra = (*chunked)->Inject(**mem_chunked, long_ids, drops);
+  auto rb = whole->Inject(**mem_whole, long_ids, drops);
+  ASSERT_TRUE(ra.ok() && rb.ok());
+  for (size_t l = 0; l < ra->delta.size(); ++l)
+    EXPECT_TRUE(BitwiseEqual(ra->delta[l], rb->delta[l]));
+  ASSERT_TRUE((*mem_chunked)->ApplyInject(*ra).ok());
+  ASSERT_TRUE((*mem_whole)->ApplyInject(*rb).ok());
+  PrefillOutput a, b;
+  auto sa = (*chunked)->Prefill(**mem_chunked, long_ids, 2, /*want_retrieved=*/false, &a);
+  auto sb = whole->Prefill(**mem_whole, long_ids, 2, /*want_retrieved=*/false, &b);
+  ASSERT_TRUE(sa.ok() && sb.ok());
+  EXPECT_TRUE(BitwiseEqual(a.logits, b.logits));
+  ModelOptions tiny;
+  tiny.mlp_chunk_rows = kMinPrefixChunkRows - 1;
+  EXPECT_EQ(Model::Load(dir, tiny).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(PrefixCacheTest, ChunkedPrefixIsBitwiseWholePrefix) {
   const std::string dir = std::string(MPLUS_FIXTURES_DIR) + "/tiny-mplus-bf16";
   ModelOptions small;
