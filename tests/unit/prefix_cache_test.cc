@@ -123,82 +123,100 @@ TEST(PrefixCacheTest, MplusBfloat16CachedPrefillIsBitwiseUncached) {
   RunRounds(*model);
 }
 
-// The prefix projected, gathered and cached in 16-row chunks (ModelOptions::prefix_chunk_rows)
-// gives bitwise the logits of one whole-prefix chunk, with the cache filled, completed in place,
-// and rewritten out of order after injects; a chunk size below the minimum is refused.
-// A layer's MLP in row chunks (ModelOptions::mlp_chunk_rows) gives every row what the whole does,
-// for prompts (prefill) and chunks (inject) of many rows.
-TEST(PrefixCacheTest, ChunkedMlpIsBitwiseWholeMlp) {
+// The tiny bf16 M+ loaded with `chunked_options` and with the defaults, each with a fresh
+// session: the two sides of a chunking-is-bitwise check.
+struct ChunkedAndWhole {
+  std::unique_ptr<Model> chunked, whole;
+  std::unique_ptr<memstore::InMemorySession> mem_chunked, mem_whole;
+};
+ChunkedAndWhole LoadChunkedAndWhole(const ModelOptions& chunked_options) {
   const std::string dir = std::string(MPLUS_FIXTURES_DIR) + "/tiny-mplus-bf16";
-  ModelOptions small;
-  small.mlp_chunk_rows = kMinPrefixChunkRows;
-  auto chunked = Model::Load(dir, small);
-  ASSERT_TRUE(chunked.ok()) << chunked.status();
-  auto whole = LoadOrDie(dir);
-  ASSERT_NE(whole, nullptr);
-  const ModelConfig& c = whole->config();
-  auto mem_chunked = memstore::InMemorySession::Create(**chunked);
-  auto mem_whole = memstore::InMemorySession::Create(*whole);
-  ASSERT_TRUE(mem_chunked.ok() && mem_whole.ok());
-  std::vector<int32_t> long_ids;
-  for (int32_t i = 0; i < 3 * kMinPrefixChunkRows + 5; ++i) long_ids.push_back(3 + i * 7 % 300);
-  const auto drops =
-      ChooseDropSlots(3, 0, static_cast<int>(c.num_hidden_layers), c.stm_tokens(), c.num_tokens);
-  auto ra = (*chunked)->Inject(**mem_chunked, long_ids, drops);
-  auto rb = whole->Inject(**mem_whole, long_ids, drops);
-  ASSERT_TRUE(ra.ok() && rb.ok());
-  for (size_t l = 0; l < ra->delta.size(); ++l)
-    EXPECT_TRUE(BitwiseEqual(ra->delta[l], rb->delta[l]));
-  ASSERT_TRUE((*mem_chunked)->ApplyInject(*ra).ok());
-  ASSERT_TRUE((*mem_whole)->ApplyInject(*rb).ok());
-  PrefillOutput a, b;
-  auto sa = (*chunked)->Prefill(**mem_chunked, long_ids, 2, /*want_retrieved=*/false, &a);
-  auto sb = whole->Prefill(**mem_whole, long_ids, 2, /*want_retrieved=*/false, &b);
-  ASSERT_TRUE(sa.ok() && sb.ok());
-  EXPECT_TRUE(BitwiseEqual(a.logits, b.logits));
-  ModelOptions tiny;
-  tiny.mlp_chunk_rows = kMinPrefixChunkRows - 1;
-  EXPECT_EQ(Model::Load(dir, tiny).status().code(), absl::StatusCode::kInvalidArgument);
+  ChunkedAndWhole p;
+  auto chunked = Model::Load(dir, chunked_options);
+  EXPECT_TRUE(chunked.ok()) << chunked.status();
+  if (!chunked.ok()) return p;
+  p.chunked = *std::move(chunked);
+  p.whole = LoadOrDie(dir);
+  if (p.whole == nullptr) return p;
+  auto mem_chunked = memstore::InMemorySession::Create(*p.chunked);
+  auto mem_whole = memstore::InMemorySession::Create(*p.whole);
+  EXPECT_TRUE(mem_chunked.ok() && mem_whole.ok());
+  if (mem_chunked.ok() && mem_whole.ok()) {
+    p.mem_chunked = *std::move(mem_chunked);
+    p.mem_whole = *std::move(mem_whole);
+  }
+  return p;
 }
 
+// The prefix projected, gathered and cached in 16-row chunks (ModelOptions::prefix_chunk_rows)
+// gives bitwise the logits of one whole-prefix chunk, with the cache filled, completed in place,
+// and rewritten out of order after injects.
 TEST(PrefixCacheTest, ChunkedPrefixIsBitwiseWholePrefix) {
-  const std::string dir = std::string(MPLUS_FIXTURES_DIR) + "/tiny-mplus-bf16";
   ModelOptions small;
   small.prefix_chunk_rows = kMinPrefixChunkRows;
-  auto chunked = Model::Load(dir, small);
-  ASSERT_TRUE(chunked.ok()) << chunked.status();
-  auto whole = LoadOrDie(dir);
-  ASSERT_NE(whole, nullptr);
-  const ModelConfig& c = whole->config();
+  ChunkedAndWhole p = LoadChunkedAndWhole(small);
+  ASSERT_NE(p.mem_whole, nullptr);
+  const ModelConfig& c = p.whole->config();
   ASSERT_GE(c.stm_tokens(), 2 * kMinPrefixChunkRows) << "the fixture needs several chunks";
-  auto mem_chunked = memstore::InMemorySession::Create(**chunked);
-  auto mem_whole = memstore::InMemorySession::Create(*whole);
-  ASSERT_TRUE(mem_chunked.ok() && mem_whole.ok());
   for (int round = 0; round < 3; ++round) {
     SCOPED_TRACE(round);
     for (const std::vector<int32_t>& prompt : {std::vector<int32_t>{9, 31, 7}, {200, 4}}) {
       PrefillOutput a, b;
-      auto sa = (*chunked)->Prefill(**mem_chunked, prompt, 2, /*want_retrieved=*/false, &a);
-      auto sb = whole->Prefill(**mem_whole, prompt, 2, /*want_retrieved=*/false, &b);
+      auto sa = p.chunked->Prefill(*p.mem_chunked, prompt, 2, /*want_retrieved=*/false, &a);
+      auto sb = p.whole->Prefill(*p.mem_whole, prompt, 2, /*want_retrieved=*/false, &b);
       ASSERT_TRUE(sa.ok() && sb.ok());
       EXPECT_TRUE(BitwiseEqual(a.logits, b.logits));
-      auto la = (*chunked)->Decode(**sa, 12);
-      auto lb = whole->Decode(**sb, 12);
+      auto la = p.chunked->Decode(**sa, 12);
+      auto lb = p.whole->Decode(**sb, 12);
       ASSERT_TRUE(la.ok() && lb.ok());
       EXPECT_TRUE(BitwiseEqual(*la, *lb));
     }
     const std::vector<int32_t> chunk = {60 + round, 61, 62, 63};
     auto drops = ChooseDropSlots(7 + round, round, static_cast<int>(c.num_hidden_layers),
                                  c.stm_tokens(), c.num_tokens);
-    auto ra = (*chunked)->Inject(**mem_chunked, chunk, drops);
-    auto rb = whole->Inject(**mem_whole, chunk, drops);
+    auto ra = p.chunked->Inject(*p.mem_chunked, chunk, drops);
+    auto rb = p.whole->Inject(*p.mem_whole, chunk, drops);
     ASSERT_TRUE(ra.ok() && rb.ok());
-    ASSERT_TRUE((*mem_chunked)->ApplyInject(*ra).ok());
-    ASSERT_TRUE((*mem_whole)->ApplyInject(*rb).ok());
+    ASSERT_TRUE(p.mem_chunked->ApplyInject(*ra).ok());
+    ASSERT_TRUE(p.mem_whole->ApplyInject(*rb).ok());
   }
-  ModelOptions tiny;
-  tiny.prefix_chunk_rows = kMinPrefixChunkRows - 1;
-  EXPECT_EQ(Model::Load(dir, tiny).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// A layer's MLP in row chunks (ModelOptions::mlp_chunk_rows) gives every row what the whole does,
+// for chunks (inject) and prompts (prefill) of many rows.
+TEST(PrefixCacheTest, ChunkedMlpIsBitwiseWholeMlp) {
+  ModelOptions small;
+  small.mlp_chunk_rows = kMinPrefixChunkRows;
+  ChunkedAndWhole p = LoadChunkedAndWhole(small);
+  ASSERT_NE(p.mem_whole, nullptr);
+  const ModelConfig& c = p.whole->config();
+  std::vector<int32_t> ids;  // several chunks of rows
+  for (int32_t i = 0; i < 3 * kMinPrefixChunkRows + 5; ++i) ids.push_back(3 + i * 7 % 300);
+  const auto drops =
+      ChooseDropSlots(3, 0, static_cast<int>(c.num_hidden_layers), c.stm_tokens(), c.num_tokens);
+  auto ra = p.chunked->Inject(*p.mem_chunked, ids, drops);
+  auto rb = p.whole->Inject(*p.mem_whole, ids, drops);
+  ASSERT_TRUE(ra.ok() && rb.ok());
+  for (size_t l = 0; l < ra->delta.size(); ++l) {
+    EXPECT_TRUE(BitwiseEqual(ra->delta[l], rb->delta[l])) << "layer " << l;
+  }
+  ASSERT_TRUE(p.mem_chunked->ApplyInject(*ra).ok());
+  ASSERT_TRUE(p.mem_whole->ApplyInject(*rb).ok());
+  PrefillOutput a, b;
+  auto sa = p.chunked->Prefill(*p.mem_chunked, ids, 2, /*want_retrieved=*/false, &a);
+  auto sb = p.whole->Prefill(*p.mem_whole, ids, 2, /*want_retrieved=*/false, &b);
+  ASSERT_TRUE(sa.ok() && sb.ok());
+  EXPECT_TRUE(BitwiseEqual(a.logits, b.logits));
+}
+
+TEST(PrefixCacheTest, ChunksBelowTheMinimumAreRefused) {
+  const std::string dir = std::string(MPLUS_FIXTURES_DIR) + "/tiny-mplus-bf16";
+  for (int64_t ModelOptions::*rows :
+       {&ModelOptions::prefix_chunk_rows, &ModelOptions::mlp_chunk_rows}) {
+    ModelOptions options;
+    options.*rows = kMinPrefixChunkRows - 1;
+    EXPECT_EQ(Model::Load(dir, options).status().code(), absl::StatusCode::kInvalidArgument);
+  }
 }
 
 TEST(PrefixCacheTest, MemoryLlmCachedPrefillIsBitwiseUncached) {
