@@ -344,7 +344,8 @@ absl::Status Run() {
     absl::PrintF(
         "\nWhere the GPU time of a decode step goes (resident session, %d steps after the "
         "%d-token prompt, timed by the GPU through CUPTI; the span runs from the first kernel "
-        "to the last, host work between steps included):\n\n%s",
+        "to the last, host work between steps included, and the first step also records the "
+        "CUDA graph the others replay, host time that shows as GPU idle):\n\n%s",
         trace_steps, sizes.short_prompt, res.decode_trace);
   }
   if (!res.prefill_trace.empty()) {
