@@ -964,30 +964,32 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(int device_ordinal) {
   return CudaBackend::Create(device_ordinal);
 }
 
-absl::StatusOr<CudaMemoryStats> GetCudaMemoryStats(const Backend& backend) {
-  const auto* cuda = dynamic_cast<const CudaBackend*>(&backend);
+namespace {
+
+// `backend` as the CUDA backend, for the functions below that only it offers.
+absl::StatusOr<CudaBackend*> AsCuda(const Backend& backend, const char* what) {
+  auto* cuda = dynamic_cast<CudaBackend*>(const_cast<Backend*>(&backend));
   if (cuda == nullptr) {
     return absl::InvalidArgumentError(
-        absl::StrCat("GetCudaMemoryStats: backend ", backend.name(), " is not a CUDA backend"));
+        absl::StrCat(what, ": backend ", backend.name(), " is not a CUDA backend"));
   }
+  return cuda;
+}
+
+}  // namespace
+
+absl::StatusOr<CudaMemoryStats> GetCudaMemoryStats(const Backend& backend) {
+  MPLUS_ASSIGN_OR_RETURN(CudaBackend * cuda, AsCuda(backend, "GetCudaMemoryStats"));
   return cuda->MemoryStats();
 }
 
 absl::StatusOr<double> GetCudaHostWaitSeconds(const Backend& backend) {
-  const auto* cuda = dynamic_cast<const CudaBackend*>(&backend);
-  if (cuda == nullptr) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("GetCudaHostWaitSeconds: backend ", backend.name(), " is not a CUDA backend"));
-  }
+  MPLUS_ASSIGN_OR_RETURN(CudaBackend * cuda, AsCuda(backend, "GetCudaHostWaitSeconds"));
   return cuda->HostWaitSeconds();
 }
 
 absl::Status ResetCudaMemoryPeak(Backend& backend) {
-  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
-  if (cuda == nullptr) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("ResetCudaMemoryPeak: backend ", backend.name(), " is not a CUDA backend"));
-  }
+  MPLUS_ASSIGN_OR_RETURN(CudaBackend * cuda, AsCuda(backend, "ResetCudaMemoryPeak"));
   cuda->ResetMemoryPeak();
   return absl::OkStatus();
 }
