@@ -233,7 +233,8 @@ __global__ void __launch_bounds__(kCombineThreads) CombineKernel(Params p, int s
       den += group_den[g][d];
     }
     const int64_t i = row / p.heads, h = row % p.heads;
-    p.out[i * p.heads * p.hd + h * p.hd + d] = num / den;
+    // den is 0 only when no split saw a key (the decode kernels write 0 then too).
+    p.out[i * p.heads * p.hd + h * p.hd + d] = den > 0.0f ? num / den : 0.0f;
   }
 }
 
@@ -430,7 +431,9 @@ __global__ void __launch_bounds__(kDecodeThreads)
 // are issued before any arithmetic on them: ~16 KB in flight per warp (bf16).
 constexpr int kTileKeys = 32;
 constexpr int kTileHd = 128;
-constexpr int kTileBlocksPerSm = 3;  // ~170 registers a thread
+// Blocks per SM the kernel is built for (registers a thread: 65536 / (128 * this)). GQA 8 keeps
+// eight heads' state per lane: at 3 blocks (168 registers) its K/V batches spill to local memory.
+constexpr int TileBlocksPerSm(int64_t group) { return group >= 8 ? 2 : 3; }
 
 // Four consecutive K/V elements (8 bytes of bf16 bits, or a float4), widened where used.
 template <typename KV>
@@ -458,7 +461,7 @@ __device__ __forceinline__ void Widen4(const Raw4<float>& r, float (&f)[4]) {
 }
 
 template <typename KV, int G>
-__global__ void __launch_bounds__(kDecodeThreads, kTileBlocksPerSm)
+__global__ void __launch_bounds__(kDecodeThreads, TileBlocksPerSm(G))
     DecodeAttentionTileKernel(Params p) {
   // bf16: a tile's K and V loads go out together (64 + 64 registers). float32 (twice the
   // registers): K in two batches, then V in two batches after the softmax.
@@ -485,9 +488,11 @@ __global__ void __launch_bounds__(kDecodeThreads, kTileBlocksPerSm)
   __syncthreads();
 
   float m[G], l[G], acc[G][4];
+  #pragma unroll
   for (int h = 0; h < G; ++h) {
     m[h] = -CUDART_INF_F;
     l[h] = 0.0f;
+    #pragma unroll
     for (int e = 0; e < 4; ++e) acc[h][e] = 0.0f;
   }
   // Every lane of a warp runs the same tiles (the reductions need the whole warp): a lane past
@@ -497,21 +502,27 @@ __global__ void __launch_bounds__(kDecodeThreads, kTileBlocksPerSm)
     const KV* k_row = k + (key_begin + min(base + lane, n - 1)) * kv_cols + g * kTileHd;
     const KV* v_dims = v + key_begin * kv_cols + g * kTileHd + 4 * lane;
     float s[G];
+    #pragma unroll
     for (int h = 0; h < G; ++h) s[h] = 0.0f;
     Raw4<KV> vraw[kVKeys];
     const auto load_v = [&](int first_key) {
+      #pragma unroll
       for (int t = 0; t < kVKeys; ++t) {
         vraw[t] = LoadRaw4(v_dims, static_cast<int64_t>(min(first_key + t, n - 1)) * kv_cols);
       }
     };
+    #pragma unroll
     for (int b = 0; b < kBatches; ++b) {
       Raw8<KV> kraw[kKChunks];
+      #pragma unroll
       for (int c = 0; c < kKChunks; ++c) kraw[c] = LoadRaw8(k_row, (b * kKChunks + c) * 8);
       if (kVWithK) load_v(base);
+      #pragma unroll
       for (int c = 0; c < kKChunks; ++c) {
         float kf[8];
         Widen8(kraw[c], kf);
         const int d0 = (b * kKChunks + c) * 8;
+        #pragma unroll
         for (int h = 0; h < G; ++h) {
           const float4 qa = *reinterpret_cast<const float4*>(&q_s[h][d0]);
           const float4 qb = *reinterpret_cast<const float4*>(&q_s[h][d0 + 4]);
@@ -522,6 +533,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kTileBlocksPerSm)
     }
     // The tile's online-softmax update, per head (m and l are the same in every lane).
     float corr[G];
+    #pragma unroll
     for (int h = 0; h < G; ++h) {
       const float m_new = fmaxf(m[h], WarpMax(in ? s[h] : -CUDART_INF_F));
       // A warp whose keys so far all scored -inf stays empty (avoids inf - inf).
@@ -532,16 +544,22 @@ __global__ void __launch_bounds__(kDecodeThreads, kTileBlocksPerSm)
       prob_s[warp][lane][h] = prob;
     }
     __syncwarp();
+    #pragma unroll
     for (int h = 0; h < G; ++h) {
+      #pragma unroll
       for (int e = 0; e < 4; ++e) acc[h][e] *= corr[h];
     }
+    #pragma unroll
     for (int b = 0; b < kBatches; ++b) {
       if (!kVWithK) load_v(base + b * kVKeys);
+      #pragma unroll
       for (int t = 0; t < kVKeys; ++t) {
         float vf[4];
         Widen4(vraw[t], vf);
+        #pragma unroll
         for (int h = 0; h < G; ++h) {
           const float prob = prob_s[warp][b * kVKeys + t][h];
+          #pragma unroll
           for (int e = 0; e < 4; ++e) acc[h][e] += prob * vf[e];
         }
       }
@@ -750,7 +768,8 @@ bool IsTileDecodeShape(const AttentionShape& shape) { return shape.head_dim == k
 int64_t DecodeKeysPerSplit(const AttentionShape& shape, int num_sms) {
   // As many blocks as fit on the GPU at once (one wave), splits of at least 64 keys: more
   // splits only add merging work.
-  const int64_t blocks_per_sm = IsTileDecodeShape(shape) ? kTileBlocksPerSm : 4;
+  const int64_t blocks_per_sm =
+      IsTileDecodeShape(shape) ? TileBlocksPerSm(shape.num_heads / shape.num_kv_heads) : 4;
   const int64_t want_splits =
       std::max<int64_t>(1, blocks_per_sm * int64_t{num_sms} / shape.num_kv_heads);
   const int64_t per = (shape.nk + want_splits - 1) / want_splits;

@@ -165,6 +165,13 @@ class CudaBackend : public Backend {
   cudaError_t WaitForStream(const void* src = nullptr, size_t bytes = 0, void* dst = nullptr);
   // Copy between different dtypes (float32 <-> bfloat16 only); takes mu_.
   absl::Status ConvertingCopy(const Tensor& src, const Tensor& dst);
+  // gemv_ for a GEMV over `w`: programmatic only when w is weight memory, which no kernel
+  // writes (the GEMV streams its first rows before waiting for the kernel ahead).
+  GemvDevice GemvFor(const Tensor& w) const {
+    GemvDevice g = gemv_;
+    g.programmatic_launch = g.programmatic_launch && state_->HoldsWeights(w.data());
+    return g;
+  }
 
   const std::shared_ptr<DeviceState> state_;
   int num_sms_ = 0;
@@ -453,7 +460,7 @@ absl::Status CudaBackend::MatMul(const Tensor& x, const Tensor& w, const Tensor&
       if (GemvSupported(n, k, x.data(), w.data())) {  // decode: a few rows
         MPLUS_CUDA_RETURN_IF_ERROR(LaunchGemvBf16(x.data_as<const float>(),
                                                   w.data_as<const uint16_t>(), n, m, k, alpha,
-                                                  accumulate, PlainGemv(d, m), gemv_, stream()));
+                                                  accumulate, PlainGemv(d, m), GemvFor(w), stream()));
         return absl::OkStatus();
       }
       MPLUS_ASSIGN_OR_RETURN(void* xb, convert_.Get(static_cast<size_t>(n * k) * 2));
@@ -678,8 +685,15 @@ absl::StatusOr<std::unique_ptr<Recording>> CudaBackend::Record(
     const std::function<absl::Status()>& enqueue) {
   absl::MutexLock record_lock(&record_mu_);
   MPLUS_RETURN_IF_ERROR(state_->Activate());
+  // Every failure below clears the thread's last CUDA error: the caller falls back to running
+  // the ops one by one, and the first launch check there must not find this one.
   if (capture_stream_ == nullptr) {
-    MPLUS_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&capture_stream_, cudaStreamNonBlocking));
+    if (const cudaError_t err = cudaStreamCreateWithFlags(&capture_stream_, cudaStreamNonBlocking);
+        err != cudaSuccess) {
+      capture_stream_ = nullptr;
+      cudaGetLastError();
+      return CudaError(err, "cudaStreamCreateWithFlags", __FILE__, __LINE__);
+    }
   }
   auto arena = std::make_shared<RecordingArena>(state_);
   absl::Status status;
@@ -701,7 +715,7 @@ absl::StatusOr<std::unique_ptr<Recording>> CudaBackend::Record(
     if (status.ok() && err != cudaSuccess)
       status = CudaError(err, "stream capture", __FILE__, __LINE__);
   }
-  cudaGetLastError();  // a failed capture leaves its error behind; it is reported above
+  cudaGetLastError();  // reported above
   if (!status.ok()) {
     if (graph != nullptr) cudaGraphDestroy(graph);
     return status;
@@ -709,13 +723,16 @@ absl::StatusOr<std::unique_ptr<Recording>> CudaBackend::Record(
   cudaGraphExec_t exec = nullptr;
   const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
   cudaGraphDestroy(graph);
-  MPLUS_CUDA_RETURN_IF_ERROR(err);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    return CudaError(err, "cudaGraphInstantiate", __FILE__, __LINE__);
+  }
   return std::make_unique<CudaRecording>(state_, exec, std::move(arena));
 }
 
 // Decode's linears (a few rows, bf16 weights): the LoRA B term and a residual add (accumulate)
 // ride in the epilogue of the base GEMV, which adds out after the LoRA term as the composed way
-// does: two launches instead of four. Anything else, and every error, goes the composed way.
+// does: two launches instead of four. Other shapes and dtypes go the composed way.
 absl::Status CudaBackend::LoraMatMul(const Tensor& x, const Tensor& w, const Tensor& a,
                                      const Tensor& b, float scale, const Tensor& out,
                                      bool accumulate) {
@@ -743,14 +760,15 @@ absl::Status CudaBackend::LoraMatMul(const Tensor& x, const Tensor& w, const Ten
   if (r > 0) {
     MPLUS_CUDA_RETURN_IF_ERROR(LaunchGemvBf16(x.data_as<const float>(), a.data_as<const uint16_t>(),
                                               n, r, k, 1.0f, false,
-                                              PlainGemv(t.data_as<float>(), r), gemv_, stream()));
+                                              PlainGemv(t.data_as<float>(), r), GemvFor(a),
+                                              stream()));
     ep.lora_b[0] = b.data_as<const uint16_t>();
     ep.lora_t = t.data_as<const float>();
     ep.lora_r = ep.lora_t_cols = r;
     ep.lora_scale = scale;
   }
   MPLUS_CUDA_RETURN_IF_ERROR(LaunchGemvBf16(x.data_as<const float>(), w.data_as<const uint16_t>(),
-                                            n, m, k, 1.0f, accumulate, ep, gemv_, stream()));
+                                            n, m, k, 1.0f, accumulate, ep, GemvFor(w), stream()));
   return absl::OkStatus();
 }
 
@@ -801,10 +819,11 @@ absl::Status CudaBackend::LoraMatMulGroup(const Tensor& x, absl::Span<const Lora
   MPLUS_RETURN_IF_ERROR(state_->Activate());
   MPLUS_CUDA_RETURN_IF_ERROR(
       LaunchGemvBf16(x.data_as<const float>(), as[0]->data_as<const uint16_t>(), n, count * r, k,
-                     1.0f, false, PlainGemv(t.data_as<float>(), count * r), gemv_, stream()));
+                     1.0f, false, PlainGemv(t.data_as<float>(), count * r), GemvFor(*as[0]),
+                     stream()));
   MPLUS_CUDA_RETURN_IF_ERROR(LaunchGemvBf16(x.data_as<const float>(),
                                             ws[0]->data_as<const uint16_t>(), n, m, k, 1.0f, false,
-                                            ep, gemv_, stream()));
+                                            ep, GemvFor(*ws[0]), stream()));
   return absl::OkStatus();
 }
 

@@ -3,6 +3,12 @@
 // the stream has finished, once every block of that kernel has allowed it (or exited). It must
 // wait before it reads anything that kernel writes. Both are no-ops below sm_90, where no launch
 // is programmatic.
+//
+// What keeps a chain of programmatic launches ordered: every thread of a programmatic kernel
+// reaches WaitForPrecedingKernel (no early return before it), so no such kernel completes
+// before the one ahead of it, and a wait covers the whole chain back to the last plain launch;
+// and before its wait a kernel reads only what no kernel writes (the GEMV: uploaded weights).
+// The server sets MPLUS_CUDA_DEPENDENT_LAUNCH=0 to launch everything plainly (diagnosis).
 #ifndef MPLUS_ENGINE_CUDA_DEPENDENT_LAUNCH_CUH_
 #define MPLUS_ENGINE_CUDA_DEPENDENT_LAUNCH_CUH_
 

@@ -145,13 +145,31 @@ absl::StatusOr<std::shared_ptr<void>> DeviceState::Alloc(const std::shared_ptr<D
   void* ptr = cls >= 0 ? self->TakeKept(cls) : nullptr;
   if (ptr == nullptr) MPLUS_CUDA_RETURN_IF_ERROR(cudaMallocAsync(&ptr, bytes, self->stream_));
   self->Account(category, static_cast<int64_t>(bytes));
-  return std::shared_ptr<void>(ptr, [self, bytes, category, cls](void* p) {
+  const bool weights = category == MemCategory::kWeights;
+  if (weights) {
+    absl::MutexLock lock(&self->mu_);
+    self->weight_ranges_[reinterpret_cast<uintptr_t>(ptr)] = bytes;
+  }
+  return std::shared_ptr<void>(ptr, [self, bytes, category, cls, weights](void* p) {
     self->Account(category, -static_cast<int64_t>(bytes));
+    if (weights) {
+      absl::MutexLock lock(&self->mu_);
+      self->weight_ranges_.erase(reinterpret_cast<uintptr_t>(p));
+    }
     if (cls >= 0 && self->Keep(cls, p)) return;
     cudaError_t err = cudaSetDevice(self->ordinal_);
     if (err == cudaSuccess) err = cudaFreeAsync(p, self->stream_);
     if (err != cudaSuccess) self->Defer(CudaError(err, "cudaFreeAsync", __FILE__, __LINE__));
   });
+}
+
+bool DeviceState::HoldsWeights(const void* ptr) const {
+  const auto at = reinterpret_cast<uintptr_t>(ptr);
+  absl::MutexLock lock(&mu_);
+  auto it = weight_ranges_.upper_bound(at);
+  if (it == weight_ranges_.begin()) return false;
+  --it;
+  return at < it->first + it->second;
 }
 
 absl::StatusOr<void*> ScratchBuffer::Get(size_t bytes) {

@@ -94,6 +94,9 @@ class DeviceState {
   }
   // The first error a deleter hit (deleters cannot return one); reported by Synchronize.
   absl::Status TakeDeferredError();
+  // Whether `ptr` lies in live weight memory (no kernel writes it: a GEMV may read it before
+  // waiting for the kernel ahead, dependent_launch.cuh).
+  bool HoldsWeights(const void* ptr) const;
 
  private:
   friend class RecordingArena;
@@ -112,8 +115,9 @@ class DeviceState {
   cudaStream_t stream_ = nullptr;
   std::atomic<int64_t> bytes_[3] = {0, 0, 0};
   std::atomic<int64_t> total_{0}, peak_{0};
-  absl::Mutex mu_;
+  mutable absl::Mutex mu_;
   absl::Status deferred_ ABSL_GUARDED_BY(mu_);
+  std::map<uintptr_t, size_t> weight_ranges_ ABSL_GUARDED_BY(mu_);  // start -> bytes
   absl::Mutex kept_mu_;
   std::vector<void*> kept_[kSizeClasses] ABSL_GUARDED_BY(kept_mu_);
 };

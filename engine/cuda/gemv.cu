@@ -1,5 +1,7 @@
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <string_view>
 
 #include "engine/cuda/dependent_launch.cuh"
 #include "engine/cuda/gemv.h"
@@ -31,7 +33,7 @@ __device__ __forceinline__ float Dot8(const uint4 w, const float* x) {
 // a warp and through shared memory across warps.
 template <int N>
 __global__ void __launch_bounds__(kThreads)
-    GemvBf16Kernel(const float* __restrict__ x, const uint16_t* __restrict__ w, int64_t m,
+    GemvBf16Kernel(const float* x, const uint16_t* __restrict__ w, int64_t m,
                    int64_t k, float alpha, bool accumulate, GemvEpilogue ep, int threads_per_row) {
   AllowDependentLaunch();
   const int T = threads_per_row, tid = threadIdx.x, part = tid % T;
@@ -120,7 +122,7 @@ cudaError_t Launch(const float* x, const uint16_t* w, int64_t m, int64_t k, floa
   config.gridDim = dim3(static_cast<unsigned>((m + rows_per_block - 1) / rows_per_block));
   config.blockDim = dim3(kThreads);
   config.stream = stream;
-  cudaLaunchAttribute attribute;
+  cudaLaunchAttribute attribute = {};
   attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attribute.val.programmaticStreamSerializationAllowed = 1;
   config.attrs = &attribute;
@@ -156,7 +158,13 @@ cudaError_t GetGemvDevice(GemvDevice* device) {
   if (err == cudaSuccess) {
     err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, ordinal);
   }
-  device->programmatic_launch = major >= 9;
+  // The code that runs must have the wait compiled in: an sm_90 device running this library's
+  // sm_80 PTX (JIT) would read x before the kernel ahead has written it.
+  cudaFuncAttributes code = {};
+  if (err == cudaSuccess) err = cudaFuncGetAttributes(&code, GemvBf16Kernel<1>);
+  const char* env = std::getenv("MPLUS_CUDA_DEPENDENT_LAUNCH");
+  const bool disabled = env != nullptr && std::string_view(env) == "0";
+  device->programmatic_launch = major >= 9 && code.ptxVersion >= 90 && !disabled;
   return err;
 }
 

@@ -384,7 +384,7 @@ TEST_F(GpuCheck, Bf16KvAttentionEqualsWidenedF32) {
                         {1, 31, 8, 8, 128, false, false},  // decode tiles: a partial one
                         {1, 777, 8, 4, 128, true, false},
                         {1, 2000, 16, 2, 128, true, false},
-                        {600, 900, 8, 2, 128, false, true},
+                        {600, 900, 8, 2, 128, true, true},  // 80 blocks: 3 key splits
                         {300, 1700, 32, 8, 128, false, true},  // GQA 4, rows not a tile multiple
                         {40, 3000, 8, 2, 128, true, true}};    // few row tiles: key splits
   uint32_t seed = 110;
