@@ -118,16 +118,31 @@ absl::Status Model::CheckIds(absl::Span<const int32_t> ids, const char* what) co
   return absl::OkStatus();
 }
 
-absl::StatusOr<TensorView> Model::CheckedShortTerm(const SessionMemory& mem, int layer) const {
-  TensorView v = mem.ShortTerm(layer);
+absl::StatusOr<ShortTermRows> Model::CheckedShortTerm(const SessionMemory& mem, int layer) const {
+  const ShortTermRows v = mem.ShortTerm(layer);
   const int64_t n = config_.stm_tokens(), d = config_.hidden_size;
-  const bool float_type =
-      v.dtype == DType::kF32 || v.dtype == DType::kBF16 || v.dtype == DType::kF16;
-  if (v.data == nullptr || !float_type || v.numel() != n * d) {
+  const DType dtype = v.pool.dtype;
+  const bool float_type = dtype == DType::kF32 || dtype == DType::kBF16 || dtype == DType::kF16;
+  bool valid = v.pool.data != nullptr && float_type && v.pool.shape.size() == 2 &&
+               v.pool.shape[1] == d && v.slots() == n;
+  for (int64_t slot = 0; valid && slot < n; ++slot) {
+    valid = v.slot_rows[slot] >= 0 && v.slot_rows[slot] < v.pool.shape[0];
+  }
+  if (!valid) {
     return absl::InternalError(absl::StrCat("session short-term memory of layer ", layer,
-                                            " is not ", n, " x ", d, " floats"));
+                                            " is not ", n, " rows of ", d, " floats"));
   }
   return v;
+}
+
+absl::Status Model::UploadSlots(const ShortTermRows& stm, int64_t first, const Tensor& dst) const {
+  const int64_t count = dst.rows();
+  if (const void* run = stm.Contiguous(first, count); run != nullptr) {
+    return backend_->CopyFromHost(run, stm.pool.dtype, dst);
+  }
+  std::vector<char> rows(static_cast<size_t>(count) * stm.row_bytes());
+  stm.CopySlots(first, count, rows.data());
+  return backend_->CopyFromHost(rows.data(), stm.pool.dtype, dst);
 }
 
 absl::Status Model::Embed(absl::Span<const int32_t> ids, const Tensor& out) const {
@@ -163,15 +178,16 @@ absl::StatusOr<std::vector<float>> Model::Logits(const Tensor& last_hidden) cons
   return out;
 }
 
-absl::StatusOr<std::vector<float>> Model::DroppedKeys(int layer, const TensorView& stm,
+absl::StatusOr<std::vector<float>> Model::DroppedKeys(int layer, const ShortTermRows& stm,
                                                       absl::Span<const int32_t> slots) const {
   Backend& b = *backend_;
   const int64_t d = config_.hidden_size, k = static_cast<int64_t>(slots.size());
+  const size_t row_bytes = stm.row_bytes();
+  std::vector<char> rows(static_cast<size_t>(k) * row_bytes);
+  for (int64_t i = 0; i < k; ++i)
+    std::memcpy(rows.data() + i * row_bytes, stm.Row(slots[i]), row_bytes);
   MPLUS_ASSIGN_OR_RETURN(Tensor tokens, Alloc(b, k, d));
-  for (int64_t i = 0; i < k; ++i) {
-    MPLUS_RETURN_IF_ERROR(
-        b.CopyFromHost(HostRow(stm, slots[i], d), stm.dtype, tokens.Rows(i, i + 1)));
-  }
+  MPLUS_RETURN_IF_ERROR(b.CopyFromHost(rows.data(), stm.pool.dtype, tokens));
   // key = key_proj(input_layernorm(token)), from the token as stored when it is dropped.
   MPLUS_RETURN_IF_ERROR(b.RmsNorm(tokens, layers_[layer].input_layernorm, dims_.rms_eps, tokens));
   MPLUS_ASSIGN_OR_RETURN(Tensor keys, Project(b, tokens, layers_[layer].key_proj));
@@ -223,10 +239,9 @@ absl::StatusOr<InjectResult> Model::Inject(const SessionMemory& mem, absl::Span<
   MPLUS_ASSIGN_OR_RETURN(Tensor k_cache, b.Allocate(kv_dtype_, {s, dims_.kv_cols()}));
   MPLUS_ASSIGN_OR_RETURN(Tensor v_cache, b.Allocate(kv_dtype_, {s, dims_.kv_cols()}));
   for (int l = 0; l < num_layers; ++l) {
-    MPLUS_ASSIGN_OR_RETURN(TensorView stm, CheckedShortTerm(mem, l));
+    MPLUS_ASSIGN_OR_RETURN(ShortTermRows stm, CheckedShortTerm(mem, l));
     if (bos) MPLUS_RETURN_IF_ERROR(CopyBos(l, seq.Rows(0, 1)));
-    MPLUS_RETURN_IF_ERROR(
-        b.CopyFromHost(HostRow(stm, n - k, d), stm.dtype, seq.Rows(bos, bos + k)));
+    MPLUS_RETURN_IF_ERROR(UploadSlots(stm, n - k, seq.Rows(bos, bos + k)));
     MPLUS_RETURN_IF_ERROR(b.AddRow(seq.Rows(s - k, s), new_memory_positional_emb_));
     MPLUS_ASSIGN_OR_RETURN(Tensor out, LayerForward(b, dims_, layers_[l], Adapter::kEncoder, seq,
                                                     nq, k_cache, v_cache, 0, inv_freq_));
@@ -236,7 +251,7 @@ absl::StatusOr<InjectResult> Model::Inject(const SessionMemory& mem, absl::Span<
   if (config_.has_long_term()) {
     result.dropped_keys.resize(num_layers);
     for (int l = 0; l < num_layers; ++l) {
-      MPLUS_ASSIGN_OR_RETURN(TensorView stm, CheckedShortTerm(mem, l));
+      MPLUS_ASSIGN_OR_RETURN(ShortTermRows stm, CheckedShortTerm(mem, l));
       MPLUS_ASSIGN_OR_RETURN(result.dropped_keys[l], DroppedKeys(l, stm, result.dropped[l]));
     }
   }
@@ -276,7 +291,7 @@ absl::Status Model::MemoryPrefix(SessionMemory& mem, PrefixCache* cache, int lay
     MPLUS_ASSIGN_OR_RETURN(cache_keys, b.Allocate(kv_dtype_, {rows, kv}));
     MPLUS_ASSIGN_OR_RETURN(cache_values, b.Allocate(kv_dtype_, {rows, kv}));
   }
-  TensorView stm;
+  ShortTermRows stm;
   if (have < rows) {
     MPLUS_ASSIGN_OR_RETURN(stm, CheckedShortTerm(mem, layer));
   }
@@ -298,8 +313,7 @@ absl::Status Model::MemoryPrefix(SessionMemory& mem, PrefixCache* cache, int lay
       MPLUS_ASSIGN_OR_RETURN(Tensor x, Alloc(b, r1 - r0, d));
       if (r0 < bos) MPLUS_RETURN_IF_ERROR(CopyBos(layer, x.Rows(0, bos - r0)));
       if (const int64_t s0 = std::max(r0, bos); s0 < r1) {
-        MPLUS_RETURN_IF_ERROR(
-            b.CopyFromHost(HostRow(stm, s0 - bos, d), stm.dtype, x.Rows(s0 - r0, r1 - r0)));
+        MPLUS_RETURN_IF_ERROR(UploadSlots(stm, s0 - bos, x.Rows(s0 - r0, r1 - r0)));
       }
       MPLUS_RETURN_IF_ERROR(b.RmsNorm(x, lw.input_layernorm, dims_.rms_eps, x));
       MPLUS_RETURN_IF_ERROR(KeysValues(b, dims_, lw, Adapter::kDecoder, x, keys, values));
@@ -400,13 +414,13 @@ absl::StatusOr<std::unique_ptr<DecodeState>> Model::Prefill(SessionMemory& mem,
       MPLUS_RETURN_IF_ERROR(b.RmsNorm(h, layers_[l].input_layernorm, dims_.rms_eps, normed));
       MPLUS_ASSIGN_OR_RETURN(Tensor queries, Project(b, normed, layers_[l].query_proj));
       RetrievalQueries layer_queries(b, std::move(queries));
-      MPLUS_ASSIGN_OR_RETURN(TensorView stm, CheckedShortTerm(mem, l));
-      retrieved.resize(static_cast<size_t>(k_ltm * d) * DTypeSize(stm.dtype));
+      MPLUS_ASSIGN_OR_RETURN(ShortTermRows stm, CheckedShortTerm(mem, l));
+      const DType dtype = stm.pool.dtype;
+      retrieved.resize(static_cast<size_t>(k_ltm * d) * DTypeSize(dtype));
       MPLUS_RETURN_IF_ERROR(mem.RetrieveLongTerm(l, layer_queries, retrieved.data()));
-      MPLUS_RETURN_IF_ERROR(b.CopyFromHost(retrieved.data(), stm.dtype, seq.Rows(0, k_ltm)));
+      MPLUS_RETURN_IF_ERROR(b.CopyFromHost(retrieved.data(), dtype, seq.Rows(0, k_ltm)));
       if (want_retrieved) {
-        const TensorView rows{
-            "retrieved", stm.dtype, {k_ltm, d}, retrieved.data(), retrieved.size()};
+        const TensorView rows{"retrieved", dtype, {k_ltm, d}, retrieved.data(), retrieved.size()};
         out->retrieved[l].resize(static_cast<size_t>(k_ltm * d));
         for (int64_t i = 0; i < k_ltm * d; ++i) out->retrieved[l][i] = rows.GetFloat(i);
       }

@@ -141,7 +141,10 @@ class Model {
  private:
   Model() = default;
   absl::Status CheckIds(absl::Span<const int32_t> ids, const char* what) const;
-  absl::StatusOr<TensorView> CheckedShortTerm(const SessionMemory& mem, int layer) const;
+  absl::StatusOr<ShortTermRows> CheckedShortTerm(const SessionMemory& mem, int layer) const;
+  // Slots [first, first + dst.rows()) of `stm` to `dst`: straight from the pool when their rows
+  // are one run, else gathered on the host first.
+  absl::Status UploadSlots(const ShortTermRows& stm, int64_t first, const Tensor& dst) const;
   absl::Status CopyBos(int layer, const Tensor& row) const;
   // out[i] = the embedding of ids[i] (in range), float32.
   absl::Status Embed(absl::Span<const int32_t> ids, const Tensor& out) const;
@@ -157,7 +160,7 @@ class Model {
   absl::StatusOr<std::vector<float>> Logits(const Tensor& last_hidden) const;
   // Enqueues the ops of one decode step over `state`'s step tensors.
   absl::Status DecodeStep(DecodeState& state) const;
-  absl::StatusOr<std::vector<float>> DroppedKeys(int layer, const TensorView& stm,
+  absl::StatusOr<std::vector<float>> DroppedKeys(int layer, const ShortTermRows& stm,
                                                  absl::Span<const int32_t> slots) const;
 
   uint64_t id_ = 0;  // unique per loaded model: tags the prefix caches it fills

@@ -14,6 +14,7 @@
 #include "engine/session_memory.h"
 #include "memstore/long_term_index.h"
 #include "memstore/long_term_retriever.h"
+#include "memstore/short_term_pool.h"
 
 namespace mplus::memstore {
 
@@ -28,7 +29,7 @@ class InMemorySession : public engine::SessionMemory {
       bool prefix_cache = true);
 
   // Stored in the checkpoint dtype.
-  engine::TensorView ShortTerm(int layer) const override;
+  engine::ShortTermRows ShortTerm(int layer) const override;
   absl::Status RetrieveLongTerm(int layer, engine::RetrievalQueries& queries, void* out) override;
   // Told of every ApplyInject that passes validation (PrefixCache::OnInject).
   engine::PrefixCache* prefix_cache() override {
@@ -53,7 +54,7 @@ class InMemorySession : public engine::SessionMemory {
   int num_layers_ = 0;
   int64_t n_ = 0, d_ = 0, k_ = 0;
   engine::DType dtype_ = engine::DType::kF32;
-  std::vector<std::vector<uint8_t>> stm_;       // [L][N * d] in dtype_
+  std::vector<ShortTermPool> stm_;              // [L]: N rows of d in dtype_
   std::vector<std::vector<int64_t>> stm_ages_;  // [L][N]
   std::unique_ptr<LongTermMemory> ltm_;
   std::unique_ptr<LongTermRetriever> retriever_;                 // with ltm_

@@ -100,9 +100,10 @@ absl::Status ResidentSession::LoadShortTerm() {
       if (!list.ok()) return list.status();
       stm_[l] = *std::move(list);
     }
-    stm_rows_[l].resize(N * base_.row_bytes());
-    absl::Status st = ReadTokens(stm_[l].ids, stm_rows_[l].data());
+    std::vector<uint8_t> rows(N * base_.row_bytes());
+    absl::Status st = ReadTokens(stm_[l].ids, rows.data());
     if (!st.ok()) return st;
+    stm_rows_[l] = ShortTermPool(std::move(rows), base_.row_bytes());
   }
   return absl::OkStatus();
 }
@@ -210,14 +211,8 @@ LongTermLayerMeta ResidentSession::LayerMeta(int l, const std::vector<LongTermSl
   return m;
 }
 
-engine::TensorView ResidentSession::ShortTerm(int layer) const {
-  engine::TensorView t;
-  t.name = absl::StrCat("stm.", layer);
-  t.dtype = base_.storage_dtype();
-  t.shape = {base_.config().stm_tokens(), base_.hidden()};
-  t.data = stm_rows_[layer].data();
-  t.nbytes = stm_rows_[layer].size();
-  return t;
+engine::ShortTermRows ResidentSession::ShortTerm(int layer) const {
+  return stm_rows_[layer].View(base_.storage_dtype(), base_.hidden());
 }
 
 absl::Status ResidentSession::RetrieveLongTerm(int layer, engine::RetrievalQueries& queries,
@@ -235,7 +230,7 @@ absl::Status ResidentSession::RetrieveLongTerm(int layer, engine::RetrievalQueri
 size_t ResidentSession::ResidentBytes() const {
   size_t bytes = sizeof(*this) + prefix_cache_.bytes(engine::Device::kCpu);
   for (size_t l = 0; l < stm_.size(); ++l) {
-    bytes += stm_rows_[l].size() + stm_[l].ids.size() * (sizeof(uint64_t) + sizeof(int32_t));
+    bytes += stm_rows_[l].bytes() + stm_[l].ids.size() * (sizeof(uint64_t) + sizeof(int32_t));
   }
   if (ltm_) {
     for (int l = 0; l < ltm_->num_layers(); ++l) {

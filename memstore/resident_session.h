@@ -15,6 +15,7 @@
 #include "memstore/base_memory.h"
 #include "memstore/long_term_index.h"
 #include "memstore/long_term_retriever.h"
+#include "memstore/short_term_pool.h"
 #include "memstore/store_schema.h"
 #include "rocksdb/db.h"
 
@@ -37,7 +38,7 @@ class ResidentSession : public engine::SessionMemory {
   static absl::StatusOr<std::unique_ptr<ResidentSession>> Load(const StoreHandles& store,
                                                                const SessionRecord& record);
 
-  engine::TensorView ShortTerm(int layer) const override;
+  engine::ShortTermRows ShortTerm(int layer) const override;
   absl::Status RetrieveLongTerm(int layer, engine::RetrievalQueries& queries, void* out) override;
   // Told of every Commit that passes validation (PrefixCache::OnInject); a reload starts with an
   // empty one.
@@ -80,7 +81,7 @@ class ResidentSession : public engine::SessionMemory {
   const BaseMemory& base_;
   SessionRecord record_;
   std::vector<ShortTermList> stm_;
-  std::vector<std::vector<uint8_t>> stm_rows_;  // [L][N * row_bytes], storage dtype
+  std::vector<ShortTermPool> stm_rows_;  // [L]: N rows each, storage dtype
   std::unique_ptr<LongTermMemory> ltm_;
   std::unique_ptr<LongTermRetriever> retriever_;      // with ltm_
   std::vector<std::vector<LongTermSlot>> ltm_slots_;  // parallel to ltm_->layer(l).entries()

@@ -23,16 +23,8 @@ absl::Status ResidentSession::CheckResult(const engine::InjectResult& r) const {
       return absl::InvalidArgumentError(absl::StrCat("layer ", l, ": delta has ", r.delta[l].size(),
                                                      " floats, expected ", K * d));
     }
-    if (static_cast<int64_t>(r.dropped[l].size()) != K) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("layer ", l, ": ", r.dropped[l].size(), " dropped slots, expected ", K));
-    }
-    for (int64_t j = 0; j < K; ++j) {
-      const int32_t s = r.dropped[l][j];
-      if (s < 0 || s >= N || (j > 0 && s <= r.dropped[l][j - 1])) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "layer ", l, ": dropped slots must be ascending, distinct and in [0, ", N, ")"));
-      }
+    if (absl::Status st = CheckDroppedSlots(r.dropped[l], N, K); !st.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("layer ", l, ": ", st.message()));
     }
     if (c.has_long_term() &&
         static_cast<int64_t>(r.dropped_keys[l].size()) != K * c.selector_hidden_dim) {
@@ -186,23 +178,10 @@ absl::Status ResidentSession::Commit(const engine::InjectResult& result, int64_t
         absl::StrCat("memstore: session ", rec.id, ": inject not committed: ", ws.ToString()));
   }
 
-  // Durable: bring the short-term cache in line (compact kept rows, append the new ones): most
-  // of a layer's rows move (100 MB on mplus-8b), layers on several threads.
+  // Durable: the new tokens' rows take the dropped ones' places in the short-term pools.
   ParallelFor(L, 1, [&](int64_t first, int64_t last) {
-    for (int64_t l = first; l < last; ++l) {
-      uint8_t* rows = stm_rows_[l].data();
-      size_t next_drop = 0;
-      int64_t out = 0;
-      for (int64_t i = 0; i < N; ++i) {
-        if (next_drop < result.dropped[l].size() && result.dropped[l][next_drop] == i) {
-          ++next_drop;
-          continue;
-        }
-        if (out != i) std::memmove(rows + out * row_bytes, rows + i * row_bytes, row_bytes);
-        ++out;
-      }
-      std::memcpy(rows + out * row_bytes, new_rows[l].data(), K * row_bytes);
-    }
+    for (int64_t l = first; l < last; ++l)
+      stm_rows_[l].Replace(result.dropped[l], new_rows[l].data());
   });
   stm_ = std::move(new_stm);
   if (ltm_) {

@@ -23,7 +23,7 @@ class TimedSessionMemory final : public engine::SessionMemory {
   TimedSessionMemory(engine::SessionMemory& inner, ServerMetrics& metrics, int64_t k_ltm)
       : inner_(inner), metrics_(metrics), k_ltm_(k_ltm) {}
 
-  engine::TensorView ShortTerm(int layer) const override { return inner_.ShortTerm(layer); }
+  engine::ShortTermRows ShortTerm(int layer) const override { return inner_.ShortTerm(layer); }
   absl::Status RetrieveLongTerm(int layer, engine::RetrievalQueries& queries, void* out) override {
     const absl::Time start = absl::Now();
     absl::Status status = inner_.RetrieveLongTerm(layer, queries, out);

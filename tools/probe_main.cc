@@ -104,8 +104,10 @@ void AddMemoryState(const engine::Model& model, const memstore::InMemorySession&
   std::vector<float> stm;
   std::vector<int64_t> counts;
   for (int l = 0; l < layers; ++l) {
-    const engine::TensorView v = session.ShortTerm(l);
-    for (int64_t i = 0; i < n * d; ++i) stm.push_back(v.GetFloat(i));
+    const engine::ShortTermRows v = session.ShortTerm(l);
+    for (int64_t slot = 0; slot < n; ++slot) {
+      for (int64_t j = 0; j < d; ++j) stm.push_back(v.GetFloat(slot, j));
+    }
     counts.push_back(session.ltm_count(l));
   }
   out.push_back(Make(prefix + ".stm", DType::kF32, {layers, n, d}, stm));

@@ -33,7 +33,7 @@ TEST(MemstoreFixtureTest, TinyMplusCheckpointsRoundTrip) {
       absl::StatusOr<SessionHandle> h = (*store)->Acquire("s");
       ASSERT_TRUE(h.ok()) << h.status();
       // A fresh session is exactly the checkpoint memory.
-      const engine::TensorView stm = h->memory().ShortTerm(2);
+      const engine::TensorView stm = h->memory().ShortTerm(2).pool;
       EXPECT_EQ(
           std::memcmp(stm.data, static_cast<const uint8_t*>(weights->memory.data) + 2 * stm.nbytes,
                       stm.nbytes),

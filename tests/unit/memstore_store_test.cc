@@ -97,7 +97,7 @@ TEST(MemstoreStoreTest, CopyOnWriteIsolation) {
   }
   // b still sees exactly the checkpoint's memory.
   absl::StatusOr<SessionHandle> b = store->Acquire("b");
-  const engine::TensorView t = b->memory().ShortTerm(1);
+  const engine::TensorView t = b->memory().ShortTerm(1).pool;
   EXPECT_EQ(std::memcmp(t.data, m->buffers[0]->data() + t.nbytes, t.nbytes), 0);
 }
 

@@ -221,10 +221,10 @@ inline std::string CompareWithReference(ResidentSession& s, const ReferenceSessi
     const std::string at = " (layer " + std::to_string(l) + ")";
     if (s.short_term_list(l).ids != ref.stm(l).ids) return "stm ids" + at;
     if (s.short_term_list(l).ages != ref.stm(l).ages) return "stm ages" + at;
-    const engine::TensorView t = s.ShortTerm(l);
-    if (t.nbytes != ref.rows(l).size() || std::memcmp(t.data, ref.rows(l).data(), t.nbytes) != 0) {
-      return "stm vectors" + at;
-    }
+    const engine::ShortTermRows t = s.ShortTerm(l);
+    std::vector<uint8_t> slot_order(t.slots() * t.row_bytes());
+    t.CopySlots(0, t.slots(), slot_order.data());
+    if (slot_order != ref.rows(l)) return "stm vectors" + at;
     if (!ref.ltm()) continue;
     const LongTermLayer& a = s.long_term()->layer(l);
     const LongTermLayer& b = ref.ltm()->layer(l);
@@ -246,7 +246,7 @@ inline std::string CompareWithReference(ResidentSession& s, const ReferenceSessi
     std::vector<float> q(3 * p);
     for (float& x : q) x = normal(rng);
     const std::vector<float> want = ref.Retrieve(l, q);
-    const engine::DType dtype = s.ShortTerm(l).dtype;
+    const engine::DType dtype = t.pool.dtype;
     std::vector<uint8_t> rows(want.size() * engine::DTypeSize(dtype));
     engine::RetrievalQueries queries(q.data(), 3, p);
     const absl::Status st = s.RetrieveLongTerm(l, queries, rows.data());

@@ -68,7 +68,7 @@ std::string MakeLlamaCheckpoint() {
 // Plain Llama has no memory; the model must not ask for any.
 class NoMemory : public SessionMemory {
  public:
-  TensorView ShortTerm(int) const override { return {}; }
+  ShortTermRows ShortTerm(int) const override { return {}; }
   absl::Status RetrieveLongTerm(int, RetrievalQueries&, void*) override {
     return absl::InternalError("unexpected retrieval");
   }
@@ -216,9 +216,10 @@ TEST_F(TinyMplusTest, InjectValidatesDropsAndTheSessionKeepsAges) {
   for (int64_t slot = 0; slot < n - k; ++slot) EXPECT_EQ(session_->stm_age(0, slot), 0);
   for (int64_t i = 0; i < k; ++i) EXPECT_EQ(session_->stm_age(0, n - k + i), k - 1 - i);
   // The new memory tokens are the last K STM rows.
-  const TensorView stm = session_->ShortTerm(1);
-  for (int64_t i = 0; i < k * model_->config().hidden_size; ++i) {
-    EXPECT_EQ(stm.GetFloat((n - k) * model_->config().hidden_size + i), result->delta[1][i]);
+  const ShortTermRows stm = session_->ShortTerm(1);
+  const int64_t d = model_->config().hidden_size;
+  for (int64_t i = 0; i < k * d; ++i) {
+    EXPECT_EQ(stm.GetFloat(n - k + i / d, i % d), result->delta[1][i]);
   }
 }
 

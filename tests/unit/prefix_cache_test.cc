@@ -25,7 +25,7 @@ namespace {
 class Uncached : public SessionMemory {
  public:
   explicit Uncached(SessionMemory& mem) : mem_(mem) {}
-  TensorView ShortTerm(int layer) const override { return mem_.ShortTerm(layer); }
+  ShortTermRows ShortTerm(int layer) const override { return mem_.ShortTerm(layer); }
   absl::Status RetrieveLongTerm(int layer, RetrievalQueries& queries, void* out) override {
     return mem_.RetrieveLongTerm(layer, queries, out);
   }

@@ -1,0 +1,58 @@
+#include "memstore/short_term_pool.h"
+
+#include <cstring>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+
+namespace mplus::memstore {
+
+absl::Status CheckDroppedSlots(absl::Span<const int32_t> dropped, int64_t slots, int64_t count) {
+  if (static_cast<int64_t>(dropped.size()) != count) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(dropped.size(), " dropped slots, expected ", count));
+  }
+  for (size_t j = 0; j < dropped.size(); ++j) {
+    if (dropped[j] < 0 || dropped[j] >= slots || (j > 0 && dropped[j] <= dropped[j - 1])) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("dropped slots must be ascending, distinct and in [0, ", slots, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+ShortTermPool::ShortTermPool(std::vector<uint8_t> rows, size_t row_bytes)
+    : rows_(std::move(rows)), row_bytes_(row_bytes), slot_rows_(rows_.size() / row_bytes) {
+  std::iota(slot_rows_.begin(), slot_rows_.end(), 0);
+}
+
+engine::ShortTermRows ShortTermPool::View(engine::DType dtype, int64_t cols) const {
+  engine::ShortTermRows v;
+  v.pool.name = "stm";
+  v.pool.dtype = dtype;
+  v.pool.shape = {static_cast<int64_t>(rows_.size() / row_bytes_), cols};
+  v.pool.data = rows_.data();
+  v.pool.nbytes = rows_.size();
+  v.slot_rows = slot_rows_;
+  return v;
+}
+
+void ShortTermPool::Replace(absl::Span<const int32_t> dropped, const uint8_t* new_rows) {
+  std::vector<int32_t> freed;  // the dropped slots' rows: the new tokens' rows
+  freed.reserve(dropped.size());
+  size_t next_drop = 0, out = 0;
+  for (size_t slot = 0; slot < slot_rows_.size(); ++slot) {
+    if (next_drop < dropped.size() && dropped[next_drop] == static_cast<int32_t>(slot)) {
+      ++next_drop;
+      freed.push_back(slot_rows_[slot]);
+    } else {
+      slot_rows_[out++] = slot_rows_[slot];
+    }
+  }
+  for (size_t j = 0; j < freed.size(); ++j) {
+    slot_rows_[out + j] = freed[j];
+    std::memcpy(rows_.data() + freed[j] * row_bytes_, new_rows + j * row_bytes_, row_bytes_);
+  }
+}
+
+}  // namespace mplus::memstore
