@@ -488,11 +488,11 @@ __global__ void __launch_bounds__(kDecodeThreads, TileBlocksPerSm(G))
   __syncthreads();
 
   float m[G], l[G], acc[G][4];
-  #pragma unroll
+#pragma unroll
   for (int h = 0; h < G; ++h) {
     m[h] = -CUDART_INF_F;
     l[h] = 0.0f;
-    #pragma unroll
+#pragma unroll
     for (int e = 0; e < 4; ++e) acc[h][e] = 0.0f;
   }
   // Every lane of a warp runs the same tiles (the reductions need the whole warp): a lane past
@@ -502,27 +502,27 @@ __global__ void __launch_bounds__(kDecodeThreads, TileBlocksPerSm(G))
     const KV* k_row = k + (key_begin + min(base + lane, n - 1)) * kv_cols + g * kTileHd;
     const KV* v_dims = v + key_begin * kv_cols + g * kTileHd + 4 * lane;
     float s[G];
-    #pragma unroll
+#pragma unroll
     for (int h = 0; h < G; ++h) s[h] = 0.0f;
     Raw4<KV> vraw[kVKeys];
     const auto load_v = [&](int first_key) {
-      #pragma unroll
+#pragma unroll
       for (int t = 0; t < kVKeys; ++t) {
         vraw[t] = LoadRaw4(v_dims, static_cast<int64_t>(min(first_key + t, n - 1)) * kv_cols);
       }
     };
-    #pragma unroll
+#pragma unroll
     for (int b = 0; b < kBatches; ++b) {
       Raw8<KV> kraw[kKChunks];
-      #pragma unroll
+#pragma unroll
       for (int c = 0; c < kKChunks; ++c) kraw[c] = LoadRaw8(k_row, (b * kKChunks + c) * 8);
       if (kVWithK) load_v(base);
-      #pragma unroll
+#pragma unroll
       for (int c = 0; c < kKChunks; ++c) {
         float kf[8];
         Widen8(kraw[c], kf);
         const int d0 = (b * kKChunks + c) * 8;
-        #pragma unroll
+#pragma unroll
         for (int h = 0; h < G; ++h) {
           const float4 qa = *reinterpret_cast<const float4*>(&q_s[h][d0]);
           const float4 qb = *reinterpret_cast<const float4*>(&q_s[h][d0 + 4]);
@@ -533,7 +533,7 @@ __global__ void __launch_bounds__(kDecodeThreads, TileBlocksPerSm(G))
     }
     // The tile's online-softmax update, per head (m and l are the same in every lane).
     float corr[G];
-    #pragma unroll
+#pragma unroll
     for (int h = 0; h < G; ++h) {
       const float m_new = fmaxf(m[h], WarpMax(in ? s[h] : -CUDART_INF_F));
       // A warp whose keys so far all scored -inf stays empty (avoids inf - inf).
@@ -544,22 +544,22 @@ __global__ void __launch_bounds__(kDecodeThreads, TileBlocksPerSm(G))
       prob_s[warp][lane][h] = prob;
     }
     __syncwarp();
-    #pragma unroll
+#pragma unroll
     for (int h = 0; h < G; ++h) {
-      #pragma unroll
+#pragma unroll
       for (int e = 0; e < 4; ++e) acc[h][e] *= corr[h];
     }
-    #pragma unroll
+#pragma unroll
     for (int b = 0; b < kBatches; ++b) {
       if (!kVWithK) load_v(base + b * kVKeys);
-      #pragma unroll
+#pragma unroll
       for (int t = 0; t < kVKeys; ++t) {
         float vf[4];
         Widen4(vraw[t], vf);
-        #pragma unroll
+#pragma unroll
         for (int h = 0; h < G; ++h) {
           const float prob = prob_s[warp][b * kVKeys + t][h];
-          #pragma unroll
+#pragma unroll
           for (int e = 0; e < 4; ++e) acc[h][e] += prob * vf[e];
         }
       }

@@ -458,9 +458,9 @@ absl::Status CudaBackend::MatMul(const Tensor& x, const Tensor& w, const Tensor&
   switch (w.dtype()) {
     case DType::kBF16: {
       if (GemvSupported(n, k, x.data(), w.data())) {  // decode: a few rows
-        MPLUS_CUDA_RETURN_IF_ERROR(LaunchGemvBf16(x.data_as<const float>(),
-                                                  w.data_as<const uint16_t>(), n, m, k, alpha,
-                                                  accumulate, PlainGemv(d, m), GemvFor(w), stream()));
+        MPLUS_CUDA_RETURN_IF_ERROR(
+            LaunchGemvBf16(x.data_as<const float>(), w.data_as<const uint16_t>(), n, m, k, alpha,
+                           accumulate, PlainGemv(d, m), GemvFor(w), stream()));
         return absl::OkStatus();
       }
       MPLUS_ASSIGN_OR_RETURN(void* xb, convert_.Get(static_cast<size_t>(n * k) * 2));
@@ -758,10 +758,9 @@ absl::Status CudaBackend::LoraMatMul(const Tensor& x, const Tensor& w, const Ten
   MPLUS_RETURN_IF_ERROR(state_->Activate());
   GemvEpilogue ep = PlainGemv(out.data_as<float>(), m);
   if (r > 0) {
-    MPLUS_CUDA_RETURN_IF_ERROR(LaunchGemvBf16(x.data_as<const float>(), a.data_as<const uint16_t>(),
-                                              n, r, k, 1.0f, false,
-                                              PlainGemv(t.data_as<float>(), r), GemvFor(a),
-                                              stream()));
+    MPLUS_CUDA_RETURN_IF_ERROR(
+        LaunchGemvBf16(x.data_as<const float>(), a.data_as<const uint16_t>(), n, r, k, 1.0f, false,
+                       PlainGemv(t.data_as<float>(), r), GemvFor(a), stream()));
     ep.lora_b[0] = b.data_as<const uint16_t>();
     ep.lora_t = t.data_as<const float>();
     ep.lora_r = ep.lora_t_cols = r;
@@ -817,10 +816,9 @@ absl::Status CudaBackend::LoraMatMulGroup(const Tensor& x, absl::Span<const Lora
   ep.lora_scale = scale;
   absl::MutexLock lock(&mu_);
   MPLUS_RETURN_IF_ERROR(state_->Activate());
-  MPLUS_CUDA_RETURN_IF_ERROR(
-      LaunchGemvBf16(x.data_as<const float>(), as[0]->data_as<const uint16_t>(), n, count * r, k,
-                     1.0f, false, PlainGemv(t.data_as<float>(), count * r), GemvFor(*as[0]),
-                     stream()));
+  MPLUS_CUDA_RETURN_IF_ERROR(LaunchGemvBf16(
+      x.data_as<const float>(), as[0]->data_as<const uint16_t>(), n, count * r, k, 1.0f, false,
+      PlainGemv(t.data_as<float>(), count * r), GemvFor(*as[0]), stream()));
   MPLUS_CUDA_RETURN_IF_ERROR(LaunchGemvBf16(x.data_as<const float>(),
                                             ws[0]->data_as<const uint16_t>(), n, m, k, 1.0f, false,
                                             ep, GemvFor(*ws[0]), stream()));

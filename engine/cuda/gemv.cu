@@ -33,8 +33,8 @@ __device__ __forceinline__ float Dot8(const uint4 w, const float* x) {
 // a warp and through shared memory across warps.
 template <int N>
 __global__ void __launch_bounds__(kThreads)
-    GemvBf16Kernel(const float* x, const uint16_t* __restrict__ w, int64_t m,
-                   int64_t k, float alpha, bool accumulate, GemvEpilogue ep, int threads_per_row) {
+    GemvBf16Kernel(const float* x, const uint16_t* __restrict__ w, int64_t m, int64_t k,
+                   float alpha, bool accumulate, GemvEpilogue ep, int threads_per_row) {
   AllowDependentLaunch();
   const int T = threads_per_row, tid = threadIdx.x, part = tid % T;
   const int64_t row = blockIdx.x * int64_t{kThreads / T} + tid / T;

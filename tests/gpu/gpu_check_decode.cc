@@ -6,6 +6,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -20,22 +21,28 @@ namespace {
 // K_ltm slots (any fixed rows do: both runs get the same).
 class InitialMemory : public engine::SessionMemory {
  public:
-  explicit InitialMemory(const engine::Model& model) : model_(model) {}
-  engine::TensorView ShortTerm(int layer) const override {
+  explicit InitialMemory(const engine::Model& model)
+      : model_(model), slot_rows_(model.weights().memory.shape[1]) {
+    std::iota(slot_rows_.begin(), slot_rows_.end(), 0);
+  }
+  engine::ShortTermRows ShortTerm(int layer) const override {
     const engine::TensorView& all = model_.weights().memory;
     const int64_t n = all.shape[1], d = all.shape[2];
     const size_t bytes = static_cast<size_t>(n * d) * engine::DTypeSize(all.dtype);
-    return {"memory", all.dtype, {n, d}, static_cast<const char*>(all.data) + layer * bytes, bytes};
+    return {
+        {"memory", all.dtype, {n, d}, static_cast<const char*>(all.data) + layer * bytes, bytes},
+        slot_rows_};
   }
   absl::Status RetrieveLongTerm(int layer, engine::RetrievalQueries&, void* out) override {
-    const engine::TensorView stm = ShortTerm(layer);
+    const engine::ShortTermRows stm = ShortTerm(layer);
     const int64_t rows = model_.config().ltm_retrieved_tokens();
-    std::memcpy(out, stm.data, static_cast<size_t>(rows * stm.shape[1]) * DTypeSize(stm.dtype));
+    stm.CopySlots(0, rows, out);
     return absl::OkStatus();
   }
 
  private:
   const engine::Model& model_;
+  std::vector<int32_t> slot_rows_;  // identity: the checkpoint's slot order
 };
 
 std::string FixtureDir(const std::string& name) {
@@ -122,31 +129,37 @@ TEST_F(GpuCheck, DecodeOpsAtADevicePosition) {
   }
 }
 
+// Two generations per model, with different capacities: the second records afresh while the
+// first one's recording (and its arena) is freed.
 TEST_F(GpuCheck, RecordedDecodeStepsMatchStepByStepBitwise) {
-  constexpr int kSteps = 12;
+  constexpr int kSteps = 12, kGenerations = 2;
   for (const char* fixture : {"tiny-mplus", "tiny-mplus-bf16"}) {
     SCOPED_TRACE(fixture);
-    std::vector<std::vector<float>> logits[2];  // [replayed?][step]
+    std::vector<std::vector<float>> logits[2];  // [replayed?][generation * kSteps + step]
     for (const bool replay : {false, true}) {
       engine::ModelOptions options;
       options.backend = std::shared_ptr<Backend>(gpu_, [](Backend*) {});
       options.replay_decode = replay;
       ASSERT_OK_AND_ASSIGN(model, engine::Model::Load(FixtureDir(fixture), options));
       InitialMemory memory(*model);
-      engine::PrefillOutput out;
-      const std::vector<int32_t> prompt = {1, 17, 33, 5, 80};
-      ASSERT_OK_AND_ASSIGN(state, model->Prefill(memory, prompt, kSteps, false, &out));
-      int32_t token = 3;
-      for (int step = 0; step < kSteps; ++step) {
-        ASSERT_OK_AND_ASSIGN(step_logits, model->Decode(*state, token));
-        token = static_cast<int32_t>((token * 31 + step) % model->config().vocab_size);
-        logits[replay].push_back(std::move(step_logits));
+      for (int generation = 0; generation < kGenerations; ++generation) {
+        engine::PrefillOutput out;
+        const std::vector<int32_t> prompt = {1, 17, 33, 5, 80};
+        ASSERT_OK_AND_ASSIGN(state,
+                             model->Prefill(memory, prompt, kSteps + 7 * generation, false, &out));
+        int32_t token = 3 + generation;
+        for (int step = 0; step < kSteps; ++step) {
+          ASSERT_OK_AND_ASSIGN(step_logits, model->Decode(*state, token));
+          token = static_cast<int32_t>((token * 31 + step) % model->config().vocab_size);
+          logits[replay].push_back(std::move(step_logits));
+        }
+        // Recording needs 4 steps of room, which the first step has.
+        EXPECT_EQ(state->replaying(), replay) << state->recording_status();
       }
-      // Recording needs 4 steps of room, which the first step has.
-      EXPECT_EQ(state->replaying(), replay) << state->recording_status();
     }
-    for (int step = 0; step < kSteps; ++step) {
-      EXPECT_EQ(logits[1][step], logits[0][step]) << "step " << step;
+    for (int i = 0; i < kGenerations * kSteps; ++i) {
+      EXPECT_EQ(logits[1][i], logits[0][i])
+          << "generation " << i / kSteps << " step " << i % kSteps;
     }
   }
 }
