@@ -6,7 +6,8 @@
 namespace mplus::engine {
 
 bool IsFloatDType(DType dtype) {
-  return dtype == DType::kF32 || dtype == DType::kBF16 || dtype == DType::kF16;
+  return dtype == DType::kF32 || dtype == DType::kBF16 || dtype == DType::kF16 ||
+         dtype == DType::kF8E4M3;
 }
 
 std::string ShapeString(const Tensor& t) {

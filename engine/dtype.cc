@@ -1,5 +1,6 @@
 #include "engine/dtype.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace mplus::engine {
@@ -14,6 +15,8 @@ size_t DTypeSize(DType dtype) {
       return 2;
     case DType::kI64:
       return 8;
+    case DType::kF8E4M3:
+      return 1;
   }
   return 0;
 }
@@ -30,6 +33,8 @@ const char* DTypeName(DType dtype) {
       return "I64";
     case DType::kI32:
       return "I32";
+    case DType::kF8E4M3:
+      return "F8_E4M3";
   }
   return "?";
 }
@@ -68,6 +73,40 @@ uint16_t FloatToF16(float f) {
   }
   const uint32_t biased = static_cast<uint32_t>(exponent - 1 + 15);
   return sign | static_cast<uint16_t>((biased << 10) | (mant & 0x3ffu));
+}
+
+float F8E4M3ToFloat(uint8_t bits) {
+  const uint32_t exponent = (bits >> 3) & 0xfu, mantissa = bits & 0x7u;
+  float magnitude;
+  if (exponent == 0xf && mantissa == 0x7) {
+    magnitude = NAN;
+  } else if (exponent == 0) {
+    magnitude = std::ldexp(static_cast<float>(mantissa), -9);  // subnormal
+  } else {
+    magnitude = std::ldexp(static_cast<float>(mantissa | 0x8u), static_cast<int>(exponent) - 10);
+  }
+  return (bits & 0x80u) ? -magnitude : magnitude;
+}
+
+uint8_t FloatToF8E4M3(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  const uint8_t sign = static_cast<uint8_t>((u >> 24) & 0x80u);
+  const float a = std::fabs(f);
+  if (std::isnan(f)) return sign | 0x7fu;
+  if (a >= 448.0f) return sign | 0x7eu;
+  if (a < std::ldexp(1.0f, -6)) {  // subnormal: units of 2^-9 (8 units round up to 2^-6)
+    return sign | static_cast<uint8_t>(std::nearbyint(a * std::ldexp(1.0f, 9)));
+  }
+  int exponent;
+  const float m = std::frexp(a, &exponent);  // a = m * 2^exponent, m in [0.5, 1)
+  uint32_t mant = static_cast<uint32_t>(std::nearbyint(std::ldexp(m, 4)));  // 4 bits incl. hidden
+  if (mant == 16) {
+    mant = 8;
+    ++exponent;
+  }
+  const uint32_t code = (static_cast<uint32_t>(exponent - 1 + 7) << 3) | (mant & 0x7u);
+  return sign | static_cast<uint8_t>(std::min<uint32_t>(code, 0x7eu));  // 464 .. 448: to 448
 }
 
 }  // namespace mplus::engine

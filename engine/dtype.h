@@ -8,7 +8,9 @@
 
 namespace mplus::engine {
 
-enum class DType : uint8_t { kF32, kBF16, kF16, kI64, kI32 };
+// kF8E4M3: float8 e4m3fn (sign, 4 exponent bits with bias 7, 3 mantissa bits; no infinity, NaN
+// = all ones; largest finite 448), for KV caches only (--kv_cache_dtype=fp8).
+enum class DType : uint8_t { kF32, kBF16, kF16, kI64, kI32, kF8E4M3 };
 
 // Bytes per element.
 size_t DTypeSize(DType dtype);
@@ -33,6 +35,11 @@ inline uint16_t FloatToBF16(float f) {
 
 float F16ToFloat(uint16_t bits);
 uint16_t FloatToF16(float f);
+
+float F8E4M3ToFloat(uint8_t bits);
+// Round-to-nearest-even, saturating: finite values and infinities beyond 448 become +-448 (as
+// CUDA's __nv_cvt_float_to_fp8 with __NV_SATFINITE, and vLLM's fp8 KV cache); NaN stays NaN.
+uint8_t FloatToF8E4M3(float f);
 
 }  // namespace mplus::engine
 

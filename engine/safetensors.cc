@@ -140,6 +140,8 @@ float TensorView::GetFloat(int64_t i) const {
       std::memcpy(&v, bytes, sizeof v);
       return static_cast<float>(v);
     }
+    case DType::kF8E4M3:
+      return F8E4M3ToFloat(*bytes);
   }
   return 0.0f;
 }

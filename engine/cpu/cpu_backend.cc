@@ -44,6 +44,11 @@ void LoadFloats(const void* data, DType dtype, int64_t offset, int64_t n, float*
       for (int64_t i = 0; i < n; ++i) out[i] = F16ToFloat(p[i]);
       return;
     }
+    case DType::kF8E4M3: {
+      const uint8_t* p = static_cast<const uint8_t*>(data) + offset;
+      for (int64_t i = 0; i < n; ++i) out[i] = F8E4M3ToFloat(p[i]);
+      return;
+    }
     case DType::kI64:
     case DType::kI32:
       std::abort();  // callers check IsFloatDType first
@@ -111,8 +116,15 @@ absl::Status CpuBackend::Copy(const Tensor& src, const Tensor& dst) {
     for (int64_t i = 0; i < src.numel(); ++i) to[i] = FloatToBF16(from[i]);
     return absl::OkStatus();
   }
-  if (src.dtype() == DType::kBF16 && dst.dtype() == DType::kF32) {
-    LoadFloats(src.data(), DType::kBF16, 0, src.numel(), dst.data_as<float>());
+  if (src.dtype() == DType::kF32 && dst.dtype() == DType::kF8E4M3) {
+    const float* from = src.data_as<const float>();
+    uint8_t* to = dst.data_as<uint8_t>();
+    for (int64_t i = 0; i < src.numel(); ++i) to[i] = FloatToF8E4M3(from[i]);
+    return absl::OkStatus();
+  }
+  if ((src.dtype() == DType::kBF16 || src.dtype() == DType::kF8E4M3) &&
+      dst.dtype() == DType::kF32) {
+    LoadFloats(src.data(), src.dtype(), 0, src.numel(), dst.data_as<float>());
     return absl::OkStatus();
   }
   return absl::InvalidArgumentError(absl::StrCat("Copy: cannot convert ", DTypeName(src.dtype()),
@@ -228,10 +240,11 @@ absl::Status CpuBackend::Attention(const Tensor& q, const Tensor& k, const Tenso
     if (absl::Status s = CheckCpu(*t, "Attention"); !s.ok()) return s;
   }
   const DType kv_dtype = k.dtype();
-  if ((kv_dtype != DType::kF32 && kv_dtype != DType::kBF16) || v.dtype() != kv_dtype) {
+  if ((kv_dtype != DType::kF32 && kv_dtype != DType::kBF16 && kv_dtype != DType::kF8E4M3) ||
+      v.dtype() != kv_dtype) {
     return absl::InvalidArgumentError(
-        absl::StrCat("Attention: K and V must both be F32 or both BF16, got ", DTypeName(k.dtype()),
-                     " and ", DTypeName(v.dtype())));
+        absl::StrCat("Attention: K and V must both be F32, BF16 or F8_E4M3, got ",
+                     DTypeName(k.dtype()), " and ", DTypeName(v.dtype())));
   }
   const int64_t nq = q.rows(), nk = k.rows();
   if (num_kv_heads <= 0 || num_heads % num_kv_heads != 0 || q.cols() != num_heads * head_dim ||

@@ -16,12 +16,24 @@ namespace {
 // row streams past it; one kKc x kNr panel (16 KiB) stays in L1.
 constexpr int64_t kMr = 6, kNr = 16, kKc = 256, kNc = 128;
 
+// Every float8 e4m3 value, by its bits (widening is a table lookup, or a gather of eight).
+const float* F8E4M3Table() {
+  static const auto* table = [] {
+    auto* t = new float[256];
+    for (int b = 0; b < 256; ++b) t[b] = F8E4M3ToFloat(static_cast<uint8_t>(b));
+    return t;
+  }();
+  return table;
+}
+
 inline float Widen(const void* w, DType wt, int64_t i) {
   switch (wt) {
     case DType::kBF16:
       return BF16ToFloat(static_cast<const uint16_t*>(w)[i]);
     case DType::kF16:
       return F16ToFloat(static_cast<const uint16_t*>(w)[i]);
+    case DType::kF8E4M3:
+      return F8E4M3Table()[static_cast<const uint8_t*>(w)[i]];
     default:
       return static_cast<const float*>(w)[i];
   }
@@ -56,6 +68,10 @@ template <DType T>
 MPLUS_AVX2 inline __m256 Load8(const void* w, int64_t i) {
   if constexpr (T == DType::kF32) {
     return _mm256_loadu_ps(static_cast<const float*>(w) + i);
+  } else if constexpr (T == DType::kF8E4M3) {
+    const __m128i b =
+        _mm_loadl_epi64(reinterpret_cast<const __m128i*>(static_cast<const uint8_t*>(w) + i));
+    return _mm256_i32gather_ps(F8E4M3Table(), _mm256_cvtepu8_epi32(b), 4);
   } else {
     const __m128i h =
         _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(w) + i));
@@ -380,6 +396,8 @@ void GemmNT(int64_t n, int64_t m, int64_t k, const float* x, int64_t ldx, const 
       return GemmNTAvx2<DType::kBF16>(n, m, k, x, ldx, w, ldw, out, ldo, alpha, accumulate);
     case DType::kF16:
       return GemmNTAvx2<DType::kF16>(n, m, k, x, ldx, w, ldw, out, ldo, alpha, accumulate);
+    case DType::kF8E4M3:
+      return GemmNTAvx2<DType::kF8E4M3>(n, m, k, x, ldx, w, ldw, out, ldo, alpha, accumulate);
     default:
       return GemmNTAvx2<DType::kF32>(n, m, k, x, ldx, w, ldw, out, ldo, alpha, accumulate);
   }
@@ -395,6 +413,8 @@ void GemvNT(int64_t n, int64_t m, int64_t k, const float* x, int64_t ldx, const 
       return GemvNTAvx2<DType::kBF16>(n, m, k, x, ldx, w, ldw, out, ldo, alpha, accumulate);
     case DType::kF16:
       return GemvNTAvx2<DType::kF16>(n, m, k, x, ldx, w, ldw, out, ldo, alpha, accumulate);
+    case DType::kF8E4M3:
+      return GemvNTAvx2<DType::kF8E4M3>(n, m, k, x, ldx, w, ldw, out, ldo, alpha, accumulate);
     default:
       return GemvNTAvx2<DType::kF32>(n, m, k, x, ldx, w, ldw, out, ldo, alpha, accumulate);
   }
@@ -440,6 +460,8 @@ void GemmNN(int64_t n, int64_t m, int64_t k, const float* p, int64_t ldp, const 
       return GemmNNAvx2<DType::kBF16>(n, m, k, p, ldp, v, ldv, out, ldo, alpha, accumulate);
     case DType::kF16:
       return GemmNNAvx2<DType::kF16>(n, m, k, p, ldp, v, ldv, out, ldo, alpha, accumulate);
+    case DType::kF8E4M3:
+      return GemmNNAvx2<DType::kF8E4M3>(n, m, k, p, ldp, v, ldv, out, ldo, alpha, accumulate);
     default:
       return GemmNNAvx2<DType::kF32>(n, m, k, p, ldp, v, ldv, out, ldo, alpha, accumulate);
   }

@@ -77,5 +77,44 @@ TEST(DTypeTest, F16RoundsToNearestEven) {
   EXPECT_TRUE(std::isnan(F16ToFloat(FloatToF16(std::nanf("")))));
 }
 
+TEST(DTypeTest, F8E4M3RoundTripsEveryFiniteValue) {
+  EXPECT_EQ(DTypeSize(DType::kF8E4M3), 1u);
+  EXPECT_EQ(std::string(DTypeName(DType::kF8E4M3)), "F8_E4M3");
+  int nans = 0;
+  for (uint32_t b = 0; b < 0x100; ++b) {
+    const float f = F8E4M3ToFloat(static_cast<uint8_t>(b));
+    if (std::isnan(f)) {
+      ++nans;
+      continue;
+    }
+    ASSERT_EQ(FloatToF8E4M3(f), b) << std::hex << b;
+  }
+  EXPECT_EQ(nans, 2);  // 0x7f and 0xff: e4m3fn has no infinity
+  EXPECT_EQ(F8E4M3ToFloat(0x7e), 448.0f);
+  EXPECT_EQ(F8E4M3ToFloat(0x01), std::ldexp(1.0f, -9));  // smallest subnormal
+  EXPECT_EQ(F8E4M3ToFloat(0x08), std::ldexp(1.0f, -6));  // smallest normal
+  EXPECT_EQ(F8E4M3ToFloat(0xb8), -1.0f);
+}
+
+TEST(DTypeTest, F8E4M3RoundsToNearestEvenAndSaturates) {
+  // Between 1 and 1.125 (3 mantissa bits): the tie 1.0625 goes to the even 1.0, 1.1875 (tie
+  // between 1.125 and 1.25) to the even 1.25.
+  EXPECT_EQ(FloatToF8E4M3(1.0625f), 0x38);
+  EXPECT_EQ(FloatToF8E4M3(1.1875f), 0x3a);
+  EXPECT_EQ(FloatToF8E4M3(1.07f), 0x39);
+  // Subnormals in units of 2^-9; a tie between them goes to even; 7.5 units round up into the
+  // smallest normal.
+  EXPECT_EQ(FloatToF8E4M3(std::ldexp(1.5f, -9)), 0x02);
+  EXPECT_EQ(FloatToF8E4M3(std::ldexp(2.5f, -9)), 0x02);
+  EXPECT_EQ(FloatToF8E4M3(std::ldexp(7.5f, -9)), 0x08);
+  EXPECT_EQ(FloatToF8E4M3(std::ldexp(0.4f, -9)), 0x00);
+  EXPECT_EQ(FloatToF8E4M3(-0.0f), 0x80);
+  // Beyond 448 (and infinity) saturates instead of becoming NaN; NaN stays NaN.
+  EXPECT_EQ(FloatToF8E4M3(470.0f), 0x7e);
+  EXPECT_EQ(FloatToF8E4M3(-1e9f), 0xfe);
+  EXPECT_EQ(FloatToF8E4M3(std::numeric_limits<float>::infinity()), 0x7e);
+  EXPECT_TRUE(std::isnan(F8E4M3ToFloat(FloatToF8E4M3(std::nanf("")))));
+}
+
 }  // namespace
 }  // namespace mplus::engine
