@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "engine/cuda/attention.h"
 #include "engine/cuda/dependent_launch.cuh"
+#include "engine/cuda/f8e4m3.cuh"
 
 namespace mplus::engine::cuda {
 namespace {
@@ -34,15 +36,25 @@ struct Params {
   float scale_log2;  // log2(e) / sqrt(hd): scores live in the log2 domain, so exp2f is used
 };
 
-// K/V element loads widened to float32. bfloat16 is the top half of a float32, so widening is a
-// shift: exact, the same value engine/dtype.h's BF16ToFloat gives.
+// K/V element types: float, uint16_t bfloat16 bits, uint8_t float8 e4m3 bits. Loads widen to
+// float32 exactly, to the values engine/dtype.h's BF16ToFloat / F8E4M3ToFloat give: bfloat16 is
+// the top half of a float32 (a shift), e4m3 as engine/cuda/f8e4m3.cuh.
 __device__ __forceinline__ float LoadKV(const float* base, int64_t off) { return base[off]; }
 __device__ __forceinline__ float LoadKV(const uint16_t* base, int64_t off) {
   return __uint_as_float(static_cast<uint32_t>(base[off]) << 16);
 }
+__device__ __forceinline__ float LoadKV(const uint8_t* base, int64_t off) {
+  return F8E4M3BitsToFloat(base[off]);
+}
 
-// Four consecutive K/V elements from element `off` (a multiple of 4, and the base 16-byte
-// aligned for float / 8-byte aligned for bf16 bits: checked by the launcher), widened as LoadKV.
+// Four e4m3 elements packed in a word (the first in the low byte), widened.
+__device__ __forceinline__ float4 WidenF8x4(uint32_t w) {
+  return make_float4(F8E4M3BitsToFloat(w), F8E4M3BitsToFloat(w >> 8), F8E4M3BitsToFloat(w >> 16),
+                     F8E4M3BitsToFloat(w >> 24));
+}
+
+// Four consecutive K/V elements from element `off` (a multiple of 4, and the base aligned to
+// four elements: checked by the launcher), widened as LoadKV.
 __device__ __forceinline__ float4 LoadKV4(const float* base, int64_t off) {
   return *reinterpret_cast<const float4*>(base + off);
 }
@@ -50,6 +62,9 @@ __device__ __forceinline__ float4 LoadKV4(const uint16_t* base, int64_t off) {
   const uint2 bits = *reinterpret_cast<const uint2*>(base + off);
   return make_float4(__uint_as_float(bits.x << 16), __uint_as_float(bits.x & 0xffff0000u),
                      __uint_as_float(bits.y << 16), __uint_as_float(bits.y & 0xffff0000u));
+}
+__device__ __forceinline__ float4 LoadKV4(const uint8_t* base, int64_t off) {
+  return WidenF8x4(*reinterpret_cast<const uint32_t*>(base + off));
 }
 
 __device__ __forceinline__ float WarpMax(float v) {
@@ -64,9 +79,9 @@ __device__ __forceinline__ float WarpSum(float v) {
 // Block (row tile, kv head g, split s). Rows of kv head g are (query i, head g*group + r % group)
 // for r = i * group + .., so the group's query heads share every K/V tile (GQA).
 // CH = ceil(hd / 32): the output dims a lane owns are lane + 32 * c.
-// KV (float or uint16_t bfloat16 bits) matters only where a K/V tile is loaded into the float32
-// shared tiles; every float operation after that is the same code for both, so bf16 K/V give
-// bit for bit the result of float32 K/V holding the widened values.
+// KV (see LoadKV) matters only where a K/V tile is loaded into the float32 shared tiles; every
+// float operation after that is the same code for all, so bf16 / fp8 K/V give bit for bit the
+// result of float32 K/V holding the widened values.
 // kVec: K/V rows are loaded four elements at a time (head_dim and the row stride multiples of
 // 4, base pointers aligned): a quarter of the load instructions, which bound decode.
 template <int CH, typename KV, bool kVec>
@@ -244,12 +259,13 @@ __global__ void __launch_bounds__(kCombineThreads) CombineKernel(Params p, int s
 // bf16) each, so a warp runs 32 / L independent key streams. Each stream keeps an online softmax
 // (running max, sum and output per head) over its keys, with the K and V loads of kUnroll steps
 // issued before any arithmetic; streams are merged by shuffles, warps through shared memory.
-// The float operations do not depend on KV, so bf16 K/V again give bit for bit the result of
-// float32 K/V holding the widened values.
+// The float operations do not depend on KV, so bf16 / fp8 K/V again give bit for bit the result
+// of float32 K/V holding the widened values.
 constexpr int kDecodeThreads = 128;
 constexpr int kDecodeWarps = kDecodeThreads / 32;
 
-// Eight K/V elements as loaded (16 bytes of bf16 bits, or two float4), widened where used.
+// Eight K/V elements as loaded (16 bytes of bf16 bits, 8 bytes of e4m3 bits, or two float4),
+// widened where used.
 template <typename KV>
 struct Raw8;
 template <>
@@ -257,11 +273,18 @@ struct Raw8<uint16_t> {
   uint4 bits;
 };
 template <>
+struct Raw8<uint8_t> {
+  uint2 bits;
+};
+template <>
 struct Raw8<float> {
   float4 lo, hi;
 };
 __device__ __forceinline__ Raw8<uint16_t> LoadRaw8(const uint16_t* base, int64_t off) {
   return {*reinterpret_cast<const uint4*>(base + off)};
+}
+__device__ __forceinline__ Raw8<uint8_t> LoadRaw8(const uint8_t* base, int64_t off) {
+  return {*reinterpret_cast<const uint2*>(base + off)};
 }
 __device__ __forceinline__ Raw8<float> LoadRaw8(const float* base, int64_t off) {
   return {*reinterpret_cast<const float4*>(base + off),
@@ -273,6 +296,11 @@ __device__ __forceinline__ void Widen8(const Raw8<uint16_t>& r, float (&f)[8]) {
     f[2 * i] = __uint_as_float(w[i] << 16);
     f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
   }
+}
+__device__ __forceinline__ void Widen8(const Raw8<uint8_t>& r, float (&f)[8]) {
+  const float4 lo = WidenF8x4(r.bits.x), hi = WidenF8x4(r.bits.y);
+  f[0] = lo.x, f[1] = lo.y, f[2] = lo.z, f[3] = lo.w;
+  f[4] = hi.x, f[5] = hi.y, f[6] = hi.z, f[7] = hi.w;
 }
 __device__ __forceinline__ void Widen8(const Raw8<float>& r, float (&f)[8]) {
   f[0] = r.lo.x, f[1] = r.lo.y, f[2] = r.lo.z, f[3] = r.lo.w;
@@ -435,12 +463,17 @@ constexpr int kTileHd = 128;
 // eight heads' state per lane: at 3 blocks (168 registers) its K/V batches spill to local memory.
 constexpr int TileBlocksPerSm(int64_t group) { return group >= 8 ? 2 : 3; }
 
-// Four consecutive K/V elements (8 bytes of bf16 bits, or a float4), widened where used.
+// Four consecutive K/V elements (8 bytes of bf16 bits, 4 of e4m3 bits, or a float4), widened
+// where used.
 template <typename KV>
 struct Raw4;
 template <>
 struct Raw4<uint16_t> {
   uint2 bits;
+};
+template <>
+struct Raw4<uint8_t> {
+  uint32_t bits;
 };
 template <>
 struct Raw4<float> {
@@ -449,12 +482,19 @@ struct Raw4<float> {
 __device__ __forceinline__ Raw4<uint16_t> LoadRaw4(const uint16_t* base, int64_t off) {
   return {*reinterpret_cast<const uint2*>(base + off)};
 }
+__device__ __forceinline__ Raw4<uint8_t> LoadRaw4(const uint8_t* base, int64_t off) {
+  return {*reinterpret_cast<const uint32_t*>(base + off)};
+}
 __device__ __forceinline__ Raw4<float> LoadRaw4(const float* base, int64_t off) {
   return {*reinterpret_cast<const float4*>(base + off)};
 }
 __device__ __forceinline__ void Widen4(const Raw4<uint16_t>& r, float (&f)[4]) {
   f[0] = __uint_as_float(r.bits.x << 16), f[1] = __uint_as_float(r.bits.x & 0xffff0000u);
   f[2] = __uint_as_float(r.bits.y << 16), f[3] = __uint_as_float(r.bits.y & 0xffff0000u);
+}
+__device__ __forceinline__ void Widen4(const Raw4<uint8_t>& r, float (&f)[4]) {
+  const float4 w = WidenF8x4(r.bits);
+  f[0] = w.x, f[1] = w.y, f[2] = w.z, f[3] = w.w;
 }
 __device__ __forceinline__ void Widen4(const Raw4<float>& r, float (&f)[4]) {
   f[0] = r.f.x, f[1] = r.f.y, f[2] = r.f.z, f[3] = r.f.w;
@@ -463,9 +503,9 @@ __device__ __forceinline__ void Widen4(const Raw4<float>& r, float (&f)[4]) {
 template <typename KV, int G>
 __global__ void __launch_bounds__(kDecodeThreads, TileBlocksPerSm(G))
     DecodeAttentionTileKernel(Params p) {
-  // bf16: a tile's K and V loads go out together (64 + 64 registers). float32 (twice the
-  // registers): K in two batches, then V in two batches after the softmax.
-  constexpr int kBatches = sizeof(KV) / 2;
+  // bf16: a tile's K and V loads go out together (64 + 64 registers; fp8: 32 + 32). float32
+  // (twice bf16's registers): K in two batches, then V in two batches after the softmax.
+  constexpr int kBatches = sizeof(KV) == 4 ? 2 : 1;
   constexpr bool kVWithK = kBatches == 1;
   constexpr int kKChunks = kTileHd / 8 / kBatches;  // 8-element K chunks per lane per batch
   constexpr int kVKeys = kTileKeys / kBatches;      // keys whose V a lane holds at once
@@ -571,12 +611,13 @@ __global__ void __launch_bounds__(kDecodeThreads, TileBlocksPerSm(G))
   MergeDecodeWarps<G>(p, partial, warp_m, warp_l);
 }
 
-// --- Prefill over bf16 K/V on tensor cores (sm_80+ mma.sync, FlashAttention-2 style) ----------
+// --- Prefill over bf16 / fp8 K/V on tensor cores (sm_80+ mma.sync, FlashAttention-2 style) ----
 // Block (64 query rows, head h, split s): each warp owns 16 query rows, its Q fragments (bf16)
 // in registers; 64-key K and V tiles go through shared memory; S = Q K^T and O += P V are
 // m16n8k16 bf16 MMAs with float32 accumulation, the online softmax in float32 on the S
 // fragments. Q and P are rounded to bf16 for the MMAs, as the official bf16 model's attention
-// computes: this path is not bitwise the float32 one.
+// computes: this path is not bitwise the float32 one. fp8 K/V are widened to bf16 (exact) on
+// their way into shared memory.
 constexpr int kTcWarps = 4;
 constexpr int kTcRows = 16 * kTcWarps;  // query rows per block
 constexpr int kTcKeys = 64;             // keys per tile
@@ -606,11 +647,27 @@ __device__ __forceinline__ void MmaBf16(float (&d)[4], const uint32_t (&a)[4], u
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// Eight K/V elements from `src` (8-element aligned) as bf16 bits.
+__device__ __forceinline__ uint4 LoadBf16x8(const uint16_t* src) {
+  return *reinterpret_cast<const uint4*>(src);
+}
+__device__ __forceinline__ uint4 LoadBf16x8(const uint8_t* src) {
+  // A widened e4m3 value is a bf16 value: its float32 bits' low half is zero.
+  const auto pair = [](uint32_t w) {
+    return (__float_as_uint(F8E4M3BitsToFloat(w)) >> 16) |
+           (__float_as_uint(F8E4M3BitsToFloat(w >> 8)) & 0xffff0000u);
+  };
+  const uint2 b = *reinterpret_cast<const uint2*>(src);
+  return make_uint4(pair(b.x), pair(b.x >> 16), pair(b.y), pair(b.y >> 16));
+}
+
+// KV: uint16_t bfloat16 or uint8_t e4m3 bits.
+template <typename KV>
 __global__ void __launch_bounds__(kTcWarps * 32) TensorCoreAttentionKernel(Params p) {
   __shared__ __align__(16) uint16_t k_s[kTcKeys][kTcStride];
   __shared__ __align__(16) uint16_t v_s[kTcKeys][kTcStride];
-  const uint16_t* k = static_cast<const uint16_t*>(p.k);
-  const uint16_t* v = static_cast<const uint16_t*>(p.v);
+  const KV* k = static_cast<const KV*>(p.k);
+  const KV* v = static_cast<const KV*>(p.v);
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int g = lane / 4, t4 = lane % 4;  // MMA fragment coordinates: row group, pair in row
   const int64_t h = blockIdx.y, kv_head = h / p.group, split = blockIdx.z;
@@ -654,8 +711,8 @@ __global__ void __launch_bounds__(kTcWarps * 32) TensorCoreAttentionKernel(Param
       uint4 kq = make_uint4(0, 0, 0, 0), vq = make_uint4(0, 0, 0, 0);
       if (key < key_end) {
         const int64_t off = key * kv_cols + kv_head * kTcHd + c;
-        kq = *reinterpret_cast<const uint4*>(k + off);
-        vq = *reinterpret_cast<const uint4*>(v + off);
+        kq = LoadBf16x8(k + off);
+        vq = LoadBf16x8(v + off);
       }
       *reinterpret_cast<uint4*>(&k_s[r][c]) = kq;
       *reinterpret_cast<uint4*>(&v_s[r][c]) = vq;
@@ -748,9 +805,11 @@ __global__ void __launch_bounds__(kTcWarps * 32) TensorCoreAttentionKernel(Param
   }
 }
 
-// Prefill (more than a few query rows) over bf16 K/V with head_dim 128 takes the tensor cores.
+// Prefill (more than a few query rows) over bf16 / fp8 K/V with head_dim 128 takes the tensor
+// cores.
 bool IsTensorCoreShape(const AttentionShape& shape, DType kv_dtype) {
-  return kv_dtype == DType::kBF16 && shape.head_dim == kTcHd && shape.nq >= 16;
+  return (kv_dtype == DType::kBF16 || kv_dtype == DType::kF8E4M3) && shape.head_dim == kTcHd &&
+         shape.nq >= 16;
 }
 
 // The decode kernel takes one query row, a group of 1, 2, 4 or 8 heads per K/V head and
@@ -849,11 +908,27 @@ void LaunchTiles(dim3 grid, const Params& p, int64_t head_dim, cudaStream_t stre
   }
 }
 
-// K/V rows read 16 bytes at a time need 16-byte aligned bases and row strides.
+// The decode and tensor-core kernels read K/V rows eight elements at a time (fp8: 8 bytes; bf16
+// and float32: 16-byte loads), so bases and row strides must be aligned to that.
 bool KvRowsAligned(const AttentionShape& shape, const void* k, const void* v, DType kv_dtype) {
-  const size_t kv_size = kv_dtype == DType::kBF16 ? 2 : 4;
-  return reinterpret_cast<uintptr_t>(k) % 16 == 0 && reinterpret_cast<uintptr_t>(v) % 16 == 0 &&
-         shape.num_kv_heads * shape.head_dim * kv_size % 16 == 0;
+  const size_t kv_size = DTypeSize(kv_dtype);
+  const size_t align = std::min<size_t>(16, 8 * kv_size);
+  return reinterpret_cast<uintptr_t>(k) % align == 0 &&
+         reinterpret_cast<uintptr_t>(v) % align == 0 &&
+         static_cast<size_t>(shape.num_kv_heads * shape.head_dim) * kv_size % align == 0;
+}
+
+// Calls f with a null pointer of the element type of K/V of `kv_dtype` (F32, BF16 or F8E4M3).
+template <typename F>
+void WithKvType(DType kv_dtype, F&& f) {
+  switch (kv_dtype) {
+    case DType::kBF16:
+      return f(static_cast<uint16_t*>(nullptr));
+    case DType::kF8E4M3:
+      return f(static_cast<uint8_t*>(nullptr));
+    default:
+      return f(static_cast<float*>(nullptr));
+  }
 }
 
 int64_t KeysPerSplit(const AttentionShape& shape, int splits) {
@@ -907,7 +982,7 @@ cudaError_t LaunchAttention(const float* q, const void* k, const void* v, DType 
   if (last_position != nullptr && !decode_kernel) return cudaErrorInvalidValue;
   if (shape.head_dim <= 0 || shape.head_dim > kMaxAttentionHeadDim || splits < 1 ||
       shape.num_kv_heads <= 0 || shape.num_kv_heads > 65535 ||
-      (kv_dtype != DType::kF32 && kv_dtype != DType::kBF16)) {
+      (kv_dtype != DType::kF32 && kv_dtype != DType::kBF16 && kv_dtype != DType::kF8E4M3)) {
     return cudaErrorInvalidValue;
   }
   Params p;
@@ -936,25 +1011,27 @@ cudaError_t LaunchAttention(const float* q, const void* k, const void* v, DType 
   if (tiles > 0x7fffffff) return cudaErrorInvalidValue;
   const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(shape.num_kv_heads),
                   static_cast<unsigned>(splits));
-  if (IsTensorCoreShape(shape, kv_dtype) && aligned) {
-    const int64_t row_tiles = (shape.nq + kTcRows - 1) / kTcRows;
-    if (row_tiles > 0x7fffffff || shape.num_heads > 65535 || splits > 65535) {
-      return cudaErrorInvalidValue;
-    }
-    const dim3 tc_grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(shape.num_heads),
-                       static_cast<unsigned>(splits));
-    TensorCoreAttentionKernel<<<tc_grid, kTcWarps * 32, 0, stream>>>(p);
-  } else if (decode_kernel) {
-    if (kv_dtype == DType::kBF16) {
-      LaunchDecode<uint16_t>(p, p.group, splits, stream);
-    } else {
-      LaunchDecode<float>(p, p.group, splits, stream);
-    }
-  } else if (kv_dtype == DType::kBF16) {
-    LaunchTiles<uint16_t>(grid, p, shape.head_dim, stream);
-  } else {
-    LaunchTiles<float>(grid, p, shape.head_dim, stream);
+  const bool tensor_cores = IsTensorCoreShape(shape, kv_dtype) && aligned;
+  const int64_t row_tiles = (shape.nq + kTcRows - 1) / kTcRows;
+  if (tensor_cores && (row_tiles > 0x7fffffff || shape.num_heads > 65535 || splits > 65535)) {
+    return cudaErrorInvalidValue;
   }
+  const dim3 tc_grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(shape.num_heads),
+                     static_cast<unsigned>(splits));
+  WithKvType(kv_dtype, [&](auto* tag) {
+    using KV = std::remove_pointer_t<decltype(tag)>;
+    if constexpr (!std::is_same_v<KV, float>) {  // IsTensorCoreShape: never float32
+      if (tensor_cores) {
+        TensorCoreAttentionKernel<KV><<<tc_grid, kTcWarps * 32, 0, stream>>>(p);
+        return;
+      }
+    }
+    if (decode_kernel) {
+      LaunchDecode<KV>(p, p.group, splits, stream);
+    } else {
+      LaunchTiles<KV>(grid, p, shape.head_dim, stream);
+    }
+  });
   if (cudaError_t err = cudaGetLastError(); err != cudaSuccess || splits == 1) return err;
   if (rows > 0x7fffffff) return cudaErrorInvalidValue;
   CombineKernel<<<static_cast<unsigned>(rows), kCombineThreads, 0, stream>>>(p, splits);

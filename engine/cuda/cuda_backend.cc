@@ -42,6 +42,11 @@ absl::Status CheckFloat(const Tensor& t, const char* what) {
   return engine::CheckFloat(t, Device::kCuda, what);
 }
 
+// The element types of a KV cache the attention and K/V store kernels take.
+bool IsKvCacheDType(DType dtype) {
+  return dtype == DType::kF32 || dtype == DType::kBF16 || dtype == DType::kF8E4M3;
+}
+
 // A decode step's position: one int64 on the GPU.
 bool IsPosition(const Tensor& position) {
   return position.dtype() == DType::kI64 && position.numel() == 1 &&
@@ -163,7 +168,7 @@ class CudaBackend : public Backend {
   // Copies `bytes` (maybe 0) from device `src` to host `dst`, then waits for the stream; timed
   // into wait_ns_.
   cudaError_t WaitForStream(const void* src = nullptr, size_t bytes = 0, void* dst = nullptr);
-  // Copy between different dtypes (float32 <-> bfloat16 only); takes mu_.
+  // Copy between different dtypes (float32 <-> bfloat16 or float8 e4m3 only); takes mu_.
   absl::Status ConvertingCopy(const Tensor& src, const Tensor& dst);
   // gemv_ for a GEMV over `w`: programmatic only when w is weight memory, which no kernel
   // writes (the GEMV streams its first rows before waiting for the kernel ahead).
@@ -402,12 +407,13 @@ absl::Status CudaBackend::Copy(const Tensor& src, const Tensor& dst) {
   return absl::OkStatus();
 }
 
-// float32 <-> bfloat16 (a bf16 KV cache written from float32 projections, or read back): one
-// element-wise kernel from src into dst, which is why the two must not share bytes.
+// float32 <-> bfloat16 or float8 e4m3 (a KV cache written from float32 projections, or read
+// back): one element-wise kernel from src into dst, which is why the two must not share bytes.
 absl::Status CudaBackend::ConvertingCopy(const Tensor& src, const Tensor& dst) {
-  const bool to_bf16 = src.dtype() == DType::kF32 && dst.dtype() == DType::kBF16;
-  const bool to_f32 = src.dtype() == DType::kBF16 && dst.dtype() == DType::kF32;
-  if (!to_bf16 && !to_f32) {
+  const auto narrow = [](DType t) { return t == DType::kBF16 || t == DType::kF8E4M3; };
+  const bool to_narrow = src.dtype() == DType::kF32 && narrow(dst.dtype());
+  const bool to_f32 = narrow(src.dtype()) && dst.dtype() == DType::kF32;
+  if (!to_narrow && !to_f32) {
     return absl::InvalidArgumentError(absl::StrCat("Copy: cannot convert ", DTypeName(src.dtype()),
                                                    " to ", DTypeName(dst.dtype())));
   }
@@ -420,12 +426,12 @@ absl::Status CudaBackend::ConvertingCopy(const Tensor& src, const Tensor& dst) {
   }
   absl::MutexLock lock(&mu_);
   MPLUS_RETURN_IF_ERROR(state_->Activate());
-  if (to_bf16) {
+  if (to_narrow) {
     MPLUS_CUDA_RETURN_IF_ERROR(
-        LaunchF32ToBF16(src.data_as<const float>(), n, dst.data_as<uint16_t>(), stream()));
+        LaunchNarrowF32(src.data_as<const float>(), n, dst.dtype(), dst.data(), stream()));
   } else {
     MPLUS_CUDA_RETURN_IF_ERROR(
-        LaunchWidenToF32(src.data(), DType::kBF16, n, dst.data_as<float>(), stream()));
+        LaunchWidenToF32(src.data(), src.dtype(), n, dst.data_as<float>(), stream()));
   }
   return absl::OkStatus();
 }
@@ -468,11 +474,12 @@ absl::Status CudaBackend::MatMul(const Tensor& x, const Tensor& w, const Tensor&
           LaunchF32ToBF16(x.data_as<const float>(), n * k, static_cast<uint16_t*>(xb), stream()));
       return gemm_->Run(DType::kBF16, xb, w.data(), d, n, m, k, alpha, beta, stream());
     }
-    case DType::kF16: {
-      // Only tensors that bypassed UploadWeight get here: widen per call (slow path).
+    case DType::kF16:
+    case DType::kF8E4M3: {
+      // F16: only tensors that bypassed UploadWeight get here. Widen per call (slow path).
       MPLUS_ASSIGN_OR_RETURN(void* wf, convert_.Get(static_cast<size_t>(m * k) * sizeof(float)));
       MPLUS_CUDA_RETURN_IF_ERROR(
-          LaunchWidenToF32(w.data(), DType::kF16, m * k, static_cast<float*>(wf), stream()));
+          LaunchWidenToF32(w.data(), w.dtype(), m * k, static_cast<float*>(wf), stream()));
       return gemm_->Run(DType::kF32, x.data(), wf, d, n, m, k, alpha, beta, stream());
     }
     default:
@@ -529,12 +536,12 @@ absl::StatusOr<AttentionShape> CudaBackend::AttentionArgs(const Tensor& q, const
                                                           const Tensor& out) {
   for (const Tensor* t : {&q, &out}) MPLUS_RETURN_IF_ERROR(CheckF32(*t, "Attention"));
   for (const Tensor* t : {&k, &v}) MPLUS_RETURN_IF_ERROR(CheckCuda(*t, "Attention"));
-  // bf16 K/V: a bfloat16 KV cache read in place (widened in the kernel's tile loads).
+  // bf16 / fp8 K/V: a narrow KV cache read in place (widened in the kernels' loads).
   const DType kv_dtype = k.dtype();
-  if ((kv_dtype != DType::kF32 && kv_dtype != DType::kBF16) || v.dtype() != kv_dtype) {
+  if (!IsKvCacheDType(kv_dtype) || v.dtype() != kv_dtype) {
     return absl::InvalidArgumentError(
-        absl::StrCat("Attention: K and V must both be F32 or both BF16, got ", DTypeName(kv_dtype),
-                     " and ", DTypeName(v.dtype())));
+        absl::StrCat("Attention: K and V must both be F32, BF16 or F8_E4M3, got ",
+                     DTypeName(kv_dtype), " and ", DTypeName(v.dtype())));
   }
   const int64_t nq = q.rows(), nk = k.rows();
   if (num_kv_heads <= 0 || num_heads % num_kv_heads != 0 || head_dim <= 0 ||
@@ -622,10 +629,10 @@ absl::Status CudaBackend::StoreKeysValuesAt(const Tensor& k, const Tensor& v, in
   const DType cache = k_cache.dtype();
   bool fused = k.rows() == 1 && IsPosition(position) && k.dtype() == DType::kF32 &&
                v.dtype() == DType::kF32 && inv_freq.dtype() == DType::kF32 &&
-               (cache == DType::kF32 || cache == DType::kBF16) && v_cache.dtype() == cache &&
-               v.rows() == 1 && v.cols() == cols && k_cache.cols() == cols &&
-               v_cache.cols() == cols && v_cache.rows() == k_cache.rows() && head_dim > 0 &&
-               head_dim % 2 == 0 && cols % head_dim == 0 && inv_freq.numel() == head_dim / 2;
+               IsKvCacheDType(cache) && v_cache.dtype() == cache && v.rows() == 1 &&
+               v.cols() == cols && k_cache.cols() == cols && v_cache.cols() == cols &&
+               v_cache.rows() == k_cache.rows() && head_dim > 0 && head_dim % 2 == 0 &&
+               cols % head_dim == 0 && inv_freq.numel() == head_dim / 2;
   for (const Tensor* t : {&k, &v, &inv_freq, &k_cache, &v_cache}) {
     fused = fused && t->device() == Device::kCuda;
   }
@@ -834,7 +841,7 @@ absl::Status CudaBackend::StoreKeysValues(const Tensor& k, const Tensor& v, int6
   const int64_t n = k.rows(), cols = k.cols();
   const DType cache = k_rows.dtype();
   bool fused = k.dtype() == DType::kF32 && v.dtype() == DType::kF32 &&
-               inv_freq.dtype() == DType::kF32 && (cache == DType::kF32 || cache == DType::kBF16) &&
+               inv_freq.dtype() == DType::kF32 && IsKvCacheDType(cache) &&
                v_rows.dtype() == cache && v.rows() == n && v.cols() == cols &&
                k_rows.numel() == n * cols && v_rows.numel() == n * cols && head_dim > 0 &&
                head_dim % 2 == 0 && cols % head_dim == 0 && inv_freq.numel() == head_dim / 2 &&
@@ -842,10 +849,12 @@ absl::Status CudaBackend::StoreKeysValues(const Tensor& k, const Tensor& v, int6
   for (const Tensor* t : {&k, &v, &inv_freq, &k_rows, &v_rows}) {
     fused = fused && t->device() == Device::kCuda;
   }
-  // In place is fine (each element is read before it is written, by the same thread); other
-  // overlaps are not.
+  // In place into float32 is fine (each element is read before it is written, by the same
+  // thread); other overlaps are not (a narrow element lands in a float another thread may not
+  // have read yet).
   const auto bad_overlap = [](const Tensor& src, const Tensor& dst) {
-    return src.data() != dst.data() && Overlap(src.data(), src.nbytes(), dst.data(), dst.nbytes());
+    const bool in_place = src.data() == dst.data() && src.dtype() == dst.dtype();
+    return !in_place && Overlap(src.data(), src.nbytes(), dst.data(), dst.nbytes());
   };
   if (!fused || bad_overlap(k, k_rows) || bad_overlap(v, v_rows) || bad_overlap(k, v_rows) ||
       bad_overlap(v, k_rows) ||

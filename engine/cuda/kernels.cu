@@ -5,12 +5,18 @@
 #include <type_traits>
 
 #include "engine/cuda/dependent_launch.cuh"
+#include "engine/cuda/f8e4m3.cuh"
 #include "engine/cuda/kernels.h"
 
 namespace mplus::engine::cuda {
 namespace {
 
 constexpr int kThreads = 256;
+
+// A float8 e4m3 element: a type of its own, so that ToFloat / StoreAs overloads on it.
+struct F8E4M3 {
+  uint8_t bits;
+};
 
 template <typename T>
 __device__ __forceinline__ float ToFloat(T v);
@@ -28,6 +34,10 @@ __device__ __forceinline__ float ToFloat<__nv_bfloat16>(__nv_bfloat16 v) {
 template <>
 __device__ __forceinline__ float ToFloat<__half>(__half v) {
   return __half2float(v);
+}
+template <>
+__device__ __forceinline__ float ToFloat<F8E4M3>(F8E4M3 v) {
+  return F8E4M3BitsToFloat(v.bits);
 }
 
 // Grid-stride loops keep the grid small for huge tensors (no 2^31 grid-size concerns).
@@ -54,13 +64,6 @@ __device__ __forceinline__ uint16_t FloatToBF16Bits(float f) {
   if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);  // NaN
   u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest, ties to even (overflows to inf)
   return static_cast<uint16_t>(u >> 16);
-}
-
-__global__ void ToBF16Kernel(const float* __restrict__ src, int64_t n, uint16_t* __restrict__ dst) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
-       i += int64_t{gridDim.x} * blockDim.x) {
-    dst[i] = FloatToBF16Bits(src[i]);
-  }
 }
 
 // One block per row; the sum of squares is reduced in float32 over warps.
@@ -106,13 +109,26 @@ __global__ void RopeKernel(float* x, int64_t cols, int64_t head_dim, const int64
   }
 }
 
-// Cache element types: float, or uint16_t bfloat16 bits (rounded as ToBF16Kernel).
+// Narrowed element types: float, uint16_t bfloat16 bits, F8E4M3. StoreAs stores x rounded to
+// the type; RoundAs is the float32 value it then holds.
+__device__ __forceinline__ void StoreAs(float x, float* p) { *p = x; }
+__device__ __forceinline__ void StoreAs(float x, uint16_t* p) { *p = FloatToBF16Bits(x); }
+__device__ __forceinline__ void StoreAs(float x, F8E4M3* p) { p->bits = FloatToF8E4M3Bits(x); }
 __device__ __forceinline__ float RoundAs(float x, float*) { return x; }
 __device__ __forceinline__ float RoundAs(float x, uint16_t*) {
   return __uint_as_float(static_cast<uint32_t>(FloatToBF16Bits(x)) << 16);
 }
-__device__ __forceinline__ void StoreAs(float x, float* p) { *p = x; }
-__device__ __forceinline__ void StoreAs(float x, uint16_t* p) { *p = FloatToBF16Bits(x); }
+__device__ __forceinline__ float RoundAs(float x, F8E4M3*) {
+  return F8E4M3BitsToFloat(FloatToF8E4M3Bits(x));
+}
+
+template <typename C>
+__global__ void NarrowKernel(const float* __restrict__ src, int64_t n, C* __restrict__ dst) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    StoreAs(src[i], dst + i);
+  }
+}
 
 // One block per row: RoundTo + RopeKernel + two converting copies of the composed
 // Backend::StoreKeysValues in one pass, with the same float operations.
@@ -203,6 +219,9 @@ cudaError_t DispatchFloat(DType dtype, F&& f) {
     case DType::kF16:
       f(static_cast<const __half*>(nullptr));
       break;
+    case DType::kF8E4M3:
+      f(static_cast<const F8E4M3*>(nullptr));
+      break;
     case DType::kI64:
     case DType::kI32:
       return cudaErrorInvalidValue;  // callers validate dtypes; this is a backstop
@@ -222,8 +241,22 @@ cudaError_t LaunchWidenToF32(const void* src, DType src_dtype, int64_t n, float*
 }
 
 cudaError_t LaunchF32ToBF16(const float* src, int64_t n, uint16_t* dst, cudaStream_t stream) {
+  return LaunchNarrowF32(src, n, DType::kBF16, dst, stream);
+}
+
+cudaError_t LaunchNarrowF32(const float* src, int64_t n, DType dst_dtype, void* dst,
+                            cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  ToBF16Kernel<<<GridFor(n), kThreads, 0, stream>>>(src, n, dst);
+  switch (dst_dtype) {
+    case DType::kBF16:
+      NarrowKernel<<<GridFor(n), kThreads, 0, stream>>>(src, n, static_cast<uint16_t*>(dst));
+      break;
+    case DType::kF8E4M3:
+      NarrowKernel<<<GridFor(n), kThreads, 0, stream>>>(src, n, static_cast<F8E4M3*>(dst));
+      break;
+    default:
+      return cudaErrorInvalidValue;
+  }
   return cudaGetLastError();
 }
 
@@ -256,21 +289,26 @@ cudaError_t LaunchStoreKeysValues(const float* k, const float* v, int64_t rows, 
                                   void* k_rows, void* v_rows, cudaStream_t stream,
                                   bool rows_at_positions) {
   if (rows == 0) return cudaSuccess;
-  if (rows > 0x7fffffff || (cache_dtype != DType::kF32 && cache_dtype != DType::kBF16) ||
-      (rows_at_positions && positions == nullptr)) {
+  if (rows > 0x7fffffff || (rows_at_positions && positions == nullptr)) {
     return cudaErrorInvalidValue;
   }
-  const auto grid = static_cast<unsigned>(rows);
-  if (cache_dtype == DType::kBF16) {
-    StoreKeysValuesKernel<<<grid, 128, 0, stream>>>(
-        k, v, cols, head_dim, positions, first_position, inv_freq, static_cast<uint16_t*>(k_rows),
-        static_cast<uint16_t*>(v_rows), rows_at_positions);
-  } else {
-    StoreKeysValuesKernel<<<grid, 128, 0, stream>>>(k, v, cols, head_dim, positions, first_position,
-                                                    inv_freq, static_cast<float*>(k_rows),
-                                                    static_cast<float*>(v_rows), rows_at_positions);
+  const auto launch = [&](auto* tag) {
+    using C = std::remove_pointer_t<decltype(tag)>;
+    StoreKeysValuesKernel<<<static_cast<unsigned>(rows), 128, 0, stream>>>(
+        k, v, cols, head_dim, positions, first_position, inv_freq, static_cast<C*>(k_rows),
+        static_cast<C*>(v_rows), rows_at_positions);
+    return cudaGetLastError();
+  };
+  switch (cache_dtype) {
+    case DType::kF32:
+      return launch(static_cast<float*>(nullptr));
+    case DType::kBF16:
+      return launch(static_cast<uint16_t*>(nullptr));
+    case DType::kF8E4M3:
+      return launch(static_cast<F8E4M3*>(nullptr));
+    default:
+      return cudaErrorInvalidValue;
   }
-  return cudaGetLastError();
 }
 
 cudaError_t LaunchSiluMul(const float* gate, const float* up, float* out, int64_t n,
@@ -319,6 +357,10 @@ cudaError_t LaunchGatherRows(const void* table, DType dtype, int64_t d, const in
   if (n > 0x7fffffff) return cudaErrorInvalidValue;
   const unsigned grid = static_cast<unsigned>(n);
   switch (DTypeSize(dtype)) {
+    case 1:
+      GatherRowsKernel<<<grid, kThreads, 0, stream>>>(static_cast<const uint8_t*>(table), d, ids,
+                                                      static_cast<uint8_t*>(out));
+      break;
     case 2:
       GatherRowsKernel<<<grid, kThreads, 0, stream>>>(static_cast<const uint16_t*>(table), d, ids,
                                                       static_cast<uint16_t*>(out));

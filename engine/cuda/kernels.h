@@ -13,12 +13,16 @@
 
 namespace mplus::engine::cuda {
 
-// dst[i] = float(src[i]) for a float dtype (F32/BF16/F16).
+// dst[i] = float(src[i]) for a float dtype (F32/BF16/F16/F8E4M3; NaNs keep their sign).
 cudaError_t LaunchWidenToF32(const void* src, DType src_dtype, int64_t n, float* dst,
                              cudaStream_t stream);
 // dst[i] = bf16(src[i]), bit for bit engine/dtype.h's FloatToBF16: round to nearest even (the
 // rounding of torch's .to(bfloat16)), NaN stays NaN with its sign and top payload bits.
 cudaError_t LaunchF32ToBF16(const float* src, int64_t n, uint16_t* dst, cudaStream_t stream);
+// dst[i] = src[i] rounded to dst_dtype: BF16 as LaunchF32ToBF16, F8E4M3 bit for bit
+// engine/dtype.h's FloatToF8E4M3 (nearest even, saturating at +-448); else cudaErrorInvalidValue.
+cudaError_t LaunchNarrowF32(const float* src, int64_t n, DType dst_dtype, void* dst,
+                            cudaStream_t stream);
 // out[r, :] = w * x[r, :] / sqrt(mean(x[r, :]^2) + eps); out may alias x.
 cudaError_t LaunchRmsNorm(const float* x, const void* w, DType w_dtype, int64_t rows, int64_t d,
                           float eps, float* out, cudaStream_t stream);
@@ -28,9 +32,9 @@ cudaError_t LaunchRope(float* x, int64_t rows, int64_t cols, int64_t head_dim,
                        const int64_t* positions, int64_t first_position, const float* inv_freq,
                        cudaStream_t stream);
 // Backend::StoreKeysValues in one pass: k, v float32 [rows, cols] (k only read); k_rows, v_rows
-// [rows, cols] of cache_dtype (F32 or BF16), not overlapping k / v except exactly (in place).
-// Positions as LaunchRope. With rows_at_positions (positions given), k_rows / v_rows are whole
-// caches and row r goes to their row positions[r] (a decode step's row, placed by the GPU).
+// [rows, cols] of cache_dtype (F32, BF16 or F8E4M3), not overlapping k / v except exactly (in
+// place). Positions as LaunchRope. With rows_at_positions (positions given), k_rows / v_rows are
+// whole caches and row r goes to their row positions[r] (a decode step's row, placed by the GPU).
 cudaError_t LaunchStoreKeysValues(const float* k, const float* v, int64_t rows, int64_t cols,
                                   int64_t head_dim, const int64_t* positions,
                                   int64_t first_position, const float* inv_freq, DType cache_dtype,
