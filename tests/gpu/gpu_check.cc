@@ -2,15 +2,18 @@
 // reference. Outputs start as NaN so that an element an op forgets to write fails the check.
 //
 // Tolerances (|gpu - cpu| <= bound):
-//  - MatMul, float32 weights: 1e-5 + 1e-5 * sum_i |x_i w_i| (summation order only).
+//  - MatMul, float32 weights (and float16 / float8 e4m3, widened to float32 on the GPU):
+//    1e-5 + 1e-5 * sum_i |x_i w_i| (summation order only).
 //  - MatMul, bfloat16 weights: the GPU rounds activations to bf16 (relative error <= 2^-9 per
 //    term), so 1e-5 + 2^-8 * sum_i |x_i w_i|.
 //  - Attention: 2e-5 + 1e-4 * |ref| (online softmax vs. two-pass softmax, exp2f vs. exp).
 //  - RMSNorm, RoPE, SiLU: 1e-5 + 1e-5 * |ref| (float32, libm vs. CUDA math, FMA contraction).
 //  - Add, AddRow, Embedding, copies: exact.
-//  - Attention over bfloat16 K/V: bitwise equal to the GPU's own float32 attention over the
-//    widened K/V (then as Attention vs. a double reference and the CPU), except prefill with
-//    head_dim 128 (tensor cores, q and probabilities in bf16): 1e-2 + 1e-2 * |ref|.
+//  - Attention over bfloat16 / float8 e4m3 K/V (gpu_check_kv_cache.cc): bitwise equal to the
+//    GPU's own float32 attention over the widened K/V (then as Attention vs. a double reference
+//    and the CPU), except prefill with head_dim 128 (tensor cores, q and probabilities in bf16):
+//    1e-2 + 1e-2 * |ref|.
+//  - Keys stored in a bf16 / fp8 cache after RoPE: one step of the cache dtype (CacheRowBound).
 //  - Retrieval scores: 1e-6 absolute (double sigmoid sums; GEMM summation order only).
 #include "tests/gpu/gpu_check.h"
 
@@ -54,6 +57,7 @@ TEST_F(GpuCheck, MatMul) {
       {33, 200, 128, DType::kBF16, 2.0f, true},
       {128, 384, 512, DType::kBF16, 1.0f, false},
       {5, 96, 64, DType::kF16, 1.0f, false},
+      {6, 80, 72, DType::kF8E4M3, 0.5f, true},
       // The decode GEMV (bf16 weights, 1-4 rows, k a multiple of 8): LoRA A and B shapes, a
       // block per row (few rows), a warp per row, partial unrolls, accumulate.
       {1, 16, 4096, DType::kBF16, 1.0f, false},
@@ -93,8 +97,8 @@ TEST_F(GpuCheck, MatMul) {
   }
 }
 
-TEST_F(GpuCheck, RmsNormAliasedAndBf16Weight) {
-  for (DType wd : {DType::kF32, DType::kBF16}) {
+TEST_F(GpuCheck, RmsNormAliasedAndNarrowWeight) {
+  for (DType wd : {DType::kF32, DType::kBF16, DType::kF8E4M3}) {
     const int64_t n = 9, d = 1000;
     const std::vector<float> x = RandomFloats(n * d, 11, -3, 3);
     auto hw = MakeWeight(Rounded(RandomFloats(d, 12), wd), wd, {d});
@@ -195,7 +199,8 @@ TEST_F(GpuCheck, ElementwiseOps) {
 
 TEST_F(GpuCheck, EmbeddingAndCopies) {
   const int64_t vocab = 1000, d = 257;
-  for (DType dt : {DType::kF32, DType::kBF16, DType::kF16}) {
+  for (DType dt : {DType::kF32, DType::kBF16, DType::kF16, DType::kF8E4M3}) {
+    SCOPED_TRACE(engine::DTypeName(dt));
     auto table = MakeWeight(Rounded(RandomFloats(vocab * d, 41), dt), dt, {vocab, d});
     const std::vector<int32_t> ids = {0, 999, 5, 5, 123};
     std::vector<std::vector<float>> res;
@@ -210,18 +215,21 @@ TEST_F(GpuCheck, EmbeddingAndCopies) {
     }
     ExpectNear(res[1], res[0], RelBound(res[0], 0, 0), "Embedding");
   }
-  // CopyFromHost widening bf16 -> f32, device copy (overlapping too), row views.
-  const std::vector<float> vals = Rounded(RandomFloats(4 * 64, 42), DType::kBF16);
-  const std::vector<uint8_t> raw = Encode(vals, DType::kBF16);
-  std::vector<std::vector<float>> res;
-  for (Backend* b : {cpu_, gpu_}) {
-    ASSERT_OK_AND_ASSIGN(t, Poisoned(*b, {4, 64}));
-    ASSERT_OK(b->CopyFromHost(raw.data(), DType::kBF16, t));
-    ASSERT_OK(b->Copy(t.Rows(0, 3), t.Rows(1, 4)));  // overlapping, memmove semantics
-    ASSERT_OK_AND_ASSIGN(host, Download(*b, t));
-    res.push_back(std::move(host));
+  // CopyFromHost widening bf16 / fp8 -> f32, device copy (overlapping too), row views.
+  for (DType dt : {DType::kBF16, DType::kF8E4M3}) {
+    SCOPED_TRACE(engine::DTypeName(dt));
+    const std::vector<float> vals = Rounded(RandomFloats(4 * 64, 42), dt);
+    const std::vector<uint8_t> raw = Encode(vals, dt);
+    std::vector<std::vector<float>> res;
+    for (Backend* b : {cpu_, gpu_}) {
+      ASSERT_OK_AND_ASSIGN(t, Poisoned(*b, {4, 64}));
+      ASSERT_OK(b->CopyFromHost(raw.data(), dt, t));
+      ASSERT_OK(b->Copy(t.Rows(0, 3), t.Rows(1, 4)));  // overlapping, memmove semantics
+      ASSERT_OK_AND_ASSIGN(host, Download(*b, t));
+      res.push_back(std::move(host));
+    }
+    ExpectNear(res[1], res[0], RelBound(res[0], 0, 0), "CopyFromHost/Copy");
   }
-  ExpectNear(res[1], res[0], RelBound(res[0], 0, 0), "CopyFromHost/Copy");
 }
 
 TEST_F(GpuCheck, MemoryStatsTrackWeights) {

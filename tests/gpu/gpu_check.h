@@ -1,6 +1,7 @@
 // The GPU check fixture: a CPU reference backend and the CUDA backend shared by every test of
-// mplus_gpu_check (gpu_check.cc: ops and retrieval; gpu_check_copies.cc: staged copies and
-// bfloat16 K/V), and the element-wise comparison they use.
+// mplus_gpu_check (gpu_check.cc: ops and retrieval; gpu_check_copies.cc: staged copies;
+// gpu_check_kv_cache.cc: bf16 / fp8 K/V; gpu_check_fused.cc, gpu_check_decode.cc), and the
+// element-wise comparisons they use.
 #ifndef MPLUS_TESTS_GPU_GPU_CHECK_H_
 #define MPLUS_TESTS_GPU_GPU_CHECK_H_
 
@@ -55,10 +56,33 @@ inline void ExpectNear(const std::vector<float>& got, const std::vector<float>& 
   EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << got.size() << " elements off";
 }
 
+// Elements of `got` that differ from `want(i)`; names the first few (8-bit
+// elements as numbers).
+template <typename T, typename Want>
+inline int64_t CountMismatches(const std::vector<T>& got, Want want, const char* what) {
+  int64_t bad = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (!(got[i] == want(static_cast<int64_t>(i))) && ++bad <= 3) {
+      ADD_FAILURE() << what << " [" << i << "] of " << got.size() << ": got " << +got[i] << " want "
+                    << +want(static_cast<int64_t>(i));
+    }
+  }
+  return bad;
+}
+
 inline std::vector<float> RelBound(const std::vector<float>& want, float atol, float rtol) {
   std::vector<float> b(want.size());
   for (size_t i = 0; i < want.size(); ++i) b[i] = atol + rtol * std::fabs(want[i]);
   return b;
+}
+
+// Bound for keys rotated and stored in a cache of `dtype`, GPU vs CPU: RoPE's cosf/sinf may
+// differ in the last bit, which rounding to a bf16 / fp8 cache can turn into one step of it
+// (relative 2^-7 / 2^-3; fp8 subnormals: 2^-9).
+inline std::vector<float> CacheRowBound(const std::vector<float>& want, engine::DType dtype) {
+  if (dtype == engine::DType::kBF16) return RelBound(want, 1e-5f, 1.0f / 128);
+  if (dtype == engine::DType::kF8E4M3) return RelBound(want, 1.0f / 512, 1.0f / 8);
+  return RelBound(want, 1e-5f, 1e-5f);
 }
 
 #define ASSERT_OK_AND_ASSIGN(lhs, expr)            \

@@ -66,10 +66,11 @@ TEST_F(GpuCheck, DecodeOpsAtADevicePosition) {
     int64_t capacity, position, heads, kv_heads, hd;
     DType cache;
   };
-  const Case cases[] = {{3000, 1234, 32, 8, 128, DType::kBF16},
-                        {3000, 0, 32, 8, 128, DType::kBF16},
-                        {700, 699, 8, 8, 128, DType::kF32},
-                        {500, 77, 8, 2, 64, DType::kF32}};
+  const Case cases[] = {
+      {3000, 1234, 32, 8, 128, DType::kBF16},   {3000, 0, 32, 8, 128, DType::kBF16},
+      {700, 699, 8, 8, 128, DType::kF32},       {500, 77, 8, 2, 64, DType::kF32},
+      {3000, 1234, 32, 8, 128, DType::kF8E4M3},  // tiles, GQA 4, key splits
+      {700, 699, 8, 8, 128, DType::kF8E4M3},    {500, 77, 8, 2, 64, DType::kF8E4M3}};
   uint32_t seed = 900;
   for (const Case& c : cases) {
     SCOPED_TRACE(testing::Message()
@@ -115,7 +116,7 @@ TEST_F(GpuCheck, DecodeOpsAtADevicePosition) {
     // rows after it still NaN (NaN != NaN: compare bits).
     std::vector<float> gpu_row(caches[1].begin() + valid, caches[1].begin() + valid + kv_cols);
     std::vector<float> cpu_row(caches[0].begin() + valid, caches[0].begin() + valid + kv_cols);
-    ExpectNear(gpu_row, cpu_row, RelBound(cpu_row, 1e-5f, 1e-5f), "StoreKeysValuesAt row");
+    ExpectNear(gpu_row, cpu_row, CacheRowBound(cpu_row, c.cache), "StoreKeysValuesAt row");
     for (int64_t i = 0; i < c.capacity * kv_cols; ++i) {
       if (i >= valid && i < valid + kv_cols) continue;
       ASSERT_EQ(std::isnan(caches[1][i]), i >= valid + kv_cols) << "cache element " << i;

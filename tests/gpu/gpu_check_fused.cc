@@ -12,7 +12,7 @@
 namespace mplus::gpu_test {
 namespace {
 
-// float32 values of a float32 or bfloat16 tensor (widened on the device: exact).
+// float32 values of a float32, bfloat16 or float8 e4m3 tensor (widened on the device: exact).
 absl::StatusOr<std::vector<float>> DownloadWidened(Backend& b, const Tensor& t) {
   if (t.dtype() == DType::kF32) return Download(b, t);
   absl::StatusOr<Tensor> wide = b.Allocate(DType::kF32, t.shape());
@@ -188,7 +188,7 @@ TEST_F(GpuCheck, StoreKeysValuesFusedMatchesComposedAndCpu) {
     inv_freq[j] = 1.0f / std::pow(500000.0f, 2.0f * j / static_cast<float>(hd));
   }
   uint32_t seed = 600;
-  for (const DType cache : {DType::kF32, DType::kBF16}) {
+  for (const DType cache : {DType::kF32, DType::kBF16, DType::kF8E4M3}) {
     for (const bool consecutive : {true, false}) {
       SCOPED_TRACE(testing::Message()
                    << engine::DTypeName(cache) << " consecutive=" << consecutive);
@@ -231,12 +231,9 @@ TEST_F(GpuCheck, StoreKeysValuesFusedMatchesComposedAndCpu) {
         ASSERT_EQ(values[1][i], values[2][i]) << "value " << i << " fused vs composed";
         ASSERT_EQ(values[1][i], values[0][i]) << "value " << i << " GPU vs CPU";  // rounding only
       }
-      // Against the CPU: RoPE's cosf/sinf may differ in the last bit, which a bf16 cache can
-      // turn into one bf16 step.
-      const float rtol = cache == DType::kBF16 ? 1.0f / 128 : 1e-5f;
       std::vector<float> got(keys[1].begin() + 2 * cols, keys[1].begin() + (2 + n) * cols);
       std::vector<float> want(keys[0].begin() + 2 * cols, keys[0].begin() + (2 + n) * cols);
-      ExpectNear(got, want, RelBound(want, 1e-5f, rtol), "StoreKeysValues keys GPU vs CPU");
+      ExpectNear(got, want, CacheRowBound(want, cache), "StoreKeysValues keys GPU vs CPU");
     }
   }
 }

@@ -29,12 +29,14 @@ inline std::vector<float> RandomFloats(int64_t n, uint32_t seed, float lo = -1.0
   return v;
 }
 
-// Host bytes of `values` in `dtype` (F32, BF16 or F16).
+// Host bytes of `values` in `dtype` (F32, BF16, F16 or F8E4M3).
 inline std::vector<uint8_t> Encode(const std::vector<float>& values, DType dtype) {
   std::vector<uint8_t> bytes(values.size() * engine::DTypeSize(dtype));
   for (size_t i = 0; i < values.size(); ++i) {
     if (dtype == DType::kF32) {
       std::memcpy(bytes.data() + 4 * i, &values[i], 4);
+    } else if (dtype == DType::kF8E4M3) {
+      bytes[i] = engine::FloatToF8E4M3(values[i]);
     } else {
       const uint16_t h =
           dtype == DType::kBF16 ? engine::FloatToBF16(values[i]) : engine::FloatToF16(values[i]);
@@ -50,6 +52,7 @@ inline std::vector<float> Rounded(const std::vector<float>& values, DType dtype)
   for (float& x : out) {
     if (dtype == DType::kBF16) x = engine::BF16ToFloat(engine::FloatToBF16(x));
     if (dtype == DType::kF16) x = engine::F16ToFloat(engine::FloatToF16(x));
+    if (dtype == DType::kF8E4M3) x = engine::F8E4M3ToFloat(engine::FloatToF8E4M3(x));
   }
   return out;
 }
