@@ -170,12 +170,15 @@ class PeakBytesBackend : public cpu::CpuBackend {
 
 // Backend memory of a 1024-token prefill (prefix cache warm): what the generation keeps (its
 // KV cache) and the peak of the transients on top, which set a GPU's peak for long prompts.
+// Argument: 0 for the checkpoint's KV cache type, 1 for --kv_cache_dtype=fp8.
 void BM_PrefillMemory(benchmark::State& state) {
   constexpr int64_t kLongPrompt = 1024;
   Fixture& f = Get();
   auto backend = std::make_shared<PeakBytesBackend>();
   ModelOptions options;
   options.backend = backend;
+  if (state.range(0) == 1) options.kv_cache_dtype = DType::kF8E4M3;
+  state.SetLabel(state.range(0) == 1 ? "fp8 KV" : "checkpoint KV");
   absl::StatusOr<std::unique_ptr<Model>> model = Model::Load(f.dir, options);
   if (!model.ok()) std::abort();
   auto mem = NewSession(**model);
@@ -195,7 +198,12 @@ void BM_PrefillMemory(benchmark::State& state) {
   state.counters["kv_cache_MB"] = static_cast<double>(kept) / 1e6;
   state.counters["peak_transient_MB"] = static_cast<double>(transient) / 1e6;
 }
-BENCHMARK(BM_PrefillMemory)->Iterations(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_PrefillMemory)
+    ->Arg(0)
+    ->Arg(1)
+    ->Iterations(1)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 }  // namespace
 }  // namespace mplus::engine

@@ -1,6 +1,5 @@
 #include "engine/dtype.h"
 
-#include <algorithm>
 #include <cmath>
 
 namespace mplus::engine {
@@ -39,74 +38,70 @@ const char* DTypeName(DType dtype) {
   return "?";
 }
 
-float F16ToFloat(uint16_t bits) {
-  const uint32_t sign = (bits >> 15) & 1u;
-  const uint32_t exponent = (bits >> 10) & 0x1fu;
-  const uint32_t mantissa = bits & 0x3ffu;
-  float magnitude;
-  if (exponent == 0) {
-    magnitude = std::ldexp(static_cast<float>(mantissa), -24);  // subnormal
-  } else if (exponent == 31) {
-    magnitude = mantissa ? NAN : INFINITY;
-  } else {
-    magnitude = std::ldexp(static_cast<float>(mantissa | 0x400u), static_cast<int>(exponent) - 25);
+namespace {
+
+// A small binary float format with `mantissa_bits` stored mantissa bits and exponent bias `bias`
+// (f16: 10, 15; float8 e4m3: 3, 7).
+
+// The magnitude of a finite code without its sign.
+float MiniFloatMagnitude(uint32_t code, int mantissa_bits, int bias) {
+  const uint32_t exponent = code >> mantissa_bits, mantissa = code & ((1u << mantissa_bits) - 1);
+  if (exponent == 0) {  // subnormal
+    return std::ldexp(static_cast<float>(mantissa), 1 - bias - mantissa_bits);
   }
-  return sign ? -magnitude : magnitude;
+  return std::ldexp(static_cast<float>(mantissa | (1u << mantissa_bits)),
+                    static_cast<int>(exponent) - bias - mantissa_bits);
 }
 
-uint16_t FloatToF16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
+// f rounded half to even: NaN gives nan_code, |f| >= overflow gives overflow_code (infinity,
+// or the largest finite value for a saturating conversion); the sign goes to bit `sign_bit`.
+uint32_t ToMiniFloat(float f, int mantissa_bits, int bias, float overflow, uint32_t overflow_code,
+                     uint32_t nan_code, int sign_bit) {
+  const uint32_t sign = std::signbit(f) ? 1u << sign_bit : 0u;
   const float a = std::fabs(f);
-  if (std::isnan(f)) return sign | 0x7e00u;
-  if (a >= 65520.0f) return sign | 0x7c00u;  // rounds to infinity
-  if (a < std::ldexp(1.0f, -14)) {           // subnormal: units of 2^-24, round half to even
-    return sign | static_cast<uint16_t>(std::nearbyint(a * std::ldexp(1.0f, 24)));
+  if (std::isnan(f)) return sign | nan_code;
+  if (a >= overflow) return sign | overflow_code;
+  if (a < std::ldexp(1.0f, 1 - bias)) {  // subnormal (the largest rounds up to the least normal)
+    return sign | static_cast<uint32_t>(std::nearbyint(std::ldexp(a, bias - 1 + mantissa_bits)));
   }
   int exponent;
   const float m = std::frexp(a, &exponent);  // a = m * 2^exponent, m in [0.5, 1)
-  uint32_t mant = static_cast<uint32_t>(std::nearbyint(std::ldexp(m, 11)));  // 11 bits incl. hidden
-  if (mant == 2048) {
-    mant = 1024;
+  uint32_t mant = static_cast<uint32_t>(std::nearbyint(std::ldexp(m, mantissa_bits + 1)));
+  if (mant == (2u << mantissa_bits)) {  // rounded up to the next power of two
+    mant >>= 1;
     ++exponent;
   }
-  const uint32_t biased = static_cast<uint32_t>(exponent - 1 + 15);
-  return sign | static_cast<uint16_t>((biased << 10) | (mant & 0x3ffu));
+  return sign | (static_cast<uint32_t>(exponent - 1 + bias) << mantissa_bits) |
+         (mant & ((1u << mantissa_bits) - 1));
+}
+
+}  // namespace
+
+float F16ToFloat(uint16_t bits) {
+  const uint32_t code = bits & 0x7fffu;
+  float magnitude;
+  if ((code >> 10) == 31) {
+    magnitude = (code & 0x3ffu) ? NAN : INFINITY;
+  } else {
+    magnitude = MiniFloatMagnitude(code, 10, 15);
+  }
+  return (bits & 0x8000u) ? -magnitude : magnitude;
+}
+
+uint16_t FloatToF16(float f) {
+  // 65520 and above round to infinity.
+  return static_cast<uint16_t>(ToMiniFloat(f, 10, 15, 65520.0f, 0x7c00u, 0x7e00u, 15));
 }
 
 float F8E4M3ToFloat(uint8_t bits) {
-  const uint32_t exponent = (bits >> 3) & 0xfu, mantissa = bits & 0x7u;
-  float magnitude;
-  if (exponent == 0xf && mantissa == 0x7) {
-    magnitude = NAN;
-  } else if (exponent == 0) {
-    magnitude = std::ldexp(static_cast<float>(mantissa), -9);  // subnormal
-  } else {
-    magnitude = std::ldexp(static_cast<float>(mantissa | 0x8u), static_cast<int>(exponent) - 10);
-  }
+  const uint32_t code = bits & 0x7fu;
+  const float magnitude = code == 0x7fu ? NAN : MiniFloatMagnitude(code, 3, 7);
   return (bits & 0x80u) ? -magnitude : magnitude;
 }
 
 uint8_t FloatToF8E4M3(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  const uint8_t sign = static_cast<uint8_t>((u >> 24) & 0x80u);
-  const float a = std::fabs(f);
-  if (std::isnan(f)) return sign | 0x7fu;
-  if (a >= 448.0f) return sign | 0x7eu;
-  if (a < std::ldexp(1.0f, -6)) {  // subnormal: units of 2^-9 (8 units round up to 2^-6)
-    return sign | static_cast<uint8_t>(std::nearbyint(a * std::ldexp(1.0f, 9)));
-  }
-  int exponent;
-  const float m = std::frexp(a, &exponent);  // a = m * 2^exponent, m in [0.5, 1)
-  uint32_t mant = static_cast<uint32_t>(std::nearbyint(std::ldexp(m, 4)));  // 4 bits incl. hidden
-  if (mant == 16) {
-    mant = 8;
-    ++exponent;
-  }
-  const uint32_t code = (static_cast<uint32_t>(exponent - 1 + 7) << 3) | (mant & 0x7u);
-  return sign | static_cast<uint8_t>(std::min<uint32_t>(code, 0x7eu));  // 464 .. 448: to 448
+  // Below 448 nothing rounds past 448 (the next code up, 480, is NaN in e4m3fn).
+  return static_cast<uint8_t>(ToMiniFloat(f, 3, 7, 448.0f, 0x7eu, 0x7fu, 7));
 }
 
 }  // namespace mplus::engine

@@ -35,6 +35,15 @@ int64_t ChunkEnd(int64_t begin, int64_t end, int64_t chunk) {
 
 }  // namespace
 
+absl::StatusOr<std::optional<DType>> ParseKvCacheDType(std::string_view name) {
+  if (name == "auto") return std::optional<DType>();
+  if (name == "f32") return DType::kF32;
+  if (name == "bf16") return DType::kBF16;
+  if (name == "fp8") return DType::kF8E4M3;
+  return absl::InvalidArgumentError(absl::StrCat("kv cache dtype \"", std::string(name),
+                                                 "\" is not one of auto, f32, bf16, fp8"));
+}
+
 absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& checkpoint_dir,
                                                    const ModelOptions& options) {
   static std::atomic<uint64_t> next_id{1};
@@ -89,7 +98,22 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& checkpoint
   MPLUS_ASSIGN_OR_RETURN(m->inv_freq_,
                          b.Allocate(DType::kF32, {static_cast<int64_t>(inv_freq.size())}));
   MPLUS_RETURN_IF_ERROR(b.CopyFromHost(inv_freq.data(), DType::kF32, m->inv_freq_));
-  m->kv_dtype_ = c.dtype == DType::kBF16 ? DType::kBF16 : DType::kF32;
+  m->inject_kv_dtype_ = c.dtype == DType::kBF16 ? DType::kBF16 : DType::kF32;
+  m->kv_dtype_ = options.kv_cache_dtype.value_or(m->inject_kv_dtype_);
+  if (m->kv_dtype_ != DType::kF32 && m->kv_dtype_ != DType::kBF16 &&
+      m->kv_dtype_ != DType::kF8E4M3) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("kv_cache_dtype must be F32, BF16 or F8_E4M3, not ", DTypeName(m->kv_dtype_)));
+  }
+  if (m->kv_dtype_ != m->inject_kv_dtype_) {  // refuse at load what the backend cannot store
+    MPLUS_ASSIGN_OR_RETURN(Tensor wide, b.Allocate(DType::kF32, {1, 8}));
+    MPLUS_ASSIGN_OR_RETURN(Tensor narrow, b.Allocate(m->kv_dtype_, {1, 8}));
+    if (absl::Status s = b.Copy(wide, narrow); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("kv_cache_dtype ", DTypeName(m->kv_dtype_),
+                                                     ": backend ", b.name(),
+                                                     " cannot store it: ", s.message()));
+    }
+  }
   m->prefix_chunk_rows_ = options.prefix_chunk_rows;
   m->replay_decode_ = options.replay_decode;
   m->max_context_ = options.max_context > 0         ? options.max_context
@@ -236,8 +260,8 @@ absl::StatusOr<InjectResult> Model::Inject(const SessionMemory& mem, absl::Span<
   // LayerForward updates in place (with the STM tail too when T < K).
   MPLUS_ASSIGN_OR_RETURN(Tensor seq, Alloc(b, s, d));
   MPLUS_RETURN_IF_ERROR(Embed(ids, seq.Rows(bos + k, s)));
-  MPLUS_ASSIGN_OR_RETURN(Tensor k_cache, b.Allocate(kv_dtype_, {s, dims_.kv_cols()}));
-  MPLUS_ASSIGN_OR_RETURN(Tensor v_cache, b.Allocate(kv_dtype_, {s, dims_.kv_cols()}));
+  MPLUS_ASSIGN_OR_RETURN(Tensor k_cache, b.Allocate(inject_kv_dtype_, {s, dims_.kv_cols()}));
+  MPLUS_ASSIGN_OR_RETURN(Tensor v_cache, b.Allocate(inject_kv_dtype_, {s, dims_.kv_cols()}));
   for (int l = 0; l < num_layers; ++l) {
     MPLUS_ASSIGN_OR_RETURN(ShortTermRows stm, CheckedShortTerm(mem, l));
     if (bos) MPLUS_RETURN_IF_ERROR(CopyBos(l, seq.Rows(0, 1)));

@@ -8,7 +8,9 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -48,9 +50,17 @@ struct ModelOptions {
   // instead of ~500 kernel launches) where the backend can record them; false: every step
   // enqueues its ops one by one.
   bool replay_decode = true;
+  // Element type of a generation's KV cache and of the sessions' prefix caches: null (auto) is
+  // the official model's (bf16 for bf16 checkpoints, else float32); kF8E4M3 halves their bytes
+  // against bf16 (GPU memory, and what every decode step reads) at float8 precision. Inject
+  // always runs at the automatic type: its outputs become memory.
+  std::optional<DType> kv_cache_dtype;
   // Backend to run on; null: a CPU backend.
   std::shared_ptr<Backend> backend;
 };
+
+// --kv_cache_dtype spellings: "auto" (null), "f32", "bf16", "fp8".
+absl::StatusOr<std::optional<DType>> ParseKvCacheDType(std::string_view name);
 
 // Chooses the next token from the logits of the last position (greedy, sampling, ...).
 using TokenPicker = std::function<int32_t(absl::Span<const float> logits)>;
@@ -175,7 +185,8 @@ class Model {
   int64_t max_context_ = 0;
   int64_t prefix_chunk_rows_ = 1024;
   bool replay_decode_ = true;
-  DType kv_dtype_ = DType::kF32;
+  DType kv_dtype_ = DType::kF32;         // generations' KV and prefix caches (kv_cache_dtype)
+  DType inject_kv_dtype_ = DType::kF32;  // an inject's transient KV cache
 };
 
 }  // namespace mplus::engine

@@ -79,8 +79,15 @@ ABSL_FLAG(int64_t, block_cache_mb, 256, "RocksDB block cache for long-term memor
 ABSL_FLAG(bool, prefix_cache, true,
           "Keep each resident session's short-term-memory prefix K/V between Generates (after an "
           "Inject only the new memory tokens' rows are computed): much faster time to first "
-          "token, at 2*layers*(1+N)*kv_dim*4 bytes per session (~3.4 GB for mplus-8b), counted "
-          "in --resident_budget_mb (cpu) or --gpu_memory_budget_mb (cuda).");
+          "token, at 2*layers*(1+N)*kv_dim elements of --kv_cache_dtype per session (mplus-8b: "
+          "1.7 GB in bf16), counted in --resident_budget_mb (cpu) or --gpu_memory_budget_mb "
+          "(cuda).");
+ABSL_FLAG(std::string, kv_cache_dtype, "auto",
+          "Element type of each generation's KV cache and of the prefix caches: auto (the "
+          "checkpoint's: bf16 for bf16 checkpoints, else f32; exact to the official model), "
+          "f32, bf16, or fp8 (float8 e4m3, saturating at 448: half the memory of bf16 and half "
+          "the K/V bytes each decode step reads, at float8 precision). Injects always compute at "
+          "the checkpoint's precision.");
 ABSL_FLAG(int64_t, resident_budget_mb, 8192,
           "Memory for resident sessions' short-term memory, MiB; least recently used sessions "
           "spill beyond it and are restored on their next request.");
@@ -126,6 +133,9 @@ absl::Status ValidateOptions(const ServiceOptions& o) {
     return absl::InvalidArgumentError(
         absl::StrCat("--device must be cpu or cuda, got '", o.device, "'"));
   }
+  if (auto dtype = engine::ParseKvCacheDType(o.kv_cache_dtype); !dtype.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--kv_cache_dtype: ", dtype.status().message()));
+  }
   if (auto mode = memstore::ParseLongTermMode(o.ltm_mode); !mode.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--ltm_mode: ", mode.status().message()));
   }
@@ -170,6 +180,7 @@ int Run() {
   options.sync_writes = absl::GetFlag(FLAGS_sync_writes);
   options.block_cache_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_block_cache_mb)) << 20;
   options.prefix_cache = absl::GetFlag(FLAGS_prefix_cache);
+  options.kv_cache_dtype = absl::GetFlag(FLAGS_kv_cache_dtype);
   options.resident_budget_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_resident_budget_mb))
                                   << 20;
   options.ltm_mode = absl::GetFlag(FLAGS_ltm_mode);

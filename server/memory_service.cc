@@ -102,18 +102,21 @@ absl::Status MemoryServiceImpl::Open() {
   }
   model_options.bf16_rope_inv_freq = options_.bf16_rope_inv_freq;
   model_options.replay_decode = options_.cuda_graphs;
+  auto kv_cache_dtype = engine::ParseKvCacheDType(options_.kv_cache_dtype);
+  if (!kv_cache_dtype.ok()) return kv_cache_dtype.status();
+  model_options.kv_cache_dtype = *kv_cache_dtype;
   auto model = engine::Model::Load(model_dir, model_options);
   if (!model.ok()) return model.status();
   model_ = std::move(*model);
   weight_bytes_ = WeightBytes(model_dir);
   const engine::ModelConfig& config = model_->config();
-  LogInfo("model: %d layers, hidden %d, vocab %d, %s; loaded in %.1f s",
+  LogInfo("model: %d layers, hidden %d, vocab %d, %s, KV cache %s; loaded in %.1f s",
           static_cast<int>(config.num_hidden_layers), static_cast<int>(config.hidden_size),
           static_cast<int>(config.vocab_size),
           config.has_long_term() ? "M+ (short- and long-term memory)"
           : config.has_memory()  ? "MemoryLLM (short-term memory)"
                                  : "plain Llama (no memory)",
-          SecondsSince(start));
+          engine::DTypeName(model_->kv_dtype()), SecondsSince(start));
 
   memstore::StoreOptions store_options;
   store_options.path = options_.data_dir + "/sessions";

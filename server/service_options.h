@@ -17,6 +17,7 @@ struct ServiceOptions {
   int cpu_threads = 0;      // 0: one per hardware thread
   bool bf16_rope_inv_freq = true;
   bool cuda_graphs = true;  // engine::ModelOptions::replay_decode
+  std::string kv_cache_dtype = "auto";  // engine::ParseKvCacheDType
 
   int engine_workers = 2;
   int max_queued_requests = 64;

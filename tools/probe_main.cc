@@ -24,6 +24,9 @@ ABSL_FLAG(std::string, out, "", "output safetensors file");
 ABSL_FLAG(int, threads, 0, "CPU threads (0: all)");
 ABSL_FLAG(bool, bf16_rope_inv_freq, true,
           "bf16 checkpoints: round RoPE inv_freq to bf16 like the official recipe");
+ABSL_FLAG(std::string, kv_cache_dtype, "auto",
+          "KV and prefix cache element type: auto (the checkpoint's), f32, bf16 or fp8 (to "
+          "measure how far an fp8 cache moves the outputs from the goldens)");
 ABSL_FLAG(std::string, device, "cpu",
           "Compute device: cpu, or cuda (GPU 0, through the CUDA backend plugin libmplus_cuda.so)");
 ABSL_FLAG(std::string, cuda_plugin, "",
@@ -133,6 +136,8 @@ absl::Status Run(const std::string& scenario_path, const std::string& out_path) 
   engine::ModelOptions options;
   options.num_threads = absl::GetFlag(FLAGS_threads);
   options.bf16_rope_inv_freq = absl::GetFlag(FLAGS_bf16_rope_inv_freq);
+  MPLUS_ASSIGN_OR_RETURN(options.kv_cache_dtype,
+                         engine::ParseKvCacheDType(absl::GetFlag(FLAGS_kv_cache_dtype)));
   std::unique_ptr<engine::CudaPlugin> plugin;  // declared first: outlives the model's backend
   if (absl::GetFlag(FLAGS_device) == "cuda") {
     MPLUS_ASSIGN_OR_RETURN(

@@ -1,7 +1,8 @@
 # One golden test: probe the scenario, then compare with the golden (see golden.cmake).
 get_filename_component(out_dir ${OUT} DIRECTORY)
 file(MAKE_DIRECTORY ${out_dir})
-execute_process(COMMAND ${PROBE} --scenario ${SCENARIO} --out ${OUT} RESULT_VARIABLE rc)
+execute_process(COMMAND ${PROBE} --scenario ${SCENARIO} --out ${OUT} ${PROBE_ARGS}
+                RESULT_VARIABLE rc)
 if(NOT rc EQUAL 0)
   message(FATAL_ERROR "mplus-probe failed (${rc}) on ${SCENARIO}")
 endif()

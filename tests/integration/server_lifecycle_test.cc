@@ -56,7 +56,9 @@ TEST(ServerLifecycleTest, BadFlagValueFailsStartupWithMessage) {
   for (const auto& [flag, message] :
        {std::pair<std::string, std::string>{
             "--ltm_mode=gpu", "--ltm_mode: long-term mode must be resident or offload, got 'gpu'"},
-        {"--gpu_memory_budget_mb=-1", "--gpu_memory_budget_mb must not be negative, got -1"}}) {
+        {"--gpu_memory_budget_mb=-1", "--gpu_memory_budget_mb must not be negative, got -1"},
+        {"--kv_cache_dtype=int4",
+         "--kv_cache_dtype: kv cache dtype \"int4\" is not one of auto, f32, bf16, fp8"}}) {
     log = RunToExit(MPLUS_SERVER_BIN, {flag, "--metrics_listen="}, &status);
     ASSERT_TRUE(log.ok());
     EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 2) << *log;

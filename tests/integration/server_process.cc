@@ -16,6 +16,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "tests/temp_dir.h"
 
 namespace mplus::testing {
 
@@ -37,7 +38,9 @@ std::string MakeTempDir(const std::string& prefix) {
   const char* base = getenv("TEST_TMPDIR");
   std::string tmpl = absl::StrCat(base ? base : "/tmp", "/", prefix, "-XXXXXX");
   char* made = mkdtemp(tmpl.data());
-  return made ? std::string(made) : std::string();
+  if (made == nullptr) return std::string();
+  RemoveAtExit(made);
+  return made;
 }
 
 absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(

@@ -17,7 +17,7 @@ namespace mplus::testing {
 // A free TCP port on 127.0.0.1 (bound then released; the kernel won't hand it out again soon).
 int PickFreePort();
 
-// A fresh directory under $TEST_TMPDIR or /tmp.
+// A fresh directory under $TEST_TMPDIR or /tmp, removed when the test process exits.
 std::string MakeTempDir(const std::string& prefix);
 
 class ServerProcess {

@@ -24,6 +24,7 @@
 #include "memstore/base_memory.h"
 #include "memstore/long_term_index.h"
 #include "memstore/resident_session.h"
+#include "tests/temp_dir.h"
 
 namespace mplus::memstore::testing {
 
@@ -267,6 +268,7 @@ inline std::string TempDir(const std::string& name) {
       std::filesystem::temp_directory_path() /
       ("mplus-" + name + "-" + std::to_string(getpid()) + "-" + std::to_string(counter++));
   std::filesystem::remove_all(p);
+  mplus::testing::RemoveAtExit(p.string());
   return p.string();
 }
 

@@ -223,5 +223,47 @@ TEST_F(TinyMplusTest, InjectValidatesDropsAndTheSessionKeepsAges) {
   }
 }
 
+// --kv_cache_dtype: parsed strictly; fp8 changes a generation's logits by float8 rounding only
+// (well inside bf16's golden tolerance here) and never an inject (it runs at the checkpoint's
+// precision: its outputs become memory).
+TEST(KvCacheDTypeTest, Fp8CachesChangeGenerationsSlightlyAndInjectsNot) {
+  EXPECT_EQ(*ParseKvCacheDType("auto"), std::nullopt);
+  EXPECT_EQ(*ParseKvCacheDType("fp8"), DType::kF8E4M3);
+  EXPECT_EQ(ParseKvCacheDType("int8").status().code(), absl::StatusCode::kInvalidArgument);
+  const std::string dir = std::string(MPLUS_FIXTURES_DIR) + "/tiny-mplus-bf16";
+  ModelOptions options;
+  options.kv_cache_dtype = DType::kI64;
+  EXPECT_EQ(Model::Load(dir, options).status().code(), absl::StatusCode::kInvalidArgument);
+
+  std::vector<float> logits[2];
+  std::vector<float> delta[2];
+  for (int fp8 = 0; fp8 < 2; ++fp8) {
+    options.kv_cache_dtype = fp8 ? std::optional(DType::kF8E4M3) : std::nullopt;
+    auto model = Model::Load(dir, options);
+    ASSERT_TRUE(model.ok()) << model.status();
+    EXPECT_EQ((*model)->kv_dtype(), fp8 ? DType::kF8E4M3 : DType::kBF16);
+    auto session = memstore::InMemorySession::Create(**model);
+    ASSERT_TRUE(session.ok());
+    PrefillOutput out;
+    auto state = (*model)->Prefill(**session, std::vector<int32_t>{5, 90, 17, 200}, 1, false, &out);
+    ASSERT_TRUE(state.ok()) << state.status();
+    logits[fp8] = out.logits;
+    const ModelConfig& c = (*model)->config();
+    auto inject = (*model)->Inject(
+        **session, std::vector<int32_t>{40, 41, 42},
+        ChooseDropSlots(7, 0, static_cast<int>(c.num_hidden_layers), c.stm_tokens(), c.num_tokens));
+    ASSERT_TRUE(inject.ok()) << inject.status();
+    delta[fp8] = inject->delta[0];
+  }
+  EXPECT_EQ(delta[1], delta[0]);
+  double err = 0, norm = 0;
+  for (size_t i = 0; i < logits[0].size(); ++i) {
+    err += (logits[1][i] - logits[0][i]) * (logits[1][i] - logits[0][i]);
+    norm += logits[0][i] * logits[0][i];
+  }
+  EXPECT_GT(err, 0.0) << "the fp8 cache was not used";
+  EXPECT_LT(std::sqrt(err / norm), 2e-2);
+}
+
 }  // namespace
 }  // namespace mplus::engine

@@ -105,8 +105,8 @@ void RunRounds(const Model& model) {
   EXPECT_EQ(*ta, *tb);
 }
 
-std::unique_ptr<Model> LoadOrDie(const std::string& dir) {
-  auto model = Model::Load(dir, ModelOptions());
+std::unique_ptr<Model> LoadOrDie(const std::string& dir, ModelOptions options = {}) {
+  auto model = Model::Load(dir, options);
   EXPECT_TRUE(model.ok()) << model.status();
   return model.ok() ? std::move(*model) : nullptr;
 }
@@ -120,6 +120,17 @@ TEST(PrefixCacheTest, MplusFloat32CachedPrefillIsBitwiseUncached) {
 TEST(PrefixCacheTest, MplusBfloat16CachedPrefillIsBitwiseUncached) {
   auto model = LoadOrDie(std::string(MPLUS_FIXTURES_DIR) + "/tiny-mplus-bf16");
   ASSERT_NE(model, nullptr);
+  RunRounds(*model);
+}
+
+// An fp8 cache rounds the same keys the same way with and without the prefix cache (keys are
+// rounded to the cache's type before RoPE, then stored in it), so it stays bitwise.
+TEST(PrefixCacheTest, MplusFloat8CachedPrefillIsBitwiseUncached) {
+  ModelOptions fp8;
+  fp8.kv_cache_dtype = DType::kF8E4M3;
+  auto model = LoadOrDie(std::string(MPLUS_FIXTURES_DIR) + "/tiny-mplus-bf16", fp8);
+  ASSERT_NE(model, nullptr);
+  ASSERT_EQ(model->kv_dtype(), DType::kF8E4M3);
   RunRounds(*model);
 }
 
