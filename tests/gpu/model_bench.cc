@@ -233,6 +233,27 @@ absl::Status Run() {
   }
   MPLUS_ASSIGN_OR_RETURN(RetrievalResult retrieval,
                          RunRetrieval(backend, config, ltm_keys, threads));
+  const engine::DType kv_dtype = model->kv_dtype();
+  const int64_t prefix_length = model->prefix_length();
+  // The lean session again with an fp8 KV cache (--kv_cache_dtype=fp8), on the model loaded
+  // afresh with it: one model's weights at a time, so the two peaks compare.
+  // A failure here is reported and leaves the rest of the table standing.
+  std::optional<int64_t> lean_fp8_peak;
+  if (cuda) {
+    model.reset();
+    engine::ModelOptions fp8_options = options;
+    fp8_options.kv_cache_dtype = engine::DType::kF8E4M3;
+    absl::StatusOr<int64_t> peak = [&]() -> absl::StatusOr<int64_t> {
+      MPLUS_ASSIGN_OR_RETURN(std::unique_ptr<engine::Model> fp8_model,
+                             engine::Model::Load(dir, fp8_options));
+      return LeanOffloadPeakBytes(*fp8_model, sizes);
+    }();
+    if (peak.ok()) {
+      lean_fp8_peak = *peak;
+    } else {
+      Progress(absl::StrCat("fp8 KV cache session FAILED: ", peak.status().ToString()));
+    }
+  }
 
   // Decode roofline: the weight bytes each step reads at the measured bandwidth. Each step also
   // reads the KV cache of the whole prefix + prompt (shown, not in the target).
@@ -241,8 +262,8 @@ absl::Status Run() {
   const double weight_bytes = static_cast<double>(DecodeWeightBytes(config));
   const double roofline_ms = weight_bytes / bandwidth * 1e3;
   const double kv_bytes = 2.0 * config.num_hidden_layers * config.num_key_value_heads *
-                          config.head_dim * engine::DTypeSize(model->kv_dtype()) *
-                          (model->prefix_length() + sizes.short_prompt + sizes.decode_tokens / 2);
+                          config.head_dim * engine::DTypeSize(kv_dtype) *
+                          (prefix_length + sizes.short_prompt + sizes.decode_tokens / 2);
   auto decode_cell = [&](const SessionResult& s) {
     return absl::StrFormat("%.2f ms (%.0f%%)", s.decode_ms_per_token,
                            100 * roofline_ms / s.decode_ms_per_token);
@@ -316,19 +337,21 @@ absl::Status Run() {
       off.memory
           ? Verdict(static_cast<double>(off.memory->peak_total_bytes) <= kOffloadMemoryTarget)
           : "n/a";
-  // The lean configuration, and the least any bf16 session can hold: the weights plus the
-  // prefix's K/V in every layer (needed by every decode step).
-  const double floor_bytes = static_cast<double>(off.memory ? off.memory->weights_bytes : 0) +
-                             2.0 * config.num_hidden_layers * model->prefix_length() *
-                                 config.num_key_value_heads * config.head_dim *
-                                 engine::DTypeSize(model->kv_dtype());
-  rows.push_back(
-      {absl::StrFormat("GPU memory: peak total, --prefix_cache=false (floor: weights + "
-                       "prefix K/V = %s)",
-                       Gb(floor_bytes)),
-       "", lean_peak ? Gb(static_cast<double>(*lean_peak)) : std::string("n/a"),
-       absl::StrFormat("offload <= %.1f GB", kOffloadMemoryTarget / 1e9),
-       lean_peak ? Verdict(static_cast<double>(*lean_peak) <= kOffloadMemoryTarget) : "n/a"});
+  // The lean configuration, and the least a session with that KV cache type can hold: the
+  // weights plus the prefix's K/V in every layer (needed by every decode step).
+  auto lean_row = [&](const char* flags, engine::DType dtype, std::optional<int64_t> peak) {
+    const double floor_bytes = static_cast<double>(off.memory ? off.memory->weights_bytes : 0) +
+                               2.0 * config.num_hidden_layers * prefix_length *
+                                   config.num_key_value_heads * config.head_dim *
+                                   engine::DTypeSize(dtype);
+    rows.push_back({absl::StrFormat("GPU memory: peak total, %s (floor: weights + prefix K/V = %s)",
+                                    flags, Gb(floor_bytes)),
+                    "", peak ? Gb(static_cast<double>(*peak)) : std::string("n/a"),
+                    absl::StrFormat("offload <= %.1f GB", kOffloadMemoryTarget / 1e9),
+                    peak ? Verdict(static_cast<double>(*peak) <= kOffloadMemoryTarget) : "n/a"});
+  };
+  lean_row("--prefix_cache=false", kv_dtype, lean_peak);
+  lean_row("--prefix_cache=false --kv_cache_dtype=fp8", engine::DType::kF8E4M3, lean_fp8_peak);
 
   absl::PrintF("\n### mplus_gpu_model_bench: %s-shaped M+ (bf16, random weights)\n\n",
                cuda ? "mplus-8b" : "tiny-mplus");
@@ -338,7 +361,7 @@ absl::Status Run() {
       "after the %d-token prompt's prefill; peak: the session's, one generation at a time.\n\n",
       device_name, Gb(ckpt.bytes),
       ckpt.reused ? "reused" : absl::StrFormat("written in %.1f s", ckpt.seconds), load_seconds,
-      bandwidth / 1e9, Gb(kv_bytes), engine::DTypeName(model->kv_dtype()), sizes.long_prompt);
+      bandwidth / 1e9, Gb(kv_bytes), engine::DTypeName(kv_dtype), sizes.long_prompt);
   PrintTable(rows);
   if (!res.decode_trace.empty()) {
     absl::PrintF(

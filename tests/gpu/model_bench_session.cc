@@ -199,7 +199,8 @@ absl::StatusOr<int64_t> LeanOffloadPeakBytes(const engine::Model& model,
   }
   MPLUS_ASSIGN_OR_RETURN(engine::cuda::CudaMemoryStats mem,
                          engine::cuda::GetCudaMemoryStats(model.backend()));
-  Progress(absl::StrFormat("offload without prefix cache: peak %.2f GB",
+  Progress(absl::StrFormat("offload without prefix cache, %s KV cache: peak %.2f GB",
+                           engine::DTypeName(model.kv_dtype()),
                            static_cast<double>(mem.peak_total_bytes) / 1e9));
   return mem.peak_total_bytes;
 }
