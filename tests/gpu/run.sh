@@ -50,26 +50,30 @@ budget() {
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-# Every golden of every fixture in golden-tolerances.txt on device $1: mplus-probe writes the
+# run_goldens DEVICE [FIXTURE [PROBE_FLAG]]: every golden of every fixture in
+# golden-tolerances.txt (or only FIXTURE) on DEVICE: mplus-probe [PROBE_FLAG] writes the
 # intermediates, mplus-compare-golden checks them with the fixture's tolerance (as ctest does).
 run_goldens() {
-  local device=$1 passed=0 total=0 fixture tolerance scenario n out log rc hung=0
+  local device=$1 only=${2:-} flag=${3:-} passed=0 total=0 fixture tolerance scenario n out log
+  local rc hung=0 name="$1${3:+ $3}"
   local -a args=(--device="$device")
   [[ $device == cuda ]] && args+=(--cuda_plugin="$plugin")
+  [[ -n $flag ]] && args+=("$flag")
   while read -r fixture tolerance; do
     [[ -z $fixture || $fixture == \#* ]] && continue
+    [[ -n $only && $fixture != "$only" ]] && continue
     for scenario in "$dir/fixtures/$fixture"/scenario-*.json; do
       n=${scenario##*/scenario-}
       n=${n%.json}
-      out="$work/$device-$fixture-$n.safetensors"
-      log="$work/$device-$fixture-$n.log"
+      out="$work/$device${flag//[^a-z0-9]/}-$fixture-$n.safetensors"
+      log="${out%.safetensors}.log"
       total=$((total + 1))
       if ((SECONDS >= deadline)); then
-        echo "FAIL golden $device $fixture scenario-$n: no time left"
+        echo "FAIL golden $name $fixture scenario-$n: no time left"
         continue
       fi
       if ((hung)); then
-        echo "FAIL golden $device $fixture scenario-$n: skipped, an earlier one hung"
+        echo "FAIL golden $name $fixture scenario-$n: skipped, an earlier one hung"
         continue
       fi
       # A tiny golden takes a second or two: 60 s means a hang, and the rest would hang too
@@ -84,23 +88,25 @@ run_goldens() {
       fi
       if ((rc == 0)); then
         passed=$((passed + 1))
-        echo "PASS golden $device $fixture scenario-$n (tolerance $tolerance)"
+        echo "PASS golden $name $fixture scenario-$n (tolerance $tolerance)"
       else
         if ((rc == 137)); then
           echo "killed: out of time or memory" >>"$log"
           hung=1
         fi
-        echo "FAIL golden $device $fixture scenario-$n (tolerance $tolerance): exit $rc"
+        echo "FAIL golden $name $fixture scenario-$n (tolerance $tolerance): exit $rc"
         grep -v "^ok " "$log" | sed 's/^/    /'
       fi
     done
   done <"$dir/golden-tolerances.txt"
-  echo "run.sh: goldens on $device: $passed of $total passed"
+  echo "run.sh: goldens on $name: $passed of $total passed"
   ((passed == total))
 }
 
 run_goldens cuda || failed=1
 run_goldens cpu || failed=1
+# An fp8 KV cache holds the bf16 fixture's goldens at bf16's tolerance (as ctest checks on the CPU).
+run_goldens cuda tiny-mplus-bf16 --kv_cache_dtype=fp8 || failed=1
 
 # run_bounded RESERVE BINARY ARGS...: runs BINARY until RESERVE seconds before the deadline,
 # prints and returns its exit status (124 when no time was left, 137 when killed).
