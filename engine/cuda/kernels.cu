@@ -199,6 +199,7 @@ cudaError_t DispatchFloat(DType dtype, F&& f) {
     case DType::kF16:
       f(static_cast<const __half*>(nullptr));
       break;
+    case DType::kF8E4M3:  // float8 kernels: gpu-next/stack (not yet run on a GPU)
     case DType::kI64:
     case DType::kI32:
       return cudaErrorInvalidValue;  // callers validate dtypes; this is a backstop
