@@ -482,8 +482,11 @@ absl::Status CudaBackend::MatMul(const Tensor& x, const Tensor& w, const Tensor&
           LaunchWidenToF32(w.data(), w.dtype(), m * k, static_cast<float*>(wf), stream()));
       return gemm_->Run(DType::kF32, x.data(), wf, d, n, m, k, alpha, beta, stream());
     }
-    default:
+    case DType::kF32:
       return gemm_->Run(DType::kF32, x.data(), w.data(), d, n, m, k, alpha, beta, stream());
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("MatMul: weights of ", DTypeName(w.dtype()), " are not supported"));
   }
 }
 
