@@ -55,6 +55,23 @@ class DeviceState {
   // The first error a deleter hit (deleters cannot return one); reported by Synchronize.
   absl::Status TakeDeferredError();
 
+  // Marks the host as waiting for this device while it lives (Backend::DeviceWaitSeconds).
+  class WaitScope {
+   public:
+    explicit WaitScope(DeviceState& state);
+    ~WaitScope();
+    WaitScope(const WaitScope&) = delete;
+    WaitScope& operator=(const WaitScope&) = delete;
+
+   private:
+    DeviceState& state_;
+    bool owner_ = false;  // the oldest wait in progress: clears the mark when it ends
+  };
+  // cudaStreamSynchronize(stream()) under a WaitScope.
+  cudaError_t SynchronizeStream();
+  // How long the oldest wait in progress has lasted, in seconds; 0 when none.
+  double WaitSeconds() const;
+
  private:
   explicit DeviceState(int ordinal) : ordinal_(ordinal) {}
   void Account(MemCategory category, int64_t delta);
@@ -71,6 +88,7 @@ class DeviceState {
   cudaStream_t stream_ = nullptr;
   std::atomic<int64_t> bytes_[3] = {0, 0, 0};
   std::atomic<int64_t> total_{0}, peak_{0};
+  std::atomic<int64_t> wait_since_ns_{0};  // steady clock; 0: no wait in progress
   absl::Mutex mu_;
   absl::Status deferred_ ABSL_GUARDED_BY(mu_);
   absl::Mutex kept_mu_;
