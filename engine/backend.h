@@ -140,6 +140,10 @@ class Backend {
   // copies must not alias.
   virtual absl::Status Copy(const Tensor& src, const Tensor& dst) = 0;
   virtual absl::Status Synchronize() = 0;
+  // How long the host has been waiting for the device in the oldest wait still in progress
+  // (seconds; 0 when none). No op takes more than a fraction of a second, so minutes mean a hung
+  // device; the server's stall watchdog acts on it. Backends without a device: always 0.
+  virtual double DeviceWaitSeconds() const { return 0.0; }
 
   // --- Ops --------------------------------------------------------------------------------
   // out[n, m] = alpha * x[n, k] · w[m, k]^T (+ out when accumulate). x float32; w any float

@@ -26,6 +26,7 @@
 #include "server/metrics.h"
 #include "server/server_metrics.h"
 #include "server/service_options.h"
+#include "server/stall_watchdog.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
           "gRPC listen address (host:port). Use 0.0.0.0:PORT to accept remote clients.");
@@ -96,6 +97,10 @@ ABSL_FLAG(std::string, ltm_mode, "resident",
           "keys in GPU memory, scored there; the paper's M+) or offload (keys scored in host "
           "memory; least GPU memory, the paper's M+ offload). Vectors always stay on the host. "
           "No effect on the CPU.");
+ABSL_FLAG(int, device_stall_seconds, 120,
+          "A wait for the GPU this long means a hung device: the server logs it and turns its "
+          "health NOT_SERVING, so that the load balancer stops routing to it and the "
+          "orchestrator restarts it (no op takes more than a fraction of a second). 0: never.");
 ABSL_FLAG(int64_t, gpu_memory_budget_mb, 0,
           "GPU memory for resident sessions (prefix K/V caches and, in resident mode, long-term "
           "keys), MiB; least recently used sessions spill beyond it. 0: half of the GPU memory "
@@ -189,6 +194,11 @@ int Run() {
     LogError("%s", s.ToString());
     return 2;
   }
+  if (absl::GetFlag(FLAGS_device_stall_seconds) < 0) {
+    LogError("--device_stall_seconds must not be negative, got %d",
+             absl::GetFlag(FLAGS_device_stall_seconds));
+    return 2;
+  }
 
   HealthService health({"", "mplus.v1.MemoryService"});
   MemoryServiceImpl memory_service(options, &server_metrics);
@@ -217,11 +227,25 @@ int Run() {
   }
   health.SetAll(grpc::health::v1::HealthCheckResponse::SERVING);
   LogInfo("ready: health SERVING");
+  std::unique_ptr<StallWatchdog> watchdog;
+  if (const int stall = absl::GetFlag(FLAGS_device_stall_seconds); stall > 0) {
+    watchdog = std::make_unique<StallWatchdog>(
+        [&memory_service] { return memory_service.DeviceWaitSeconds(); }, absl::Seconds(stall),
+        absl::Seconds(1),
+        [&health](double seconds) {
+          LogError(
+              "the device has not finished its work for %.0f s: it is hung; health "
+              "NOT_SERVING until this server is restarted",
+              seconds);
+          health.SetAll(grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+        });
+  }
 
   int signal_number = 0;
   sigwait(&signals, &signal_number);
   const int grace = absl::GetFlag(FLAGS_shutdown_grace_seconds);
   LogInfo("received %s: draining (grace %d s)", strsignal(signal_number), grace);
+  watchdog.reset();
   health.Shutdown();
   memory_service.BeginDrain();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(grace));

@@ -151,6 +151,10 @@ absl::Status MemoryServiceImpl::Open() {
   return absl::OkStatus();
 }
 
+double MemoryServiceImpl::DeviceWaitSeconds() const {
+  return model_ != nullptr ? model_->backend().DeviceWaitSeconds() : 0.0;
+}
+
 void MemoryServiceImpl::BeginDrain() {
   serving_ = false;
   scheduler_.Drain();

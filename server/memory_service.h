@@ -36,6 +36,8 @@ class MemoryServiceImpl final : public mplus::v1::MemoryService::Service {
   void BeginDrain();
   // Stops background work and closes the store (after the gRPC server has shut down).
   void Close();
+  // The model's Backend::DeviceWaitSeconds (0 before Open): for the stall watchdog.
+  double DeviceWaitSeconds() const;
 
   grpc::Status CreateSession(grpc::ServerContext*, const v1::CreateSessionRequest*,
                              v1::Session*) override;

@@ -80,6 +80,7 @@ class CudaBackend : public Backend {
   absl::Status CopyToHost(const Tensor& src, void* dst) override;
   absl::Status Copy(const Tensor& src, const Tensor& dst) override;
   absl::Status Synchronize() override;
+  double DeviceWaitSeconds() const override { return state_->WaitSeconds(); }
 
   absl::Status MatMul(const Tensor& x, const Tensor& w, const Tensor& out, float alpha,
                       bool accumulate) override;
@@ -249,7 +250,7 @@ absl::Status CudaBackend::UploadBytes(const void* src, size_t bytes, void* dst) 
   // From pageable memory cudaMemcpyAsync may return before the DMA has read `src`, which the
   // caller may reuse once we return: wait for it (and so for all earlier work).
   MPLUS_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream()));
-  MPLUS_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream()));
+  MPLUS_CUDA_RETURN_IF_ERROR(state_->SynchronizeStream());
   return absl::OkStatus();
 }
 
@@ -320,7 +321,7 @@ absl::StatusOr<Tensor> CudaBackend::UploadWeight(const TensorView& view) {
         UploadWidened(view.data, view.dtype, numel, static_cast<float*>(storage.get())));
   }
   // Load time: wait, so that a failed copy is reported by the upload of its own tensor.
-  MPLUS_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream()));
+  MPLUS_CUDA_RETURN_IF_ERROR(state_->SynchronizeStream());
   return Tensor::Own(dtype, view.shape, Device::kCuda, std::move(storage));
 }
 
@@ -349,7 +350,7 @@ absl::StatusOr<std::vector<Tensor>> CudaBackend::UploadWeights(absl::Span<const 
         Tensor::Own(v.dtype, v.shape, Device::kCuda, std::shared_ptr<void>(storage, dst)));
     offset += v.nbytes;
   }
-  MPLUS_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream()));
+  MPLUS_CUDA_RETURN_IF_ERROR(state_->SynchronizeStream());
   return out;
 }
 
@@ -366,6 +367,7 @@ absl::Status CudaBackend::CopyFromHost(const void* src, DType src_dtype, const T
 }
 
 cudaError_t CudaBackend::WaitForStream(const void* src, size_t bytes, void* dst) {
+  DeviceState::WaitScope wait(*state_);
   const auto start = std::chrono::steady_clock::now();
   cudaError_t err = cudaSuccess;
   // Into pageable memory the copy itself waits for the stream: both count as waiting.

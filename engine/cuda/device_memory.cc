@@ -1,6 +1,7 @@
 #include "engine/cuda/device_memory.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <utility>
 
@@ -51,6 +52,33 @@ void DeviceState::Account(MemCategory category, int64_t delta) {
 void DeviceState::Defer(absl::Status status) {
   absl::MutexLock lock(&mu_);
   if (deferred_.ok()) deferred_ = std::move(status);
+}
+
+namespace {
+int64_t SteadyNanos() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+}  // namespace
+
+DeviceState::WaitScope::WaitScope(DeviceState& state) : state_(state) {
+  int64_t none = 0;
+  owner_ = state_.wait_since_ns_.compare_exchange_strong(none, std::max<int64_t>(SteadyNanos(), 1));
+}
+
+DeviceState::WaitScope::~WaitScope() {
+  if (owner_) state_.wait_since_ns_.store(0);
+}
+
+cudaError_t DeviceState::SynchronizeStream() {
+  WaitScope wait(*this);
+  return cudaStreamSynchronize(stream_);
+}
+
+double DeviceState::WaitSeconds() const {
+  const int64_t since = wait_since_ns_.load();
+  return since == 0 ? 0.0 : static_cast<double>(SteadyNanos() - since) / 1e9;
 }
 
 absl::Status DeviceState::TakeDeferredError() {

@@ -98,6 +98,23 @@ class DeviceState {
   // waiting for the kernel ahead, dependent_launch.cuh).
   bool HoldsWeights(const void* ptr) const;
 
+  // Marks the host as waiting for this device while it lives (Backend::DeviceWaitSeconds).
+  class WaitScope {
+   public:
+    explicit WaitScope(DeviceState& state);
+    ~WaitScope();
+    WaitScope(const WaitScope&) = delete;
+    WaitScope& operator=(const WaitScope&) = delete;
+
+   private:
+    DeviceState& state_;
+    bool owner_ = false;  // the oldest wait in progress: clears the mark when it ends
+  };
+  // cudaStreamSynchronize(stream()) under a WaitScope.
+  cudaError_t SynchronizeStream();
+  // How long the oldest wait in progress has lasted, in seconds; 0 when none.
+  double WaitSeconds() const;
+
  private:
   friend class RecordingArena;
   explicit DeviceState(int ordinal) : ordinal_(ordinal) {}
@@ -115,6 +132,7 @@ class DeviceState {
   cudaStream_t stream_ = nullptr;
   std::atomic<int64_t> bytes_[3] = {0, 0, 0};
   std::atomic<int64_t> total_{0}, peak_{0};
+  std::atomic<int64_t> wait_since_ns_{0};  // steady clock; 0: no wait in progress
   mutable absl::Mutex mu_;
   absl::Status deferred_ ABSL_GUARDED_BY(mu_);
   std::map<uintptr_t, size_t> weight_ranges_ ABSL_GUARDED_BY(mu_);  // start -> bytes

@@ -93,7 +93,7 @@ absl::Status GpuRetrievalScorer::Append(DeviceRetrievalKeys& keys, const float* 
     MPLUS_CUDA_RETURN_IF_ERROR(LaunchF32ToBF16(static_cast<const float*>(staged), count * p,
                                                reinterpret_cast<uint16_t*>(dst), stream));
   }
-  MPLUS_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+  MPLUS_CUDA_RETURN_IF_ERROR(state_->SynchronizeStream());
   keys.size_ += count;
   return absl::OkStatus();
 }
@@ -152,7 +152,7 @@ absl::Status GpuRetrievalScorer::Scores(const DeviceRetrievalKeys& keys, const f
   MPLUS_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(scores_out, scores,
                                              static_cast<size_t>(keys.size_) * sizeof(float),
                                              cudaMemcpyDeviceToHost, state_->stream()));
-  MPLUS_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(state_->stream()));
+  MPLUS_CUDA_RETURN_IF_ERROR(state_->SynchronizeStream());
   return state_->TakeDeferredError();
 }
 
@@ -181,10 +181,11 @@ absl::StatusOr<std::vector<int64_t>> GpuRetrievalScorer::TopK(const DeviceRetrie
   MPLUS_CUDA_RETURN_IF_ERROR(
       LaunchSortDescending(temp, temp_bytes, keys_in, keys_in + n, idx_in, idx_in + n, n, stream));
   std::vector<int32_t> top(static_cast<size_t>(k));
+  DeviceState::WaitScope wait(*state_);  // a copy into pageable memory waits for the stream
   MPLUS_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(top.data(), idx_in + n,
                                              static_cast<size_t>(k) * sizeof(int32_t),
                                              cudaMemcpyDeviceToHost, stream));
-  MPLUS_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+  MPLUS_CUDA_RETURN_IF_ERROR(state_->SynchronizeStream());
   MPLUS_RETURN_IF_ERROR(state_->TakeDeferredError());
   std::sort(top.begin(), top.end());
   return std::vector<int64_t>(top.begin(), top.end());
