@@ -208,8 +208,9 @@ absl::StatusOr<std::vector<float>> Model::DroppedKeys(int layer, const ShortTerm
   const int64_t d = config_.hidden_size, k = static_cast<int64_t>(slots.size());
   const size_t row_bytes = stm.row_bytes();
   std::vector<char> rows(static_cast<size_t>(k) * row_bytes);
-  for (int64_t i = 0; i < k; ++i)
+  for (int64_t i = 0; i < k; ++i) {
     std::memcpy(rows.data() + i * row_bytes, stm.Row(slots[i]), row_bytes);
+  }
   MPLUS_ASSIGN_OR_RETURN(Tensor tokens, Alloc(b, k, d));
   MPLUS_RETURN_IF_ERROR(b.CopyFromHost(rows.data(), stm.pool.dtype, tokens));
   // key = key_proj(input_layernorm(token)), from the token as stored when it is dropped.

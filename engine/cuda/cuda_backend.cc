@@ -210,8 +210,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CudaBackend::Create(int ordinal) {
   absl::MutexLock lock(&backend->mu_);
   MPLUS_ASSIGN_OR_RETURN(backend->gemm_,
                          LtGemm::Create(backend->gemm_workspace_.get(), kGemmWorkspaceBytes));
-  absl::StatusOr<std::unique_ptr<PinnedStaging>> staging =
-      PinnedStaging::Create(ordinal, backend->stream());
+  absl::StatusOr<std::unique_ptr<PinnedStaging>> staging = PinnedStaging::Create(backend->state_);
   if (staging.ok()) {
     backend->staging_ = *std::move(staging);
   } else if (!absl::IsResourceExhausted(staging.status())) {

@@ -22,10 +22,10 @@ static_assert(PinnedStaging::kBufferBytes % kAlign == 0);
 // buffer's event completes only after every copy enqueued from that buffer before it (stream
 // order). Once that event is complete, the whole buffer may be overwritten or freed.
 
-absl::StatusOr<std::unique_ptr<PinnedStaging>> PinnedStaging::Create(int device_ordinal,
-                                                                     cudaStream_t stream) {
-  MPLUS_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_ordinal));
-  std::unique_ptr<PinnedStaging> staging(new PinnedStaging(device_ordinal, stream));
+absl::StatusOr<std::unique_ptr<PinnedStaging>> PinnedStaging::Create(
+    std::shared_ptr<DeviceState> state) {
+  MPLUS_CUDA_RETURN_IF_ERROR(cudaSetDevice(state->ordinal()));
+  std::unique_ptr<PinnedStaging> staging(new PinnedStaging(std::move(state)));
   for (Buffer& b : staging->buffers_) {
     // On failure, the destructor frees the buffers made so far (none has a copy in flight).
     if (cudaError_t err = cudaHostAlloc(&b.host, kBufferBytes, cudaHostAllocDefault);
@@ -60,6 +60,7 @@ PinnedStaging::~PinnedStaging() {
 
 absl::Status PinnedStaging::Advance() {
   const int next = (current_ + 1) % kNumBuffers;
+  DeviceState::WaitScope wait(*state_);
   if (cudaError_t err = cudaEventSynchronize(buffers_[next].done); err != cudaSuccess) {
     // We cannot tell whether its copies have read the buffer: never touch it again.
     buffers_[next].in_doubt = true;

@@ -31,9 +31,11 @@
 #include <array>
 #include <cstddef>
 #include <memory>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "engine/cuda/device_memory.h"
 
 namespace mplus::engine::cuda {
 
@@ -49,11 +51,10 @@ class PinnedStaging {
   static constexpr int kNumBuffers = 4;
   static constexpr size_t kTotalBytes = kBufferBytes * kNumBuffers;
 
-  // A ring for copies on `stream` of device `device_ordinal` (which must outlive the ring: the
+  // A ring for copies on the stream of `state` (whose stream must outlive the ring: the
   // destructor waits for the ring's events). ResourceExhausted when the pinned memory cannot be
   // allocated (e.g. a page-locking limit): the caller can still copy without it.
-  static absl::StatusOr<std::unique_ptr<PinnedStaging>> Create(int device_ordinal,
-                                                               cudaStream_t stream);
+  static absl::StatusOr<std::unique_ptr<PinnedStaging>> Create(std::shared_ptr<DeviceState> state);
   // Waits for the copies still reading the buffers, then frees them.
   ~PinnedStaging();
   PinnedStaging(const PinnedStaging&) = delete;
@@ -73,11 +74,12 @@ class PinnedStaging {
     bool in_doubt = false;       // a copy may read `host` with no event covering it
   };
 
-  PinnedStaging(int device_ordinal, cudaStream_t stream)
-      : ordinal_(device_ordinal), stream_(stream) {}
+  explicit PinnedStaging(std::shared_ptr<DeviceState> state)
+      : state_(std::move(state)), ordinal_(state_->ordinal()), stream_(state_->stream()) {}
   // Moves to the next buffer once its previous copies are done.
   absl::Status Advance();
 
+  const std::shared_ptr<DeviceState> state_;  // marks the host's waits (stall watchdog)
   const int ordinal_;
   const cudaStream_t stream_;
   std::array<Buffer, kNumBuffers> buffers_;
