@@ -89,6 +89,14 @@ __global__ void RmsNormKernel(const float* x, const T* __restrict__ w, int64_t d
   for (int64_t i = threadIdx.x; i < d; i += blockDim.x) orow[i] = ToFloat(w[i]) * (xr[i] * inv);
 }
 
+// The pair (a, b) rotated by the angle of cosine c and sine s, each rounding spelled out:
+// RopeKernel and the fused K/V store must round alike (a GPU check compares them bit for bit)
+// whatever the compiler would contract in each.
+__device__ __forceinline__ float2 Rotate(float a, float b, float c, float s) {
+  return make_float2(__fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s)),
+                     __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s)));
+}
+
 // One block per row; thread j handles frequency j of every head (x is read once).
 __global__ void RopeKernel(float* x, int64_t cols, int64_t head_dim, const int64_t* positions,
                            int64_t first_position, const float* __restrict__ inv_freq) {
@@ -102,9 +110,9 @@ __global__ void RopeKernel(float* x, int64_t cols, int64_t head_dim, const int64
     const float c = cosf(angle), s = sinf(angle);
     for (int64_t h = 0; h < heads; ++h) {
       float* v = row + h * head_dim;
-      const float a = v[j], b = v[j + half];
-      v[j] = a * c - b * s;
-      v[j + half] = b * c + a * s;
+      const float2 r = Rotate(v[j], v[j + half], c, s);
+      v[j] = r.x;
+      v[j + half] = r.y;
     }
   }
 }
@@ -147,10 +155,10 @@ __global__ void StoreKeysValuesKernel(const float* k, const float* v, int64_t co
     const float angle = pos * inv_freq[j];
     const float c = cosf(angle), s = sinf(angle);
     for (int64_t h = 0; h < heads; ++h) {
-      const float a = RoundAs(kr[h * head_dim + j], kc),
-                  b = RoundAs(kr[h * head_dim + j + half], kc);
-      StoreAs(a * c - b * s, kc + h * head_dim + j);
-      StoreAs(b * c + a * s, kc + h * head_dim + j + half);
+      const float2 r =
+          Rotate(RoundAs(kr[h * head_dim + j], kc), RoundAs(kr[h * head_dim + j + half], kc), c, s);
+      StoreAs(r.x, kc + h * head_dim + j);
+      StoreAs(r.y, kc + h * head_dim + j + half);
     }
   }
   for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
