@@ -99,25 +99,20 @@ absl::Status InMemorySession::ApplyInject(const engine::InjectResult& inject) {
   // Layers on several threads: the new tokens' rows take the dropped ones' places in the pools.
   ParallelFor(static_cast<int64_t>(layers), 1, [&](int64_t first, int64_t last) {
     std::vector<uint8_t> new_rows(static_cast<size_t>(k_) * row_bytes);
+    std::vector<int64_t> new_ages(static_cast<size_t>(k_));
+    for (int64_t i = 0; i < k_; ++i) new_ages[i] = k_ - 1 - i;  // first new token oldest
     for (int64_t l = first; l < last; ++l) {
-      std::vector<int64_t>& ages = stm_ages_[l];
-      int64_t out = 0;
-      size_t next_drop = 0;
-      for (int64_t slot = 0; slot < n_; ++slot) {
-        if (next_drop < inject.dropped[l].size() && inject.dropped[l][next_drop] == slot) {
-          ++next_drop;
-          if (ltm_ == nullptr) continue;
+      if (ltm_ != nullptr) {
+        for (int32_t slot : inject.dropped[l]) {
           const uint8_t* row = stm_[l].row(slot);
           dropped_rows[l].insert(dropped_rows[l].end(), row, row + row_bytes);
-          dropped[l].stm_ages.push_back(ages[slot]);
-        } else {
-          ages[out++] = ages[slot];
+          dropped[l].stm_ages.push_back(stm_ages_[l][slot]);
         }
+        dropped[l].keys = inject.dropped_keys[l];
       }
-      for (int64_t i = 0; i < k_; ++i) ages[out + i] = k_ - 1 - i;  // first new token oldest
+      ReplaceSlots<int64_t>(stm_ages_[l], inject.dropped[l], new_ages);
       FloatsToDType(inject.delta[l].data(), k_ * d_, dtype_, new_rows.data());
       stm_[l].Replace(inject.dropped[l], new_rows.data());
-      if (ltm_ != nullptr) dropped[l].keys = inject.dropped_keys[l];
     }
   });
   if (ltm_ == nullptr) return absl::OkStatus();

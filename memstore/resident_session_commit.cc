@@ -44,7 +44,7 @@ absl::Status ResidentSession::Commit(const engine::InjectResult& result, int64_t
   prefix_cache_.OnInject(result.dropped);  // the short-term memory is about to change
   const engine::ModelConfig& c = base_.config();
   const int L = base_.num_layers();
-  const int64_t K = c.num_tokens, N = c.stm_tokens(), d = c.hidden_size;
+  const int64_t K = c.num_tokens, d = c.hidden_size;
   const size_t row_bytes = base_.row_bytes();
   const uint64_t number = record_.number;
   SessionRecord rec = record_;
@@ -146,24 +146,13 @@ absl::Status ResidentSession::Commit(const engine::InjectResult& result, int64_t
   }
 
   // New short-term lists: kept slots in order, then the new tokens (ages K-1 .. 0).
-  std::vector<ShortTermList> new_stm(L);
+  std::vector<ShortTermList> new_stm(stm_);
+  std::vector<int32_t> new_ages(static_cast<size_t>(K));
+  for (int64_t j = 0; j < K; ++j) new_ages[j] = static_cast<int32_t>(K - 1 - j);
   for (int l = 0; l < L; ++l) {
     ShortTermList& s = new_stm[l];
-    s.ids.reserve(N);
-    s.ages.reserve(N);
-    size_t next_drop = 0;
-    for (int64_t i = 0; i < N; ++i) {
-      if (next_drop < result.dropped[l].size() && result.dropped[l][next_drop] == i) {
-        ++next_drop;
-        continue;
-      }
-      s.ids.push_back(stm_[l].ids[i]);
-      s.ages.push_back(stm_[l].ages[i]);
-    }
-    for (int64_t j = 0; j < K; ++j) {
-      s.ids.push_back(new_ids[l][j]);
-      s.ages.push_back(static_cast<int32_t>(K - 1 - j));
-    }
+    ReplaceSlots<uint64_t>(s.ids, result.dropped[l], new_ids[l]);
+    ReplaceSlots<int32_t>(s.ages, result.dropped[l], new_ages);
     batch.Put(store_.cf[kStmCf], StmKey(number, l), EncodeShortTermList(s));
   }
 

@@ -40,19 +40,11 @@ engine::ShortTermRows ShortTermPool::View(engine::DType dtype, int64_t cols) con
 void ShortTermPool::Replace(absl::Span<const int32_t> dropped, const uint8_t* new_rows) {
   std::vector<int32_t> freed;  // the dropped slots' rows: the new tokens' rows
   freed.reserve(dropped.size());
-  size_t next_drop = 0, out = 0;
-  for (size_t slot = 0; slot < slot_rows_.size(); ++slot) {
-    if (next_drop < dropped.size() && dropped[next_drop] == static_cast<int32_t>(slot)) {
-      ++next_drop;
-      freed.push_back(slot_rows_[slot]);
-    } else {
-      slot_rows_[out++] = slot_rows_[slot];
-    }
-  }
-  for (size_t j = 0; j < freed.size(); ++j) {
-    slot_rows_[out + j] = freed[j];
+  for (size_t j = 0; j < dropped.size(); ++j) {
+    freed.push_back(slot_rows_[dropped[j]]);
     std::memcpy(rows_.data() + freed[j] * row_bytes_, new_rows + j * row_bytes_, row_bytes_);
   }
+  ReplaceSlots<int32_t>(slot_rows_, dropped, freed);
 }
 
 }  // namespace mplus::memstore

@@ -5,6 +5,7 @@
 #ifndef MPLUS_MEMSTORE_SHORT_TERM_POOL_H_
 #define MPLUS_MEMSTORE_SHORT_TERM_POOL_H_
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -16,6 +17,23 @@ namespace mplus::memstore {
 
 // OK when `dropped` holds `count` ascending, distinct slots of [0, slots).
 absl::Status CheckDroppedSlots(absl::Span<const int32_t> dropped, int64_t slots, int64_t count);
+
+// One inject on an array with one value per slot: the slots `dropped` (CheckDroppedSlots) leave,
+// the kept ones close up in order, and the dropped.size() values of `appended` become the last
+// slots. Short-term rows, token ids and ages all move this way.
+template <typename T>
+void ReplaceSlots(std::vector<T>& per_slot, absl::Span<const int32_t> dropped,
+                  absl::Span<const T> appended) {
+  size_t next_drop = 0, out = 0;
+  for (size_t slot = 0; slot < per_slot.size(); ++slot) {
+    if (next_drop < dropped.size() && dropped[next_drop] == static_cast<int32_t>(slot)) {
+      ++next_drop;
+    } else {
+      per_slot[out++] = per_slot[slot];
+    }
+  }
+  std::copy(appended.begin(), appended.end(), per_slot.begin() + out);
+}
 
 class ShortTermPool {
  public:
