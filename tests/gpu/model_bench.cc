@@ -227,10 +227,7 @@ absl::Status Run() {
     session_sizes.kernel_trace_steps = resident ? trace_steps : 0;
     MPLUS_ASSIGN_OR_RETURN(sessions[resident ? 0 : 1], RunSession(*model, mode, session_sizes));
   }
-  std::optional<int64_t> lean_peak;
-  if (cuda) {
-    MPLUS_ASSIGN_OR_RETURN(lean_peak, LeanOffloadPeakBytes(*model, sizes));
-  }
+  MPLUS_ASSIGN_OR_RETURN(std::optional<LeanResult> lean, RunLeanOffload(*model, sizes));
   MPLUS_ASSIGN_OR_RETURN(RetrievalResult retrieval,
                          RunRetrieval(backend, config, ltm_keys, threads));
   const engine::DType kv_dtype = model->kv_dtype();
@@ -238,21 +235,19 @@ absl::Status Run() {
   // The lean session again with an fp8 KV cache (--kv_cache_dtype=fp8), on the model loaded
   // afresh with it: one model's weights at a time, so the two peaks compare.
   // A failure here is reported and leaves the rest of the table standing.
-  std::optional<int64_t> lean_fp8_peak;
-  if (cuda) {
-    model.reset();
-    engine::ModelOptions fp8_options = options;
-    fp8_options.kv_cache_dtype = engine::DType::kF8E4M3;
-    absl::StatusOr<int64_t> peak = [&]() -> absl::StatusOr<int64_t> {
-      MPLUS_ASSIGN_OR_RETURN(std::unique_ptr<engine::Model> fp8_model,
-                             engine::Model::Load(dir, fp8_options));
-      return LeanOffloadPeakBytes(*fp8_model, sizes);
-    }();
-    if (peak.ok()) {
-      lean_fp8_peak = *peak;
-    } else {
-      Progress(absl::StrCat("fp8 KV cache session FAILED: ", peak.status().ToString()));
-    }
+  std::optional<LeanResult> lean_fp8;
+  model.reset();
+  engine::ModelOptions fp8_options = options;
+  fp8_options.kv_cache_dtype = engine::DType::kF8E4M3;
+  absl::StatusOr<LeanResult> fp8_result = [&]() -> absl::StatusOr<LeanResult> {
+    MPLUS_ASSIGN_OR_RETURN(std::unique_ptr<engine::Model> fp8_model,
+                           engine::Model::Load(dir, fp8_options));
+    return RunLeanOffload(*fp8_model, sizes);
+  }();
+  if (fp8_result.ok()) {
+    lean_fp8 = *fp8_result;
+  } else {
+    Progress(absl::StrCat("fp8 KV cache session FAILED: ", fp8_result.status().ToString()));
   }
 
   // Decode roofline: the weight bytes each step reads at the measured bandwidth. Each step also
@@ -264,9 +259,8 @@ absl::Status Run() {
   const double kv_bytes = 2.0 * config.num_hidden_layers * config.num_key_value_heads *
                           config.head_dim * engine::DTypeSize(kv_dtype) *
                           (prefix_length + sizes.short_prompt + sizes.decode_tokens / 2);
-  auto decode_cell = [&](const SessionResult& s) {
-    return absl::StrFormat("%.2f ms (%.0f%%)", s.decode_ms_per_token,
-                           100 * roofline_ms / s.decode_ms_per_token);
+  auto decode_cell = [&](double ms_per_token) {
+    return absl::StrFormat("%.2f ms (%.0f%%)", ms_per_token, 100 * roofline_ms / ms_per_token);
   };
   auto decode_ok = [&](const SessionResult& s) {
     return roofline_ms / s.decode_ms_per_token >= kDecodeRooflineTarget;
@@ -291,7 +285,7 @@ absl::Status Run() {
        absl::StrFormat("%.1f", 1e3 / off.decode_ms_per_token), "", ""},
       {absl::StrFormat("decode ms/token (%% of roofline %.2f ms = %s weights / %.0f GB/s)",
                        roofline_ms, Gb(weight_bytes), bandwidth / 1e9),
-       decode_cell(res), decode_cell(off),
+       decode_cell(res.decode_ms_per_token), decode_cell(off.decode_ms_per_token),
        absl::StrFormat(">= %.0f%% of roofline", 100 * kDecodeRooflineTarget),
        decode_ok(res) && decode_ok(off) ? "PASS"
        : decode_ok(res)                 ? "MISS (offload)"
@@ -339,19 +333,26 @@ absl::Status Run() {
           : "n/a";
   // The lean configuration, and the least a session with that KV cache type can hold: the
   // weights plus the prefix's K/V in every layer (needed by every decode step).
-  auto lean_row = [&](const char* flags, engine::DType dtype, std::optional<int64_t> peak) {
+  auto lean_rows = [&](const char* flags, engine::DType dtype,
+                       const std::optional<LeanResult>& lean) {
     const double floor_bytes = static_cast<double>(off.memory ? off.memory->weights_bytes : 0) +
                                2.0 * config.num_hidden_layers * prefix_length *
                                    config.num_key_value_heads * config.head_dim *
                                    engine::DTypeSize(dtype);
+    const bool measured = lean && lean->peak_bytes.has_value();
+    const double peak = measured ? static_cast<double>(*lean->peak_bytes) : 0;
     rows.push_back({absl::StrFormat("GPU memory: peak total, %s (floor: weights + prefix K/V = %s)",
                                     flags, Gb(floor_bytes)),
-                    "", peak ? Gb(static_cast<double>(*peak)) : std::string("n/a"),
+                    "", measured ? Gb(peak) : std::string("n/a"),
                     absl::StrFormat("offload <= %.1f GB", kOffloadMemoryTarget / 1e9),
-                    peak ? Verdict(static_cast<double>(*peak) <= kOffloadMemoryTarget) : "n/a"});
+                    measured ? Verdict(peak <= kOffloadMemoryTarget) : "n/a"});
+    // After the long prompt: a longer KV cache than the short prompt's rows above.
+    rows.push_back(
+        {absl::StrFormat("  decode ms/token there, after the %d-token prompt", sizes.long_prompt),
+         "", lean ? decode_cell(lean->decode_ms_per_token) : std::string("n/a"), "", ""});
   };
-  lean_row("--prefix_cache=false", kv_dtype, lean_peak);
-  lean_row("--prefix_cache=false --kv_cache_dtype=fp8", engine::DType::kF8E4M3, lean_fp8_peak);
+  lean_rows("--prefix_cache=false", kv_dtype, lean);
+  lean_rows("--prefix_cache=false --kv_cache_dtype=fp8", engine::DType::kF8E4M3, lean_fp8);
 
   absl::PrintF("\n### mplus_gpu_model_bench: %s-shaped M+ (bf16, random weights)\n\n",
                cuda ? "mplus-8b" : "tiny-mplus");

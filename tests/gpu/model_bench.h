@@ -66,9 +66,13 @@ struct SessionResult {
 absl::StatusOr<SessionResult> RunSession(const engine::Model& model, memstore::LongTermMode mode,
                                          const SessionSizes& sizes);
 
-// Peak backend bytes (CUDA) of one offload session without a prefix cache, the memory-lean
-// configuration (--prefix_cache=false): an inject, then a generation from the long prompt.
-absl::StatusOr<int64_t> LeanOffloadPeakBytes(const engine::Model& model, const SessionSizes& sizes);
+// One offload session without a prefix cache, the memory-lean configuration
+// (--prefix_cache=false): an inject, then a generation from the long prompt.
+struct LeanResult {
+  std::optional<int64_t> peak_bytes;  // the backend's peak (CUDA only)
+  double decode_ms_per_token = 0;     // after the long prompt, the first step (recording) untimed
+};
+absl::StatusOr<LeanResult> RunLeanOffload(const engine::Model& model, const SessionSizes& sizes);
 
 struct RetrievalTimes {
   double first_ms = 0;      // mean per layer of the first Select (resident: uploads the keys)

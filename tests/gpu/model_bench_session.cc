@@ -174,10 +174,10 @@ absl::StatusOr<SessionResult> RunSession(const engine::Model& model, memstore::L
   return r;
 }
 
-absl::StatusOr<int64_t> LeanOffloadPeakBytes(const engine::Model& model,
-                                             const SessionSizes& sizes) {
+absl::StatusOr<LeanResult> RunLeanOffload(const engine::Model& model, const SessionSizes& sizes) {
   const engine::ModelConfig& c = model.config();
-  MPLUS_RETURN_IF_ERROR(engine::cuda::ResetCudaMemoryPeak(model.backend()));
+  const bool cuda = model.backend().device() == engine::Device::kCuda;
+  if (cuda) MPLUS_RETURN_IF_ERROR(engine::cuda::ResetCudaMemoryPeak(model.backend()));
   MPLUS_ASSIGN_OR_RETURN(std::unique_ptr<memstore::InMemorySession> session,
                          memstore::InMemorySession::Create(model, memstore::LongTermMode::kOffload,
                                                            /*prefix_cache=*/false));
@@ -191,18 +191,28 @@ absl::StatusOr<int64_t> LeanOffloadPeakBytes(const engine::Model& model,
   engine::PrefillOutput out;
   MPLUS_ASSIGN_OR_RETURN(std::unique_ptr<engine::DecodeState> state,
                          model.Prefill(*session, RandomIds(sizes.long_prompt, c.vocab_size, rng),
-                                       sizes.decode_tokens, false, &out));
+                                       sizes.decode_tokens + 1, false, &out));
   int32_t token = Argmax(out.logits);
+  MPLUS_ASSIGN_OR_RETURN(std::vector<float> logits, model.Decode(*state, token));
+  token = Argmax(logits);
+  const Clock::time_point start = Clock::now();
   for (int i = 0; i < sizes.decode_tokens; ++i) {
-    MPLUS_ASSIGN_OR_RETURN(std::vector<float> logits, model.Decode(*state, token));
+    MPLUS_ASSIGN_OR_RETURN(logits, model.Decode(*state, token));
     token = Argmax(logits);
   }
-  MPLUS_ASSIGN_OR_RETURN(engine::cuda::CudaMemoryStats mem,
-                         engine::cuda::GetCudaMemoryStats(model.backend()));
-  Progress(absl::StrFormat("offload without prefix cache, %s KV cache: peak %.2f GB",
-                           engine::DTypeName(model.kv_dtype()),
-                           static_cast<double>(mem.peak_total_bytes) / 1e9));
-  return mem.peak_total_bytes;
+  LeanResult r;
+  r.decode_ms_per_token = SecondsSince(start) * 1e3 / sizes.decode_tokens;
+  if (cuda) {
+    MPLUS_ASSIGN_OR_RETURN(engine::cuda::CudaMemoryStats mem,
+                           engine::cuda::GetCudaMemoryStats(model.backend()));
+    r.peak_bytes = mem.peak_total_bytes;
+  }
+  Progress(absl::StrFormat(
+      "offload without prefix cache, %s KV cache: peak %s, decode %.2f ms/token (%s)",
+      engine::DTypeName(model.kv_dtype()),
+      r.peak_bytes ? absl::StrFormat("%.2f GB", static_cast<double>(*r.peak_bytes) / 1e9) : "n/a",
+      r.decode_ms_per_token, state->replaying() ? "replayed" : "not replayed"));
+  return r;
 }
 
 }  // namespace mplus::model_bench

@@ -50,12 +50,13 @@ budget() {
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-# run_goldens DEVICE [FIXTURE [PROBE_FLAG]]: every golden of every fixture in
+# run_goldens DEVICE [FIXTURE [PROBE_FLAG [LABEL]]]: every golden of every fixture in
 # golden-tolerances.txt (or only FIXTURE) on DEVICE: mplus-probe [PROBE_FLAG] writes the
 # intermediates, mplus-compare-golden checks them with the fixture's tolerance (as ctest does).
+# LABEL names a rerun under a different environment in the output.
 run_goldens() {
-  local device=$1 only=${2:-} flag=${3:-} passed=0 total=0 fixture tolerance scenario n out log
-  local rc hung=0 name="$1${3:+ $3}"
+  local device=$1 only=${2:-} flag=${3:-} label=${4:-} passed=0 total=0 fixture tolerance
+  local scenario n out log rc hung=0 name="$1${3:+ $3}${4:+ ($4)}"
   local -a args=(--device="$device")
   [[ $device == cuda ]] && args+=(--cuda_plugin="$plugin")
   [[ -n $flag ]] && args+=("$flag")
@@ -65,7 +66,7 @@ run_goldens() {
     for scenario in "$dir/fixtures/$fixture"/scenario-*.json; do
       n=${scenario##*/scenario-}
       n=${n%.json}
-      out="$work/$device${flag//[^a-z0-9]/}-$fixture-$n.safetensors"
+      out="$work/$device${flag//[^a-z0-9]/}${label//[^a-z0-9]/}-$fixture-$n.safetensors"
       log="${out%.safetensors}.log"
       total=$((total + 1))
       if ((SECONDS >= deadline)); then
@@ -103,7 +104,12 @@ run_goldens() {
   ((passed == total))
 }
 
-run_goldens cuda || failed=1
+if ! run_goldens cuda; then
+  failed=1
+  # Programmatic dependent launches are the newest ordering between kernels: the same goldens
+  # without them tell a launch-order bug from a kernel's in this one run.
+  MPLUS_CUDA_DEPENDENT_LAUNCH=0 run_goldens cuda "" "" "MPLUS_CUDA_DEPENDENT_LAUNCH=0"
+fi
 run_goldens cpu || failed=1
 # An fp8 KV cache holds the bf16 fixture's goldens at bf16's tolerance (as ctest checks on the CPU).
 run_goldens cuda tiny-mplus-bf16 --kv_cache_dtype=fp8 || failed=1
