@@ -74,6 +74,17 @@ struct LeanResult {
 };
 absl::StatusOr<LeanResult> RunLeanOffload(const engine::Model& model, const SessionSizes& sizes);
 
+// Injects through the server's durable path: a MemoryStore session (RocksDB under `dir`, WAL
+// fsync'd before each chunk is acknowledged, as --sync_writes), Model::Inject then
+// SessionHandle::Commit per chunk. The store is deleted afterwards.
+struct DurableInjectResult {
+  double tokens_per_s = 0;  // Model::Inject + Commit
+  double commit_ms_per_chunk = 0;
+};
+absl::StatusOr<DurableInjectResult> RunDurableInject(const engine::Model& model,
+                                                     const SessionSizes& sizes,
+                                                     const std::string& dir);
+
 struct RetrievalTimes {
   double first_ms = 0;      // mean per layer of the first Select (resident: uploads the keys)
   double steady_ms = 0;     // mean per layer of later Selects
