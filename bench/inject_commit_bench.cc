@@ -1,9 +1,14 @@
 // Commit of one inject chunk through MemoryStore (SessionHandle::Commit) at mplus-8b's
 // short-term shape (N = 12,800 tokens of 4096 bf16 per layer, K = 256 new and dropped per
-// layer), on kLayers layers (32 in the model): the RocksDB batch (new rows, long-term moves,
-// WAL without fsync) and bringing the in-RAM short-term rows in line.
+// layer, retrieval keys of 256), on kLayers layers (32 in the model): the RocksDB batch (new
+// rows, long-term moves, WAL without fsync) and bringing the in-RAM memory in line.
+// Arguments: long-term entries per layer in the checkpoint (0, or mplus-8b's steady state of
+// ~150k), and update_ltm_frequency (60 in mplus-8b: a merge every 60 injects; 1: every commit
+// merges, decays and evicts).
 #include <filesystem>
+#include <map>
 #include <random>
+#include <utility>
 
 #include "bench/bf16_view.h"
 #include "benchmark/benchmark.h"
@@ -12,14 +17,15 @@
 namespace mplus::memstore {
 namespace {
 
-constexpr int64_t kHidden = 4096, kK = 256, kKeyDim = 16, kLayers = 4;
+constexpr int64_t kHidden = 4096, kK = 256, kKeyDim = 256, kLayers = 4;
 
 struct Setup {
   engine::ModelConfig config;
   engine::ModelWeights weights;
-  std::vector<uint16_t> memory, empty;
+  // One buffer of each kind serves every layer.
+  std::vector<uint16_t> memory, ltm_rows, ltm_keys, ltm_ages, ltm_rf;
   std::string path;
-  Setup() {
+  Setup(int64_t ltm_entries, int64_t update_frequency) {
     config.kind = engine::ModelKind::kMPlus;
     config.dtype = engine::DType::kBF16;
     config.num_hidden_layers = kLayers;
@@ -28,19 +34,23 @@ struct Setup {
     config.num_blocks = 50;  // N = 12,800, as mplus-8b
     config.num_ltm_blocks = 10;
     config.selector_hidden_dim = kKeyDim;
-    config.update_ltm_frequency = 1;
+    config.update_ltm_frequency = update_frequency;
     config.decay_frequency = 1;
-    config.initial_rf_when_moving_stm_to_ltm = 1000;
-    const int64_t n = config.stm_tokens();
+    config.initial_rf_when_moving_stm_to_ltm = 10;
+    const int64_t n = config.stm_tokens(), m = ltm_entries;
     memory.assign(static_cast<size_t>(kLayers * n * kHidden), 0x3f80);
-    empty.resize(1);
+    // Checkpoint entries: bf16 1.0 everywhere, ages 0, recall frequency 10 (the moved tokens').
+    ltm_rows.assign(static_cast<size_t>(std::max<int64_t>(m, 1) * kHidden), 0x3f80);
+    ltm_keys.assign(static_cast<size_t>(std::max<int64_t>(m, 1) * kKeyDim), 0x3f80);
+    ltm_ages.assign(static_cast<size_t>(std::max<int64_t>(m, 1)), 0);
+    ltm_rf.assign(static_cast<size_t>(std::max<int64_t>(m, 1)), 0x4120);
     const auto view = bench::Bf16View;
     weights.memory = view("memory", memory.data(), {kLayers, n, kHidden}, memory.size() * 2);
     for (int64_t l = 0; l < kLayers; ++l) {
-      weights.ltm.push_back(view("ltm", empty.data(), {0, kHidden}, 0));
-      weights.ltm_keys.push_back(view("ltm_keys", empty.data(), {0, kKeyDim}, 0));
-      weights.ltm_ages.push_back(view("ltm_ages", empty.data(), {0}, 0));
-      weights.ltm_recall_frequencies.push_back(view("ltm_rf", empty.data(), {0}, 0));
+      weights.ltm.push_back(view("ltm", ltm_rows.data(), {m, kHidden}, m * kHidden * 2));
+      weights.ltm_keys.push_back(view("ltm_keys", ltm_keys.data(), {m, kKeyDim}, m * kKeyDim * 2));
+      weights.ltm_ages.push_back(view("ltm_ages", ltm_ages.data(), {m}, m * 2));
+      weights.ltm_recall_frequencies.push_back(view("ltm_rf", ltm_rf.data(), {m}, m * 2));
     }
     path = (std::filesystem::temp_directory_path() / "mplus-inject-commit-bench").string();
   }
@@ -65,12 +75,14 @@ engine::InjectResult RandomInject(const engine::ModelConfig& config, std::mt1993
 }
 
 void BM_CommitInject(benchmark::State& state) {
-  static Setup* s = new Setup();
-  std::filesystem::remove_all(s->path);
+  static auto* setups = new std::map<std::pair<int64_t, int64_t>, Setup>();
+  const auto args = std::make_pair(state.range(0), state.range(1));
+  const Setup& s = setups->try_emplace(args, args.first, args.second).first->second;
+  std::filesystem::remove_all(s.path);
   StoreOptions options;
-  options.path = s->path;
+  options.path = s.path;
   options.sync_writes = false;  // the fsync is the disk's, not ours
-  auto store = MemoryStore::Open(options, s->config, s->weights);
+  auto store = MemoryStore::Open(options, s.config, s.weights);
   if (!store.ok() || !(*store)->CreateSession("bench", {}, 0).ok()) {
     state.SkipWithError("cannot create the session");
     return;
@@ -78,14 +90,23 @@ void BM_CommitInject(benchmark::State& state) {
   std::mt19937 rng(1);
   for (auto _ : state) {
     state.PauseTiming();
-    const engine::InjectResult inject = RandomInject(s->config, rng);
+    const engine::InjectResult inject = RandomInject(s.config, rng);
     auto handle = (*store)->Acquire("bench");
     state.ResumeTiming();
     if (!handle.ok() || !handle->Commit(inject, 512).ok()) state.SkipWithError("commit failed");
   }
   state.counters["layers"] = kLayers;
+  store->reset();
+  std::filesystem::remove_all(s.path);
 }
-BENCHMARK(BM_CommitInject)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(8);
+BENCHMARK(BM_CommitInject)
+    ->ArgNames({"ltm", "update_freq"})
+    ->Args({0, 1})
+    ->Args({150000, 60})
+    ->Args({150000, 1})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->Iterations(8);
 
 }  // namespace
 }  // namespace mplus::memstore

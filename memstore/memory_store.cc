@@ -73,10 +73,13 @@ SessionHandle::SessionHandle(MemoryStore* store, std::shared_ptr<Slot> slot)
     : store_(store), slot_(std::move(slot)) {}
 
 SessionHandle::SessionHandle(SessionHandle&& other) noexcept
-    : store_(other.store_), slot_(std::move(other.slot_)) {}
+    : store_(other.store_), slot_(std::move(other.slot_)), pending_(std::move(other.pending_)) {
+  other.pending_.reset();
+}
 
 SessionHandle::~SessionHandle() {
   if (!slot_) return;
+  (void)FinishCommit();  // a failed write drops the state; the caller has gone
   const MemoryStore::Footprint footprint = MemoryStore::FootprintOf(*slot_);
   slot_->mu.Unlock();
   store_->Unpin(slot_, footprint);
@@ -101,21 +104,54 @@ absl::StatusOr<std::optional<RequestRecord>> SessionHandle::FindRequest(
 
 absl::Status SessionHandle::Commit(const engine::InjectResult& result, int64_t tokens_in_chunk,
                                    std::optional<std::string_view> request_id) {
+  absl::Status s = StartCommit(result, tokens_in_chunk, request_id);
+  return s.ok() ? FinishCommit() : s;
+}
+
+absl::Status SessionHandle::StartCommit(const engine::InjectResult& result, int64_t tokens_in_chunk,
+                                        std::optional<std::string_view> request_id) {
+  if (absl::Status s = FinishCommit(); !s.ok()) return s;
   if (!slot_->state) {
     return absl::UnavailableError("memstore: session state was dropped after a failed write");
   }
+  PendingWrite pending;
+  pending.start = std::chrono::steady_clock::now();
   const int64_t ltm_before = slot_->state->record().ltm_tokens;
-  int64_t evicted = 0;
-  const auto start = std::chrono::steady_clock::now();
-  absl::Status s = slot_->state->Commit(result, tokens_in_chunk, request_id, NowMicros(), &evicted);
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  if (!s.ok()) {
+  absl::StatusOr<std::unique_ptr<rocksdb::WriteBatch>> batch =
+      slot_->state->StageCommit(result, tokens_in_chunk, request_id, NowMicros(), &pending.evicted);
+  if (!batch.ok()) {
     // Validation errors leave the state untouched; anything later may have advanced it in RAM.
-    if (!absl::IsInvalidArgument(s)) slot_->state.reset();
+    if (!absl::IsInvalidArgument(batch.status())) slot_->state.reset();
+    return batch.status();
+  }
+  pending.ltm_delta = slot_->state->record().ltm_tokens - ltm_before;
+  // The write touches only the batch and the database, never the session, which the caller
+  // goes on using (the next chunk's Model::Inject reads it).
+  pending.written =
+      std::async(std::launch::async,
+                 [db = store_->db_.get(), options = store_->handles_.write_options,
+                  id = slot_->state->record().id, batch = *std::move(batch)]() -> absl::Status {
+                   const rocksdb::Status ws = db->Write(options, batch.get());
+                   if (ws.ok()) return absl::OkStatus();
+                   return absl::UnavailableError(absl::StrCat(
+                       "memstore: session ", id, ": inject not committed: ", ws.ToString()));
+                 });
+  pending_ = std::move(pending);
+  return absl::OkStatus();
+}
+
+absl::Status SessionHandle::FinishCommit() {
+  if (!pending_) return absl::OkStatus();
+  PendingWrite pending = *std::move(pending_);
+  pending_.reset();
+  absl::Status s = pending.written.get();
+  if (!s.ok()) {
+    slot_->state.reset();  // RAM is ahead of the database: reload on next use
     return s;
   }
-  store_->OnCommitted(slot_->state->record().ltm_tokens - ltm_before, evicted, seconds);
+  store_->OnCommitted(
+      pending.ltm_delta, pending.evicted,
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - pending.start).count());
   return absl::OkStatus();
 }
 
@@ -142,6 +178,7 @@ absl::Status MemoryStore::OpenDb(const StoreOptions& options) {
   db_options.create_if_missing = true;
   db_options.create_missing_column_families = true;
   db_options.paranoid_checks = true;
+  if (options.env != nullptr) db_options.env = options.env;
   // A torn final record is an unacknowledged write cut by a crash; corruption anywhere else in
   // the WAL must fail the open rather than silently drop acknowledged injects.
   db_options.wal_recovery_mode = rocksdb::WALRecoveryMode::kTolerateCorruptedTailRecords;

@@ -5,6 +5,7 @@
 //   auto handle = store->Acquire("doc-1");                          // restores if spilled
 //   engine.Inject(handle->memory(), ...) -> InjectResult r;
 //   handle->Commit(r, tokens_in_chunk, request_id);                  // OK = durable
+//   (or StartCommit per chunk, overlapping each write with the next Inject, then FinishCommit)
 //
 // Layout and record formats: store_schema.h. Sessions start from the checkpoint's memory
 // without copying it (copy-on-write, base_memory.h). The store is thread-safe; a SessionHandle
@@ -15,8 +16,10 @@
 #ifndef MPLUS_MEMSTORE_MEMORY_STORE_H_
 #define MPLUS_MEMSTORE_MEMORY_STORE_H_
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
+#include <future>
 #include <list>
 #include <map>
 #include <memory>
@@ -53,6 +56,9 @@ struct StoreOptions {
   size_t device_budget_bytes = 0;
   // Called with the duration of every committed inject's write (seconds), e.g. for a histogram.
   std::function<void(double)> on_commit_latency;
+  // The RocksDB environment (files, threads); null: RocksDB's default. Tests inject I/O faults
+  // through it.
+  rocksdb::Env* env = nullptr;
 };
 
 struct SessionInfo {
@@ -98,19 +104,35 @@ class SessionHandle {
   SessionInfo info() const;
   // The committed request with this idempotency key, if any.
   absl::StatusOr<std::optional<RequestRecord>> FindRequest(std::string_view request_id) const;
-  // Commits one inject (see ResidentSession::Commit); OK only once the batch is durable. After
-  // a failed write the session is reloaded from the database on next use.
+  // Commits one inject (see ResidentSession::StageCommit): StartCommit then FinishCommit; OK
+  // only once the batch is durable. After a failed write the session is reloaded from the
+  // database on next use.
   absl::Status Commit(const engine::InjectResult& result, int64_t tokens_in_chunk,
                       std::optional<std::string_view> request_id = std::nullopt);
+  // The same in two halves, so that the next chunk's Model::Inject overlaps this one's write:
+  // StartCommit waits for the previous StartCommit's write (returning its error), applies the
+  // inject in RAM (what the next Model::Inject reads) and starts writing its batch on another
+  // thread; FinishCommit waits for that write (OK = durable). Batches are written one at a time,
+  // in order. The destructor finishes a started commit.
+  absl::Status StartCommit(const engine::InjectResult& result, int64_t tokens_in_chunk,
+                           std::optional<std::string_view> request_id = std::nullopt);
+  absl::Status FinishCommit();
   // For tests and tools: the resident state.
   const ResidentSession& resident() const;
 
  private:
   friend class MemoryStore;
   struct Slot;
+  // The write StartCommit began, and what to report when it is durable.
+  struct PendingWrite {
+    std::future<absl::Status> written;
+    int64_t ltm_delta = 0, evicted = 0;
+    std::chrono::steady_clock::time_point start;
+  };
   SessionHandle(MemoryStore* store, std::shared_ptr<Slot> slot);
   MemoryStore* store_;
   std::shared_ptr<Slot> slot_;
+  std::optional<PendingWrite> pending_;
 };
 
 class SessionImport;

@@ -18,6 +18,7 @@
 #include "memstore/short_term_pool.h"
 #include "memstore/store_schema.h"
 #include "rocksdb/db.h"
+#include "rocksdb/write_batch.h"
 
 namespace mplus::memstore {
 
@@ -46,13 +47,15 @@ class ResidentSession : public engine::SessionMemory {
     return store_.prefix_cache ? &prefix_cache_ : nullptr;
   }
 
-  // Validates `result`, applies it, and writes one WriteBatch (new tokens, dropped tokens moving
-  // to long-term memory with their keys, evictions, the new short-term lists, counters, the
-  // request record when `request_id` is set). Returns after the batch is durable. On an error
-  // after validation the in-RAM state may be ahead of the database: drop this object.
-  absl::Status Commit(const engine::InjectResult& result, int64_t tokens_in_chunk,
-                      std::optional<std::string_view> request_id, int64_t now_micros,
-                      int64_t* evicted_ltm_tokens);
+  // Validates `result`, applies it to this object, and returns the one WriteBatch that makes it
+  // durable (new tokens, dropped tokens moving to long-term memory with their keys, evictions,
+  // the new short-term lists, counters, the request record when `request_id` is set). The batch
+  // must be written before the next one is staged. Until it is written the in-RAM state is ahead
+  // of the database: if the write fails, drop this object. InvalidArgument leaves the state
+  // untouched; after any other error drop this object too.
+  absl::StatusOr<std::unique_ptr<rocksdb::WriteBatch>> StageCommit(
+      const engine::InjectResult& result, int64_t tokens_in_chunk,
+      std::optional<std::string_view> request_id, int64_t now_micros, int64_t* evicted_ltm_tokens);
 
   const SessionRecord& record() const { return record_; }
   const ShortTermList& short_term_list(int layer) const { return stm_[layer]; }

@@ -1,5 +1,6 @@
-// ResidentSession::Commit: one inject → one durable WriteBatch.
+// ResidentSession::StageCommit: one inject → applied in RAM + one WriteBatch to make it durable.
 #include <cstring>
+#include <memory>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
@@ -36,9 +37,9 @@ absl::Status ResidentSession::CheckResult(const engine::InjectResult& r) const {
   return absl::OkStatus();
 }
 
-absl::Status ResidentSession::Commit(const engine::InjectResult& result, int64_t tokens_in_chunk,
-                                     std::optional<std::string_view> request_id, int64_t now_micros,
-                                     int64_t* evicted_ltm_tokens) {
+absl::StatusOr<std::unique_ptr<rocksdb::WriteBatch>> ResidentSession::StageCommit(
+    const engine::InjectResult& result, int64_t tokens_in_chunk,
+    std::optional<std::string_view> request_id, int64_t now_micros, int64_t* evicted_ltm_tokens) {
   absl::Status st = CheckResult(result);
   if (!st.ok()) return st;
   prefix_cache_.OnInject(result.dropped);  // the short-term memory is about to change
@@ -51,7 +52,8 @@ absl::Status ResidentSession::Commit(const engine::InjectResult& result, int64_t
   rec.inject_count += 1;
   rec.injected_tokens += tokens_in_chunk;
   rec.updated_micros = now_micros;
-  rocksdb::WriteBatch batch;
+  auto batch_owner = std::make_unique<rocksdb::WriteBatch>();
+  rocksdb::WriteBatch& batch = *batch_owner;
   auto* tokens_cf = store_.cf[kTokensCf];
   auto* ltm_cf = store_.cf[kLtmCf];
 
@@ -161,13 +163,8 @@ absl::Status ResidentSession::Commit(const engine::InjectResult& result, int64_t
     RequestRecord q{rec.inject_count, tokens_in_chunk, now_micros};
     batch.Put(store_.cf[kRequestsCf], RequestKey(number, *request_id), EncodeRequestRecord(q));
   }
-  const rocksdb::Status ws = store_.db->Write(store_.write_options, &batch);
-  if (!ws.ok()) {
-    return absl::UnavailableError(
-        absl::StrCat("memstore: session ", rec.id, ": inject not committed: ", ws.ToString()));
-  }
 
-  // Durable: the new tokens' rows take the dropped ones' places in the short-term pools.
+  // The new tokens' rows take the dropped ones' places in the short-term pools.
   ParallelFor(L, 1, [&](int64_t first, int64_t last) {
     for (int64_t l = first; l < last; ++l)
       stm_rows_[l].Replace(result.dropped[l], new_rows[l].data());
@@ -179,7 +176,7 @@ absl::Status ResidentSession::Commit(const engine::InjectResult& result, int64_t
   }
   record_ = std::move(rec);
   if (evicted_ltm_tokens) *evicted_ltm_tokens = evicted_total;
-  return absl::OkStatus();
+  return batch_owner;
 }
 
 }  // namespace mplus::memstore

@@ -407,6 +407,15 @@ absl::Status MemoryServiceImpl::InjectImpl(grpc::ServerContext* context,
 
   const int64_t num_chunks = (static_cast<int64_t>(ids.size()) + chunk_tokens - 1) / chunk_tokens;
   const engine::ModelConfig& config = model_->config();
+  // Each chunk's write overlaps the next chunk's Model::Inject (StartCommit); a chunk counts as
+  // injected once its write is durable, and the reply waits for the last one.
+  int64_t writing_tokens = 0;  // of the chunk whose write is in flight
+  auto finish_write = [&]() -> absl::Status {
+    if (absl::Status s = handle->FinishCommit(); !s.ok()) return s;
+    metrics_->tokens_injected.Increment(static_cast<double>(writing_tokens));
+    writing_tokens = 0;
+    return absl::OkStatus();
+  };
   for (int64_t c = 0; c < num_chunks; ++c) {
     // Every chunk commits with its own idempotency key, so a retry after a crash or a cancel
     // resumes after the last durable chunk instead of injecting twice.
@@ -418,6 +427,7 @@ absl::Status MemoryServiceImpl::InjectImpl(grpc::ServerContext* context,
       if (done->has_value()) continue;
     }
     if (context->IsCancelled()) {
+      if (absl::Status s = finish_write(); !s.ok()) return s;
       return absl::CancelledError(absl::StrCat("Inject cancelled after ", c, " of ", num_chunks,
                                                " chunks (those are durable; retry with the same "
                                                "request_id to finish)"));
@@ -430,10 +440,12 @@ absl::Status MemoryServiceImpl::InjectImpl(grpc::ServerContext* context,
                                                config.num_hidden_layers, config.stm_tokens(),
                                                config.num_tokens, config.drop_memory_per_layer);
     auto result = model_->Inject(handle->memory(), chunk, drops);
+    if (absl::Status s = finish_write(); !s.ok()) return s;  // the previous chunk's
     if (!result.ok()) return result.status();
-    if (absl::Status s = handle->Commit(*result, end - begin, chunk_key); !s.ok()) return s;
-    metrics_->tokens_injected.Increment(static_cast<double>(end - begin));
+    if (absl::Status s = handle->StartCommit(*result, end - begin, chunk_key); !s.ok()) return s;
+    writing_tokens = end - begin;
   }
+  if (absl::Status s = finish_write(); !s.ok()) return s;
   response->set_tokens_injected(static_cast<int64_t>(ids.size()));
   response->set_chunks(static_cast<int32_t>(num_chunks));
   *response->mutable_session() = ToProto(handle->info(), ResidentSessions());

@@ -42,12 +42,14 @@ class MemoryServiceTest : public ::testing::Test {
   }
 
   grpc::Status InjectText(const std::string& id, const std::string& text,
-                          v1::InjectResponse* response, const std::string& request_id = "") {
+                          v1::InjectResponse* response, const std::string& request_id = "",
+                          int64_t chunk_tokens = 0) {
     grpc::ClientContext ctx;
     v1::InjectRequest req;
     req.set_session_id(id);
     req.set_text(text);
     req.set_request_id(request_id);
+    req.set_chunk_tokens(chunk_tokens);
     return stub_->Inject(&ctx, req, response);
   }
 
@@ -97,9 +99,10 @@ TEST_F(MemoryServiceTest, WholeFlow) {
   grpc::Status s = InjectText("doc-1",
                               "The quick brown fox jumps over the lazy dog. "
                               "Pack my box with five dozen liquor jugs.",
-                              &injected);
+                              &injected, /*request_id=*/"", /*chunk_tokens=*/8);
   ASSERT_TRUE(s.ok()) << s.error_message();
   EXPECT_GT(injected.tokens_injected(), 8);
+  EXPECT_GT(injected.chunks(), 1);
   EXPECT_EQ(injected.session().inject_count(), injected.chunks());
 
   Generated g = GenerateIds("doc-1", kPrompt, 8);
@@ -141,6 +144,10 @@ TEST_F(MemoryServiceTest, WholeFlow) {
         << use;
   }
   EXPECT_TRUE(absl::StrContains(*body, "mplus_requests_total{code=\"OK\",rpc=\"Inject\"} 1"))
+      << *body;
+  // Every chunk counted once its write was durable (each overlaps the next chunk's inject).
+  EXPECT_TRUE(absl::StrContains(
+      *body, absl::StrCat("mplus_tokens_injected_total ", injected.tokens_injected(), "\n")))
       << *body;
 }
 

@@ -125,20 +125,30 @@ TEST(LongTermMemoryTest, PendingEntriesCompeteWithMergedOnesWhenEnoughAreMerged)
   EXPECT_THAT(ltm.Select(0, &query, 1), ElementsAre(1, 2));
 }
 
+// Shapes that reach every path of the vectorised scorer: partial 16-key groups and 64-key
+// blocks, query tiles of 6 and their remainders, key dims below, at and past whole 8-dim chunks.
 TEST(RetrievalScorerTest, MeanSigmoidMatchesDirectFormula) {
-  const int64_t nq = 3, n = 70, p = 5;
-  std::vector<float> q(nq * p), k(n * p), scores(n);
-  for (size_t i = 0; i < q.size(); ++i) q[i] = std::sin(0.7 * i);
-  for (size_t i = 0; i < k.size(); ++i) k[i] = std::cos(1.3 * i);
-  MeanSigmoidScores(q.data(), nq, k.data(), n, p, scores.data());
-  for (int64_t j = 0; j < n; ++j) {
-    double want = 0;
-    for (int64_t t = 0; t < nq; ++t) {
-      double dot = 0;
-      for (int64_t c = 0; c < p; ++c) dot += double{q[t * p + c]} * k[j * p + c];
-      want += 1 / (1 + std::exp(-dot));
+  struct Shape {
+    int64_t nq, n, p;
+  };
+  for (const Shape& shape : {Shape{3, 70, 5}, Shape{8, 150, 21}, Shape{13, 33, 256}}) {
+    SCOPED_TRACE(testing::Message() << "nq " << shape.nq << ", n " << shape.n << ", p " << shape.p);
+    const int64_t nq = shape.nq, n = shape.n, p = shape.p;
+    std::vector<float> q(nq * p), k(n * p), scores(n);
+    // Dot products of a few units: sigmoids away from saturation.
+    const double scale = 2.0 / std::sqrt(static_cast<double>(p));
+    for (size_t i = 0; i < q.size(); ++i) q[i] = static_cast<float>(scale * std::sin(0.7 * i));
+    for (size_t i = 0; i < k.size(); ++i) k[i] = std::cos(1.3 * i);
+    MeanSigmoidScores(q.data(), nq, k.data(), n, p, scores.data());
+    for (int64_t j = 0; j < n; ++j) {
+      double want = 0;
+      for (int64_t t = 0; t < nq; ++t) {
+        double dot = 0;
+        for (int64_t c = 0; c < p; ++c) dot += double{q[t * p + c]} * k[j * p + c];
+        want += 1 / (1 + std::exp(-dot));
+      }
+      ASSERT_NEAR(scores[j], want / nq, 1e-6) << "key " << j;
     }
-    EXPECT_NEAR(scores[j], want / nq, 1e-6);
   }
 }
 

@@ -1,5 +1,6 @@
 // MemoryStore: session lifecycle, copy-on-write isolation, restart, deletion, residency,
 // corruption handling.
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <thread>
@@ -8,6 +9,8 @@
 #include "gtest/gtest.h"
 #include "memstore/memory_store.h"
 #include "rocksdb/db.h"
+#include "rocksdb/env.h"
+#include "rocksdb/file_system.h"
 #include "tests/unit/key_keeping_backend.h"
 #include "tests/unit/memstore_test_util.h"
 
@@ -40,6 +43,45 @@ void Inject(MemoryStore& store, const std::string& id, uint64_t stream, int64_t 
   ASSERT_TRUE(h->Commit(r, 100 + n).ok());
   if (ref) ref->Apply(r);
 }
+
+// RocksDB files whose WAL appends fail while `fail` is set (nothing is written then).
+class WalFaults : public rocksdb::FileSystemWrapper {
+ public:
+  WalFaults() : FileSystemWrapper(rocksdb::FileSystem::Default()) {}
+  const char* Name() const override { return "WalFaults"; }
+  std::atomic<bool> fail{false};
+
+  rocksdb::IOStatus NewWritableFile(const std::string& name, const rocksdb::FileOptions& options,
+                                    std::unique_ptr<rocksdb::FSWritableFile>* file,
+                                    rocksdb::IODebugContext* dbg) override {
+    rocksdb::IOStatus s = target()->NewWritableFile(name, options, file, dbg);
+    if (s.ok() && name.size() > 4 && name.compare(name.size() - 4, 4, ".log") == 0) {
+      *file = std::make_unique<FailingFile>(std::move(*file), &fail);
+    }
+    return s;
+  }
+
+ private:
+  class FailingFile : public rocksdb::FSWritableFileOwnerWrapper {
+   public:
+    FailingFile(std::unique_ptr<rocksdb::FSWritableFile> file, const std::atomic<bool>* fail)
+        : FSWritableFileOwnerWrapper(std::move(file)), fail_(fail) {}
+    rocksdb::IOStatus Append(const rocksdb::Slice& data, const rocksdb::IOOptions& options,
+                             rocksdb::IODebugContext* dbg) override {
+      if (*fail_) return rocksdb::IOStatus::IOError("injected WAL failure");
+      return target()->Append(data, options, dbg);
+    }
+    rocksdb::IOStatus Append(const rocksdb::Slice& data, const rocksdb::IOOptions& options,
+                             const rocksdb::DataVerificationInfo& info,
+                             rocksdb::IODebugContext* dbg) override {
+      if (*fail_) return rocksdb::IOStatus::IOError("injected WAL failure");
+      return target()->Append(data, options, info, dbg);
+    }
+
+   private:
+    const std::atomic<bool>* fail_;
+  };
+};
 
 TEST(MemstoreStoreTest, SessionLifecycleAndListing) {
   auto m = MakeTinyModel();
@@ -133,6 +175,76 @@ TEST(MemstoreStoreTest, RestartRestoresBitwiseIdenticalState) {
       }
     }
   }
+}
+
+// StartCommit applies an inject in RAM at once (what the next Model::Inject reads) and writes it
+// in the background; the writes land in order, and one still in flight when the handle goes is
+// finished by it.
+TEST(MemstoreStoreTest, OverlappedCommitsApplyAtOnceAndLandInOrder) {
+  auto m = MakeTinyModel(engine::DType::kBF16, /*mplus=*/true);
+  const std::string path = TempDir("overlapped");
+  const std::unique_ptr<BaseMemory> base = BaseMemory::Create(m->config, m->weights).value();
+  ReferenceSession ref(*base);
+  {
+    auto store = OpenStore(*m, path);
+    ASSERT_TRUE(store->CreateSession("p", {}, 3).ok());
+    absl::StatusOr<SessionHandle> h = store->Acquire("p");
+    ASSERT_TRUE(h.ok()) << h.status();
+    for (int n = 0; n < 9; ++n) {  // several merges and evictions
+      const engine::InjectResult r = MakeInject(m->config, 3, n);
+      ASSERT_TRUE(h->StartCommit(r, 100 + n, "req-" + std::to_string(n)).ok());
+      ref.Apply(r);
+      EXPECT_EQ(CompareWithReference(const_cast<ResidentSession&>(h->resident()), ref), "")
+          << "inject " << n;
+    }
+  }  // the last write is finished by the handle
+  auto store = OpenStore(*m, path);
+  absl::StatusOr<SessionHandle> h = store->Acquire("p");
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_EQ(CompareWithReference(const_cast<ResidentSession&>(h->resident()), ref), "");
+  absl::StatusOr<std::optional<RequestRecord>> last = h->FindRequest("req-8");
+  ASSERT_TRUE(last.ok() && last->has_value());
+  EXPECT_EQ((*last)->inject_count, 9);
+}
+
+// A write that fails leaves the session as its last durable inject: the RAM state, which had
+// moved ahead, is dropped and reloaded from the database.
+TEST(MemstoreStoreTest, FailedWriteDropsTheStateAheadOfTheDatabase) {
+  auto m = MakeTinyModel(engine::DType::kBF16, /*mplus=*/true);
+  const std::string path = TempDir("failed-write");
+  const std::unique_ptr<BaseMemory> base = BaseMemory::Create(m->config, m->weights).value();
+  ReferenceSession ref(*base);
+  auto faults = std::make_shared<WalFaults>();
+  const std::unique_ptr<rocksdb::Env> env = rocksdb::NewCompositeEnv(faults);
+  {
+    StoreOptions o;
+    o.path = path;
+    o.env = env.get();
+    absl::StatusOr<std::unique_ptr<MemoryStore>> store =
+        MemoryStore::Open(o, m->config, m->weights);
+    ASSERT_TRUE(store.ok()) << store.status();
+    ASSERT_TRUE((*store)->CreateSession("f", {}, 5).ok());
+    absl::StatusOr<SessionHandle> h = (*store)->Acquire("f");
+    ASSERT_TRUE(h.ok()) << h.status();
+    for (int n = 0; n < 2; ++n) {
+      const engine::InjectResult r = MakeInject(m->config, 5, n);
+      ASSERT_TRUE(h->Commit(r, 10).ok());
+      ref.Apply(r);
+    }
+    faults->fail = true;
+    ASSERT_TRUE(h->StartCommit(MakeInject(m->config, 5, 2), 10).ok());  // applied in RAM
+    EXPECT_EQ(h->info().inject_count, 3);
+    const absl::Status failed = h->FinishCommit();
+    EXPECT_TRUE(absl::IsUnavailable(failed)) << failed;
+    EXPECT_THAT(failed.message(), HasSubstr("inject not committed"));
+    const absl::Status after = h->StartCommit(MakeInject(m->config, 5, 3), 10);
+    EXPECT_THAT(after.message(), HasSubstr("dropped after a failed write"));
+  }
+  faults->fail = false;
+  auto store = OpenStore(*m, path);
+  absl::StatusOr<SessionHandle> h = store->Acquire("f");
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_EQ(CompareWithReference(const_cast<ResidentSession&>(h->resident()), ref), "");
 }
 
 TEST(MemstoreStoreTest, MergeEveryInjectAndLongRuns) {
