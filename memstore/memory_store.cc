@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <system_error>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
@@ -127,15 +128,22 @@ absl::Status SessionHandle::StartCommit(const engine::InjectResult& result, int6
   pending.ltm_delta = slot_->state->record().ltm_tokens - ltm_before;
   // The write touches only the batch and the database, never the session, which the caller
   // goes on using (the next chunk's Model::Inject reads it).
-  pending.written =
-      std::async(std::launch::async,
-                 [db = store_->db_.get(), options = store_->handles_.write_options,
-                  id = slot_->state->record().id, batch = *std::move(batch)]() -> absl::Status {
-                   const rocksdb::Status ws = db->Write(options, batch.get());
-                   if (ws.ok()) return absl::OkStatus();
-                   return absl::UnavailableError(absl::StrCat(
-                       "memstore: session ", id, ": inject not committed: ", ws.ToString()));
-                 });
+  std::function<absl::Status()> write =
+      [db = store_->db_.get(), options = store_->handles_.write_options,
+       id = slot_->state->record().id,
+       shared = std::shared_ptr<rocksdb::WriteBatch>(*std::move(batch))]() -> absl::Status {
+    const rocksdb::Status ws = db->Write(options, shared.get());
+    if (ws.ok()) return absl::OkStatus();
+    return absl::UnavailableError(
+        absl::StrCat("memstore: session ", id, ": inject not committed: ", ws.ToString()));
+  };
+  try {
+    pending.written = std::async(std::launch::async, write);
+  } catch (const std::system_error&) {  // no thread to be had: write here
+    std::promise<absl::Status> done;
+    done.set_value(write());
+    pending.written = done.get_future();
+  }
   pending_ = std::move(pending);
   return absl::OkStatus();
 }
