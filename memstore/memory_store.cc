@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <system_error>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
@@ -24,6 +25,10 @@ struct SessionHandle::Slot {
 };
 
 namespace {
+
+double SecondsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
 
 // FNV-1a over everything that decides the meaning of stored rows.
 uint64_t ModelDigest(const engine::ModelConfig& c) {
@@ -115,7 +120,7 @@ absl::Status SessionHandle::StartCommit(const engine::InjectResult& result, int6
     return absl::UnavailableError("memstore: session state was dropped after a failed write");
   }
   PendingWrite pending;
-  pending.start = std::chrono::steady_clock::now();
+  const auto start = std::chrono::steady_clock::now();
   const int64_t ltm_before = slot_->state->record().ltm_tokens;
   absl::StatusOr<std::unique_ptr<rocksdb::WriteBatch>> batch =
       slot_->state->StageCommit(result, tokens_in_chunk, request_id, NowMicros(), &pending.evicted);
@@ -125,17 +130,29 @@ absl::Status SessionHandle::StartCommit(const engine::InjectResult& result, int6
     return batch.status();
   }
   pending.ltm_delta = slot_->state->record().ltm_tokens - ltm_before;
+  pending.stage_seconds = SecondsSince(start);
   // The write touches only the batch and the database, never the session, which the caller
   // goes on using (the next chunk's Model::Inject reads it).
-  pending.written =
-      std::async(std::launch::async,
-                 [db = store_->db_.get(), options = store_->handles_.write_options,
-                  id = slot_->state->record().id, batch = *std::move(batch)]() -> absl::Status {
-                   const rocksdb::Status ws = db->Write(options, batch.get());
-                   if (ws.ok()) return absl::OkStatus();
-                   return absl::UnavailableError(absl::StrCat(
-                       "memstore: session ", id, ": inject not committed: ", ws.ToString()));
-                 });
+  std::function<WriteOutcome()> write =
+      [db = store_->db_.get(), options = store_->handles_.write_options,
+       id = slot_->state->record().id,
+       shared = std::shared_ptr<rocksdb::WriteBatch>(*std::move(batch))]() -> WriteOutcome {
+    const auto begin = std::chrono::steady_clock::now();
+    const rocksdb::Status ws = db->Write(options, shared.get());
+    WriteOutcome out{absl::OkStatus(), SecondsSince(begin)};
+    if (!ws.ok()) {
+      out.status = absl::UnavailableError(
+          absl::StrCat("memstore: session ", id, ": inject not committed: ", ws.ToString()));
+    }
+    return out;
+  };
+  try {
+    pending.written = std::async(std::launch::async, write);
+  } catch (const std::system_error&) {  // no thread to be had: write here
+    std::promise<WriteOutcome> done;
+    done.set_value(write());
+    pending.written = done.get_future();
+  }
   pending_ = std::move(pending);
   return absl::OkStatus();
 }
@@ -144,14 +161,12 @@ absl::Status SessionHandle::FinishCommit() {
   if (!pending_) return absl::OkStatus();
   PendingWrite pending = *std::move(pending_);
   pending_.reset();
-  absl::Status s = pending.written.get();
-  if (!s.ok()) {
+  const WriteOutcome written = pending.written.get();
+  if (!written.status.ok()) {
     slot_->state.reset();  // RAM is ahead of the database: reload on next use
-    return s;
+    return written.status;
   }
-  store_->OnCommitted(
-      pending.ltm_delta, pending.evicted,
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - pending.start).count());
+  store_->OnCommitted(pending.ltm_delta, pending.evicted, pending.stage_seconds + written.seconds);
   return absl::OkStatus();
 }
 

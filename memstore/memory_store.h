@@ -123,11 +123,16 @@ class SessionHandle {
  private:
   friend class MemoryStore;
   struct Slot;
-  // The write StartCommit began, and what to report when it is durable.
+  // The write StartCommit began, and what to report when it is durable: the commit's own time
+  // (staging + writing), not the caller's work in between.
+  struct WriteOutcome {
+    absl::Status status;
+    double seconds = 0;
+  };
   struct PendingWrite {
-    std::future<absl::Status> written;
+    std::future<WriteOutcome> written;
     int64_t ltm_delta = 0, evicted = 0;
-    std::chrono::steady_clock::time_point start;
+    double stage_seconds = 0;
   };
   SessionHandle(MemoryStore* store, std::shared_ptr<Slot> slot);
   MemoryStore* store_;
