@@ -132,26 +132,39 @@ absl::Status SessionHandle::StartCommit(const engine::InjectResult& result, int6
   pending.ltm_delta = slot_->state->record().ltm_tokens - ltm_before;
   pending.stage_seconds = SecondsSince(start);
   // The write touches only the batch and the database, never the session, which the caller
-  // goes on using (the next chunk's Model::Inject reads it).
-  std::function<WriteOutcome()> write =
-      [db = store_->db_.get(), options = store_->handles_.write_options,
-       id = slot_->state->record().id,
-       shared = std::shared_ptr<rocksdb::WriteBatch>(*std::move(batch))]() -> WriteOutcome {
-    const auto begin = std::chrono::steady_clock::now();
-    const rocksdb::Status ws = db->Write(options, shared.get());
-    WriteOutcome out{absl::OkStatus(), SecondsSince(begin)};
-    if (!ws.ok()) {
-      out.status = absl::UnavailableError(
-          absl::StrCat("memstore: session ", id, ": inject not committed: ", ws.ToString()));
-    }
-    return out;
-  };
+  // goes on using (the next chunk's Model::Inject reads it). Nothing may throw past here with
+  // the inject staged but unwritten: its RAM state would outlive the request.
   try {
-    pending.written = std::async(std::launch::async, write);
-  } catch (const std::system_error&) {  // no thread to be had: write here
-    std::promise<WriteOutcome> done;
-    done.set_value(write());
-    pending.written = done.get_future();
+    std::function<WriteOutcome()> write =
+        [db = store_->db_.get(), options = store_->handles_.write_options,
+         id = slot_->state->record().id,
+         shared = std::shared_ptr<rocksdb::WriteBatch>(*std::move(batch))]() -> WriteOutcome {
+      WriteOutcome out;
+      try {
+        const auto begin = std::chrono::steady_clock::now();
+        const rocksdb::Status ws = db->Write(options, shared.get());
+        out.seconds = SecondsSince(begin);
+        if (!ws.ok()) {
+          out.status = absl::UnavailableError(
+              absl::StrCat("memstore: session ", id, ": inject not committed: ", ws.ToString()));
+        }
+      } catch (const std::exception& e) {
+        out.status = absl::InternalError(
+            absl::StrCat("memstore: session ", id, ": inject not committed: ", e.what()));
+      }
+      return out;
+    };
+    try {
+      pending.written = std::async(std::launch::async, write);
+    } catch (const std::system_error&) {  // no thread to be had: write here
+      std::promise<WriteOutcome> done;
+      done.set_value(write());
+      pending.written = done.get_future();
+    }
+  } catch (const std::exception& e) {
+    slot_->state.reset();  // applied in RAM, never written: reload on next use
+    return absl::ResourceExhaustedError(
+        absl::StrCat("memstore: inject not committed: cannot start its write: ", e.what()));
   }
   pending_ = std::move(pending);
   return absl::OkStatus();

@@ -423,7 +423,10 @@ absl::Status MemoryServiceImpl::InjectImpl(grpc::ServerContext* context,
     if (!request.request_id().empty()) {
       chunk_key = absl::StrCat(request.request_id(), "#", c);
       auto done = handle->FindRequest(*chunk_key);
-      if (!done.ok()) return done.status();
+      if (!done.ok()) {
+        if (absl::Status s = finish_write(); !s.ok()) return s;
+        return done.status();
+      }
       if (done->has_value()) continue;
     }
     if (context->IsCancelled()) {

@@ -1,6 +1,7 @@
 // MemoryStore: session lifecycle, copy-on-write isolation, restart, deletion, residency,
 // corruption handling.
 #include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <thread>
@@ -44,44 +45,69 @@ void Inject(MemoryStore& store, const std::string& id, uint64_t stream, int64_t 
   if (ref) ref->Apply(r);
 }
 
-// RocksDB files whose WAL appends fail while `fail` is set (nothing is written then).
+// RocksDB files whose WAL appends fail while `fail` is set (nothing is written then), and wait
+// while `hold` is set (at most 5 s, so that a test expecting otherwise fails instead of hanging).
 class WalFaults : public rocksdb::FileSystemWrapper {
  public:
   WalFaults() : FileSystemWrapper(rocksdb::FileSystem::Default()) {}
   const char* Name() const override { return "WalFaults"; }
-  std::atomic<bool> fail{false};
+  std::atomic<bool> fail{false}, hold{false};
+  std::atomic<int> appends{0};  // WAL appends done
 
   rocksdb::IOStatus NewWritableFile(const std::string& name, const rocksdb::FileOptions& options,
                                     std::unique_ptr<rocksdb::FSWritableFile>* file,
                                     rocksdb::IODebugContext* dbg) override {
     rocksdb::IOStatus s = target()->NewWritableFile(name, options, file, dbg);
     if (s.ok() && name.size() > 4 && name.compare(name.size() - 4, 4, ".log") == 0) {
-      *file = std::make_unique<FailingFile>(std::move(*file), &fail);
+      *file = std::make_unique<WalFile>(std::move(*file), this);
     }
     return s;
   }
 
  private:
-  class FailingFile : public rocksdb::FSWritableFileOwnerWrapper {
+  class WalFile : public rocksdb::FSWritableFileOwnerWrapper {
    public:
-    FailingFile(std::unique_ptr<rocksdb::FSWritableFile> file, const std::atomic<bool>* fail)
-        : FSWritableFileOwnerWrapper(std::move(file)), fail_(fail) {}
+    WalFile(std::unique_ptr<rocksdb::FSWritableFile> file, WalFaults* faults)
+        : FSWritableFileOwnerWrapper(std::move(file)), faults_(faults) {}
     rocksdb::IOStatus Append(const rocksdb::Slice& data, const rocksdb::IOOptions& options,
                              rocksdb::IODebugContext* dbg) override {
-      if (*fail_) return rocksdb::IOStatus::IOError("injected WAL failure");
-      return target()->Append(data, options, dbg);
+      return Done(Before() ? target()->Append(data, options, dbg) : Failure());
     }
     rocksdb::IOStatus Append(const rocksdb::Slice& data, const rocksdb::IOOptions& options,
                              const rocksdb::DataVerificationInfo& info,
                              rocksdb::IODebugContext* dbg) override {
-      if (*fail_) return rocksdb::IOStatus::IOError("injected WAL failure");
-      return target()->Append(data, options, info, dbg);
+      return Done(Before() ? target()->Append(data, options, info, dbg) : Failure());
     }
 
    private:
-    const std::atomic<bool>* fail_;
+    // Waits out `hold`; false when the append must fail.
+    bool Before() const {
+      const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+      while (faults_->hold && std::chrono::steady_clock::now() < until) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+      return !faults_->fail;
+    }
+    static rocksdb::IOStatus Failure() {
+      return rocksdb::IOStatus::IOError("injected WAL failure");
+    }
+    rocksdb::IOStatus Done(rocksdb::IOStatus s) {
+      if (s.ok()) ++faults_->appends;
+      return s;
+    }
+    WalFaults* faults_;
   };
 };
+
+std::unique_ptr<MemoryStore> OpenStoreWithEnv(const testing::TinyModel& m, const std::string& path,
+                                              rocksdb::Env* env) {
+  StoreOptions o;
+  o.path = path;
+  o.env = env;
+  absl::StatusOr<std::unique_ptr<MemoryStore>> s = MemoryStore::Open(o, m.config, m.weights);
+  EXPECT_TRUE(s.ok()) << s.status();
+  return s.ok() ? *std::move(s) : nullptr;
+}
 
 TEST(MemstoreStoreTest, SessionLifecycleAndListing) {
   auto m = MakeTinyModel();
@@ -207,6 +233,26 @@ TEST(MemstoreStoreTest, OverlappedCommitsApplyAtOnceAndLandInOrder) {
   EXPECT_EQ((*last)->inject_count, 9);
 }
 
+// StartCommit returns with the inject applied in RAM while its write is still under way.
+TEST(MemstoreStoreTest, StartCommitReturnsWhileItsWriteIsInFlight) {
+  auto m = MakeTinyModel(engine::DType::kBF16, /*mplus=*/true);
+  auto faults = std::make_shared<WalFaults>();
+  const std::unique_ptr<rocksdb::Env> env = rocksdb::NewCompositeEnv(faults);
+  auto store = OpenStoreWithEnv(*m, TempDir("in-flight"), env.get());
+  ASSERT_NE(store, nullptr);
+  ASSERT_TRUE(store->CreateSession("w", {}, 6).ok());
+  absl::StatusOr<SessionHandle> h = store->Acquire("w");
+  ASSERT_TRUE(h.ok()) << h.status();
+  faults->hold = true;
+  const int appends = faults->appends;
+  ASSERT_TRUE(h->StartCommit(MakeInject(m->config, 6, 0), 10).ok());
+  EXPECT_EQ(h->info().inject_count, 1);
+  EXPECT_EQ(faults->appends, appends) << "StartCommit waited for its write";
+  faults->hold = false;
+  ASSERT_TRUE(h->FinishCommit().ok());
+  EXPECT_GT(faults->appends, appends);
+}
+
 // A write that fails leaves the session as its last durable inject: the RAM state, which had
 // moved ahead, is dropped and reloaded from the database.
 TEST(MemstoreStoreTest, FailedWriteDropsTheStateAheadOfTheDatabase) {
@@ -217,14 +263,10 @@ TEST(MemstoreStoreTest, FailedWriteDropsTheStateAheadOfTheDatabase) {
   auto faults = std::make_shared<WalFaults>();
   const std::unique_ptr<rocksdb::Env> env = rocksdb::NewCompositeEnv(faults);
   {
-    StoreOptions o;
-    o.path = path;
-    o.env = env.get();
-    absl::StatusOr<std::unique_ptr<MemoryStore>> store =
-        MemoryStore::Open(o, m->config, m->weights);
-    ASSERT_TRUE(store.ok()) << store.status();
-    ASSERT_TRUE((*store)->CreateSession("f", {}, 5).ok());
-    absl::StatusOr<SessionHandle> h = (*store)->Acquire("f");
+    auto store = OpenStoreWithEnv(*m, path, env.get());
+    ASSERT_NE(store, nullptr);
+    ASSERT_TRUE(store->CreateSession("f", {}, 5).ok());
+    absl::StatusOr<SessionHandle> h = store->Acquire("f");
     ASSERT_TRUE(h.ok()) << h.status();
     for (int n = 0; n < 2; ++n) {
       const engine::InjectResult r = MakeInject(m->config, 5, n);
