@@ -27,10 +27,12 @@ using testing::ReferenceSession;
 using testing::TempDir;
 
 std::unique_ptr<MemoryStore> OpenStore(const testing::TinyModel& m, const std::string& path,
-                                       size_t budget = size_t{1} << 30) {
+                                       size_t budget = size_t{1} << 30,
+                                       rocksdb::Env* env = nullptr) {
   StoreOptions o;
   o.path = path;
   o.resident_budget_bytes = budget;
+  o.env = env;
   absl::StatusOr<std::unique_ptr<MemoryStore>> s = MemoryStore::Open(o, m.config, m.weights);
   EXPECT_TRUE(s.ok()) << s.status();
   return s.ok() ? *std::move(s) : nullptr;
@@ -98,16 +100,6 @@ class WalFaults : public rocksdb::FileSystemWrapper {
     WalFaults* faults_;
   };
 };
-
-std::unique_ptr<MemoryStore> OpenStoreWithEnv(const testing::TinyModel& m, const std::string& path,
-                                              rocksdb::Env* env) {
-  StoreOptions o;
-  o.path = path;
-  o.env = env;
-  absl::StatusOr<std::unique_ptr<MemoryStore>> s = MemoryStore::Open(o, m.config, m.weights);
-  EXPECT_TRUE(s.ok()) << s.status();
-  return s.ok() ? *std::move(s) : nullptr;
-}
 
 TEST(MemstoreStoreTest, SessionLifecycleAndListing) {
   auto m = MakeTinyModel();
@@ -238,7 +230,7 @@ TEST(MemstoreStoreTest, StartCommitReturnsWhileItsWriteIsInFlight) {
   auto m = MakeTinyModel(engine::DType::kBF16, /*mplus=*/true);
   auto faults = std::make_shared<WalFaults>();
   const std::unique_ptr<rocksdb::Env> env = rocksdb::NewCompositeEnv(faults);
-  auto store = OpenStoreWithEnv(*m, TempDir("in-flight"), env.get());
+  auto store = OpenStore(*m, TempDir("in-flight"), size_t{1} << 30, env.get());
   ASSERT_NE(store, nullptr);
   ASSERT_TRUE(store->CreateSession("w", {}, 6).ok());
   absl::StatusOr<SessionHandle> h = store->Acquire("w");
@@ -263,7 +255,7 @@ TEST(MemstoreStoreTest, FailedWriteDropsTheStateAheadOfTheDatabase) {
   auto faults = std::make_shared<WalFaults>();
   const std::unique_ptr<rocksdb::Env> env = rocksdb::NewCompositeEnv(faults);
   {
-    auto store = OpenStoreWithEnv(*m, path, env.get());
+    auto store = OpenStore(*m, path, size_t{1} << 30, env.get());
     ASSERT_NE(store, nullptr);
     ASSERT_TRUE(store->CreateSession("f", {}, 5).ok());
     absl::StatusOr<SessionHandle> h = store->Acquire("f");
