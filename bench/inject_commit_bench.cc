@@ -109,7 +109,7 @@ void BM_CommitInject(benchmark::State& state) {
     if (!committed.ok()) state.SkipWithError("commit failed");
   }
   state.counters["layers"] = kLayers;
-  handle = absl::CancelledError("released");
+  handle = absl::CancelledError("released");  // the session goes back before the store closes
   store->reset();
   std::filesystem::remove_all(s.path);
 }

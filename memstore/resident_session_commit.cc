@@ -147,12 +147,12 @@ absl::StatusOr<std::unique_ptr<rocksdb::WriteBatch>> ResidentSession::StageCommi
     }
   }
 
+  // Nothing fails from here on: the in-RAM state is updated in place.
   // New short-term lists: kept slots in order, then the new tokens (ages K-1 .. 0).
-  std::vector<ShortTermList> new_stm(stm_);
   std::vector<int32_t> new_ages(static_cast<size_t>(K));
   for (int64_t j = 0; j < K; ++j) new_ages[j] = static_cast<int32_t>(K - 1 - j);
   for (int l = 0; l < L; ++l) {
-    ShortTermList& s = new_stm[l];
+    ShortTermList& s = stm_[l];
     ReplaceSlots<uint64_t>(s.ids, result.dropped[l], new_ids[l]);
     ReplaceSlots<int32_t>(s.ages, result.dropped[l], new_ages);
     batch.Put(store_.cf[kStmCf], StmKey(number, l), EncodeShortTermList(s));
@@ -169,7 +169,6 @@ absl::StatusOr<std::unique_ptr<rocksdb::WriteBatch>> ResidentSession::StageCommi
     for (int64_t l = first; l < last; ++l)
       stm_rows_[l].Replace(result.dropped[l], new_rows[l].data());
   });
-  stm_ = std::move(new_stm);
   if (ltm_) {
     ltm_slots_ = std::move(new_slots);
     ltm_meta_ = std::move(new_meta);
