@@ -231,9 +231,10 @@ class Backend {
                                                                           DType dtype) {
     return std::unique_ptr<RetrievalKeys>();
   }
-  // Makes `keys` equal to the host rows [0, rows) of `host_keys` ([rows, key_dim] float32),
-  // given that its rows [0, unchanged_rows) already are: only the rest is copied.
-  virtual absl::Status SyncRetrievalKeys(RetrievalKeys& keys, const float* host_keys, int64_t rows,
+  // Makes `keys` equal to the host rows [0, rows) of `host_keys` ([rows, key_dim] of the dtype
+  // `keys` was made with), given that its rows [0, unchanged_rows) already are: only the rest is
+  // copied.
+  virtual absl::Status SyncRetrievalKeys(RetrievalKeys& keys, const void* host_keys, int64_t rows,
                                          int64_t unchanged_rows) {
     return absl::UnimplementedError(name() + " keeps no retrieval keys");
   }

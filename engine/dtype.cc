@@ -1,6 +1,7 @@
 #include "engine/dtype.h"
 
 #include <cmath>
+#include <cstring>
 
 namespace mplus::engine {
 
@@ -102,6 +103,38 @@ float F8E4M3ToFloat(uint8_t bits) {
 uint8_t FloatToF8E4M3(float f) {
   // Below 448 nothing rounds past 448 (the next code up, 480, is NaN in e4m3fn).
   return static_cast<uint8_t>(ToMiniFloat(f, 3, 7, 448.0f, 0x7eu, 0x7fu, 7));
+}
+
+void FloatsToDType(const float* src, int64_t n, DType dtype, void* dst) {
+  switch (dtype) {
+    case DType::kF32:
+      std::memcpy(dst, src, n * sizeof(float));
+      return;
+    case DType::kBF16:
+      for (int64_t i = 0; i < n; ++i) static_cast<uint16_t*>(dst)[i] = FloatToBF16(src[i]);
+      return;
+    case DType::kF16:
+      for (int64_t i = 0; i < n; ++i) static_cast<uint16_t*>(dst)[i] = FloatToF16(src[i]);
+      return;
+    default:
+      return;  // callers pass float storage dtypes only
+  }
+}
+
+void DTypeToFloats(const void* src, DType dtype, int64_t n, float* dst) {
+  switch (dtype) {
+    case DType::kF32:
+      std::memcpy(dst, src, n * sizeof(float));
+      return;
+    case DType::kBF16:
+      for (int64_t i = 0; i < n; ++i) dst[i] = BF16ToFloat(static_cast<const uint16_t*>(src)[i]);
+      return;
+    case DType::kF16:
+      for (int64_t i = 0; i < n; ++i) dst[i] = F16ToFloat(static_cast<const uint16_t*>(src)[i]);
+      return;
+    default:
+      return;
+  }
 }
 
 }  // namespace mplus::engine

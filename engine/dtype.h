@@ -36,6 +36,11 @@ inline uint16_t FloatToBF16(float f) {
 float F16ToFloat(uint16_t bits);
 uint16_t FloatToF16(float f);
 
+// Element conversions between float32 and a float storage dtype (F32, BF16 or F16; bf16 rounds
+// to nearest even like torch).
+void FloatsToDType(const float* src, int64_t n, DType dtype, void* dst);
+void DTypeToFloats(const void* src, DType dtype, int64_t n, float* dst);
+
 float F8E4M3ToFloat(uint8_t bits);
 // Round-to-nearest-even, saturating: finite values and infinities beyond 448 become +-448 (as
 // CUDA's __nv_cvt_float_to_fp8 with __NV_SATFINITE, and vLLM's fp8 KV cache); NaN stays NaN.

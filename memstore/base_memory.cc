@@ -29,46 +29,12 @@ absl::Status CheckTensor(const engine::TensorView& t, const std::vector<int64_t>
 
 float ElementAsFloat(const engine::TensorView& t, int64_t i) {
   float f;
-  DTypeToFloats(static_cast<const uint8_t*>(t.data) + i * engine::DTypeSize(t.dtype), t.dtype, 1,
-                &f);
+  engine::DTypeToFloats(static_cast<const uint8_t*>(t.data) + i * engine::DTypeSize(t.dtype),
+                        t.dtype, 1, &f);
   return f;
 }
 
 }  // namespace
-
-void FloatsToDType(const float* src, int64_t n, DType dtype, void* dst) {
-  switch (dtype) {
-    case DType::kF32:
-      std::memcpy(dst, src, n * sizeof(float));
-      return;
-    case DType::kBF16:
-      for (int64_t i = 0; i < n; ++i) static_cast<uint16_t*>(dst)[i] = engine::FloatToBF16(src[i]);
-      return;
-    case DType::kF16:
-      for (int64_t i = 0; i < n; ++i) static_cast<uint16_t*>(dst)[i] = engine::FloatToF16(src[i]);
-      return;
-    default:
-      return;  // BaseMemory::Create rejects non-float storage dtypes
-  }
-}
-
-void DTypeToFloats(const void* src, DType dtype, int64_t n, float* dst) {
-  switch (dtype) {
-    case DType::kF32:
-      std::memcpy(dst, src, n * sizeof(float));
-      return;
-    case DType::kBF16:
-      for (int64_t i = 0; i < n; ++i)
-        dst[i] = engine::BF16ToFloat(static_cast<const uint16_t*>(src)[i]);
-      return;
-    case DType::kF16:
-      for (int64_t i = 0; i < n; ++i)
-        dst[i] = engine::F16ToFloat(static_cast<const uint16_t*>(src)[i]);
-      return;
-    default:
-      return;
-  }
-}
 
 BaseMemory::BaseMemory(const engine::ModelConfig& config, const engine::ModelWeights& weights)
     : config_(config),
@@ -135,16 +101,16 @@ void BaseMemory::CopyRow(uint64_t id, void* out) const {
     return;
   }
   std::vector<float> tmp(d);
-  DTypeToFloats(src, t.dtype, d, tmp.data());
-  FloatsToDType(tmp.data(), d, dtype_, out);
+  engine::DTypeToFloats(src, t.dtype, d, tmp.data());
+  engine::FloatsToDType(tmp.data(), d, dtype_, out);
 }
 
 void BaseMemory::RowToFloats(uint64_t id, float* out) const {
   int64_t row;
   const engine::TensorView& t = RowSource(id, &row);
   const int64_t d = config_.hidden_size;
-  DTypeToFloats(static_cast<const uint8_t*>(t.data) + row * d * engine::DTypeSize(t.dtype), t.dtype,
-                d, out);
+  engine::DTypeToFloats(static_cast<const uint8_t*>(t.data) + row * d * engine::DTypeSize(t.dtype),
+                        t.dtype, d, out);
 }
 
 LongTermParams BaseMemory::long_term_params() const { return LongTermParamsFor(config_); }
@@ -164,8 +130,9 @@ std::unique_ptr<LongTermMemory> BaseMemory::NewLongTermMemory() const {
   for (int l = 0; l < num_layers(); ++l) {
     const engine::TensorView& keys = weights_.ltm_keys[l];
     for (int64_t i = 0; i < long_term_size(l); ++i) {
-      DTypeToFloats(static_cast<const uint8_t*>(keys.data) + i * p * engine::DTypeSize(keys.dtype),
-                    keys.dtype, p, key.data());
+      engine::DTypeToFloats(
+          static_cast<const uint8_t*>(keys.data) + i * p * engine::DTypeSize(keys.dtype),
+          keys.dtype, p, key.data());
       ltm->layer(l).AddMerged(BaseLongTermId(l, i), key, InitialAge(l, i),
                               InitialRecallFrequency(l, i));
     }

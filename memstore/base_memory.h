@@ -29,11 +29,6 @@ inline uint64_t BaseLongTermId(int layer, int64_t index) {
 }
 inline bool IsBaseToken(uint64_t id) { return (id & kBaseTokenBit) != 0; }
 
-// Element conversions between float32 and a float storage dtype (F32, BF16 or F16; bf16 rounds
-// to nearest even like torch).
-void FloatsToDType(const float* src, int64_t n, engine::DType dtype, void* dst);
-void DTypeToFloats(const void* src, engine::DType dtype, int64_t n, float* dst);
-
 class BaseMemory {
  public:
   // Validates the base tensors against `config` (shapes, float dtypes). Views must outlive this.

@@ -33,7 +33,7 @@ absl::StatusOr<std::unique_ptr<InMemorySession>> InMemorySession::Create(const e
 
   const LongTermParams params = LongTermParamsFor(c);
   s->ltm_ = std::make_unique<LongTermMemory>(params, s->num_layers_);
-  s->retriever_ = std::make_unique<LongTermRetriever>(mode, s->dtype_);
+  s->retriever_ = std::make_unique<LongTermRetriever>(mode);
   std::vector<float> key(static_cast<size_t>(params.key_dim));
   std::vector<float> row(static_cast<size_t>(s->d_));
   for (int l = 0; l < s->num_layers_; ++l) {
@@ -46,7 +46,7 @@ absl::StatusOr<std::unique_ptr<InMemorySession>> InMemorySession::Create(const e
       const uint64_t id = s->next_token_id_++;
       std::vector<uint8_t>& stored = s->vectors_[id];
       stored.resize(row_bytes);
-      FloatsToDType(row.data(), s->d_, s->dtype_, stored.data());
+      engine::FloatsToDType(row.data(), s->d_, s->dtype_, stored.data());
       // The official code reads ages with .int(): truncation.
       s->ltm_->layer(l).AddMerged(id, key, static_cast<int64_t>(w.ltm_ages[l].GetFloat(i)),
                                   w.ltm_recall_frequencies[l].GetFloat(i));
@@ -111,7 +111,7 @@ absl::Status InMemorySession::ApplyInject(const engine::InjectResult& inject) {
         dropped[l].keys = inject.dropped_keys[l];
       }
       ReplaceSlots<int64_t>(stm_ages_[l], inject.dropped[l], new_ages);
-      FloatsToDType(inject.delta[l].data(), k_ * d_, dtype_, new_rows.data());
+      engine::FloatsToDType(inject.delta[l].data(), k_ * d_, dtype_, new_rows.data());
       stm_[l].Replace(inject.dropped[l], new_rows.data());
     }
   });

@@ -16,7 +16,16 @@ LongTermParams LongTermParamsFor(const engine::ModelConfig& config) {
   p.update_ltm_frequency = config.update_ltm_frequency;
   p.decay_frequency = config.decay_frequency;
   p.initial_recall_frequency = config.initial_rf_when_moving_stm_to_ltm;
+  p.key_dtype = config.dtype == engine::DType::kBF16 ? engine::DType::kBF16 : engine::DType::kF32;
   return p;
+}
+
+void LongTermLayer::KeyAsFloats(int64_t i, float* out) const {
+  engine::DTypeToFloats(keys_.data() + i * key_bytes_, key_dtype_, key_dim_, out);
+}
+
+void LongTermLayer::StoreKey(int64_t row, absl::Span<const float> key) {
+  engine::FloatsToDType(key.data(), key_dim_, key_dtype_, keys_.data() + row * key_bytes_);
 }
 
 void LongTermLayer::AddMerged(uint64_t token_id, absl::Span<const float> key, int64_t age,
@@ -24,19 +33,21 @@ void LongTermLayer::AddMerged(uint64_t token_id, absl::Span<const float> key, in
   // Merged entries precede pending ones in storage order.
   keys_unchanged_rows_ = std::min(keys_unchanged_rows_, merged_count_);
   entries_.insert(entries_.begin() + merged_count_, LongTermEntry{token_id, age, recall_frequency});
-  keys_.insert(keys_.begin() + merged_count_ * key_dim_, key.begin(), key.end());
+  keys_.insert(keys_.begin() + merged_count_ * key_bytes_, key_bytes_, 0);
+  StoreKey(merged_count_, key);
   ++merged_count_;
 }
 
 void LongTermLayer::AddPending(uint64_t token_id, absl::Span<const float> key, int64_t age,
                                double recall_frequency) {
   entries_.push_back(LongTermEntry{token_id, age, recall_frequency});
-  keys_.insert(keys_.end(), key.begin(), key.end());
+  keys_.resize(keys_.size() + key_bytes_);
+  StoreKey(size() - 1, key);
 }
 
 LongTermMemory::LongTermMemory(const LongTermParams& params, int num_layers) : params_(params) {
   layers_.reserve(static_cast<size_t>(num_layers));
-  for (int l = 0; l < num_layers; ++l) layers_.emplace_back(params.key_dim);
+  for (int l = 0; l < num_layers; ++l) layers_.emplace_back(params.key_dim, params.key_dtype);
 }
 
 std::vector<std::vector<uint64_t>> LongTermMemory::ApplyInject(
@@ -69,14 +80,15 @@ std::vector<std::vector<uint64_t>> LongTermMemory::ApplyInject(
       if (e.recall_frequency - params_.decay_frequency > 0.01) ++kept;
     }
     if (kept <= params_.retrieved_tokens) continue;
-    const int64_t p = layer.key_dim_;
+    const size_t key_bytes = layer.key_bytes_;
     int64_t out = 0;
     for (int64_t i = 0; i < layer.size(); ++i) {
       LongTermEntry e = layer.entries_[i];
       e.recall_frequency -= params_.decay_frequency;
       if (e.recall_frequency > 0.01) {
         layer.entries_[out] = e;
-        std::copy_n(layer.keys_.begin() + i * p, p, layer.keys_.begin() + out * p);
+        std::copy_n(layer.keys_.begin() + i * key_bytes, key_bytes,
+                    layer.keys_.begin() + out * key_bytes);
         ++out;
       } else {
         if (evicted[l].empty()) {
@@ -86,7 +98,7 @@ std::vector<std::vector<uint64_t>> LongTermMemory::ApplyInject(
       }
     }
     layer.entries_.resize(static_cast<size_t>(out));
-    layer.keys_.resize(static_cast<size_t>(out * p));
+    layer.keys_.resize(static_cast<size_t>(out) * key_bytes);
     layer.merged_count_ = out;
   }
   return evicted;
@@ -98,8 +110,8 @@ std::vector<int64_t> LongTermMemory::Select(int l, const float* queries,
   // Host scoring cannot fail.
   return *Select(l, [&](int64_t k) -> absl::StatusOr<std::vector<int64_t>> {
     std::vector<float> scores(static_cast<size_t>(layer.size()));
-    MeanSigmoidScores(queries, num_queries, layer.keys().data(), layer.size(), layer.key_dim(),
-                      scores.data());
+    MeanSigmoidScores(queries, num_queries, layer.keys(), layer.key_dtype(), layer.size(),
+                      layer.key_dim(), scores.data());
     return TopK(scores.data(), layer.size(), k);
   });
 }

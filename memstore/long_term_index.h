@@ -12,6 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "engine/dtype.h"
 #include "engine/model_config.h"
 
 namespace mplus::memstore {
@@ -23,6 +24,10 @@ struct LongTermParams {
   int64_t update_ltm_frequency = 1;  // merge every this many injects
   double decay_frequency = 1.0;
   double initial_recall_frequency = 1.0;  // initial_rf_when_moving_stm_to_ltm
+  // How keys are kept (kF32 or kBF16): bfloat16 for bfloat16 checkpoints, whose official model
+  // computes and scores its keys in bfloat16 (half the memory and scoring bandwidth of float32),
+  // float32 otherwise.
+  engine::DType key_dtype = engine::DType::kF32;
 };
 
 // The M+ checkpoint's long-term parameters (K, K_ltm, p, merge cadence, decay, initial rf).
@@ -39,27 +44,36 @@ struct LongTermEntry {
 // Tokens one inject dropped from one layer's short-term memory.
 struct DroppedTokens {
   std::vector<uint64_t> token_ids;  // in dropped-slot order (ascending slots)
-  std::vector<float> keys;          // [n * key_dim]
+  std::vector<float> keys;          // [n * key_dim] float32 (stored as the layer's key dtype)
   std::vector<int64_t> stm_ages;    // their short-term ages
 };
 
 // One layer: keys contiguous in storage order for fast scoring.
 class LongTermLayer {
  public:
-  explicit LongTermLayer(int64_t key_dim) : key_dim_(key_dim) {}
+  LongTermLayer(int64_t key_dim, engine::DType key_dtype)
+      : key_dim_(key_dim),
+        key_dtype_(key_dtype),
+        key_bytes_(static_cast<size_t>(key_dim) * engine::DTypeSize(key_dtype)) {}
 
   int64_t key_dim() const { return key_dim_; }
+  engine::DType key_dtype() const { return key_dtype_; }
   int64_t merged_count() const { return merged_count_; }
   int64_t size() const { return static_cast<int64_t>(entries_.size()); }
   const std::vector<LongTermEntry>& entries() const { return entries_; }  // merged, then pending
-  const std::vector<float>& keys() const { return keys_; }                // [size * key_dim]
+  // [size, key_dim] of key_dtype(), row-major.
+  const void* keys() const { return keys_.data(); }
+  size_t keys_bytes() const { return keys_.size(); }
+  // Key i widened to float32 (exactly), key_dim floats.
+  void KeyAsFloats(int64_t i, float* out) const;
   // Leading rows of keys() unchanged since the last MarkKeysSynced() (appending changes none),
   // so that a copy of the keys elsewhere (a GPU) is refreshed by copying only the rest.
   // One such copy per layer: the watermark is the layer's.
   int64_t keys_unchanged_rows() const { return std::min(keys_unchanged_rows_, size()); }
   void MarkKeysSynced() { keys_unchanged_rows_ = size(); }
 
-  // Appends a merged entry (checkpoint LTM, or restoring persisted state).
+  // Appends a merged entry (checkpoint LTM, or restoring persisted state); the key (key_dim
+  // floats) is stored as key_dtype().
   void AddMerged(uint64_t token_id, absl::Span<const float> key, int64_t age,
                  double recall_frequency);
   // Appends a pending entry (restoring persisted state).
@@ -68,11 +82,16 @@ class LongTermLayer {
 
  private:
   friend class LongTermMemory;
+  // Stores `key` as row `row` of keys_ (which has room for it).
+  void StoreKey(int64_t row, absl::Span<const float> key);
+
   int64_t key_dim_;
+  engine::DType key_dtype_;
+  size_t key_bytes_;  // one key as stored
   int64_t merged_count_ = 0;
   int64_t keys_unchanged_rows_ = 0;
   std::vector<LongTermEntry> entries_;
-  std::vector<float> keys_;
+  std::vector<uint8_t> keys_;
 };
 
 // All layers of one session plus the inject cadence counter.

@@ -36,7 +36,8 @@ absl::StatusOr<engine::RetrievalKeys*> LongTermRetriever::Mirror(engine::Backend
   if (!backend_keeps_keys_) return nullptr;
   std::unique_ptr<engine::RetrievalKeys>& mirror = mirrors_[layer];
   if (mirror == nullptr) {
-    MPLUS_ASSIGN_OR_RETURN(mirror, backend.NewRetrievalKeys(ltm.params().key_dim, key_dtype_));
+    MPLUS_ASSIGN_OR_RETURN(mirror,
+                           backend.NewRetrievalKeys(ltm.params().key_dim, ltm.params().key_dtype));
     if (mirror == nullptr) backend_keeps_keys_ = false;
   }
   return mirror.get();
@@ -76,7 +77,7 @@ absl::StatusOr<std::vector<int64_t>> LongTermRetriever::Choose(LongTermMemory& l
         // A fresh mirror holds nothing yet.
         const int64_t unchanged = mirror->size() == 0 ? 0 : keys.keys_unchanged_rows();
         MPLUS_RETURN_IF_ERROR(
-            backend.SyncRetrievalKeys(*mirror, keys.keys().data(), keys.size(), unchanged));
+            backend.SyncRetrievalKeys(*mirror, keys.keys(), keys.size(), unchanged));
         keys.MarkKeysSynced();
         return backend.TopRetrievalKeys(*mirror, queries.device(), k);
       });

@@ -28,12 +28,8 @@ const char* LongTermModeName(LongTermMode mode);
 
 class LongTermRetriever {
  public:
-  // `storage_dtype`: the checkpoint's; bfloat16 checkpoints keep bfloat16 keys on the device
-  // (scored like the official bf16 model), others float32.
-  LongTermRetriever(LongTermMode mode, engine::DType storage_dtype)
-      : mode_(mode),
-        key_dtype_(storage_dtype == engine::DType::kBF16 ? engine::DType::kBF16
-                                                         : engine::DType::kF32) {}
+  // Mirrors hold the keys as the long-term memory does (LongTermParams::key_dtype).
+  explicit LongTermRetriever(LongTermMode mode) : mode_(mode) {}
 
   // The K_ltm indices into ltm.layer(layer).entries() in prefix order (LongTermMemory::Select);
   // FailedPrecondition while the layer has no merged entry. Resident mode syncs the layer's
@@ -54,7 +50,6 @@ class LongTermRetriever {
                                                 int layer);
 
   const LongTermMode mode_;
-  const engine::DType key_dtype_;
   engine::Backend* backend_ = nullptr;  // the mirrors' (the last queries' backend)
   bool backend_keeps_keys_ = true;
   std::vector<std::unique_ptr<engine::RetrievalKeys>> mirrors_;  // per layer, made on first use

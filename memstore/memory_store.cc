@@ -42,6 +42,18 @@ uint64_t ModelDigest(const engine::ModelConfig& c) {
   return h;
 }
 
+// Runs `fn` on a thread of its own, or here when no thread can be had.
+template <typename Fn>
+auto RunOnOwnThread(Fn fn) -> std::future<decltype(fn())> {
+  try {
+    return std::async(std::launch::async, fn);
+  } catch (const std::system_error&) {
+    std::promise<decltype(fn())> done;
+    done.set_value(fn());
+    return done.get_future();
+  }
+}
+
 SessionInfo InfoOf(const SessionRecord& r) {
   SessionInfo i;
   i.id = r.id;
@@ -135,32 +147,25 @@ absl::Status SessionHandle::StartCommit(const engine::InjectResult& result, int6
   // goes on using (the next chunk's Model::Inject reads it). Nothing may throw past here with
   // the inject staged but unwritten: its RAM state would outlive the request.
   try {
-    std::function<WriteOutcome()> write =
+    pending.written = RunOnOwnThread(
         [db = store_->db_.get(), options = store_->handles_.write_options,
          id = slot_->state->record().id,
          shared = std::shared_ptr<rocksdb::WriteBatch>(*std::move(batch))]() -> WriteOutcome {
-      WriteOutcome out;
-      try {
-        const auto begin = std::chrono::steady_clock::now();
-        const rocksdb::Status ws = db->Write(options, shared.get());
-        out.seconds = SecondsSince(begin);
-        if (!ws.ok()) {
-          out.status = absl::UnavailableError(
-              absl::StrCat("memstore: session ", id, ": inject not committed: ", ws.ToString()));
-        }
-      } catch (const std::exception& e) {
-        out.status = absl::InternalError(
-            absl::StrCat("memstore: session ", id, ": inject not committed: ", e.what()));
-      }
-      return out;
-    };
-    try {
-      pending.written = std::async(std::launch::async, write);
-    } catch (const std::system_error&) {  // no thread to be had: write here
-      std::promise<WriteOutcome> done;
-      done.set_value(write());
-      pending.written = done.get_future();
-    }
+          WriteOutcome out;
+          try {
+            const auto begin = std::chrono::steady_clock::now();
+            const rocksdb::Status ws = db->Write(options, shared.get());
+            out.seconds = SecondsSince(begin);
+            if (!ws.ok()) {
+              out.status = absl::UnavailableError(absl::StrCat(
+                  "memstore: session ", id, ": inject not committed: ", ws.ToString()));
+            }
+          } catch (const std::exception& e) {
+            out.status = absl::InternalError(
+                absl::StrCat("memstore: session ", id, ": inject not committed: ", e.what()));
+          }
+          return out;
+        });
   } catch (const std::exception& e) {
     slot_->state.reset();  // applied in RAM, never written: reload on next use
     return absl::ResourceExhaustedError(

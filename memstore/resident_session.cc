@@ -115,7 +115,7 @@ absl::Status ResidentSession::LoadLongTerm() {
   const int64_t age_shift = K * record_.inject_count;
   std::unique_ptr<LongTermMemory> base_ltm = base_.NewLongTermMemory();
   ltm_ = std::make_unique<LongTermMemory>(base_.long_term_params(), L);
-  retriever_ = std::make_unique<LongTermRetriever>(store_.ltm_mode, base_.storage_dtype());
+  retriever_ = std::make_unique<LongTermRetriever>(store_.ltm_mode);
   ltm_->set_update_step(record_.update_step);
   ltm_slots_.assign(L, {});
   ltm_meta_.assign(L, {});
@@ -175,11 +175,13 @@ absl::Status ResidentSession::LoadLongTerm() {
       ltm_slots_[l].push_back({seq, id});
       return absl::OkStatus();
     };
+    std::vector<float> base_key(static_cast<size_t>(p));
     for (int64_t i = 0; i < n0; ++i) {
       if (evicted_base.contains(i)) continue;
       const LongTermEntry& e = base_layer.entries()[i];
-      absl::Status st = add(i, e.token_id, absl::MakeConstSpan(base_layer.keys()).subspan(i * p, p),
-                            e.age + age_shift, e.recall_frequency, e.recall_frequency);
+      base_layer.KeyAsFloats(i, base_key.data());
+      absl::Status st =
+          add(i, e.token_id, base_key, e.age + age_shift, e.recall_frequency, e.recall_frequency);
       if (!st.ok()) return st;
     }
     for (const auto& [seq, e] : entries) {
@@ -234,7 +236,7 @@ size_t ResidentSession::ResidentBytes() const {
   }
   if (ltm_) {
     for (int l = 0; l < ltm_->num_layers(); ++l) {
-      bytes += ltm_->layer(l).keys().size() * sizeof(float) +
+      bytes += ltm_->layer(l).keys_bytes() +
                ltm_->layer(l).entries().size() * (sizeof(LongTermEntry) + sizeof(LongTermSlot));
     }
   }

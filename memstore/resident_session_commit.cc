@@ -62,7 +62,7 @@ absl::StatusOr<std::unique_ptr<rocksdb::WriteBatch>> ResidentSession::StageCommi
   std::vector<std::vector<uint64_t>> new_ids(L);
   for (int l = 0; l < L; ++l) {
     new_rows[l].resize(K * row_bytes);
-    FloatsToDType(result.delta[l].data(), K * d, base_.storage_dtype(), new_rows[l].data());
+    engine::FloatsToDType(result.delta[l].data(), K * d, base_.storage_dtype(), new_rows[l].data());
     for (int64_t j = 0; j < K; ++j) {
       const uint64_t id = rec.next_token_id++;
       new_ids[l].push_back(id);

@@ -16,22 +16,26 @@ namespace {
 
 using engine::Dot;
 
-using ScoreRangeFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, int64_t,
-                              float*);
+// A key element as float32 (bfloat16 widens exactly).
+inline float KeyElement(float k) { return k; }
+inline float KeyElement(uint16_t bf16) { return engine::BF16ToFloat(bf16); }
 
 // Portable path: one dot product per (query, key) pair, sigmoid summed in double.
-void ScoreRangeGeneric(const float* queries, int64_t nq, const float* keys, int64_t j_begin,
+template <typename Key>
+void ScoreRangeGeneric(const float* queries, int64_t nq, const Key* keys, int64_t j_begin,
                        int64_t j_end, int64_t p, float* scores_out) {
-  // Blocks of keys stay in cache while every query passes over them.
+  // Blocks of keys, widened, stay in cache while every query passes over them.
   constexpr int64_t kBlock = 64;
   double sums[kBlock];
+  std::vector<float> block(static_cast<size_t>(kBlock * p));
   for (int64_t j0 = j_begin; j0 < j_end; j0 += kBlock) {
     const int64_t j1 = std::min(j_end, j0 + kBlock);
+    for (int64_t e = 0; e < (j1 - j0) * p; ++e) block[e] = KeyElement(keys[j0 * p + e]);
     std::fill(sums, sums + (j1 - j0), 0.0);
     for (int64_t t = 0; t < nq; ++t) {
       const float* q = queries + t * p;
       for (int64_t j = j0; j < j1; ++j) {
-        const double logit = Dot(q, keys + j * p, p);
+        const double logit = Dot(q, block.data() + (j - j0) * p, p);
         sums[j - j0] += 1.0 / (1.0 + std::exp(-logit));
       }
     }
@@ -100,7 +104,8 @@ MPLUS_AVX2 inline void SigmoidSumTile(const float* queries, int64_t p, const flo
 
 // AVX2 path: keys packed transposed in blocks of 64, register-blocked logits (6 queries × 16
 // keys), vectorised sigmoid, sums in double.
-MPLUS_AVX2 void ScoreRangeAvx2(const float* queries, int64_t nq, const float* keys, int64_t j_begin,
+template <typename Key>
+MPLUS_AVX2 void ScoreRangeAvx2(const float* queries, int64_t nq, const Key* keys, int64_t j_begin,
                                int64_t j_end, int64_t p, float* scores_out) {
   constexpr int64_t kBlock = 64;  // keys per block: 64 KiB packed at p = 256, stays in L2
   std::vector<float> packed(static_cast<size_t>(kBlock * p));
@@ -113,8 +118,8 @@ MPLUS_AVX2 void ScoreRangeAvx2(const float* queries, int64_t nq, const float* ke
       float* dst = packed.data() + g * 16 * p;
       for (int c = 0; c < 16; ++c) {
         const int64_t j = g * 16 + c;
-        const float* src = keys + (j0 + j) * p;
-        for (int64_t i = 0; i < p; ++i) dst[i * 16 + c] = j < count ? src[i] : 0.0f;
+        const Key* src = keys + (j0 + j) * p;
+        for (int64_t i = 0; i < p; ++i) dst[i * 16 + c] = j < count ? KeyElement(src[i]) : 0.0f;
       }
     }
     std::fill(sums, sums + kBlock, 0.0);
@@ -149,11 +154,27 @@ MPLUS_AVX2 void ScoreRangeAvx2(const float* queries, int64_t nq, const float* ke
   }
 }
 
-ScoreRangeFn BestScoreRange() {
-  static const ScoreRangeFn fn = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
-                                     ? ScoreRangeAvx2
-                                     : ScoreRangeGeneric;
+template <typename Key>
+using ScoreRangeFn = void (*)(const float*, int64_t, const Key*, int64_t, int64_t, int64_t, float*);
+
+template <typename Key>
+ScoreRangeFn<Key> BestScoreRange() {
+  static const ScoreRangeFn<Key> fn =
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? ScoreRangeAvx2<Key>
+                                                                      : ScoreRangeGeneric<Key>;
   return fn;
+}
+
+template <typename Key>
+void ScoreAll(const float* queries, int64_t nq, const Key* keys, int64_t n, int64_t p,
+              float* scores_out) {
+  // Each key's score is computed the same way on any thread; large layers split across cores.
+  constexpr int64_t kWorkPerThread = 1 << 24;  // multiply-adds; below this a thread costs more
+  const ScoreRangeFn<Key> score_range = BestScoreRange<Key>();
+  ParallelFor(n, std::max<int64_t>(1, kWorkPerThread / std::max<int64_t>(1, nq * p)),
+              [&](int64_t begin, int64_t end) {
+                score_range(queries, nq, keys, begin, end, p, scores_out);
+              });
 }
 
 // Ranks higher scores first, NaN last, then lower index first.
@@ -170,15 +191,13 @@ struct Better {
 
 }  // namespace
 
-void MeanSigmoidScores(const float* queries, int64_t nq, const float* keys, int64_t n, int64_t p,
-                       float* scores_out) {
-  // Each key's score is computed the same way on any thread; large layers split across cores.
-  constexpr int64_t kWorkPerThread = 1 << 24;  // multiply-adds; below this a thread costs more
-  const ScoreRangeFn score_range = BestScoreRange();
-  ParallelFor(n, std::max<int64_t>(1, kWorkPerThread / std::max<int64_t>(1, nq * p)),
-              [&](int64_t begin, int64_t end) {
-                score_range(queries, nq, keys, begin, end, p, scores_out);
-              });
+void MeanSigmoidScores(const float* queries, int64_t nq, const void* keys, engine::DType key_dtype,
+                       int64_t n, int64_t p, float* scores_out) {
+  if (key_dtype == engine::DType::kBF16) {
+    ScoreAll(queries, nq, static_cast<const uint16_t*>(keys), n, p, scores_out);
+  } else {
+    ScoreAll(queries, nq, static_cast<const float*>(keys), n, p, scores_out);
+  }
 }
 
 std::vector<int64_t> TopK(const float* scores, int64_t n, int64_t k) {

@@ -6,14 +6,17 @@
 #include <cstdint>
 #include <vector>
 
+#include "engine/dtype.h"
+
 namespace mplus::memstore {
 
 // scores_out[j] = (1/nq) * sum_t sigmoid(queries[t] · keys[j]) for j in [0, n).
-// queries [nq, p] and keys [n, p] are row-major float32; dot products are float32, the sigmoid
-// sum is accumulated in double (the official code scores in the model dtype; float32 or better
-// keeps the top-k stable). nq must be > 0.
-void MeanSigmoidScores(const float* queries, int64_t nq, const float* keys, int64_t n, int64_t p,
-                       float* scores_out);
+// queries [nq, p] are row-major float32; keys [n, p] row-major float32 or bfloat16 (`key_dtype`,
+// widened exactly); dot products are float32, the sigmoid sum is accumulated in double (the
+// official code scores in the model dtype; float32 or better keeps the top-k stable). nq must
+// be > 0.
+void MeanSigmoidScores(const float* queries, int64_t nq, const void* keys, engine::DType key_dtype,
+                       int64_t n, int64_t p, float* scores_out);
 
 // Indices of the k largest scores (all of them when k >= n), in ascending index order.
 // torch.topk leaves the choice among equal scores at the boundary unspecified; we take the

@@ -15,8 +15,6 @@
 namespace mplus::server {
 namespace {
 
-double SecondsSince(absl::Time start) { return absl::ToDoubleSeconds(absl::Now() - start); }
-
 // Times every layer's long-term retrieval of one Generate.
 class TimedSessionMemory final : public engine::SessionMemory {
  public:

@@ -90,8 +90,9 @@ ABSL_FLAG(std::string, kv_cache_dtype, "auto",
           "the K/V bytes each decode step reads, at float8 precision). Injects always compute at "
           "the checkpoint's precision.");
 ABSL_FLAG(int64_t, resident_budget_mb, 8192,
-          "Memory for resident sessions' short-term memory, MiB; least recently used sessions "
-          "spill beyond it and are restored on their next request.");
+          "Host memory for resident sessions (short-term rows, long-term keys and bookkeeping), "
+          "MiB; least recently used sessions spill beyond it and are restored on their next "
+          "request.");
 ABSL_FLAG(std::string, ltm_mode, "resident",
           "Long-term memory with --device=cuda: resident (each resident session's retrieval "
           "keys in GPU memory, scored there; the paper's M+) or offload (keys scored in host "

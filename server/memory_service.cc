@@ -32,8 +32,6 @@ google::protobuf::Timestamp MicrosToTimestamp(int64_t micros) {
   return t;
 }
 
-double SecondsSince(absl::Time start) { return absl::ToDoubleSeconds(absl::Now() - start); }
-
 // Sum of the checkpoint's safetensors file sizes: the weights' footprint.
 int64_t WeightBytes(const std::string& dir) {
   int64_t total = 0;

@@ -1,6 +1,11 @@
 #include "server/server_metrics.h"
 
+#include "absl/time/clock.h"
+
 namespace mplus::server {
+
+double SecondsSince(absl::Time start) { return absl::ToDoubleSeconds(absl::Now() - start); }
+
 namespace {
 
 using prometheus::Histogram;

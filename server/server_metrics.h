@@ -6,6 +6,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
 #include "prometheus/gauge.h"
@@ -13,6 +14,9 @@
 #include "prometheus/registry.h"
 
 namespace mplus::server {
+
+// Seconds from `start` to now, the unit of every latency histogram below.
+double SecondsSince(absl::Time start);
 
 class ServerMetrics {
  public:

@@ -117,7 +117,7 @@ class CudaBackend : public Backend {
 
   absl::StatusOr<std::unique_ptr<RetrievalKeys>> NewRetrievalKeys(int64_t key_dim,
                                                                   DType dtype) override;
-  absl::Status SyncRetrievalKeys(RetrievalKeys& keys, const float* host_keys, int64_t rows,
+  absl::Status SyncRetrievalKeys(RetrievalKeys& keys, const void* host_keys, int64_t rows,
                                  int64_t unchanged_rows) override;
   absl::StatusOr<std::vector<int64_t>> TopRetrievalKeys(const RetrievalKeys& keys,
                                                         const Tensor& queries, int64_t k) override;
@@ -956,7 +956,7 @@ absl::StatusOr<std::unique_ptr<RetrievalKeys>> CudaBackend::NewRetrievalKeys(int
   return std::unique_ptr<RetrievalKeys>(std::move(keys));
 }
 
-absl::Status CudaBackend::SyncRetrievalKeys(RetrievalKeys& keys, const float* host_keys,
+absl::Status CudaBackend::SyncRetrievalKeys(RetrievalKeys& keys, const void* host_keys,
                                             int64_t rows, int64_t unchanged_rows) {
   auto* device_keys = dynamic_cast<DeviceRetrievalKeys*>(&keys);
   if (device_keys == nullptr) {
@@ -969,7 +969,9 @@ absl::Status CudaBackend::SyncRetrievalKeys(RetrievalKeys& keys, const float* ho
   MPLUS_ASSIGN_OR_RETURN(GpuRetrievalScorer * scorer, Scorer());
   const int64_t keep = std::min(unchanged_rows, device_keys->size());
   scorer->Truncate(*device_keys, keep);
-  return scorer->Append(*device_keys, host_keys + keep * device_keys->key_dim(), rows - keep);
+  return scorer->Append(*device_keys,
+                        static_cast<const char*>(host_keys) + keep * device_keys->row_bytes(),
+                        rows - keep);
 }
 
 absl::StatusOr<std::vector<int64_t>> CudaBackend::TopRetrievalKeys(const RetrievalKeys& keys,

@@ -59,40 +59,30 @@ absl::StatusOr<std::unique_ptr<DeviceRetrievalKeys>> GpuRetrievalScorer::NewKeys
   return std::unique_ptr<DeviceRetrievalKeys>(new DeviceRetrievalKeys(key_dim, dtype));
 }
 
-absl::Status GpuRetrievalScorer::Append(DeviceRetrievalKeys& keys, const float* host_keys,
+absl::Status GpuRetrievalScorer::Append(DeviceRetrievalKeys& keys, const void* host_keys,
                                         int64_t count) {
   if (count < 0) return absl::InvalidArgumentError("Append: negative count");
   if (count == 0) return absl::OkStatus();
   absl::MutexLock lock(&mu_);
   MPLUS_RETURN_IF_ERROR(state_->Activate());
   cudaStream_t stream = state_->stream();
-  const int64_t p = keys.key_dim_;
-  const size_t elem = DTypeSize(keys.dtype_);
+  const size_t row = keys.row_bytes();
   if (keys.size_ + count > keys.capacity_) {
     const int64_t capacity = std::max(keys.size_ + count, keys.capacity_ * 2);
     MPLUS_ASSIGN_OR_RETURN(
         std::shared_ptr<void> grown,
-        DeviceState::Alloc(state_, static_cast<size_t>(capacity * p) * elem, MemCategory::kOther));
+        DeviceState::Alloc(state_, static_cast<size_t>(capacity) * row, MemCategory::kOther));
     if (keys.size_ > 0) {
       MPLUS_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(grown.get(), keys.data_.get(),
-                                                 static_cast<size_t>(keys.size_ * p) * elem,
+                                                 static_cast<size_t>(keys.size_) * row,
                                                  cudaMemcpyDeviceToDevice, stream));
     }
     keys.data_ = std::move(grown);  // the old buffer is freed in stream order
     keys.capacity_ = capacity;
   }
-  char* dst = static_cast<char*>(keys.data_.get()) + static_cast<size_t>(keys.size_ * p) * elem;
-  const size_t f32_bytes = static_cast<size_t>(count * p) * sizeof(float);
-  if (keys.dtype_ == DType::kF32) {
-    MPLUS_CUDA_RETURN_IF_ERROR(
-        cudaMemcpyAsync(dst, host_keys, f32_bytes, cudaMemcpyHostToDevice, stream));
-  } else {
-    MPLUS_ASSIGN_OR_RETURN(void* staged, queries_->Get(f32_bytes));
-    MPLUS_CUDA_RETURN_IF_ERROR(
-        cudaMemcpyAsync(staged, host_keys, f32_bytes, cudaMemcpyHostToDevice, stream));
-    MPLUS_CUDA_RETURN_IF_ERROR(LaunchF32ToBF16(static_cast<const float*>(staged), count * p,
-                                               reinterpret_cast<uint16_t*>(dst), stream));
-  }
+  char* dst = static_cast<char*>(keys.data_.get()) + static_cast<size_t>(keys.size_) * row;
+  MPLUS_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst, host_keys, static_cast<size_t>(count) * row,
+                                             cudaMemcpyHostToDevice, stream));
   MPLUS_CUDA_RETURN_IF_ERROR(state_->SynchronizeStream());
   keys.size_ += count;
   return absl::OkStatus();

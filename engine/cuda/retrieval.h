@@ -32,10 +32,9 @@ class DeviceRetrievalKeys : public RetrievalKeys {
  public:
   int64_t size() const override { return size_; }
   // Device bytes reserved for the keys (capacity, not size).
-  size_t bytes() const override {
-    return static_cast<size_t>(capacity_ * key_dim_) * DTypeSize(dtype_);
-  }
+  size_t bytes() const override { return static_cast<size_t>(capacity_) * row_bytes(); }
   int64_t key_dim() const { return key_dim_; }
+  size_t row_bytes() const { return static_cast<size_t>(key_dim_) * DTypeSize(dtype_); }
   DType dtype() const { return dtype_; }
 
  private:
@@ -60,8 +59,8 @@ class GpuRetrievalScorer {
 
   // An empty key set; dtype kF32 or kBF16.
   absl::StatusOr<std::unique_ptr<DeviceRetrievalKeys>> NewKeys(int64_t key_dim, DType dtype);
-  // Appends `count` float32 host rows (converted to the key dtype). Blocks until copied.
-  absl::Status Append(DeviceRetrievalKeys& keys, const float* host_keys, int64_t count);
+  // Appends `count` host rows of the keys' dtype. Blocks until copied.
+  absl::Status Append(DeviceRetrievalKeys& keys, const void* host_keys, int64_t count);
   // Keeps the first `rows` keys (keeps the device memory for reuse).
   void Truncate(DeviceRetrievalKeys& keys, int64_t rows) {
     keys.size_ = std::min(keys.size_, std::max<int64_t>(rows, 0));

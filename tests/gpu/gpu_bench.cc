@@ -125,7 +125,7 @@ absl::Status RunBenchmarks() {
     absl::StatusOr<std::unique_ptr<engine::cuda::DeviceRetrievalKeys>> set =
         (*scorer)->NewKeys(p, dt);
     if (!set.ok()) return set.status();
-    if (absl::Status s = (*scorer)->Append(**set, keys.data(), n); !s.ok()) return s;
+    if (absl::Status s = (*scorer)->Append(**set, Stored(keys, dt).data(), n); !s.ok()) return s;
     Row(absl::StrCat("Retrieval TopK 2560 of 150k x 256 keys ", engine::DTypeName(dt), ", 64 q"),
         TimeIt([&] { return (*scorer)->TopK(**set, queries.data(), nq, 2560).status(); },
                [] { return absl::OkStatus(); }, 10),

@@ -286,8 +286,9 @@ TEST_F(GpuCheck, RetrievalScoresAndTopK) {
     SCOPED_TRACE(engine::DTypeName(dt));
     ASSERT_OK_AND_ASSIGN(set, scorer->NewKeys(p, dt));
     // Two appends exercise growth.
-    ASSERT_OK(scorer->Append(*set, keys.data(), n / 2));
-    ASSERT_OK(scorer->Append(*set, keys.data() + n / 2 * p, n - n / 2));
+    const std::vector<uint8_t> stored = Stored(keys, dt);
+    ASSERT_OK(scorer->Append(*set, stored.data(), n / 2));
+    ASSERT_OK(scorer->Append(*set, stored.data() + (n / 2) * set->row_bytes(), n - n / 2));
     ASSERT_EQ(set->size(), n);
     const std::vector<float> want = RefScores(Rounded(q, dt), nq, Rounded(keys, dt), n, p);
     std::vector<float> got(static_cast<size_t>(n), std::numeric_limits<float>::quiet_NaN());
@@ -318,7 +319,7 @@ TEST_F(GpuCheck, RetrievalTiesAndNaN) {
   keys[501 * p] = std::numeric_limits<float>::quiet_NaN();  // 501 is not a winner
   for (DType dt : {DType::kF32, DType::kBF16}) {
     ASSERT_OK_AND_ASSIGN(set, scorer->NewKeys(p, dt));
-    ASSERT_OK(scorer->Append(*set, keys.data(), n));
+    ASSERT_OK(scorer->Append(*set, Stored(keys, dt).data(), n));
     ASSERT_OK_AND_ASSIGN(top, scorer->TopK(*set, q.data(), nq, 150));
     std::vector<int64_t> want;
     for (int64_t j = 0; j < 100; ++j) want.push_back(j * 7 + 3);
@@ -345,18 +346,19 @@ TEST_F(GpuCheck, BackendRetrievalKeysSyncAndDeviceQueries) {
     SCOPED_TRACE(engine::DTypeName(dt));
     ASSERT_OK_AND_ASSIGN(mirror, gpu_->NewRetrievalKeys(p, dt));
     ASSERT_NE(mirror, nullptr);
-    ASSERT_OK(gpu_->SyncRetrievalKeys(*mirror, keys.data(), 3000, 0));
+    ASSERT_OK(gpu_->SyncRetrievalKeys(*mirror, Stored(keys, dt).data(), 3000, 0));
     // Rows from 1200 on are rewritten (an eviction compacted them) and 1000 more appended.
     std::vector<float> changed = keys;
     const std::vector<float> fresh = RandomFloats(2800 * p, 83, -0.3f, 0.3f);
     std::copy(fresh.begin(), fresh.end(), changed.begin() + 1200 * p);
-    ASSERT_OK(gpu_->SyncRetrievalKeys(*mirror, changed.data(), 4000, 1200));
+    const std::vector<uint8_t> changed_rows = Stored(changed, dt);
+    ASSERT_OK(gpu_->SyncRetrievalKeys(*mirror, changed_rows.data(), 4000, 1200));
     EXPECT_EQ(mirror->size(), 4000);
     EXPECT_GE(mirror->bytes(), static_cast<size_t>(4000 * p) * engine::DTypeSize(dt));
     ASSERT_OK_AND_ASSIGN(got, gpu_->TopRetrievalKeys(*mirror, queries, k));
 
     ASSERT_OK_AND_ASSIGN(whole, scorer->NewKeys(p, dt));
-    ASSERT_OK(scorer->Append(*whole, changed.data(), 4000));
+    ASSERT_OK(scorer->Append(*whole, changed_rows.data(), 4000));
     ASSERT_OK_AND_ASSIGN(want, scorer->TopK(*whole, q.data(), nq, k));
     EXPECT_EQ(got, want);
   }

@@ -57,6 +57,13 @@ inline std::vector<float> Rounded(const std::vector<float>& values, DType dtype)
   return out;
 }
 
+// `values` stored as `dtype` (F32, BF16 or F16): host rows as a backend takes them.
+inline std::vector<uint8_t> Stored(const std::vector<float>& values, DType dtype) {
+  std::vector<uint8_t> out(values.size() * engine::DTypeSize(dtype));
+  engine::FloatsToDType(values.data(), static_cast<int64_t>(values.size()), dtype, out.data());
+  return out;
+}
+
 // A float32 tensor on `backend` holding `values`.
 inline absl::StatusOr<Tensor> Upload(Backend& backend, const std::vector<float>& values,
                                      std::vector<int64_t> shape) {

@@ -86,10 +86,11 @@ absl::StatusOr<RetrievalResult> RunRetrieval(engine::Backend& backend,
   Clock::time_point start = Clock::now();
   memstore::LongTermMemory ltm(params, num_layers);
   FillLayers(ltm, keys_per_layer, std::max(1, std::min(threads, num_layers)));
-  Progress(absl::StrFormat("retrieval: %d layers x %d random keys of %d floats (%.2f GB) in %.1f s",
-                           num_layers, keys_per_layer, params.key_dim,
-                           4.0 * num_layers * keys_per_layer * params.key_dim / 1e9,
-                           SecondsSince(start)));
+  size_t key_bytes = 0;
+  for (int l = 0; l < num_layers; ++l) key_bytes += ltm.layer(l).keys_bytes();
+  Progress(absl::StrFormat("retrieval: %d layers x %d random %s keys of %d (%.2f GB) in %.1f s",
+                           num_layers, keys_per_layer, engine::DTypeName(params.key_dtype),
+                           params.key_dim, key_bytes / 1e9, SecondsSince(start)));
 
   std::vector<engine::Tensor> queries;
   for (int l = 0; l < num_layers; ++l) {
@@ -105,7 +106,7 @@ absl::StatusOr<RetrievalResult> RunRetrieval(engine::Backend& backend,
   for (memstore::LongTermMode mode :
        {memstore::LongTermMode::kResident, memstore::LongTermMode::kOffload}) {
     // Its mirrors are freed with it, before the next mode.
-    memstore::LongTermRetriever retriever(mode, config.dtype);
+    memstore::LongTermRetriever retriever(mode);
     RetrievalTimes& t = mode == memstore::LongTermMode::kResident ? r.resident : r.offload;
     MPLUS_ASSIGN_OR_RETURN(t.first_ms, TimeSelect(retriever, ltm, backend, queries, 1));
     MPLUS_ASSIGN_OR_RETURN(t.steady_ms,

@@ -16,24 +16,28 @@ class KeyKeepingBackend : public engine::cpu::CpuBackend {
  public:
   struct Keys : engine::RetrievalKeys {
     int64_t key_dim = 0;
-    std::vector<float> rows;
-    int64_t size() const override { return static_cast<int64_t>(rows.size()) / key_dim; }
-    size_t bytes() const override { return rows.size() * sizeof(float); }
+    engine::DType dtype = engine::DType::kF32;
+    std::vector<uint8_t> rows;  // [size, key_dim] of dtype
+    size_t row_bytes() const { return static_cast<size_t>(key_dim) * engine::DTypeSize(dtype); }
+    int64_t size() const override { return static_cast<int64_t>(rows.size() / row_bytes()); }
+    size_t bytes() const override { return rows.size(); }
   };
 
   KeyKeepingBackend() : CpuBackend(1) {}
 
-  absl::StatusOr<std::unique_ptr<engine::RetrievalKeys>> NewRetrievalKeys(int64_t key_dim,
-                                                                          engine::DType) override {
+  absl::StatusOr<std::unique_ptr<engine::RetrievalKeys>> NewRetrievalKeys(
+      int64_t key_dim, engine::DType dtype) override {
     auto keys = std::make_unique<Keys>();
     keys->key_dim = key_dim;
+    keys->dtype = dtype;
     return std::unique_ptr<engine::RetrievalKeys>(std::move(keys));
   }
-  absl::Status SyncRetrievalKeys(engine::RetrievalKeys& keys, const float* host, int64_t rows,
+  absl::Status SyncRetrievalKeys(engine::RetrievalKeys& keys, const void* host, int64_t rows,
                                  int64_t unchanged) override {
     auto& k = static_cast<Keys&>(keys);
-    k.rows.resize(static_cast<size_t>(unchanged * k.key_dim));
-    k.rows.insert(k.rows.end(), host + unchanged * k.key_dim, host + rows * k.key_dim);
+    const auto* bytes = static_cast<const uint8_t*>(host);
+    k.rows.resize(unchanged * k.row_bytes());
+    k.rows.insert(k.rows.end(), bytes + unchanged * k.row_bytes(), bytes + rows * k.row_bytes());
     rows_copied += rows - unchanged;
     return absl::OkStatus();
   }
@@ -42,8 +46,8 @@ class KeyKeepingBackend : public engine::cpu::CpuBackend {
                                                         int64_t top) override {
     const auto& k = static_cast<const Keys&>(keys);
     std::vector<float> scores(static_cast<size_t>(k.size()));
-    MeanSigmoidScores(queries.data_as<float>(), queries.rows(), k.rows.data(), k.size(), k.key_dim,
-                      scores.data());
+    MeanSigmoidScores(queries.data_as<float>(), queries.rows(), k.rows.data(), k.dtype, k.size(),
+                      k.key_dim, scores.data());
     ++device_scorings;
     return TopK(scores.data(), k.size(), top);
   }

@@ -37,6 +37,14 @@ DroppedTokens Drop(uint64_t first_id, std::vector<int64_t> ages) {
   return d;
 }
 
+// The layer's keys widened to float32, in storage order.
+std::vector<float> Keys(const LongTermLayer& layer) {
+  std::vector<float> keys(static_cast<size_t>(layer.size() * layer.key_dim()));
+  for (int64_t i = 0; i < layer.size(); ++i)
+    layer.KeyAsFloats(i, keys.data() + i * layer.key_dim());
+  return keys;
+}
+
 std::vector<uint64_t> Ids(const LongTermLayer& layer) {
   std::vector<uint64_t> ids;
   for (const LongTermEntry& e : layer.entries()) ids.push_back(e.token_id);
@@ -91,8 +99,38 @@ TEST(LongTermMemoryTest, EvictsAtOrBelowThresholdOnlyWhenMoreThanKltmRemain) {
   EXPECT_THAT(ltm.ApplyInject({Drop(7, {0, 0})})[0], ElementsAre(1, 2, 3, 4));
   EXPECT_THAT(Ids(ltm.layer(0)), ElementsAre(5, 6, 7, 8));
   EXPECT_EQ(ltm.layer(0).merged_count(), 4);
-  EXPECT_THAT(ltm.layer(0).keys(), ElementsAre(5.f, 6.f, 7.f, 8.f));
+  EXPECT_THAT(Keys(ltm.layer(0)), ElementsAre(5.f, 6.f, 7.f, 8.f));
   EXPECT_DOUBLE_EQ(rf(0), 1);
+}
+
+// bfloat16 checkpoints keep bfloat16 keys: rounded to nearest even as stored, two bytes each,
+// and eviction's compaction moves whole keys.
+TEST(LongTermMemoryTest, Bf16KeysAreRoundedOnceAndCompactedWhole) {
+  engine::ModelConfig config;
+  config.dtype = engine::DType::kBF16;
+  EXPECT_EQ(LongTermParamsFor(config).key_dtype, engine::DType::kBF16);
+  config.dtype = engine::DType::kF16;
+  EXPECT_EQ(LongTermParamsFor(config).key_dtype, engine::DType::kF32);
+
+  LongTermParams params = Params(2, 1, 1, 1, 1.5);
+  params.key_dim = 2;
+  params.key_dtype = engine::DType::kBF16;
+  LongTermMemory ltm(params, 1);
+  // 1 + 2^-8 is a tie between bf16 neighbours 1 and 1 + 2^-7: even wins (1).
+  const float tie = 1.0f + 1.0f / 256, above = 1.0f + 3.0f / 512;
+  ltm.layer(0).AddMerged(1, {tie, 3.0f}, 0, 1.0);  // rf 1.0: evicted by the first merge
+  EXPECT_THAT(Keys(ltm.layer(0)), ElementsAre(1.0f, 3.0f));
+  DroppedTokens d;
+  d.token_ids = {2, 3};
+  d.stm_ages = {0, 0};
+  d.keys = {above, -2.0f, 0.1f, 5.0f};
+  ltm.ApplyInject({d});  // merges (frequency 1); 2 entries survive > K_ltm 1: 1 is evicted
+  EXPECT_THAT(Ids(ltm.layer(0)), ElementsAre(2, 3));
+  EXPECT_EQ(ltm.layer(0).keys_bytes(), 2 * 2 * sizeof(uint16_t));
+  EXPECT_THAT(
+      Keys(ltm.layer(0)),
+      ElementsAre(1.0f + 1.0f / 128, -2.0f, engine::BF16ToFloat(engine::FloatToBF16(0.1f)), 5.0f));
+  EXPECT_NE(engine::BF16ToFloat(engine::FloatToBF16(0.1f)), 0.1f);
 }
 
 TEST(LongTermMemoryTest, WrapAroundRepeatsLastMergedEntriesAndIgnoresPending) {
@@ -139,7 +177,7 @@ TEST(RetrievalScorerTest, MeanSigmoidMatchesDirectFormula) {
     const double scale = 2.0 / std::sqrt(static_cast<double>(p));
     for (size_t i = 0; i < q.size(); ++i) q[i] = static_cast<float>(scale * std::sin(0.7 * i));
     for (size_t i = 0; i < k.size(); ++i) k[i] = std::cos(1.3 * i);
-    MeanSigmoidScores(q.data(), nq, k.data(), n, p, scores.data());
+    MeanSigmoidScores(q.data(), nq, k.data(), engine::DType::kF32, n, p, scores.data());
     for (int64_t j = 0; j < n; ++j) {
       double want = 0;
       for (int64_t t = 0; t < nq; ++t) {
@@ -149,6 +187,15 @@ TEST(RetrievalScorerTest, MeanSigmoidMatchesDirectFormula) {
       }
       ASSERT_NEAR(scores[j], want / nq, 1e-6) << "key " << j;
     }
+    // bfloat16 keys score exactly as their float32 values do.
+    std::vector<uint16_t> k_bf16(k.size());
+    engine::FloatsToDType(k.data(), n * p, engine::DType::kBF16, k_bf16.data());
+    std::vector<float> k_rounded(k.size()), from_bf16(n), from_rounded(n);
+    engine::DTypeToFloats(k_bf16.data(), engine::DType::kBF16, n * p, k_rounded.data());
+    MeanSigmoidScores(q.data(), nq, k_bf16.data(), engine::DType::kBF16, n, p, from_bf16.data());
+    MeanSigmoidScores(q.data(), nq, k_rounded.data(), engine::DType::kF32, n, p,
+                      from_rounded.data());
+    EXPECT_EQ(from_bf16, from_rounded);
   }
 }
 

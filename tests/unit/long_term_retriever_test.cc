@@ -19,8 +19,9 @@ using testing::KeyKeepingBackend;
 
 constexpr int64_t kKeyDim = 8, kK = 4, kKltm = 6;
 
-LongTermMemory MakeMemory() {
+LongTermMemory MakeMemory(DType key_dtype = DType::kF32) {
   LongTermParams p;
+  p.key_dtype = key_dtype;
   p.tokens_per_inject = kK;
   p.retrieved_tokens = kKltm;
   p.key_dim = kKeyDim;
@@ -48,10 +49,12 @@ absl::StatusOr<Tensor> DeviceQueries(engine::Backend& backend, const std::vector
   return testing::DeviceQueries(backend, q, kKeyDim);
 }
 
-TEST(LongTermRetrieverTest, ResidentMirrorChoosesWhatHostScoringChooses) {
+class ResidentMirror : public ::testing::TestWithParam<DType> {};
+
+TEST_P(ResidentMirror, ChoosesWhatHostScoringChooses) {
   KeyKeepingBackend backend;
-  LongTermMemory ltm = MakeMemory();
-  LongTermRetriever retriever(LongTermMode::kResident, DType::kF32);
+  LongTermMemory ltm = MakeMemory(GetParam());
+  LongTermRetriever retriever(LongTermMode::kResident);
   std::mt19937 rng(5);
   std::normal_distribution<float> normal;
   uint64_t next_id = 1;
@@ -85,6 +88,10 @@ TEST(LongTermRetrieverTest, ResidentMirrorChoosesWhatHostScoringChooses) {
   EXPECT_GT(retriever.device_bytes(), 0u);
 }
 
+// bfloat16 checkpoints keep bfloat16 keys, mirrored as they are.
+INSTANTIATE_TEST_SUITE_P(KeyDTypes, ResidentMirror, ::testing::Values(DType::kF32, DType::kBF16),
+                         [](const auto& info) { return engine::DTypeName(info.param); });
+
 TEST(LongTermRetrieverTest, OffloadAndKeylessBackendsScoreOnTheHost) {
   KeyKeepingBackend keeping;
   engine::cpu::CpuBackend keyless(1);
@@ -98,7 +105,7 @@ TEST(LongTermRetrieverTest, OffloadAndKeylessBackendsScoreOnTheHost) {
   for (auto [backend, mode] :
        {std::pair<engine::Backend*, LongTermMode>{&keeping, LongTermMode::kOffload},
         {&keyless, LongTermMode::kResident}}) {
-    LongTermRetriever retriever(mode, DType::kBF16);
+    LongTermRetriever retriever(mode);
     absl::StatusOr<Tensor> device = DeviceQueries(*backend, q);
     ASSERT_TRUE(device.ok());
     engine::RetrievalQueries queries(*backend, *device);
@@ -112,7 +119,7 @@ TEST(LongTermRetrieverTest, OffloadAndKeylessBackendsScoreOnTheHost) {
 
 TEST(LongTermRetrieverTest, RejectsBadLayerQueryShapeAndEmptyLayer) {
   LongTermMemory ltm = MakeMemory();
-  LongTermRetriever retriever(LongTermMode::kResident, DType::kF32);
+  LongTermRetriever retriever(LongTermMode::kResident);
   const std::vector<float> q(kKeyDim, 1.0f);
   engine::RetrievalQueries ok(q.data(), 1, kKeyDim);
   EXPECT_EQ(retriever.Select(ltm, 2, ok).status().code(), absl::StatusCode::kInvalidArgument);

@@ -37,7 +37,7 @@ struct TinyModel {
 inline engine::TensorView MakeTensor(TinyModel& m, const std::string& name, engine::DType dtype,
                                      std::vector<int64_t> shape, const std::vector<float>& v) {
   auto buf = std::make_unique<std::vector<uint8_t>>(v.size() * engine::DTypeSize(dtype));
-  FloatsToDType(v.data(), static_cast<int64_t>(v.size()), dtype, buf->data());
+  engine::FloatsToDType(v.data(), static_cast<int64_t>(v.size()), dtype, buf->data());
   engine::TensorView t;
   t.name = name;
   t.dtype = dtype;
@@ -163,7 +163,7 @@ class ReferenceSession {
         rows.insert(rows.end(), rows_[l].begin() + i * rb, rows_[l].begin() + (i + 1) * rb);
       }
       std::vector<uint8_t> fresh(K * rb);
-      FloatsToDType(r.delta[l].data(), K * d, base_.storage_dtype(), fresh.data());
+      engine::FloatsToDType(r.delta[l].data(), K * d, base_.storage_dtype(), fresh.data());
       for (int64_t j = 0; j < K; ++j) {
         next.ids.push_back(next_id_++);
         next.ages.push_back(static_cast<int32_t>(K - 1 - j));
@@ -188,7 +188,7 @@ class ReferenceSession {
       if (IsBaseToken(id) && (id & kBaseLongTermBit)) {
         base_.RowToFloats(id, out.data() + i * d);
       } else {
-        DTypeToFloats(vectors_.at(id).data(), base_.storage_dtype(), d, out.data() + i * d);
+        engine::DTypeToFloats(vectors_.at(id).data(), base_.storage_dtype(), d, out.data() + i * d);
       }
     }
     return out;
@@ -237,8 +237,8 @@ inline std::string CompareWithReference(ResidentSession& s, const ReferenceSessi
         return "ltm entry " + std::to_string(i) + at;
       }
     }
-    if (a.keys().size() != b.keys().size() ||
-        std::memcmp(a.keys().data(), b.keys().data(), a.keys().size() * sizeof(float)) != 0) {
+    if (a.key_dtype() != b.key_dtype() || a.keys_bytes() != b.keys_bytes() ||
+        std::memcmp(a.keys(), b.keys(), a.keys_bytes()) != 0) {
       return "ltm keys" + at;
     }
     const int64_t p = s.long_term()->params().key_dim;
@@ -253,7 +253,7 @@ inline std::string CompareWithReference(ResidentSession& s, const ReferenceSessi
     const absl::Status st = s.RetrieveLongTerm(l, queries, rows.data());
     if (!st.ok()) return "retrieve: " + st.ToString();
     std::vector<float> got(want.size());
-    DTypeToFloats(rows.data(), dtype, static_cast<int64_t>(got.size()), got.data());
+    engine::DTypeToFloats(rows.data(), dtype, static_cast<int64_t>(got.size()), got.data());
     if (std::memcmp(want.data(), got.data(), want.size() * sizeof(float)) != 0) {
       return "retrieved vectors" + at;
     }
