@@ -27,6 +27,10 @@ ABSL_FLAG(bool, bf16_rope_inv_freq, true,
 ABSL_FLAG(std::string, kv_cache_dtype, "auto",
           "KV and prefix cache element type: auto (the checkpoint's), f32, bf16 or fp8 (to "
           "measure how far an fp8 cache moves the outputs from the goldens)");
+ABSL_FLAG(bool, replay_decode, true,
+          "Decode steps replay the first step's recorded ops (one CUDA graph launch) where the "
+          "backend can record them; false: every step op by op (tells a replay bug from a "
+          "kernel's)");
 ABSL_FLAG(std::string, device, "cpu",
           "Compute device: cpu, or cuda (GPU 0, through the CUDA backend plugin libmplus_cuda.so)");
 ABSL_FLAG(std::string, cuda_plugin, "",
@@ -136,6 +140,7 @@ absl::Status Run(const std::string& scenario_path, const std::string& out_path) 
   engine::ModelOptions options;
   options.num_threads = absl::GetFlag(FLAGS_threads);
   options.bf16_rope_inv_freq = absl::GetFlag(FLAGS_bf16_rope_inv_freq);
+  options.replay_decode = absl::GetFlag(FLAGS_replay_decode);
   MPLUS_ASSIGN_OR_RETURN(options.kv_cache_dtype,
                          engine::ParseKvCacheDType(absl::GetFlag(FLAGS_kv_cache_dtype)));
   std::unique_ptr<engine::CudaPlugin> plugin;  // declared first: outlives the model's backend

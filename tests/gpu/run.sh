@@ -77,13 +77,13 @@ run_goldens() {
         echo "FAIL golden $name $fixture scenario-$n: skipped, an earlier one hung"
         continue
       fi
-      # A tiny golden takes a second or two: 60 s means a hang, and the rest would hang too
-      # (one such run spent a whole device budget, 8 x 60 s).
-      timeout --signal=KILL "$(budget 60)" "$probe" "${args[@]}" --scenario "$scenario" \
+      # A tiny golden takes a second or two: 30 s means a hang, and the rest would hang too
+      # (one such run spent a whole device budget, 8 x 60 s; a hang in every rerun costs 3 x 30 s).
+      timeout --signal=KILL "$(budget 30)" "$probe" "${args[@]}" --scenario "$scenario" \
         --out "$out" >"$log" 2>&1
       rc=$?
       if ((rc == 0)); then
-        timeout --signal=KILL "$(budget 60)" "$compare" "$out" \
+        timeout --signal=KILL "$(budget 30)" "$compare" "$out" \
           "$dir/fixtures/$fixture/golden-$n.safetensors" "$tolerance" >"$log" 2>&1
         rc=$?
       fi
@@ -106,9 +106,11 @@ run_goldens() {
 
 if ! run_goldens cuda; then
   failed=1
-  # Programmatic dependent launches are the newest ordering between kernels: the same goldens
-  # without them tell a launch-order bug from a kernel's in this one run.
+  # Programmatic dependent launches and decode graphs are the newest orderings between kernels:
+  # the same goldens without each tell a launch-order or replay bug from a kernel's in this one
+  # run.
   MPLUS_CUDA_DEPENDENT_LAUNCH=0 run_goldens cuda "" "" "MPLUS_CUDA_DEPENDENT_LAUNCH=0"
+  run_goldens cuda "" --replay_decode=false
 fi
 run_goldens cpu || failed=1
 # An fp8 KV cache holds the bf16 fixture's goldens at bf16's tolerance (as ctest checks on the CPU).
