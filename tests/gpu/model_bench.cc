@@ -21,6 +21,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/notification.h"
 #include "common/cpu_count.h"
 #include "common/flags_help.h"
 #include "engine/checkpoint_writer.h"
@@ -51,6 +52,8 @@ const Clock::time_point kStart = Clock::now();
 constexpr double kDecodeRooflineTarget = 0.85;
 constexpr double kOffloadMemoryTarget = 17.0e9;
 constexpr double kRetrievalTargetMs = 1.0;
+
+constexpr char kFailed[] = "failed";  // the cell of a step that failed (its progress line says why)
 
 std::string Gb(double bytes) { return absl::StrFormat("%.2f GB", bytes / 1e9); }
 std::string Ms(double ms) { return absl::StrFormat("%.2f ms", ms); }
@@ -158,6 +161,46 @@ void PrintTable(const std::vector<Row>& rows) {
 
 const char* Verdict(bool pass) { return pass ? "PASS" : "MISS"; }
 
+// A step whose failure is reported and leaves the rest of the table standing (its cells say
+// "failed").
+template <typename T>
+std::optional<T> Soft(const char* step, absl::StatusOr<T> result) {
+  if (result.ok()) return *std::move(result);
+  Progress(absl::StrCat(step, " FAILED: ", result.status().ToString()));
+  return std::nullopt;
+}
+
+// Ends the bench when the device stops answering: a hung kernel would otherwise spend the rest
+// of run.sh's time, and the lent GPU's, on nothing. What was measured is in the progress lines.
+class HangWatchdog {
+ public:
+  static constexpr double kLimitSeconds = 60;  // no single wait of the bench comes near
+
+  explicit HangWatchdog(const engine::Backend* backend) {
+    if (backend == nullptr) return;
+    thread_ = std::thread([this, backend] {
+      while (!stop_.WaitForNotificationWithTimeout(absl::Seconds(1))) {
+        if (backend->DeviceWaitSeconds() > kLimitSeconds) {
+          Progress(absl::StrFormat(
+              "the GPU has not answered for %.0f s (a hung kernel?): stopping; the lines above "
+              "are what was measured",
+              kLimitSeconds));
+          std::fflush(stdout);
+          std::_Exit(3);
+        }
+      }
+    });
+  }
+  ~HangWatchdog() {
+    stop_.Notify();
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  absl::Notification stop_;
+  std::thread thread_;
+};
+
 absl::Status Run() {
   const std::string device = absl::GetFlag(FLAGS_device);
   if (device != "cuda" && device != "cpu") {
@@ -195,6 +238,8 @@ absl::Status Run() {
                                   static_cast<double>(info.total_memory_bytes) / (1 << 30));
     MPLUS_ASSIGN_OR_RETURN(options.backend, engine::cuda::CreateCudaBackend(0));
   }
+  // One backend serves both model loads below (the fp8 one too).
+  HangWatchdog watchdog(options.backend.get());
 
   MPLUS_ASSIGN_OR_RETURN(CheckpointInfo ckpt, EnsureCheckpoint(config, dir, threads));
   if (!ckpt.reused) {
@@ -227,30 +272,25 @@ absl::Status Run() {
     session_sizes.kernel_trace_steps = resident ? trace_steps : 0;
     MPLUS_ASSIGN_OR_RETURN(sessions[resident ? 0 : 1], RunSession(*model, mode, session_sizes));
   }
-  MPLUS_ASSIGN_OR_RETURN(DurableInjectResult durable,
-                         RunDurableInject(*model, sizes, dir + "-store"));
-  MPLUS_ASSIGN_OR_RETURN(std::optional<LeanResult> lean, RunLeanOffload(*model, sizes));
-  MPLUS_ASSIGN_OR_RETURN(RetrievalResult retrieval,
-                         RunRetrieval(backend, config, ltm_keys, threads));
+  const std::optional<DurableInjectResult> durable =
+      Soft("durable inject", RunDurableInject(*model, sizes, dir + "-store"));
+  const std::optional<LeanResult> lean =
+      Soft("lean offload session", RunLeanOffload(*model, sizes));
+  const std::optional<RetrievalResult> retrieval =
+      Soft("retrieval", RunRetrieval(backend, config, ltm_keys, threads));
   const engine::DType kv_dtype = model->kv_dtype();
   const int64_t prefix_length = model->prefix_length();
   // The lean session again with an fp8 KV cache (--kv_cache_dtype=fp8), on the model loaded
   // afresh with it: one model's weights at a time, so the two peaks compare.
-  // A failure here is reported and leaves the rest of the table standing.
-  std::optional<LeanResult> lean_fp8;
   model.reset();
   engine::ModelOptions fp8_options = options;
   fp8_options.kv_cache_dtype = engine::DType::kF8E4M3;
-  absl::StatusOr<LeanResult> fp8_result = [&]() -> absl::StatusOr<LeanResult> {
-    MPLUS_ASSIGN_OR_RETURN(std::unique_ptr<engine::Model> fp8_model,
-                           engine::Model::Load(dir, fp8_options));
-    return RunLeanOffload(*fp8_model, sizes);
-  }();
-  if (fp8_result.ok()) {
-    lean_fp8 = *fp8_result;
-  } else {
-    Progress(absl::StrCat("fp8 KV cache session FAILED: ", fp8_result.status().ToString()));
-  }
+  const std::optional<LeanResult> lean_fp8 =
+      Soft("fp8 KV cache session", [&]() -> absl::StatusOr<LeanResult> {
+        MPLUS_ASSIGN_OR_RETURN(std::unique_ptr<engine::Model> fp8_model,
+                               engine::Model::Load(dir, fp8_options));
+        return RunLeanOffload(*fp8_model, sizes);
+      }());
 
   // Decode roofline: the weight bytes each step reads at the measured bandwidth. Each step also
   // reads the KV cache of the whole prefix + prompt (shown, not in the target).
@@ -275,10 +315,11 @@ absl::Status Run() {
        absl::StrFormat("%.0f", res.inject_model_tokens_per_s),
        absl::StrFormat("%.0f", off.inject_model_tokens_per_s), "", ""},
       {"inject tokens/s through the server's store (RocksDB, WAL fsync'd per chunk)",
-       absl::StrFormat("%.0f", durable.tokens_per_s), "", "", ""},
-      {"  of which the commit, ms per chunk", Ms(durable.commit_ms_per_chunk), "", "", ""},
+       durable ? absl::StrFormat("%.0f", durable->tokens_per_s) : kFailed, "", "", ""},
+      {"  of which the commit, ms per chunk", durable ? Ms(durable->commit_ms_per_chunk) : kFailed,
+       "", "", ""},
       {"  the same with each write overlapping the next chunk's inject (as the server)",
-       absl::StrFormat("%.0f", durable.overlapped_tokens_per_s), "", "", ""},
+       durable ? absl::StrFormat("%.0f", durable->overlapped_tokens_per_s) : kFailed, "", "", ""},
       {absl::StrFormat("time to first token, %d-token prompt, prefix cache cold",
                        sizes.short_prompt),
        Ms(res.ttft_cold_ms), Ms(off.ttft_cold_ms), "", ""},
@@ -304,20 +345,29 @@ absl::Status Run() {
        off.decode_replayed ? "yes" : "no", "", ""},
       {"decode ms/token, op by op (no recording)", Ms(res.decode_step_by_step_ms_per_token),
        Ms(off.decode_step_by_step_ms_per_token), "", ""},
-      {absl::StrFormat("retrieval per layer, %dk keys, steady", ltm_keys / 1000),
-       Ms(retrieval.resident.steady_ms), Ms(retrieval.offload.steady_ms),
-       absl::StrFormat("<= %.0f ms (resident)", kRetrievalTargetMs),
-       Verdict(retrieval.resident.steady_ms <= kRetrievalTargetMs)},
-      {absl::StrFormat("retrieval per layer, %dk keys, first use (resident: key upload)",
-                       ltm_keys / 1000),
-       Ms(retrieval.resident.first_ms), Ms(retrieval.offload.first_ms), "", ""},
-      {absl::StrFormat("upload of the %d chosen vectors per layer (%s, widened on the GPU)",
-                       config.ltm_retrieved_tokens(), engine::DTypeName(config.dtype)),
-       Ms(retrieval.fetch_ms), Ms(retrieval.fetch_ms), "", ""},
-      {absl::StrFormat("GPU key mirrors, %d layers x %dk keys", config.num_hidden_layers,
-                       ltm_keys / 1000),
-       Gb(retrieval.resident.device_bytes), Gb(retrieval.offload.device_bytes), "", ""},
   };
+  // The retrieval rows: `cell` of the resident and the offload times, or "failed".
+  auto retrieval_row = [&](std::string metric, auto cell, std::string target = "",
+                           std::string verdict = "") {
+    rows.push_back({std::move(metric), retrieval ? cell(retrieval->resident) : kFailed,
+                    retrieval ? cell(retrieval->offload) : kFailed, std::move(target),
+                    std::move(verdict)});
+  };
+  retrieval_row(
+      absl::StrFormat("retrieval per layer, %dk keys, steady", ltm_keys / 1000),
+      [](const RetrievalTimes& t) { return Ms(t.steady_ms); },
+      absl::StrFormat("<= %.0f ms (resident)", kRetrievalTargetMs),
+      retrieval ? Verdict(retrieval->resident.steady_ms <= kRetrievalTargetMs) : kFailed);
+  retrieval_row(absl::StrFormat("retrieval per layer, %dk keys, first use (resident: key upload)",
+                                ltm_keys / 1000),
+                [](const RetrievalTimes& t) { return Ms(t.first_ms); });
+  retrieval_row(
+      absl::StrFormat("upload of the %d chosen vectors per layer (%s, widened on the GPU)",
+                      config.ltm_retrieved_tokens(), engine::DTypeName(config.dtype)),
+      [&](const RetrievalTimes&) { return Ms(retrieval->fetch_ms); });
+  retrieval_row(absl::StrFormat("GPU key mirrors, %d layers x %dk keys", config.num_hidden_layers,
+                                ltm_keys / 1000),
+                [](const RetrievalTimes& t) { return Gb(static_cast<double>(t.device_bytes)); });
   auto mem_row = [&](const std::string& what, int64_t engine::cuda::CudaMemoryStats::*field) {
     auto cell = [&](const SessionResult& s) {
       return s.memory ? Gb(static_cast<double>((*s.memory).*field)) : std::string("n/a");
@@ -348,15 +398,16 @@ absl::Status Run() {
                                    engine::DTypeSize(dtype);
     const bool measured = lean && lean->peak_bytes.has_value();
     const double peak = measured ? static_cast<double>(*lean->peak_bytes) : 0;
+    const std::string unmeasured = lean ? "n/a" : kFailed;  // n/a: no peak on this backend
     rows.push_back({absl::StrFormat("GPU memory: peak total, %s (floor: weights + prefix K/V = %s)",
                                     flags, Gb(floor_bytes)),
-                    "", measured ? Gb(peak) : std::string("n/a"),
+                    "", measured ? Gb(peak) : unmeasured,
                     absl::StrFormat("offload <= %.1f GB", kOffloadMemoryTarget / 1e9),
-                    measured ? Verdict(peak <= kOffloadMemoryTarget) : "n/a"});
+                    measured ? Verdict(peak <= kOffloadMemoryTarget) : unmeasured});
     // After the long prompt: a longer KV cache than the short prompt's rows above.
     rows.push_back(
         {absl::StrFormat("  decode ms/token there, after the %d-token prompt", sizes.long_prompt),
-         "", lean ? decode_cell(lean->decode_ms_per_token) : std::string("n/a"), "", ""});
+         "", lean ? decode_cell(lean->decode_ms_per_token) : kFailed, "", ""});
   };
   lean_rows("--prefix_cache=false", kv_dtype, lean);
   lean_rows("--prefix_cache=false --kv_cache_dtype=fp8", engine::DType::kF8E4M3, lean_fp8);
@@ -386,6 +437,9 @@ absl::Status Run() {
         sizes.long_prompt, res.prefill_trace);
   }
   std::fflush(stdout);
+  if (!durable || !lean || !retrieval || !lean_fp8) {
+    return absl::InternalError("some steps failed: their cells say so, the progress lines why");
+  }
   return absl::OkStatus();
 }
 
