@@ -1,6 +1,7 @@
 #include "memstore/long_term_index.h"
 
 #include <algorithm>
+#include <cstring>
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
@@ -24,25 +25,42 @@ void LongTermLayer::KeyAsFloats(int64_t i, float* out) const {
   engine::DTypeToFloats(keys_.data() + i * key_bytes_, key_dtype_, key_dim_, out);
 }
 
-void LongTermLayer::StoreKey(int64_t row, absl::Span<const float> key) {
-  engine::FloatsToDType(key.data(), key_dim_, key_dtype_, keys_.data() + row * key_bytes_);
+void LongTermLayer::Narrow(absl::Span<const float> key, uint8_t* row) const {
+  engine::FloatsToDType(key.data(), key_dim_, key_dtype_, row);
 }
 
-void LongTermLayer::AddMerged(uint64_t token_id, absl::Span<const float> key, int64_t age,
-                              double recall_frequency) {
+uint8_t* LongTermLayer::InsertMerged(uint64_t token_id, int64_t age, double recall_frequency) {
   // Merged entries precede pending ones in storage order.
   keys_unchanged_rows_ = std::min(keys_unchanged_rows_, merged_count_);
   entries_.insert(entries_.begin() + merged_count_, LongTermEntry{token_id, age, recall_frequency});
   keys_.insert(keys_.begin() + merged_count_ * key_bytes_, key_bytes_, 0);
-  StoreKey(merged_count_, key);
-  ++merged_count_;
+  return keys_.data() + merged_count_++ * key_bytes_;
+}
+
+uint8_t* LongTermLayer::AppendPending(uint64_t token_id, int64_t age, double recall_frequency) {
+  entries_.push_back(LongTermEntry{token_id, age, recall_frequency});
+  keys_.resize(keys_.size() + key_bytes_);
+  return keys_.data() + keys_.size() - key_bytes_;
+}
+
+void LongTermLayer::AddMerged(uint64_t token_id, absl::Span<const float> key, int64_t age,
+                              double recall_frequency) {
+  Narrow(key, InsertMerged(token_id, age, recall_frequency));
+}
+
+void LongTermLayer::AddMerged(uint64_t token_id, StoredKey key, int64_t age,
+                              double recall_frequency) {
+  std::memcpy(InsertMerged(token_id, age, recall_frequency), key.data, key_bytes_);
 }
 
 void LongTermLayer::AddPending(uint64_t token_id, absl::Span<const float> key, int64_t age,
                                double recall_frequency) {
-  entries_.push_back(LongTermEntry{token_id, age, recall_frequency});
-  keys_.resize(keys_.size() + key_bytes_);
-  StoreKey(size() - 1, key);
+  Narrow(key, AppendPending(token_id, age, recall_frequency));
+}
+
+void LongTermLayer::AddPending(uint64_t token_id, StoredKey key, int64_t age,
+                               double recall_frequency) {
+  std::memcpy(AppendPending(token_id, age, recall_frequency), key.data, key_bytes_);
 }
 
 LongTermMemory::LongTermMemory(const LongTermParams& params, int num_layers) : params_(params) {

@@ -64,6 +64,8 @@ class LongTermLayer {
   // [size, key_dim] of key_dtype(), row-major.
   const void* keys() const { return keys_.data(); }
   size_t keys_bytes() const { return keys_.size(); }
+  size_t key_bytes() const { return key_bytes_; }  // one key as stored
+  const void* key(int64_t i) const { return keys_.data() + i * key_bytes_; }
   // Key i widened to float32 (exactly), key_dim floats.
   void KeyAsFloats(int64_t i, float* out) const;
   // Leading rows of keys() unchanged since the last MarkKeysSynced() (appending changes none),
@@ -72,18 +74,28 @@ class LongTermLayer {
   int64_t keys_unchanged_rows() const { return std::min(keys_unchanged_rows_, size()); }
   void MarkKeysSynced() { keys_unchanged_rows_ = size(); }
 
-  // Appends a merged entry (checkpoint LTM, or restoring persisted state); the key (key_dim
-  // floats) is stored as key_dtype().
+  // A key as the layer stores it (key_dim elements of key_dtype()): another layer's key(i), or
+  // a persisted record's.
+  struct StoredKey {
+    const void* data;
+  };
+
+  // Appends a merged entry (checkpoint LTM, or restoring persisted state); a float32 key
+  // (key_dim floats) is stored as key_dtype().
   void AddMerged(uint64_t token_id, absl::Span<const float> key, int64_t age,
                  double recall_frequency);
+  void AddMerged(uint64_t token_id, StoredKey key, int64_t age, double recall_frequency);
   // Appends a pending entry (restoring persisted state).
   void AddPending(uint64_t token_id, absl::Span<const float> key, int64_t age,
                   double recall_frequency);
+  void AddPending(uint64_t token_id, StoredKey key, int64_t age, double recall_frequency);
 
  private:
   friend class LongTermMemory;
-  // Stores `key` as row `row` of keys_ (which has room for it).
-  void StoreKey(int64_t row, absl::Span<const float> key);
+  // Adds the entry and returns its key's row, to be filled by the caller.
+  uint8_t* InsertMerged(uint64_t token_id, int64_t age, double recall_frequency);
+  uint8_t* AppendPending(uint64_t token_id, int64_t age, double recall_frequency);
+  void Narrow(absl::Span<const float> key, uint8_t* row) const;
 
   int64_t key_dim_;
   engine::DType key_dtype_;

@@ -245,14 +245,22 @@ absl::Status MemoryStore::OpenDb(const StoreOptions& options) {
   if (!rs.ok()) return FromRocks(rs, "reading store meta");
   absl::StatusOr<StoreMeta> meta = DecodeStoreMeta(v);
   if (!meta.ok()) return meta.status();
-  if (meta->format_version != kFormatVersion) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("memstore: ", options.path, " has format version ", meta->format_version,
-                     "; this build reads version ", kFormatVersion));
+  if (meta->format_version < kOldestReadableFormatVersion ||
+      meta->format_version > kFormatVersion) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "memstore: ", options.path, " has format version ", meta->format_version,
+        "; this build reads versions ", kOldestReadableFormatVersion, " to ", kFormatVersion));
   }
   if (meta->model_digest != digest_) {
     return absl::FailedPreconditionError(absl::StrCat(
         "memstore: ", options.path, " was written for a different model configuration"));
+  }
+  if (meta->format_version < kFormatVersion) {
+    // Older records stay readable; marked current before anything is written in the new layout,
+    // so that the builds that wrote it refuse the store instead of misreading it.
+    meta->format_version = kFormatVersion;
+    rs = db->Put(handles_.write_options, cf_[kDefaultCf], MetaKey(), EncodeStoreMeta(*meta));
+    if (!rs.ok()) return FromRocks(rs, "upgrading the store meta");
   }
   meta_ = *meta;
   return absl::OkStatus();

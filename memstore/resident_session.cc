@@ -146,7 +146,8 @@ absl::Status ResidentSession::LoadLongTerm() {
       if (kind == kLtmBaseEvicted && static_cast<int64_t>(seq) < n0) {
         evicted_base.insert(seq);
       } else if (kind == kLtmEntry && static_cast<int64_t>(seq) >= n0) {
-        absl::StatusOr<LongTermRecord> e = DecodeLongTermRecord(it->value().ToStringView(), p);
+        absl::StatusOr<LongTermRecord> e =
+            DecodeLongTermRecord(it->value().ToStringView(), p, ltm_->params().key_dtype);
         if (!e.ok()) return e.status();
         entries.emplace(seq, *std::move(e));
       } else {
@@ -163,7 +164,7 @@ absl::Status ResidentSession::LoadLongTerm() {
     size_t merged_index = 0;
     LongTermLayer& layer = ltm_->layer(l);
     const LongTermLayer& base_layer = base_ltm->layer(l);
-    auto add = [&](uint64_t seq, uint64_t id, absl::Span<const float> key, int64_t age,
+    auto add = [&](uint64_t seq, uint64_t id, LongTermLayer::StoredKey key, int64_t age,
                    double initial_rf, double pending_rf) -> absl::Status {
       if (seq < merged_end) {
         if (meta && merged_index >= merged_rf.size()) return corrupt(l, "too few frequencies");
@@ -175,19 +176,17 @@ absl::Status ResidentSession::LoadLongTerm() {
       ltm_slots_[l].push_back({seq, id});
       return absl::OkStatus();
     };
-    std::vector<float> base_key(static_cast<size_t>(p));
     for (int64_t i = 0; i < n0; ++i) {
       if (evicted_base.contains(i)) continue;
       const LongTermEntry& e = base_layer.entries()[i];
-      base_layer.KeyAsFloats(i, base_key.data());
-      absl::Status st =
-          add(i, e.token_id, base_key, e.age + age_shift, e.recall_frequency, e.recall_frequency);
+      absl::Status st = add(i, e.token_id, {base_layer.key(i)}, e.age + age_shift,
+                            e.recall_frequency, e.recall_frequency);
       if (!st.ok()) return st;
     }
     for (const auto& [seq, e] : entries) {
       if (!meta && seq < merged_end) return corrupt(l, "merged entry without frequencies");
-      absl::Status st =
-          add(seq, e.token_id, e.key, e.age_base + age_shift, 0.0, e.pending_recall_frequency);
+      absl::Status st = add(seq, e.token_id, {e.key.data()}, e.age_base + age_shift, 0.0,
+                            e.pending_recall_frequency);
       if (!st.ok()) return st;
     }
     if (meta && merged_index != merged_rf.size()) return corrupt(l, "frequency count mismatch");

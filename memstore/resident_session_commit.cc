@@ -132,8 +132,7 @@ absl::StatusOr<std::unique_ptr<rocksdb::WriteBatch>> ResidentSession::StageCommi
         r.token_id = e.token_id;
         r.age_base = e.age - K * rec.inject_count;
         r.pending_recall_frequency = e.recall_frequency;
-        r.key.assign(dropped[l].keys.begin() + j * c.selector_hidden_dim,
-                     dropped[l].keys.begin() + (j + 1) * c.selector_hidden_dim);
+        r.key.assign(static_cast<const char*>(layer.key(first_new + j)), layer.key_bytes());
         batch.Put(ltm_cf, LtmKey(number, l, kLtmEntry, seq), EncodeLongTermRecord(r));
       }
       rec.ltm_tokens += layer.size();

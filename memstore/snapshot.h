@@ -19,7 +19,10 @@
 
 namespace mplus::memstore {
 
-inline constexpr uint32_t kSnapshotVersion = 1;
+// The rows are the store's (store_schema.h): 2 since its format 2 (keys of long-term records as
+// the layer keeps them); version 1 snapshots are still imported.
+inline constexpr uint32_t kSnapshotVersion = 2;
+inline constexpr uint32_t kOldestReadableSnapshotVersion = 1;
 inline constexpr size_t kSnapshotChunkBytes = size_t{1} << 20;
 
 // An import in progress (MemoryStore::BeginImport). Rows are written under a fresh internal

@@ -175,20 +175,30 @@ std::string EncodeLongTermRecord(const LongTermRecord& e) {
   w.U64(e.token_id);
   w.I64(e.age_base);
   w.F64(e.pending_recall_frequency);
-  w.Raw(e.key.data(), e.key.size() * sizeof(float));  // host order: the store is not portable
+  w.Raw(e.key.data(), e.key.size());
   return v;
 }
 
-absl::StatusOr<LongTermRecord> DecodeLongTermRecord(std::string_view v, int64_t key_dim) {
+absl::StatusOr<LongTermRecord> DecodeLongTermRecord(std::string_view v, int64_t key_dim,
+                                                    engine::DType key_dtype) {
   ByteReader r(v);
   LongTermRecord e;
   e.token_id = r.U64();
   e.age_base = r.I64();
   e.pending_recall_frequency = r.F64();
-  std::string_view key = r.Raw(key_dim * sizeof(float));
-  if (!r.done()) return Corrupt("long-term entry");
-  e.key.resize(key_dim);
-  std::memcpy(e.key.data(), key.data(), key.size());
+  const size_t key_bytes = static_cast<size_t>(key_dim) * engine::DTypeSize(key_dtype);
+  const size_t f32_bytes = static_cast<size_t>(key_dim) * sizeof(float);
+  const size_t stored = r.remaining();
+  if (!r.ok() || (stored != key_bytes && stored != f32_bytes)) return Corrupt("long-term entry");
+  std::string_view key = r.Raw(stored);
+  if (stored == key_bytes) {
+    e.key.assign(key.data(), key.size());
+  } else {  // format 1: float32
+    std::vector<float> f32(static_cast<size_t>(key_dim));
+    std::memcpy(f32.data(), key.data(), f32_bytes);
+    e.key.resize(key_bytes);
+    engine::FloatsToDType(f32.data(), key_dim, key_dtype, e.key.data());
+  }
   return e;
 }
 

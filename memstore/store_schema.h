@@ -1,4 +1,4 @@
-// The RocksDB layout (format version 1). Every key starts with a key-format byte, then a
+// The RocksDB layout (format version 2). Every key starts with a key-format byte, then a
 // big-endian session number, so one session's rows are contiguous in each column family and a
 // session is deleted with one range delete per family.
 //   default   "\x01meta"                          -> StoreMeta
@@ -21,10 +21,15 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "engine/dtype.h"
 
 namespace mplus::memstore {
 
-inline constexpr uint32_t kFormatVersion = 1;
+// 2: long-term records hold their key as the layer keeps it (LongTermParams::key_dtype: bf16 for
+// bf16 checkpoints). 1 held float32 keys; its stores are read (such keys are rounded on load)
+// and marked version 2 on open, so that older builds refuse them.
+inline constexpr uint32_t kFormatVersion = 2;
+inline constexpr uint32_t kOldestReadableFormatVersion = 1;
 inline constexpr uint8_t kKeyVersion = 1;
 
 enum ColumnFamily : int { kDefaultCf = 0, kSessionsCf, kTokensCf, kStmCf, kLtmCf, kRequestsCf };
@@ -84,10 +89,12 @@ struct LongTermRecord {
   uint64_t token_id = 0;
   int64_t age_base = 0;
   double pending_recall_frequency = 0;
-  std::vector<float> key;
+  std::string key;  // key_dim elements of the key dtype, host order (the store is not portable)
 };
 std::string EncodeLongTermRecord(const LongTermRecord& r);
-absl::StatusOr<LongTermRecord> DecodeLongTermRecord(std::string_view v, int64_t key_dim);
+// `key_dtype`: the layer's (F32 or BF16). A format-1 record's float32 key is rounded to it.
+absl::StatusOr<LongTermRecord> DecodeLongTermRecord(std::string_view v, int64_t key_dim,
+                                                    engine::DType key_dtype);
 
 // Per layer: entries with seq < merged_end are merged; merged recall frequencies in storage
 // order, run-length encoded (entries merged together keep equal frequencies).

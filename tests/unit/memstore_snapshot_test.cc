@@ -105,12 +105,18 @@ std::string Rewrite(std::string chunk, size_t offset, const std::string& bytes) 
 
 TEST_F(SnapshotTest, RejectsOtherVersionAndOtherModel) {
   std::vector<std::string> bad = chunks_;
-  std::string v2;
-  ByteWriter(&v2).U32(2);
-  bad[0] = Rewrite(bad[0], 4, v2);
+  std::string v3;
+  ByteWriter(&v3).U32(3);
+  bad[0] = Rewrite(bad[0], 4, v3);
   absl::Status s = store_->ImportSession("x", bad).status();
   EXPECT_TRUE(absl::IsFailedPrecondition(s)) << s;
-  EXPECT_THAT(s.message(), HasSubstr("version 2"));
+  EXPECT_THAT(s.message(), HasSubstr("version 3"));
+  // Version 1 (float32 keys in long-term records, which the store still reads) is imported.
+  std::vector<std::string> v1_chunks;
+  std::string v1;
+  ByteWriter(&v1).U32(1);
+  for (const std::string& c : chunks_) v1_chunks.push_back(Rewrite(c, 4, v1));
+  EXPECT_TRUE(store_->ImportSession("from-v1", v1_chunks).ok());
 
   bad = chunks_;
   bad[0] = Rewrite(bad[0], 17, std::string(8, '\x42'));  // the model digest

@@ -47,6 +47,35 @@ void Inject(MemoryStore& store, const std::string& id, uint64_t stream, int64_t 
   if (ref) ref->Apply(r);
 }
 
+// The store's RocksDB database opened directly, every column family, as another program would.
+class RawStore {
+ public:
+  RawStore(const std::string& path, bool read_only) {
+    std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
+    for (int i = 0; i < kNumColumnFamilies; ++i)
+      cfs.emplace_back(ColumnFamilyName(i), rocksdb::ColumnFamilyOptions());
+    const rocksdb::Status s =
+        read_only ? rocksdb::DB::OpenForReadOnly(rocksdb::DBOptions(), path, cfs, &handles_, &db_)
+                  : rocksdb::DB::Open(rocksdb::DBOptions(), path, cfs, &handles_, &db_);
+    EXPECT_TRUE(s.ok()) << s.ToString();
+  }
+  ~RawStore() {
+    for (auto* h : handles_) db_->DestroyColumnFamilyHandle(h);
+    delete db_;
+  }
+  rocksdb::DB* db() const { return db_; }
+  rocksdb::ColumnFamilyHandle* cf(int i) const { return handles_[i]; }
+  StoreMeta Meta() const {
+    std::string v;
+    EXPECT_TRUE(db_->Get(rocksdb::ReadOptions(), cf(kDefaultCf), MetaKey(), &v).ok());
+    return DecodeStoreMeta(v).value();
+  }
+
+ private:
+  rocksdb::DB* db_ = nullptr;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles_;
+};
+
 // RocksDB files whose WAL appends fail while `fail` is set (nothing is written then), and wait
 // while `hold` is set (at most 5 s, so that a test expecting otherwise fails instead of hanging).
 class WalFaults : public rocksdb::FileSystemWrapper {
@@ -314,21 +343,15 @@ TEST(MemstoreStoreTest, DeletionLeavesNoKeys) {
     ASSERT_TRUE(store->DeleteSession("gone").ok());
     EXPECT_EQ(store->Stats().ltm_tokens, 20);  // only "kept"'s checkpoint entries
   }
-  rocksdb::DB* raw = nullptr;
-  std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
-  for (int i = 0; i < kNumColumnFamilies; ++i)
-    cfs.emplace_back(ColumnFamilyName(i), rocksdb::ColumnFamilyOptions());
-  std::vector<rocksdb::ColumnFamilyHandle*> handles;
-  ASSERT_TRUE(rocksdb::DB::OpenForReadOnly(rocksdb::DBOptions(), path, cfs, &handles, &raw).ok());
+  RawStore raw(path, /*read_only=*/true);
   for (int cf = kSessionsCf; cf < kNumColumnFamilies; ++cf) {
-    std::unique_ptr<rocksdb::Iterator> it(raw->NewIterator(rocksdb::ReadOptions(), handles[cf]));
+    std::unique_ptr<rocksdb::Iterator> it(
+        raw.db()->NewIterator(rocksdb::ReadOptions(), raw.cf(cf)));
     int keys = 0;
     for (it->SeekToFirst(); it->Valid(); it->Next()) ++keys;
     // "kept" never injected: it has only its session record.
     EXPECT_EQ(keys, cf == kSessionsCf ? 1 : 0) << ColumnFamilyName(cf);
   }
-  for (auto* h : handles) raw->DestroyColumnFamilyHandle(h);
-  delete raw;
 }
 
 TEST(MemstoreStoreTest, ResidencySpillsLeastRecentlyUsedSessions) {
@@ -468,6 +491,93 @@ TEST(MemstoreStoreTest, RejectsOtherModel) {
   absl::StatusOr<std::unique_ptr<MemoryStore>> s =
       MemoryStore::Open(o, other->config, other->weights);
   EXPECT_TRUE(absl::IsFailedPrecondition(s.status())) << s.status();
+}
+
+void SetFormatVersion(const RawStore& raw, uint32_t version, rocksdb::WriteBatch* batch) {
+  StoreMeta meta = raw.Meta();
+  meta.format_version = version;
+  batch->Put(raw.cf(kDefaultCf), MetaKey(), EncodeStoreMeta(meta));
+}
+
+// A store of format 1 (long-term records with float32 keys) as an earlier build left it: the
+// store at `path`, closed, rewritten in place.
+void RewriteAsFormatOne(const std::string& path, int64_t key_dim, engine::DType key_dtype) {
+  RawStore raw(path, /*read_only=*/false);
+  rocksdb::WriteBatch batch;
+  int records = 0;
+  std::unique_ptr<rocksdb::Iterator> it(
+      raw.db()->NewIterator(rocksdb::ReadOptions(), raw.cf(kLtmCf)));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    // [v][session u64][layer u32][kind u8][seq u64]
+    const std::string_view key = it->key().ToStringView();
+    if (key.size() != 22 || static_cast<uint8_t>(key[13]) != kLtmEntry) continue;
+    absl::StatusOr<LongTermRecord> r =
+        DecodeLongTermRecord(it->value().ToStringView(), key_dim, key_dtype);
+    ASSERT_TRUE(r.ok()) << r.status();
+    std::vector<float> f32(static_cast<size_t>(key_dim));
+    engine::DTypeToFloats(r->key.data(), key_dtype, key_dim, f32.data());
+    r->key.assign(reinterpret_cast<const char*>(f32.data()), f32.size() * sizeof(float));
+    batch.Put(raw.cf(kLtmCf), it->key(), EncodeLongTermRecord(*r));
+    ++records;
+  }
+  EXPECT_GT(records, 0);
+  SetFormatVersion(raw, 1, &batch);
+  ASSERT_TRUE(raw.db()->Write(rocksdb::WriteOptions(), &batch).ok());
+}
+
+uint32_t StoredFormatVersion(const std::string& path) {
+  return RawStore(path, /*read_only=*/true).Meta().format_version;
+}
+
+// bf16 checkpoints keep bf16 keys in long-term records (format 2); a format-1 store (float32
+// keys) opens, is marked format 2 (so that the builds that wrote it refuse it from then on), and
+// its sessions restore and go on bitwise as before.
+TEST(MemstoreStoreTest, ReadsFormatOneStoresAndMarksThemCurrent) {
+  auto m = MakeTinyModel(engine::DType::kBF16);
+  const std::string path = TempDir("format1");
+  const std::unique_ptr<BaseMemory> base = BaseMemory::Create(m->config, m->weights).value();
+  ReferenceSession ref(*base);
+  {
+    auto store = OpenStore(*m, path);
+    ASSERT_TRUE(store->CreateSession("old", {}, 0).ok());
+    for (int n = 0; n < 9; ++n) Inject(*store, "old", 1, n, &ref);  // merges and evictions
+  }
+  const int64_t p = m->config.selector_hidden_dim;
+  RewriteAsFormatOne(path, p, engine::DType::kBF16);
+  ASSERT_EQ(StoredFormatVersion(path), 1u);
+  {
+    auto store = OpenStore(*m, path);
+    absl::StatusOr<SessionHandle> h = store->Acquire("old");
+    ASSERT_TRUE(h.ok()) << h.status();
+    EXPECT_EQ(CompareWithReference(const_cast<ResidentSession&>(h->resident()), ref), "");
+  }
+  EXPECT_EQ(StoredFormatVersion(path), kFormatVersion);
+  {
+    auto store = OpenStore(*m, path);
+    for (int n = 9; n < 12; ++n) Inject(*store, "old", 1, n, &ref);  // format-2 records beside
+  }
+  auto store = OpenStore(*m, path);
+  absl::StatusOr<SessionHandle> h = store->Acquire("old");
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_EQ(CompareWithReference(const_cast<ResidentSession&>(h->resident()), ref), "");
+  EXPECT_EQ(h->resident().long_term()->layer(0).key_bytes(), p * sizeof(uint16_t));
+}
+
+TEST(MemstoreStoreTest, RefusesStoresOfALaterFormat) {
+  auto m = MakeTinyModel();
+  const std::string path = TempDir("format3");
+  { OpenStore(*m, path); }
+  {
+    RawStore raw(path, /*read_only=*/false);
+    rocksdb::WriteBatch batch;
+    SetFormatVersion(raw, kFormatVersion + 1, &batch);
+    ASSERT_TRUE(raw.db()->Write(rocksdb::WriteOptions(), &batch).ok());
+  }
+  StoreOptions o;
+  o.path = path;
+  absl::StatusOr<std::unique_ptr<MemoryStore>> s = MemoryStore::Open(o, m->config, m->weights);
+  EXPECT_TRUE(absl::IsFailedPrecondition(s.status())) << s.status();
+  EXPECT_THAT(s.status().message(), HasSubstr("format version 3"));
 }
 
 // Flips bytes in the middle of every file whose name ends with `suffix`.
