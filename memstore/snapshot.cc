@@ -130,9 +130,9 @@ absl::Status SessionImport::AddChunk(std::string_view chunk) {
   ByteReader r(chunk.substr(4));
   const uint32_t version = r.U32();
   if (version < kOldestReadableSnapshotVersion || version > kSnapshotVersion) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        where, "snapshot format version ", version, ", this build reads versions ",
-        kOldestReadableSnapshotVersion, " to ", kSnapshotVersion));
+    return absl::FailedPreconditionError(
+        absl::StrCat(where, "snapshot format version ", version, ", this build reads versions ",
+                     kOldestReadableSnapshotVersion, " to ", kSnapshotVersion));
   }
   const uint32_t index = r.U32();
   const uint8_t kind = r.U8();

@@ -179,10 +179,10 @@ std::string EncodeLongTermRecord(const LongTermRecord& e) {
   return v;
 }
 
-absl::StatusOr<LongTermRecord> DecodeLongTermRecord(std::string_view v, int64_t key_dim,
-                                                    engine::DType key_dtype) {
+absl::Status DecodeLongTermRecord(std::string_view v, int64_t key_dim, engine::DType key_dtype,
+                                  LongTermRecord* out) {
   ByteReader r(v);
-  LongTermRecord e;
+  LongTermRecord& e = *out;
   e.token_id = r.U64();
   e.age_base = r.I64();
   e.pending_recall_frequency = r.F64();
@@ -199,7 +199,7 @@ absl::StatusOr<LongTermRecord> DecodeLongTermRecord(std::string_view v, int64_t 
     e.key.resize(key_bytes);
     engine::FloatsToDType(f32.data(), key_dim, key_dtype, e.key.data());
   }
-  return e;
+  return absl::OkStatus();
 }
 
 bool SameLayerMeta(const LongTermLayerMeta& a, const LongTermLayerMeta& b) {

@@ -93,8 +93,9 @@ struct LongTermRecord {
 };
 std::string EncodeLongTermRecord(const LongTermRecord& r);
 // `key_dtype`: the layer's (F32 or BF16). A format-1 record's float32 key is rounded to it.
-absl::StatusOr<LongTermRecord> DecodeLongTermRecord(std::string_view v, int64_t key_dim,
-                                                    engine::DType key_dtype);
+// `out` is overwritten (its key's buffer reused).
+absl::Status DecodeLongTermRecord(std::string_view v, int64_t key_dim, engine::DType key_dtype,
+                                  LongTermRecord* out);
 
 // Per layer: entries with seq < merged_end are merged; merged recall frequencies in storage
 // order, run-length encoded (entries merged together keep equal frequencies).

@@ -511,13 +511,12 @@ void RewriteAsFormatOne(const std::string& path, int64_t key_dim, engine::DType 
     // [v][session u64][layer u32][kind u8][seq u64]
     const std::string_view key = it->key().ToStringView();
     if (key.size() != 22 || static_cast<uint8_t>(key[13]) != kLtmEntry) continue;
-    absl::StatusOr<LongTermRecord> r =
-        DecodeLongTermRecord(it->value().ToStringView(), key_dim, key_dtype);
-    ASSERT_TRUE(r.ok()) << r.status();
+    LongTermRecord r;
+    ASSERT_TRUE(DecodeLongTermRecord(it->value().ToStringView(), key_dim, key_dtype, &r).ok());
     std::vector<float> f32(static_cast<size_t>(key_dim));
-    engine::DTypeToFloats(r->key.data(), key_dtype, key_dim, f32.data());
-    r->key.assign(reinterpret_cast<const char*>(f32.data()), f32.size() * sizeof(float));
-    batch.Put(raw.cf(kLtmCf), it->key(), EncodeLongTermRecord(*r));
+    engine::DTypeToFloats(r.key.data(), key_dtype, key_dim, f32.data());
+    r.key.assign(reinterpret_cast<const char*>(f32.data()), f32.size() * sizeof(float));
+    batch.Put(raw.cf(kLtmCf), it->key(), EncodeLongTermRecord(r));
     ++records;
   }
   EXPECT_GT(records, 0);
