@@ -21,10 +21,6 @@ LongTermParams LongTermParamsFor(const engine::ModelConfig& config) {
   return p;
 }
 
-void LongTermLayer::KeyAsFloats(int64_t i, float* out) const {
-  engine::DTypeToFloats(keys_.data() + i * key_bytes_, key_dtype_, key_dim_, out);
-}
-
 void LongTermLayer::Narrow(absl::Span<const float> key, uint8_t* row) const {
   engine::FloatsToDType(key.data(), key_dim_, key_dtype_, row);
 }

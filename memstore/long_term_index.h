@@ -66,8 +66,6 @@ class LongTermLayer {
   size_t keys_bytes() const { return keys_.size(); }
   size_t key_bytes() const { return key_bytes_; }  // one key as stored
   const void* key(int64_t i) const { return keys_.data() + i * key_bytes_; }
-  // Key i widened to float32 (exactly), key_dim floats.
-  void KeyAsFloats(int64_t i, float* out) const;
   // Leading rows of keys() unchanged since the last MarkKeysSynced() (appending changes none),
   // so that a copy of the keys elsewhere (a GPU) is refreshed by copying only the rest.
   // One such copy per layer: the watermark is the layer's.

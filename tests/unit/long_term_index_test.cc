@@ -40,8 +40,8 @@ DroppedTokens Drop(uint64_t first_id, std::vector<int64_t> ages) {
 // The layer's keys widened to float32, in storage order.
 std::vector<float> Keys(const LongTermLayer& layer) {
   std::vector<float> keys(static_cast<size_t>(layer.size() * layer.key_dim()));
-  for (int64_t i = 0; i < layer.size(); ++i)
-    layer.KeyAsFloats(i, keys.data() + i * layer.key_dim());
+  engine::DTypeToFloats(layer.keys(), layer.key_dtype(), static_cast<int64_t>(keys.size()),
+                        keys.data());
   return keys;
 }
 
