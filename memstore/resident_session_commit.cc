@@ -88,34 +88,36 @@ absl::StatusOr<std::unique_ptr<rocksdb::WriteBatch>> ResidentSession::StageCommi
     }
   }
 
-  std::vector<std::vector<LongTermSlot>> new_slots;
-  std::vector<LongTermLayerMeta> new_meta;
   int64_t evicted_total = 0;
   if (ltm_) {
-    // From here on the in-RAM long-term index is ahead of the database until the write succeeds.
+    // From here on the in-RAM long-term index (and the slots beside it, updated in place) is
+    // ahead of the database until the write succeeds; a failure drops the session's RAM state.
     const std::vector<std::vector<uint64_t>> evicted = ltm_->ApplyInject(dropped);
-    new_slots.resize(L);
-    new_meta.resize(L);
     rec.update_step = ltm_->update_step();
     rec.ltm_tokens = 0;
     for (int l = 0; l < L; ++l) {
       const int64_t n0 = base_.long_term_size(l);
-      const absl::flat_hash_set<uint64_t> gone(evicted[l].begin(), evicted[l].end());
-      evicted_total += static_cast<int64_t>(evicted[l].size());
-      for (const LongTermSlot& s : ltm_slots_[l]) {
-        if (!gone.contains(s.token_id)) {
-          new_slots[l].push_back(s);
-          continue;
+      std::vector<LongTermSlot>& slots = ltm_slots_[l];
+      if (!evicted[l].empty()) {  // only at merges: between them this stays O(K), not O(entries)
+        const absl::flat_hash_set<uint64_t> gone(evicted[l].begin(), evicted[l].end());
+        evicted_total += static_cast<int64_t>(evicted[l].size());
+        size_t kept = 0;
+        for (const LongTermSlot& s : slots) {
+          if (!gone.contains(s.token_id)) {
+            slots[kept++] = s;
+            continue;
+          }
+          if (static_cast<int64_t>(s.seq) < n0) {
+            batch.Put(ltm_cf, LtmKey(number, l, kLtmBaseEvicted, s.seq), "");
+          } else {
+            batch.Delete(ltm_cf, LtmKey(number, l, kLtmEntry, s.seq));
+          }
+          if (!IsBaseToken(s.token_id)) batch.Delete(tokens_cf, TokenKey(number, s.token_id));
         }
-        if (static_cast<int64_t>(s.seq) < n0) {
-          batch.Put(ltm_cf, LtmKey(number, l, kLtmBaseEvicted, s.seq), "");
-        } else {
-          batch.Delete(ltm_cf, LtmKey(number, l, kLtmEntry, s.seq));
-        }
-        if (!IsBaseToken(s.token_id)) batch.Delete(tokens_cf, TokenKey(number, s.token_id));
+        slots.resize(kept);
       }
       const LongTermLayer& layer = ltm_->layer(l);
-      const size_t first_new = new_slots[l].size();
+      const size_t first_new = slots.size();
       if (first_new + dropped[l].token_ids.size() != layer.entries().size()) {
         return absl::InternalError(
             absl::StrCat("memstore: layer ", l, ": long-term index changed unexpectedly"));
@@ -127,7 +129,7 @@ absl::StatusOr<std::unique_ptr<rocksdb::WriteBatch>> ResidentSession::StageCommi
               absl::StrCat("memstore: layer ", l, ": long-term entry order mismatch"));
         }
         const uint64_t seq = rec.next_ltm_seq[l]++;
-        new_slots[l].push_back({seq, e.token_id});
+        slots.push_back({seq, e.token_id});
         LongTermRecord r;
         r.token_id = e.token_id;
         r.age_base = e.age - K * rec.inject_count;
@@ -137,11 +139,15 @@ absl::StatusOr<std::unique_ptr<rocksdb::WriteBatch>> ResidentSession::StageCommi
       }
       rec.ltm_tokens += layer.size();
     }
-    for (int l = 0; l < L; ++l) {
-      new_meta[l] = LayerMeta(l, new_slots[l], rec.next_ltm_seq[l]);
-      if (!SameLayerMeta(new_meta[l], ltm_meta_[l])) {
-        batch.Put(ltm_cf, LtmKey(number, l, kLtmLayerMeta, 0),
-                  EncodeLongTermLayerMeta(new_meta[l]));
+    // A layer's meta (merged entries' end and recall frequencies) changes only when the pending
+    // entries merge: appended pending entries start where the merged ones end either way.
+    if (rec.update_step == 0) {
+      for (int l = 0; l < L; ++l) {
+        LongTermLayerMeta meta = LayerMeta(l, ltm_slots_[l], rec.next_ltm_seq[l]);
+        if (!SameLayerMeta(meta, ltm_meta_[l])) {
+          batch.Put(ltm_cf, LtmKey(number, l, kLtmLayerMeta, 0), EncodeLongTermLayerMeta(meta));
+          ltm_meta_[l] = std::move(meta);
+        }
       }
     }
   }
@@ -168,10 +174,6 @@ absl::StatusOr<std::unique_ptr<rocksdb::WriteBatch>> ResidentSession::StageCommi
     for (int64_t l = first; l < last; ++l)
       stm_rows_[l].Replace(result.dropped[l], new_rows[l].data());
   });
-  if (ltm_) {
-    ltm_slots_ = std::move(new_slots);
-    ltm_meta_ = std::move(new_meta);
-  }
   record_ = std::move(rec);
   if (evicted_ltm_tokens) *evicted_ltm_tokens = evicted_total;
   return batch_owner;
