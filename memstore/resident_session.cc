@@ -124,7 +124,7 @@ absl::Status ResidentSession::LoadLongTerm() {
                                             ": long-term memory of layer ", l, ": ",
                                             std::string(why)));
   };
-  LongTermRecord record;  // reused: restoring mplus-8b decodes ~150k records per layer
+  LongTermRecord entry;  // reused: restoring mplus-8b decodes ~150k records per layer
   for (int l = 0; l < L; ++l) {
     const int64_t n0 = base_.long_term_size(l);
     const std::string prefix = LtmLayerPrefix(record_.number, l);
@@ -142,13 +142,13 @@ absl::Status ResidentSession::LoadLongTerm() {
         absl::StatusOr<LongTermLayerMeta> m = DecodeLongTermLayerMeta(it->value().ToStringView());
         if (!m.ok()) return m.status();
         meta = *std::move(m);
-        it->Seek(LtmKey(record_.number, l, kLtmBaseEvicted, 0));  // past the entries
+        it->Next();
         continue;
       }
       const uint64_t seq = r.U64();
       if (!r.done()) return corrupt(l, "malformed key");
       if (kind == kLtmEntry) {
-        it->Seek(LtmKey(record_.number, l, kLtmBaseEvicted, 0));  // the second pass's
+        it->Seek(LtmKey(record_.number, l, kLtmBaseEvicted, 0));  // past them: the second pass's
         continue;
       }
       if (kind != kLtmBaseEvicted || static_cast<int64_t>(seq) >= n0) {
@@ -193,9 +193,9 @@ absl::Status ResidentSession::LoadLongTerm() {
       if (!r.done() || static_cast<int64_t>(seq) < n0) return corrupt(l, "malformed entry key");
       if (!meta && seq < merged_end) return corrupt(l, "merged entry without frequencies");
       MPLUS_RETURN_IF_ERROR(
-          DecodeLongTermRecord(it->value().ToStringView(), p, ltm_->params().key_dtype, &record));
-      MPLUS_RETURN_IF_ERROR(add(seq, record.token_id, {record.key.data()},
-                                record.age_base + age_shift, 0.0, record.pending_recall_frequency));
+          DecodeLongTermRecord(it->value().ToStringView(), p, ltm_->params().key_dtype, &entry));
+      MPLUS_RETURN_IF_ERROR(add(seq, entry.token_id, {entry.key.data()}, entry.age_base + age_shift,
+                                0.0, entry.pending_recall_frequency));
     }
     if (!it->status().ok()) return FromRocks(it->status(), "reading long-term memory");
     if (meta && merged_index != merged_rf.size()) return corrupt(l, "frequency count mismatch");
