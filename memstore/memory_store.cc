@@ -90,7 +90,10 @@ SessionHandle::SessionHandle(MemoryStore* store, std::shared_ptr<Slot> slot)
     : store_(store), slot_(std::move(slot)) {}
 
 SessionHandle::SessionHandle(SessionHandle&& other) noexcept
-    : store_(other.store_), slot_(std::move(other.slot_)), pending_(std::move(other.pending_)) {
+    : store_(other.store_),
+      slot_(std::move(other.slot_)),
+      pending_(std::move(other.pending_)),
+      batch_(std::move(other.batch_)) {
   other.pending_.reset();
 }
 
@@ -134,12 +137,13 @@ absl::Status SessionHandle::StartCommit(const engine::InjectResult& result, int6
   PendingWrite pending;
   const auto start = std::chrono::steady_clock::now();
   const int64_t ltm_before = slot_->state->record().ltm_tokens;
-  absl::StatusOr<std::unique_ptr<rocksdb::WriteBatch>> batch =
-      slot_->state->StageCommit(result, tokens_in_chunk, request_id, NowMicros(), &pending.evicted);
-  if (!batch.ok()) {
+  if (!batch_) batch_ = std::make_unique<rocksdb::WriteBatch>();
+  if (absl::Status s = slot_->state->StageCommit(result, tokens_in_chunk, request_id, NowMicros(),
+                                                 batch_.get(), &pending.evicted);
+      !s.ok()) {
     // Validation errors leave the state untouched; anything later may have advanced it in RAM.
-    if (!absl::IsInvalidArgument(batch.status())) slot_->state.reset();
-    return batch.status();
+    if (!absl::IsInvalidArgument(s)) slot_->state.reset();
+    return s;
   }
   pending.ltm_delta = slot_->state->record().ltm_tokens - ltm_before;
   pending.stage_seconds = SecondsSince(start);
@@ -147,14 +151,13 @@ absl::Status SessionHandle::StartCommit(const engine::InjectResult& result, int6
   // goes on using (the next chunk's Model::Inject reads it). Nothing may throw past here with
   // the inject staged but unwritten: its RAM state would outlive the request.
   try {
-    pending.written = RunOnOwnThread(
-        [db = store_->db_.get(), options = store_->handles_.write_options,
-         id = slot_->state->record().id,
-         shared = std::shared_ptr<rocksdb::WriteBatch>(*std::move(batch))]() -> WriteOutcome {
+    pending.written =
+        RunOnOwnThread([db = store_->db_.get(), options = store_->handles_.write_options,
+                        id = slot_->state->record().id, batch = batch_.get()]() -> WriteOutcome {
           WriteOutcome out;
           try {
             const auto begin = std::chrono::steady_clock::now();
-            const rocksdb::Status ws = db->Write(options, shared.get());
+            const rocksdb::Status ws = db->Write(options, batch);
             out.seconds = SecondsSince(begin);
             if (!ws.ok()) {
               out.status = absl::UnavailableError(absl::StrCat(

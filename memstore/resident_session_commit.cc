@@ -37,39 +37,33 @@ absl::Status ResidentSession::CheckResult(const engine::InjectResult& r) const {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<rocksdb::WriteBatch>> ResidentSession::StageCommit(
-    const engine::InjectResult& result, int64_t tokens_in_chunk,
-    std::optional<std::string_view> request_id, int64_t now_micros, int64_t* evicted_ltm_tokens) {
+absl::Status ResidentSession::StageCommit(const engine::InjectResult& result,
+                                          int64_t tokens_in_chunk,
+                                          std::optional<std::string_view> request_id,
+                                          int64_t now_micros, rocksdb::WriteBatch* out_batch,
+                                          int64_t* evicted_ltm_tokens) {
   absl::Status st = CheckResult(result);
   if (!st.ok()) return st;
   prefix_cache_.OnInject(result.dropped);  // the short-term memory is about to change
   const engine::ModelConfig& c = base_.config();
   const int L = base_.num_layers();
-  const int64_t K = c.num_tokens, d = c.hidden_size;
+  const int64_t K = c.num_tokens;
   const size_t row_bytes = base_.row_bytes();
   const uint64_t number = record_.number;
   SessionRecord rec = record_;
   rec.inject_count += 1;
   rec.injected_tokens += tokens_in_chunk;
   rec.updated_micros = now_micros;
-  auto batch_owner = std::make_unique<rocksdb::WriteBatch>();
-  rocksdb::WriteBatch& batch = *batch_owner;
+  out_batch->Clear();  // keeps its buffer: a reused batch costs no fresh pages
+  rocksdb::WriteBatch& batch = *out_batch;
   auto* tokens_cf = store_.cf[kTokensCf];
   auto* ltm_cf = store_.cf[kLtmCf];
 
-  // New tokens, in the storage dtype (what the short-term cache will hold, bit for bit).
-  std::vector<std::vector<uint8_t>> new_rows(L);
+  // New tokens' ids; their rows go into the batch once they are in the pool (below).
   std::vector<std::vector<uint64_t>> new_ids(L);
   for (int l = 0; l < L; ++l) {
-    new_rows[l].resize(K * row_bytes);
-    engine::FloatsToDType(result.delta[l].data(), K * d, base_.storage_dtype(), new_rows[l].data());
-    for (int64_t j = 0; j < K; ++j) {
-      const uint64_t id = rec.next_token_id++;
-      new_ids[l].push_back(id);
-      batch.Put(tokens_cf, TokenKey(number, id),
-                rocksdb::Slice(reinterpret_cast<const char*>(new_rows[l].data() + j * row_bytes),
-                               row_bytes));
-    }
+    new_ids[l].resize(static_cast<size_t>(K));
+    for (uint64_t& id : new_ids[l]) id = rec.next_token_id++;
   }
 
   // Dropped tokens leave short-term memory: into long-term memory (M+) or gone (MemoryLLM).
@@ -169,14 +163,23 @@ absl::StatusOr<std::unique_ptr<rocksdb::WriteBatch>> ResidentSession::StageCommi
     batch.Put(store_.cf[kRequestsCf], RequestKey(number, *request_id), EncodeRequestRecord(q));
   }
 
-  // The new tokens' rows take the dropped ones' places in the short-term pools.
+  // The new tokens' rows take the dropped ones' places in the short-term pools, narrowed to the
+  // storage dtype there; the batch copies them from the pool (what a reload reads, bit for bit).
   ParallelFor(L, 1, [&](int64_t first, int64_t last) {
     for (int64_t l = first; l < last; ++l)
-      stm_rows_[l].Replace(result.dropped[l], new_rows[l].data());
+      stm_rows_[l].Replace(result.dropped[l], result.delta[l].data(), base_.storage_dtype());
   });
+  const int64_t first_new_slot = c.stm_tokens() - K;
+  for (int l = 0; l < L; ++l) {
+    for (int64_t j = 0; j < K; ++j) {
+      const uint8_t* row = stm_rows_[l].row(first_new_slot + j);
+      batch.Put(tokens_cf, TokenKey(number, new_ids[l][j]),
+                rocksdb::Slice(reinterpret_cast<const char*>(row), row_bytes));
+    }
+  }
   record_ = std::move(rec);
   if (evicted_ltm_tokens) *evicted_ltm_tokens = evicted_total;
-  return batch_owner;
+  return absl::OkStatus();
 }
 
 }  // namespace mplus::memstore
