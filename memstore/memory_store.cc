@@ -147,25 +147,28 @@ absl::Status SessionHandle::StartCommit(const engine::InjectResult& result, int6
   }
   pending.ltm_delta = slot_->state->record().ltm_tokens - ltm_before;
   pending.stage_seconds = SecondsSince(start);
-  // The write touches only the batch and the database, never the session, which the caller
-  // goes on using (the next chunk's Model::Inject reads it). Nothing may throw past here with
-  // the inject staged but unwritten: its RAM state would outlive the request.
+  // The writer only reads the session (FinishBatch) while the caller goes on using it (the next
+  // chunk's Model::Inject, which reads it too); the next StartCommit, the only change, waits for
+  // it. Nothing may throw past here with the inject staged but unwritten: its RAM state would
+  // outlive the request.
   try {
     pending.written =
         RunOnOwnThread([db = store_->db_.get(), options = store_->handles_.write_options,
-                        id = slot_->state->record().id, batch = batch_.get()]() -> WriteOutcome {
+                        state = slot_->state.get(), batch = batch_.get()]() -> WriteOutcome {
           WriteOutcome out;
           try {
             const auto begin = std::chrono::steady_clock::now();
+            state->FinishBatch(batch);
             const rocksdb::Status ws = db->Write(options, batch);
             out.seconds = SecondsSince(begin);
             if (!ws.ok()) {
-              out.status = absl::UnavailableError(absl::StrCat(
-                  "memstore: session ", id, ": inject not committed: ", ws.ToString()));
+              out.status =
+                  absl::UnavailableError(absl::StrCat("memstore: session ", state->record().id,
+                                                      ": inject not committed: ", ws.ToString()));
             }
           } catch (const std::exception& e) {
-            out.status = absl::InternalError(
-                absl::StrCat("memstore: session ", id, ": inject not committed: ", e.what()));
+            out.status = absl::InternalError(absl::StrCat("memstore: session ", state->record().id,
+                                                          ": inject not committed: ", e.what()));
           }
           return out;
         });
