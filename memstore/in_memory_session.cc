@@ -98,7 +98,6 @@ absl::Status InMemorySession::ApplyInject(const engine::InjectResult& inject) {
   std::vector<std::vector<uint8_t>> dropped_rows(layers);  // [K * row_bytes] per layer, slot order
   // Layers on several threads: the new tokens' rows take the dropped ones' places in the pools.
   ParallelFor(static_cast<int64_t>(layers), 1, [&](int64_t first, int64_t last) {
-    std::vector<uint8_t> new_rows(static_cast<size_t>(k_) * row_bytes);
     std::vector<int64_t> new_ages(static_cast<size_t>(k_));
     for (int64_t i = 0; i < k_; ++i) new_ages[i] = k_ - 1 - i;  // first new token oldest
     for (int64_t l = first; l < last; ++l) {
@@ -111,8 +110,7 @@ absl::Status InMemorySession::ApplyInject(const engine::InjectResult& inject) {
         dropped[l].keys = inject.dropped_keys[l];
       }
       ReplaceSlots<int64_t>(stm_ages_[l], inject.dropped[l], new_ages);
-      engine::FloatsToDType(inject.delta[l].data(), k_ * d_, dtype_, new_rows.data());
-      stm_[l].Replace(inject.dropped[l], new_rows.data());
+      stm_[l].Replace(inject.dropped[l], inject.delta[l].data(), dtype_);
     }
   });
   if (ltm_ == nullptr) return absl::OkStatus();

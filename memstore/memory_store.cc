@@ -90,7 +90,10 @@ SessionHandle::SessionHandle(MemoryStore* store, std::shared_ptr<Slot> slot)
     : store_(store), slot_(std::move(slot)) {}
 
 SessionHandle::SessionHandle(SessionHandle&& other) noexcept
-    : store_(other.store_), slot_(std::move(other.slot_)), pending_(std::move(other.pending_)) {
+    : store_(other.store_),
+      slot_(std::move(other.slot_)),
+      pending_(std::move(other.pending_)),
+      batch_(std::move(other.batch_)) {
   other.pending_.reset();
 }
 
@@ -134,35 +137,38 @@ absl::Status SessionHandle::StartCommit(const engine::InjectResult& result, int6
   PendingWrite pending;
   const auto start = std::chrono::steady_clock::now();
   const int64_t ltm_before = slot_->state->record().ltm_tokens;
-  absl::StatusOr<std::unique_ptr<rocksdb::WriteBatch>> batch =
-      slot_->state->StageCommit(result, tokens_in_chunk, request_id, NowMicros(), &pending.evicted);
-  if (!batch.ok()) {
+  if (!batch_) batch_ = std::make_unique<rocksdb::WriteBatch>();
+  if (absl::Status s = slot_->state->StageCommit(result, tokens_in_chunk, request_id, NowMicros(),
+                                                 batch_.get(), &pending.evicted);
+      !s.ok()) {
     // Validation errors leave the state untouched; anything later may have advanced it in RAM.
-    if (!absl::IsInvalidArgument(batch.status())) slot_->state.reset();
-    return batch.status();
+    if (!absl::IsInvalidArgument(s)) slot_->state.reset();
+    return s;
   }
   pending.ltm_delta = slot_->state->record().ltm_tokens - ltm_before;
   pending.stage_seconds = SecondsSince(start);
-  // The write touches only the batch and the database, never the session, which the caller
-  // goes on using (the next chunk's Model::Inject reads it). Nothing may throw past here with
-  // the inject staged but unwritten: its RAM state would outlive the request.
+  // The writer only reads the session (FinishBatch) while the caller goes on using it (the next
+  // chunk's Model::Inject, which reads it too); the next StartCommit, the only change, waits for
+  // it. Nothing may throw past here with the inject staged but unwritten: its RAM state would
+  // outlive the request.
   try {
-    pending.written = RunOnOwnThread(
-        [db = store_->db_.get(), options = store_->handles_.write_options,
-         id = slot_->state->record().id,
-         shared = std::shared_ptr<rocksdb::WriteBatch>(*std::move(batch))]() -> WriteOutcome {
+    pending.written =
+        RunOnOwnThread([db = store_->db_.get(), options = store_->handles_.write_options,
+                        state = slot_->state.get(), batch = batch_.get()]() -> WriteOutcome {
           WriteOutcome out;
           try {
             const auto begin = std::chrono::steady_clock::now();
-            const rocksdb::Status ws = db->Write(options, shared.get());
+            state->FinishBatch(batch);
+            const rocksdb::Status ws = db->Write(options, batch);
             out.seconds = SecondsSince(begin);
             if (!ws.ok()) {
-              out.status = absl::UnavailableError(absl::StrCat(
-                  "memstore: session ", id, ": inject not committed: ", ws.ToString()));
+              out.status =
+                  absl::UnavailableError(absl::StrCat("memstore: session ", state->record().id,
+                                                      ": inject not committed: ", ws.ToString()));
             }
           } catch (const std::exception& e) {
-            out.status = absl::InternalError(
-                absl::StrCat("memstore: session ", id, ": inject not committed: ", e.what()));
+            out.status = absl::InternalError(absl::StrCat("memstore: session ", state->record().id,
+                                                          ": inject not committed: ", e.what()));
           }
           return out;
         });

@@ -47,15 +47,20 @@ class ResidentSession : public engine::SessionMemory {
     return store_.prefix_cache ? &prefix_cache_ : nullptr;
   }
 
-  // Validates `result`, applies it to this object, and returns the one WriteBatch that makes it
-  // durable (new tokens, dropped tokens moving to long-term memory with their keys, evictions,
-  // the new short-term lists, counters, the request record when `request_id` is set). The batch
-  // must be written before the next one is staged. Until it is written the in-RAM state is ahead
-  // of the database: if the write fails, drop this object. InvalidArgument leaves the state
-  // untouched; after any other error drop this object too.
-  absl::StatusOr<std::unique_ptr<rocksdb::WriteBatch>> StageCommit(
-      const engine::InjectResult& result, int64_t tokens_in_chunk,
-      std::optional<std::string_view> request_id, int64_t now_micros, int64_t* evicted_ltm_tokens);
+  // Validates `result`, applies it to this object, and starts in `out_batch` (cleared first) the
+  // one write that makes it durable: what the inject removed (dropped and evicted tokens), the
+  // long-term layer metas at merges, counters, the request record when `request_id` is set;
+  // FinishBatch adds the rest. The batch must be written before the next one is staged. Until it
+  // is written the in-RAM state is ahead of the database: if the write fails, drop this object.
+  // InvalidArgument leaves the state untouched; after any other error drop this object too.
+  absl::Status StageCommit(const engine::InjectResult& result, int64_t tokens_in_chunk,
+                           std::optional<std::string_view> request_id, int64_t now_micros,
+                           rocksdb::WriteBatch* out_batch, int64_t* evicted_ltm_tokens);
+  // Adds to the staged batch what the inject left, read from this object: each layer's K new
+  // short-term rows and the short-term lists, the long-term records of the K tokens each layer
+  // moved (the writer thread's share, off the inject's critical path). Only reads: it may run
+  // beside Model::Inject on this session, never beside the next StageCommit or a Generate.
+  void FinishBatch(rocksdb::WriteBatch* batch) const;
 
   const SessionRecord& record() const { return record_; }
   const ShortTermList& short_term_list(int layer) const { return stm_[layer]; }

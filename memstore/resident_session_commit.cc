@@ -1,4 +1,5 @@
-// ResidentSession::StageCommit: one inject → applied in RAM + one WriteBatch to make it durable.
+// ResidentSession::StageCommit and FinishBatch: one inject → applied in RAM + one WriteBatch to
+// make it durable.
 #include <cstring>
 #include <memory>
 
@@ -37,39 +38,32 @@ absl::Status ResidentSession::CheckResult(const engine::InjectResult& r) const {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<rocksdb::WriteBatch>> ResidentSession::StageCommit(
-    const engine::InjectResult& result, int64_t tokens_in_chunk,
-    std::optional<std::string_view> request_id, int64_t now_micros, int64_t* evicted_ltm_tokens) {
+absl::Status ResidentSession::StageCommit(const engine::InjectResult& result,
+                                          int64_t tokens_in_chunk,
+                                          std::optional<std::string_view> request_id,
+                                          int64_t now_micros, rocksdb::WriteBatch* out_batch,
+                                          int64_t* evicted_ltm_tokens) {
   absl::Status st = CheckResult(result);
   if (!st.ok()) return st;
   prefix_cache_.OnInject(result.dropped);  // the short-term memory is about to change
   const engine::ModelConfig& c = base_.config();
   const int L = base_.num_layers();
-  const int64_t K = c.num_tokens, d = c.hidden_size;
-  const size_t row_bytes = base_.row_bytes();
+  const int64_t K = c.num_tokens;
   const uint64_t number = record_.number;
   SessionRecord rec = record_;
   rec.inject_count += 1;
   rec.injected_tokens += tokens_in_chunk;
   rec.updated_micros = now_micros;
-  auto batch_owner = std::make_unique<rocksdb::WriteBatch>();
-  rocksdb::WriteBatch& batch = *batch_owner;
+  out_batch->Clear();  // keeps its buffer: a reused batch costs no fresh pages
+  rocksdb::WriteBatch& batch = *out_batch;
   auto* tokens_cf = store_.cf[kTokensCf];
   auto* ltm_cf = store_.cf[kLtmCf];
 
-  // New tokens, in the storage dtype (what the short-term cache will hold, bit for bit).
-  std::vector<std::vector<uint8_t>> new_rows(L);
+  // New tokens' ids (their rows go into the batch in FinishBatch, from the pool).
   std::vector<std::vector<uint64_t>> new_ids(L);
   for (int l = 0; l < L; ++l) {
-    new_rows[l].resize(K * row_bytes);
-    engine::FloatsToDType(result.delta[l].data(), K * d, base_.storage_dtype(), new_rows[l].data());
-    for (int64_t j = 0; j < K; ++j) {
-      const uint64_t id = rec.next_token_id++;
-      new_ids[l].push_back(id);
-      batch.Put(tokens_cf, TokenKey(number, id),
-                rocksdb::Slice(reinterpret_cast<const char*>(new_rows[l].data() + j * row_bytes),
-                               row_bytes));
-    }
+    new_ids[l].resize(static_cast<size_t>(K));
+    for (uint64_t& id : new_ids[l]) id = rec.next_token_id++;
   }
 
   // Dropped tokens leave short-term memory: into long-term memory (M+) or gone (MemoryLLM).
@@ -128,14 +122,7 @@ absl::StatusOr<std::unique_ptr<rocksdb::WriteBatch>> ResidentSession::StageCommi
           return absl::InternalError(
               absl::StrCat("memstore: layer ", l, ": long-term entry order mismatch"));
         }
-        const uint64_t seq = rec.next_ltm_seq[l]++;
-        slots.push_back({seq, e.token_id});
-        LongTermRecord r;
-        r.token_id = e.token_id;
-        r.age_base = e.age - K * rec.inject_count;
-        r.pending_recall_frequency = e.recall_frequency;
-        r.key.assign(static_cast<const char*>(layer.key(first_new + j)), layer.key_bytes());
-        batch.Put(ltm_cf, LtmKey(number, l, kLtmEntry, seq), EncodeLongTermRecord(r));
+        slots.push_back({rec.next_ltm_seq[l]++, e.token_id});  // its record: FinishBatch
       }
       rec.ltm_tokens += layer.size();
     }
@@ -160,7 +147,6 @@ absl::StatusOr<std::unique_ptr<rocksdb::WriteBatch>> ResidentSession::StageCommi
     ShortTermList& s = stm_[l];
     ReplaceSlots<uint64_t>(s.ids, result.dropped[l], new_ids[l]);
     ReplaceSlots<int32_t>(s.ages, result.dropped[l], new_ages);
-    batch.Put(store_.cf[kStmCf], StmKey(number, l), EncodeShortTermList(s));
   }
 
   batch.Put(store_.cf[kSessionsCf], SessionKey(rec.id), EncodeSessionRecord(rec));
@@ -169,14 +155,45 @@ absl::StatusOr<std::unique_ptr<rocksdb::WriteBatch>> ResidentSession::StageCommi
     batch.Put(store_.cf[kRequestsCf], RequestKey(number, *request_id), EncodeRequestRecord(q));
   }
 
-  // The new tokens' rows take the dropped ones' places in the short-term pools.
+  // The new tokens' rows take the dropped ones' places in the short-term pools, narrowed to the
+  // storage dtype there (FinishBatch copies them from the pool: what a reload reads, bit for bit).
   ParallelFor(L, 1, [&](int64_t first, int64_t last) {
     for (int64_t l = first; l < last; ++l)
-      stm_rows_[l].Replace(result.dropped[l], new_rows[l].data());
+      stm_rows_[l].Replace(result.dropped[l], result.delta[l].data(), base_.storage_dtype());
   });
   record_ = std::move(rec);
   if (evicted_ltm_tokens) *evicted_ltm_tokens = evicted_total;
-  return batch_owner;
+  return absl::OkStatus();
+}
+
+void ResidentSession::FinishBatch(rocksdb::WriteBatch* batch) const {
+  const engine::ModelConfig& c = base_.config();
+  const int64_t K = c.num_tokens, first_new_slot = c.stm_tokens() - K;
+  const size_t row_bytes = base_.row_bytes();
+  const uint64_t number = record_.number;
+  for (int l = 0; l < base_.num_layers(); ++l) {
+    const ShortTermList& s = stm_[l];
+    for (int64_t slot = first_new_slot; slot < first_new_slot + K; ++slot) {
+      batch->Put(store_.cf[kTokensCf], TokenKey(number, s.ids[slot]),
+                 rocksdb::Slice(reinterpret_cast<const char*>(stm_rows_[l].row(slot)), row_bytes));
+    }
+    batch->Put(store_.cf[kStmCf], StmKey(number, l), EncodeShortTermList(s));
+    if (!ltm_) continue;
+    // The K tokens this inject moved are the layer's last entries (checked by StageCommit).
+    const LongTermLayer& layer = ltm_->layer(l);
+    const std::vector<LongTermSlot>& slots = ltm_slots_[l];
+    LongTermRecord r;
+    for (size_t i = layer.entries().size() - static_cast<size_t>(K); i < layer.entries().size();
+         ++i) {
+      const LongTermEntry& e = layer.entries()[i];
+      r.token_id = e.token_id;
+      r.age_base = e.age - K * record_.inject_count;
+      r.pending_recall_frequency = e.recall_frequency;
+      r.key.assign(static_cast<const char*>(layer.key(i)), layer.key_bytes());
+      batch->Put(store_.cf[kLtmCf], LtmKey(number, l, kLtmEntry, slots[i].seq),
+                 EncodeLongTermRecord(r));
+    }
+  }
 }
 
 }  // namespace mplus::memstore

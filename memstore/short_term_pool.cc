@@ -1,9 +1,9 @@
 #include "memstore/short_term_pool.h"
 
-#include <cstring>
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
+#include "engine/dtype.h"
 
 namespace mplus::memstore {
 
@@ -37,12 +37,14 @@ engine::ShortTermRows ShortTermPool::View(engine::DType dtype, int64_t cols) con
   return v;
 }
 
-void ShortTermPool::Replace(absl::Span<const int32_t> dropped, const uint8_t* new_rows) {
+void ShortTermPool::Replace(absl::Span<const int32_t> dropped, const float* new_rows,
+                            engine::DType dtype) {
+  const int64_t cols = static_cast<int64_t>(row_bytes_ / engine::DTypeSize(dtype));
   std::vector<int32_t> freed;  // the dropped slots' rows: the new tokens' rows
   freed.reserve(dropped.size());
   for (size_t j = 0; j < dropped.size(); ++j) {
     freed.push_back(slot_rows_[dropped[j]]);
-    std::memcpy(rows_.data() + freed[j] * row_bytes_, new_rows + j * row_bytes_, row_bytes_);
+    engine::FloatsToDType(new_rows + j * cols, cols, dtype, rows_.data() + freed[j] * row_bytes_);
   }
   ReplaceSlots<int32_t>(slot_rows_, dropped, freed);
 }

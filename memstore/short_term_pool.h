@@ -48,8 +48,9 @@ class ShortTermPool {
   engine::ShortTermRows View(engine::DType dtype, int64_t cols) const;
 
   // One inject: the slots `dropped` (CheckDroppedSlots) leave, the kept ones close up in order,
-  // and the dropped.size() rows of `new_rows` become the last slots, in order.
-  void Replace(absl::Span<const int32_t> dropped, const uint8_t* new_rows);
+  // and the dropped.size() rows of `new_rows` become the last slots, in order, narrowed to the
+  // pool's `dtype` straight into the rows they take over (no staging copy).
+  void Replace(absl::Span<const int32_t> dropped, const float* new_rows, engine::DType dtype);
 
  private:
   std::vector<uint8_t> rows_;

@@ -15,9 +15,14 @@ namespace {
 constexpr int64_t kSlots = 40, kCols = 3;
 constexpr size_t kRowBytes = kCols * sizeof(float);
 
-std::vector<uint8_t> Rows(int64_t count, float first_value) {
+std::vector<float> Floats(int64_t count, float first_value) {
   std::vector<float> v(static_cast<size_t>(count * kCols));
   std::iota(v.begin(), v.end(), first_value);
+  return v;
+}
+
+std::vector<uint8_t> Rows(int64_t count, float first_value) {
+  const std::vector<float> v = Floats(count, first_value);
   std::vector<uint8_t> bytes(v.size() * sizeof(float));
   std::memcpy(bytes.data(), v.data(), bytes.size());
   return bytes;
@@ -54,7 +59,7 @@ TEST(ShortTermPoolTest, InjectsReadAsCompactedSlotOrder) {
     next.insert(next.end(), fresh.begin(), fresh.end());
     reference = std::move(next);
 
-    pool.Replace(dropped, fresh.data());
+    pool.Replace(dropped, Floats(k, 1000.0f * (inject + 1)).data(), engine::DType::kF32);
     ASSERT_EQ(SlotOrder(pool), reference) << "after inject " << inject;
     for (int64_t slot = 0; slot < kSlots; ++slot) {
       ASSERT_EQ(std::memcmp(pool.row(slot), reference.data() + slot * kRowBytes, kRowBytes), 0);
@@ -70,11 +75,11 @@ TEST(ShortTermPoolTest, ContiguousOnlyWhileSlotsAreOneRunOfRows) {
   EXPECT_EQ(view.Contiguous(0, kSlots), view.pool.data);
   // Dropping the last slots writes the new rows in place: still one run.
   const std::vector<int32_t> last = {kSlots - 2, kSlots - 1};
-  pool.Replace(last, Rows(2, 500).data());
+  pool.Replace(last, Floats(2, 500).data(), engine::DType::kF32);
   view = pool.View(engine::DType::kF32, kCols);
   EXPECT_EQ(view.Contiguous(0, kSlots), view.pool.data);
   const std::vector<int32_t> first = {0};
-  pool.Replace(first, Rows(1, 900).data());
+  pool.Replace(first, Floats(1, 900).data(), engine::DType::kF32);
   view = pool.View(engine::DType::kF32, kCols);
   EXPECT_EQ(view.Contiguous(0, kSlots), nullptr);
   EXPECT_EQ(view.Contiguous(0, kSlots - 1), view.Row(0));  // the kept rows 1 .. N-1
