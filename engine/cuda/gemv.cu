@@ -127,8 +127,12 @@ cudaError_t Launch(const float* x, const uint16_t* w, int64_t m, int64_t k, floa
   attribute.val.programmaticStreamSerializationAllowed = 1;
   config.attrs = &attribute;
   config.numAttrs = programmatic ? 1 : 0;
-  return cudaLaunchKernelEx(&config, GemvBf16Kernel<N>, x, w, m, k, alpha, accumulate, ep,
-                            threads_per_row);
+  const cudaError_t launched = cudaLaunchKernelEx(&config, GemvBf16Kernel<N>, x, w, m, k, alpha,
+                                                  accumulate, ep, threads_per_row);
+  // A failed launch also sets the thread's last error; the caller reports this one, so clear
+  // it rather than let the next launch check report it as its own.
+  if (launched != cudaSuccess) (void)cudaGetLastError();
+  return launched;
 }
 
 // The segments tile [0, m) in order, each with an output; LoRA terms have their t.
