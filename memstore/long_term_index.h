@@ -78,6 +78,11 @@ class LongTermLayer {
     const void* data;
   };
 
+  // Room for `entries` entries and their keys (a restore knows about how many it adds).
+  void Reserve(int64_t entries) {
+    entries_.reserve(static_cast<size_t>(entries));
+    keys_.reserve(static_cast<size_t>(entries) * key_bytes_);
+  }
   // Appends a merged entry (checkpoint LTM, or restoring persisted state); a float32 key
   // (key_dim floats) is stored as key_dtype().
   void AddMerged(uint64_t token_id, absl::Span<const float> key, int64_t age,
