@@ -139,6 +139,11 @@ class LongTermMemory {
   std::vector<int64_t> Select(int l, const float* queries, int64_t num_queries) const;
 
  private:
+  // A merge of one layer: its pending entries join the merged ones, every recall frequency
+  // decays and the entries it takes to 0.01 or below go (their ids appended to `evicted`); when
+  // no more than K_ltm entries would be left, nothing decays (the official rule).
+  void MergeAndEvict(LongTermLayer& layer, std::vector<uint64_t>* evicted) const;
+
   LongTermParams params_;
   std::vector<LongTermLayer> layers_;
   int64_t update_step_ = 0;

@@ -180,9 +180,13 @@ absl::Status ResidentSession::LoadLongTermLayer(int l) {
   }
   size_t merged_index = 0;
   LongTermLayer& layer = ltm_->layer(l);
-  // The record counts every layer's entries; layers hold about as many each.
+  // The record counts every layer's entries; layers hold about as many each. Room for the
+  // pending entries of one merge period on top: an exact fit would make the next inject move
+  // the whole layer (mplus-8b: 77 MB of keys a layer) to grow it.
+  const LongTermParams& params = ltm_->params();
   const int64_t expected = std::max<int64_t>(n0 - static_cast<int64_t>(evicted_base.size()),
-                                             record_.ltm_tokens / base_.num_layers());
+                                             record_.ltm_tokens / base_.num_layers()) +
+                           params.tokens_per_inject * params.update_ltm_frequency;
   layer.Reserve(expected);
   ltm_slots_[l].reserve(static_cast<size_t>(expected));
   auto add = [&](uint64_t seq, uint64_t id, LongTermLayer::StoredKey key, int64_t age,
