@@ -14,69 +14,21 @@
 #include <utility>
 #include <vector>
 
-#include "bench/bf16_view.h"
+#include "bench/mplus8b_stand_in.h"
 #include "benchmark/benchmark.h"
 #include "memstore/memory_store.h"
 
 namespace mplus::memstore {
 namespace {
 
-constexpr int64_t kHidden = 4096, kK = 256, kKeyDim = 256, kLayers = 4;
+constexpr int64_t kLayers = 4;
 
-struct Setup {
-  engine::ModelConfig config;
-  engine::ModelWeights weights;
-  // One buffer of each kind serves every layer.
-  std::vector<uint16_t> memory, ltm_rows, ltm_keys, ltm_ages, ltm_rf;
+struct Setup : bench::Mplus8bStandIn {
   std::string path;
-  Setup(int64_t ltm_entries, int64_t update_frequency) {
-    config.kind = engine::ModelKind::kMPlus;
-    config.dtype = engine::DType::kBF16;
-    config.num_hidden_layers = kLayers;
-    config.hidden_size = kHidden;
-    config.num_tokens = kK;
-    config.num_blocks = 50;  // N = 12,800, as mplus-8b
-    config.num_ltm_blocks = 10;
-    config.selector_hidden_dim = kKeyDim;
-    config.update_ltm_frequency = update_frequency;
-    config.decay_frequency = 1;
-    config.initial_rf_when_moving_stm_to_ltm = 10;
-    const int64_t n = config.stm_tokens(), m = ltm_entries;
-    memory.assign(static_cast<size_t>(kLayers * n * kHidden), 0x3f80);
-    // Checkpoint entries: bf16 1.0 everywhere, ages 0, recall frequency 10 (the moved tokens').
-    ltm_rows.assign(static_cast<size_t>(std::max<int64_t>(m, 1) * kHidden), 0x3f80);
-    ltm_keys.assign(static_cast<size_t>(std::max<int64_t>(m, 1) * kKeyDim), 0x3f80);
-    ltm_ages.assign(static_cast<size_t>(std::max<int64_t>(m, 1)), 0);
-    ltm_rf.assign(static_cast<size_t>(std::max<int64_t>(m, 1)), 0x4120);
-    const auto view = bench::Bf16View;
-    weights.memory = view("memory", memory.data(), {kLayers, n, kHidden}, memory.size() * 2);
-    for (int64_t l = 0; l < kLayers; ++l) {
-      weights.ltm.push_back(view("ltm", ltm_rows.data(), {m, kHidden}, m * kHidden * 2));
-      weights.ltm_keys.push_back(view("ltm_keys", ltm_keys.data(), {m, kKeyDim}, m * kKeyDim * 2));
-      weights.ltm_ages.push_back(view("ltm_ages", ltm_ages.data(), {m}, m * 2));
-      weights.ltm_recall_frequencies.push_back(view("ltm_rf", ltm_rf.data(), {m}, m * 2));
-    }
-    path = (std::filesystem::temp_directory_path() / "mplus-inject-commit-bench").string();
-  }
+  Setup(int64_t ltm_entries, int64_t update_frequency)
+      : Mplus8bStandIn(kLayers, ltm_entries, update_frequency),
+        path((std::filesystem::temp_directory_path() / "mplus-inject-commit-bench").string()) {}
 };
-
-engine::InjectResult RandomInject(const engine::ModelConfig& config, std::mt19937& rng) {
-  std::normal_distribution<float> normal;
-  std::vector<int32_t> all(static_cast<size_t>(config.stm_tokens()));
-  for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int32_t>(i);
-  engine::InjectResult r;
-  for (int64_t l = 0; l < kLayers; ++l) {
-    r.delta.emplace_back(kK * kHidden);
-    for (float& x : r.delta.back()) x = normal(rng);
-    std::shuffle(all.begin(), all.end(), rng);
-    std::vector<int32_t> slots(all.begin(), all.begin() + kK);
-    std::sort(slots.begin(), slots.end());
-    r.dropped.push_back(std::move(slots));
-    r.dropped_keys.emplace_back(kK * kKeyDim);
-    for (float& x : r.dropped_keys.back()) x = normal(rng);
-  }
-  return r;
-}
 
 void BM_CommitInject(benchmark::State& state) {
   static auto* setups = new std::map<std::pair<int64_t, int64_t>, Setup>();
@@ -93,7 +45,8 @@ void BM_CommitInject(benchmark::State& state) {
   }
   std::mt19937 rng(1);
   std::vector<engine::InjectResult> injects;
-  for (int64_t i = 0; i < state.max_iterations; ++i) injects.push_back(RandomInject(s.config, rng));
+  for (int64_t i = 0; i < state.max_iterations; ++i)
+    injects.push_back(bench::RandomInject(s.config, rng));
   auto handle = (*store)->Acquire("bench");
   if (!handle.ok()) {
     state.SkipWithError("cannot acquire the session");

@@ -40,7 +40,21 @@ BaseMemory::BaseMemory(const engine::ModelConfig& config, const engine::ModelWei
     : config_(config),
       weights_(weights),
       dtype_(config.dtype),
-      row_bytes_(config.hidden_size * engine::DTypeSize(config.dtype)) {}
+      row_bytes_(config.hidden_size * engine::DTypeSize(config.dtype)) {
+  if (!config.has_long_term()) return;
+  const LongTermParams params = long_term_params();
+  key_bytes_ = static_cast<size_t>(params.key_dim) * engine::DTypeSize(params.key_dtype);
+  converted_keys_.resize(num_layers());
+  for (int l = 0; l < num_layers(); ++l) {
+    const engine::TensorView& keys = weights.ltm_keys[l];
+    if (keys.dtype == params.key_dtype) continue;
+    const int64_t n = long_term_size(l) * params.key_dim;
+    std::vector<float> widened(static_cast<size_t>(n));
+    engine::DTypeToFloats(keys.data, keys.dtype, n, widened.data());
+    converted_keys_[l].resize(static_cast<size_t>(long_term_size(l)) * key_bytes_);
+    engine::FloatsToDType(widened.data(), n, params.key_dtype, converted_keys_[l].data());
+  }
+}
 
 absl::StatusOr<std::unique_ptr<BaseMemory>> BaseMemory::Create(
     const engine::ModelConfig& config, const engine::ModelWeights& weights) {
@@ -123,17 +137,17 @@ double BaseMemory::InitialRecallFrequency(int layer, int64_t index) const {
   return ElementAsFloat(weights_.ltm_recall_frequencies[layer], index);
 }
 
+LongTermLayer::StoredKey BaseMemory::LongTermKey(int layer, int64_t index) const {
+  const std::vector<uint8_t>& converted = converted_keys_[layer];
+  const void* keys = converted.empty() ? weights_.ltm_keys[layer].data : converted.data();
+  return {static_cast<const uint8_t*>(keys) + index * key_bytes_};
+}
+
 std::unique_ptr<LongTermMemory> BaseMemory::NewLongTermMemory() const {
   auto ltm = std::make_unique<LongTermMemory>(long_term_params(), num_layers());
-  const int64_t p = config_.selector_hidden_dim;
-  std::vector<float> key(p);
   for (int l = 0; l < num_layers(); ++l) {
-    const engine::TensorView& keys = weights_.ltm_keys[l];
     for (int64_t i = 0; i < long_term_size(l); ++i) {
-      engine::DTypeToFloats(
-          static_cast<const uint8_t*>(keys.data) + i * p * engine::DTypeSize(keys.dtype),
-          keys.dtype, p, key.data());
-      ltm->layer(l).AddMerged(BaseLongTermId(l, i), key, InitialAge(l, i),
+      ltm->layer(l).AddMerged(BaseLongTermId(l, i), LongTermKey(l, i), InitialAge(l, i),
                               InitialRecallFrequency(l, i));
     }
   }

@@ -53,6 +53,10 @@ class BaseMemory {
   std::unique_ptr<LongTermMemory> NewLongTermMemory() const;
   int64_t InitialAge(int layer, int64_t index) const;
   double InitialRecallFrequency(int layer, int64_t index) const;
+  // The checkpoint's long-term key `index` of `layer` as a session's layer stores it
+  // (long_term_params().key_dtype): in the mapped checkpoint, or converted once at creation when
+  // the checkpoint holds keys in another dtype.
+  LongTermLayer::StoredKey LongTermKey(int layer, int64_t index) const;
 
  private:
   BaseMemory(const engine::ModelConfig& config, const engine::ModelWeights& weights);
@@ -62,6 +66,8 @@ class BaseMemory {
   const engine::ModelWeights& weights_;
   engine::DType dtype_;
   size_t row_bytes_;
+  size_t key_bytes_ = 0;                              // one long-term key as sessions store it
+  std::vector<std::vector<uint8_t>> converted_keys_;  // [layer], empty where the checkpoint's fit
 };
 
 }  // namespace mplus::memstore

@@ -26,7 +26,7 @@ absl::StatusOr<std::unique_ptr<InMemorySession>> InMemorySession::Create(const e
   const size_t layer_bytes = static_cast<size_t>(s->n_) * row_bytes;
   for (int l = 0; l < s->num_layers_; ++l) {
     const uint8_t* src = static_cast<const uint8_t*>(w.memory.data) + l * layer_bytes;
-    s->stm_.emplace_back(std::vector<uint8_t>(src, src + layer_bytes), row_bytes);
+    std::memcpy(s->stm_.emplace_back(s->n_, row_bytes).initial_rows(), src, layer_bytes);
     s->stm_ages_.emplace_back(static_cast<size_t>(s->n_), 0);  // not in the checkpoint
   }
   if (!c.has_long_term()) return s;

@@ -78,6 +78,11 @@ class LongTermLayer {
     const void* data;
   };
 
+  // Room for `entries` entries and their keys (a restore knows about how many it adds).
+  void Reserve(int64_t entries) {
+    entries_.reserve(static_cast<size_t>(entries));
+    keys_.reserve(static_cast<size_t>(entries) * key_bytes_);
+  }
   // Appends a merged entry (checkpoint LTM, or restoring persisted state); a float32 key
   // (key_dim floats) is stored as key_dtype().
   void AddMerged(uint64_t token_id, absl::Span<const float> key, int64_t age,
@@ -134,6 +139,11 @@ class LongTermMemory {
   std::vector<int64_t> Select(int l, const float* queries, int64_t num_queries) const;
 
  private:
+  // A merge of one layer: its pending entries join the merged ones, every recall frequency
+  // decays and the entries it takes to 0.01 or below go (their ids appended to `evicted`); when
+  // no more than K_ltm entries would be left, nothing decays (the official rule).
+  void MergeAndEvict(LongTermLayer& layer, std::vector<uint64_t>* evicted) const;
+
   LongTermParams params_;
   std::vector<LongTermLayer> layers_;
   int64_t update_step_ = 0;

@@ -31,15 +31,23 @@ absl::StatusOr<std::unique_ptr<ResidentSession>> ResidentSession::Load(
 
 absl::Status ResidentSession::ReadTokens(const std::vector<uint64_t>& ids,
                                          uint8_t* out_rows) const {
-  // Sorted keys let MultiGet walk each SST block once.
+  // Base tokens come from the checkpoint (on several threads: a restore copies up to 100 MB a
+  // layer), the others from the database, by sorted keys so MultiGet walks each block once.
+  std::vector<size_t> from_base;
   std::vector<std::pair<uint64_t, size_t>> order;
   for (size_t i = 0; i < ids.size(); ++i) {
     if (IsBaseToken(ids[i])) {
-      base_.CopyRow(ids[i], out_rows + i * base_.row_bytes());
+      from_base.push_back(i);
     } else {
       order.push_back({ids[i], i});
     }
   }
+  const int64_t rows_per_thread = std::max<int64_t>(1, (int64_t{1} << 20) / base_.row_bytes());
+  ParallelFor(static_cast<int64_t>(from_base.size()), rows_per_thread, [&](int64_t b, int64_t e) {
+    for (int64_t j = b; j < e; ++j) {
+      base_.CopyRow(ids[from_base[j]], out_rows + from_base[j] * base_.row_bytes());
+    }
+  });
   if (order.empty()) return absl::OkStatus();
   std::sort(order.begin(), order.end());
   std::vector<std::string> keys(order.size());
@@ -100,10 +108,8 @@ absl::Status ResidentSession::LoadShortTerm() {
       if (!list.ok()) return list.status();
       stm_[l] = *std::move(list);
     }
-    std::vector<uint8_t> rows(N * base_.row_bytes());
-    absl::Status st = ReadTokens(stm_[l].ids, rows.data());
-    if (!st.ok()) return st;
-    stm_rows_[l] = ShortTermPool(std::move(rows), base_.row_bytes());
+    stm_rows_[l] = ShortTermPool(N, base_.row_bytes());
+    MPLUS_RETURN_IF_ERROR(ReadTokens(stm_[l].ids, stm_rows_[l].initial_rows()));
   }
   return absl::OkStatus();
 }
@@ -111,96 +117,110 @@ absl::Status ResidentSession::LoadShortTerm() {
 absl::Status ResidentSession::LoadLongTerm() {
   if (!base_.config().has_long_term()) return absl::OkStatus();
   const int L = base_.num_layers();
-  const int64_t K = base_.config().num_tokens, p = base_.config().selector_hidden_dim;
-  const int64_t age_shift = K * record_.inject_count;
-  std::unique_ptr<LongTermMemory> base_ltm = base_.NewLongTermMemory();
   ltm_ = std::make_unique<LongTermMemory>(base_.long_term_params(), L);
   retriever_ = std::make_unique<LongTermRetriever>(store_.ltm_mode);
   ltm_->set_update_step(record_.update_step);
   ltm_slots_.assign(L, {});
   ltm_meta_.assign(L, {});
-  auto corrupt = [&](int l, std::string_view why) {
+  // Layers on several threads: each reads its own key range (mplus-8b: ~150k entries a layer).
+  std::vector<absl::Status> loaded(static_cast<size_t>(L));
+  ParallelFor(L, 1, [&](int64_t first, int64_t last) {
+    for (int64_t l = first; l < last; ++l) loaded[l] = LoadLongTermLayer(static_cast<int>(l));
+  });
+  for (const absl::Status& s : loaded) MPLUS_RETURN_IF_ERROR(s);
+  return absl::OkStatus();
+}
+
+absl::Status ResidentSession::LoadLongTermLayer(int l) {
+  const int64_t K = base_.config().num_tokens, p = base_.config().selector_hidden_dim;
+  const int64_t age_shift = K * record_.inject_count;
+  auto corrupt = [&](std::string_view why) {
     return absl::DataLossError(absl::StrCat("memstore: session ", record_.id,
                                             ": long-term memory of layer ", l, ": ",
                                             std::string(why)));
   };
-  LongTermRecord entry;  // reused: restoring mplus-8b decodes ~150k records per layer
-  for (int l = 0; l < L; ++l) {
-    const int64_t n0 = base_.long_term_size(l);
-    const std::string prefix = LtmLayerPrefix(record_.number, l);
-    std::unique_ptr<rocksdb::Iterator> it(
-        store_.db->NewIterator(rocksdb::ReadOptions(), store_.cf[kLtmCf]));
-    // The layer's rows in key order: its meta, its session entries by seq, then the checkpoint
-    // entries it evicted. Those go first in storage order, so a first pass reads the meta and
-    // the evictions and the second adds the session entries straight from the database.
-    std::optional<LongTermLayerMeta> meta;
-    absl::flat_hash_set<uint64_t> evicted_base;
-    for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix);) {
-      ByteReader r(std::string_view(it->key().data(), it->key().size()).substr(prefix.size()));
-      const uint8_t kind = r.U8();
-      if (kind == kLtmLayerMeta && r.done()) {
-        absl::StatusOr<LongTermLayerMeta> m = DecodeLongTermLayerMeta(it->value().ToStringView());
-        if (!m.ok()) return m.status();
-        meta = *std::move(m);
-        it->Next();
-        continue;
-      }
-      const uint64_t seq = r.U64();
-      if (!r.done()) return corrupt(l, "malformed key");
-      if (kind == kLtmEntry) {
-        it->Seek(LtmKey(record_.number, l, kLtmBaseEvicted, 0));  // past them: the second pass's
-        continue;
-      }
-      if (kind != kLtmBaseEvicted || static_cast<int64_t>(seq) >= n0) {
-        return corrupt(l, "unknown row");
-      }
-      evicted_base.insert(seq);
+  LongTermRecord entry;  // reused for every record of the layer
+  const int64_t n0 = base_.long_term_size(l);
+  const std::string prefix = LtmLayerPrefix(record_.number, l);
+  std::unique_ptr<rocksdb::Iterator> it(
+      store_.db->NewIterator(rocksdb::ReadOptions(), store_.cf[kLtmCf]));
+  // The layer's rows in key order: its meta, its session entries by seq, then the checkpoint
+  // entries it evicted. Those go first in storage order, so a first pass reads the meta and
+  // the evictions and the second adds the session entries straight from the database.
+  std::optional<LongTermLayerMeta> meta;
+  absl::flat_hash_set<uint64_t> evicted_base;
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix);) {
+    ByteReader r(std::string_view(it->key().data(), it->key().size()).substr(prefix.size()));
+    const uint8_t kind = r.U8();
+    if (kind == kLtmLayerMeta && r.done()) {
+      absl::StatusOr<LongTermLayerMeta> m = DecodeLongTermLayerMeta(it->value().ToStringView());
+      if (!m.ok()) return m.status();
+      meta = *std::move(m);
       it->Next();
+      continue;
     }
-    if (!it->status().ok()) return FromRocks(it->status(), "reading long-term memory");
-    const uint64_t merged_end = meta ? meta->merged_end : static_cast<uint64_t>(n0);
-    // Merged recall frequencies: from the runs once a merge happened, else the checkpoint's.
-    std::vector<double> merged_rf;
-    if (meta) {
-      for (const auto& [count, rf] : meta->rf_runs) merged_rf.insert(merged_rf.end(), count, rf);
+    const uint64_t seq = r.U64();
+    if (!r.done()) return corrupt("malformed key");
+    if (kind == kLtmEntry) {
+      it->Seek(LtmKey(record_.number, l, kLtmBaseEvicted, 0));  // past them: the second pass's
+      continue;
     }
-    size_t merged_index = 0;
-    LongTermLayer& layer = ltm_->layer(l);
-    const LongTermLayer& base_layer = base_ltm->layer(l);
-    auto add = [&](uint64_t seq, uint64_t id, LongTermLayer::StoredKey key, int64_t age,
-                   double initial_rf, double pending_rf) -> absl::Status {
-      if (seq < merged_end) {
-        if (meta && merged_index >= merged_rf.size()) return corrupt(l, "too few frequencies");
-        layer.AddMerged(id, key, age, meta ? merged_rf[merged_index] : initial_rf);
-        ++merged_index;
-      } else {
-        layer.AddPending(id, key, age, pending_rf);
-      }
-      ltm_slots_[l].push_back({seq, id});
-      return absl::OkStatus();
-    };
-    for (int64_t i = 0; i < n0; ++i) {
-      if (evicted_base.contains(i)) continue;
-      const LongTermEntry& e = base_layer.entries()[i];
-      absl::Status st = add(i, e.token_id, {base_layer.key(i)}, e.age + age_shift,
-                            e.recall_frequency, e.recall_frequency);
-      if (!st.ok()) return st;
+    if (kind != kLtmBaseEvicted || static_cast<int64_t>(seq) >= n0) {
+      return corrupt("unknown row");
     }
-    const std::string entries = prefix + static_cast<char>(kLtmEntry);
-    for (it->Seek(entries); it->Valid() && it->key().starts_with(entries); it->Next()) {
-      ByteReader r(std::string_view(it->key().data(), it->key().size()).substr(entries.size()));
-      const uint64_t seq = r.U64();
-      if (!r.done() || static_cast<int64_t>(seq) < n0) return corrupt(l, "malformed entry key");
-      if (!meta && seq < merged_end) return corrupt(l, "merged entry without frequencies");
-      MPLUS_RETURN_IF_ERROR(
-          DecodeLongTermRecord(it->value().ToStringView(), p, ltm_->params().key_dtype, &entry));
-      MPLUS_RETURN_IF_ERROR(add(seq, entry.token_id, {entry.key.data()}, entry.age_base + age_shift,
-                                0.0, entry.pending_recall_frequency));
-    }
-    if (!it->status().ok()) return FromRocks(it->status(), "reading long-term memory");
-    if (meta && merged_index != merged_rf.size()) return corrupt(l, "frequency count mismatch");
-    ltm_meta_[l] = meta ? *meta : LayerMeta(l, ltm_slots_[l], record_.next_ltm_seq[l]);
+    evicted_base.insert(seq);
+    it->Next();
   }
+  if (!it->status().ok()) return FromRocks(it->status(), "reading long-term memory");
+  const uint64_t merged_end = meta ? meta->merged_end : static_cast<uint64_t>(n0);
+  // Merged recall frequencies: from the runs once a merge happened, else the checkpoint's.
+  std::vector<double> merged_rf;
+  if (meta) {
+    for (const auto& [count, rf] : meta->rf_runs) merged_rf.insert(merged_rf.end(), count, rf);
+  }
+  size_t merged_index = 0;
+  LongTermLayer& layer = ltm_->layer(l);
+  // The record counts every layer's entries; layers hold about as many each. Room for the
+  // pending entries of one merge period on top: an exact fit would make the next inject move
+  // the whole layer (mplus-8b: 77 MB of keys a layer) to grow it.
+  const LongTermParams& params = ltm_->params();
+  const int64_t expected = std::max<int64_t>(n0 - static_cast<int64_t>(evicted_base.size()),
+                                             record_.ltm_tokens / base_.num_layers()) +
+                           params.tokens_per_inject * params.update_ltm_frequency;
+  layer.Reserve(expected);
+  ltm_slots_[l].reserve(static_cast<size_t>(expected));
+  auto add = [&](uint64_t seq, uint64_t id, LongTermLayer::StoredKey key, int64_t age,
+                 double initial_rf, double pending_rf) -> absl::Status {
+    if (seq < merged_end) {
+      if (meta && merged_index >= merged_rf.size()) return corrupt("too few frequencies");
+      layer.AddMerged(id, key, age, meta ? merged_rf[merged_index] : initial_rf);
+      ++merged_index;
+    } else {
+      layer.AddPending(id, key, age, pending_rf);
+    }
+    ltm_slots_[l].push_back({seq, id});
+    return absl::OkStatus();
+  };
+  for (int64_t i = 0; i < n0; ++i) {
+    if (evicted_base.contains(i)) continue;
+    const double rf = base_.InitialRecallFrequency(l, i);
+    MPLUS_RETURN_IF_ERROR(add(i, BaseLongTermId(l, i), base_.LongTermKey(l, i),
+                              base_.InitialAge(l, i) + age_shift, rf, rf));
+  }
+  const std::string entries = prefix + static_cast<char>(kLtmEntry);
+  for (it->Seek(entries); it->Valid() && it->key().starts_with(entries); it->Next()) {
+    ByteReader r(std::string_view(it->key().data(), it->key().size()).substr(entries.size()));
+    const uint64_t seq = r.U64();
+    if (!r.done() || static_cast<int64_t>(seq) < n0) return corrupt("malformed entry key");
+    if (!meta && seq < merged_end) return corrupt("merged entry without frequencies");
+    MPLUS_RETURN_IF_ERROR(
+        DecodeLongTermRecord(it->value().ToStringView(), p, ltm_->params().key_dtype, &entry));
+    MPLUS_RETURN_IF_ERROR(add(seq, entry.token_id, {entry.key.data()}, entry.age_base + age_shift,
+                              0.0, entry.pending_recall_frequency));
+  }
+  if (!it->status().ok()) return FromRocks(it->status(), "reading long-term memory");
+  if (meta && merged_index != merged_rf.size()) return corrupt("frequency count mismatch");
+  ltm_meta_[l] = meta ? *meta : LayerMeta(l, ltm_slots_[l], record_.next_ltm_seq[l]);
   return absl::OkStatus();
 }
 

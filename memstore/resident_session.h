@@ -79,6 +79,7 @@ class ResidentSession : public engine::SessionMemory {
   ResidentSession(const StoreHandles& store, const SessionRecord& record);
   absl::Status LoadShortTerm();
   absl::Status LoadLongTerm();
+  absl::Status LoadLongTermLayer(int layer);
   absl::Status ReadTokens(const std::vector<uint64_t>& ids, uint8_t* out_rows) const;
   absl::Status CheckResult(const engine::InjectResult& result) const;
   // The layer meta matching the in-RAM index, given the entries' slots.

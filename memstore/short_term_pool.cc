@@ -21,8 +21,10 @@ absl::Status CheckDroppedSlots(absl::Span<const int32_t> dropped, int64_t slots,
   return absl::OkStatus();
 }
 
-ShortTermPool::ShortTermPool(std::vector<uint8_t> rows, size_t row_bytes)
-    : rows_(std::move(rows)), row_bytes_(row_bytes), slot_rows_(rows_.size() / row_bytes) {
+ShortTermPool::ShortTermPool(int64_t slots, size_t row_bytes)
+    : rows_(new uint8_t[static_cast<size_t>(slots) * row_bytes]),
+      row_bytes_(row_bytes),
+      slot_rows_(static_cast<size_t>(slots)) {
   std::iota(slot_rows_.begin(), slot_rows_.end(), 0);
 }
 
@@ -30,9 +32,9 @@ engine::ShortTermRows ShortTermPool::View(engine::DType dtype, int64_t cols) con
   engine::ShortTermRows v;
   v.pool.name = "stm";
   v.pool.dtype = dtype;
-  v.pool.shape = {static_cast<int64_t>(rows_.size() / row_bytes_), cols};
-  v.pool.data = rows_.data();
-  v.pool.nbytes = rows_.size();
+  v.pool.shape = {slots(), cols};
+  v.pool.data = rows_.get();
+  v.pool.nbytes = slot_rows_.size() * row_bytes_;
   v.slot_rows = slot_rows_;
   return v;
 }
@@ -44,7 +46,7 @@ void ShortTermPool::Replace(absl::Span<const int32_t> dropped, const float* new_
   freed.reserve(dropped.size());
   for (size_t j = 0; j < dropped.size(); ++j) {
     freed.push_back(slot_rows_[dropped[j]]);
-    engine::FloatsToDType(new_rows + j * cols, cols, dtype, rows_.data() + freed[j] * row_bytes_);
+    engine::FloatsToDType(new_rows + j * cols, cols, dtype, rows_.get() + freed[j] * row_bytes_);
   }
   ReplaceSlots<int32_t>(slot_rows_, dropped, freed);
 }

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -38,12 +39,15 @@ void ReplaceSlots(std::vector<T>& per_slot, absl::Span<const int32_t> dropped,
 class ShortTermPool {
  public:
   ShortTermPool() = default;
-  // `rows`: the slots' rows in slot order, `row_bytes` each.
-  ShortTermPool(std::vector<uint8_t> rows, size_t row_bytes);
+  // `slots` rows of `row_bytes` each, uninitialised (a restore writes 100 MB a layer on mplus-8b
+  // and should not zero them first): fill them through initial_rows() before any Replace.
+  ShortTermPool(int64_t slots, size_t row_bytes);
+  // The rows in slot order, as long as no Replace has run.
+  uint8_t* initial_rows() { return rows_.get(); }
 
   int64_t slots() const { return static_cast<int64_t>(slot_rows_.size()); }
-  const uint8_t* row(int64_t slot) const { return rows_.data() + slot_rows_[slot] * row_bytes_; }
-  size_t bytes() const { return rows_.size() + slot_rows_.size() * sizeof(int32_t); }
+  const uint8_t* row(int64_t slot) const { return rows_.get() + slot_rows_[slot] * row_bytes_; }
+  size_t bytes() const { return slot_rows_.size() * (row_bytes_ + sizeof(int32_t)); }
   // As the engine reads it: rows of `cols` elements of `dtype`.
   engine::ShortTermRows View(engine::DType dtype, int64_t cols) const;
 
@@ -53,7 +57,7 @@ class ShortTermPool {
   void Replace(absl::Span<const int32_t> dropped, const float* new_rows, engine::DType dtype);
 
  private:
-  std::vector<uint8_t> rows_;
+  std::unique_ptr<uint8_t[]> rows_;  // slots() rows
   size_t row_bytes_ = 0;
   std::vector<int32_t> slot_rows_;
 };

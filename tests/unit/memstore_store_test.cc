@@ -190,6 +190,33 @@ TEST(MemstoreStoreTest, CopyOnWriteIsolation) {
   EXPECT_EQ(std::memcmp(t.data, m->buffers[0]->data() + t.nbytes, t.nbytes), 0);
 }
 
+// A session's layers store the checkpoint's long-term keys in their key dtype: read in place
+// when the checkpoint holds them so (f32, bf16), converted once otherwise (f16 keys, kept f32).
+TEST(MemstoreStoreTest, BaseLongTermKeysComeInTheSessionsKeyDtype) {
+  for (engine::DType dtype : {engine::DType::kF32, engine::DType::kBF16, engine::DType::kF16}) {
+    auto m = MakeTinyModel(dtype);
+    const std::unique_ptr<BaseMemory> base = BaseMemory::Create(m->config, m->weights).value();
+    const LongTermParams params = base->long_term_params();
+    const int64_t p = params.key_dim;
+    const size_t key_bytes = static_cast<size_t>(p) * engine::DTypeSize(params.key_dtype);
+    for (int l = 0; l < base->num_layers(); ++l) {
+      const engine::TensorView& keys = m->weights.ltm_keys[l];
+      for (int64_t i = 0; i < base->long_term_size(l); ++i) {
+        std::vector<float> widened(static_cast<size_t>(p));
+        engine::DTypeToFloats(
+            static_cast<const uint8_t*>(keys.data) + i * p * engine::DTypeSize(keys.dtype),
+            keys.dtype, p, widened.data());
+        std::vector<uint8_t> expected(key_bytes);
+        engine::FloatsToDType(widened.data(), p, params.key_dtype, expected.data());
+        ASSERT_EQ(std::memcmp(base->LongTermKey(l, i).data, expected.data(), key_bytes), 0)
+            << engine::DTypeName(dtype) << " layer " << l << " key " << i;
+      }
+    }
+    const bool in_place = dtype != engine::DType::kF16;
+    EXPECT_EQ(base->LongTermKey(0, 0).data == m->weights.ltm_keys[0].data, in_place);
+  }
+}
+
 TEST(MemstoreStoreTest, RestartRestoresBitwiseIdenticalState) {
   for (engine::DType dtype : {engine::DType::kF32, engine::DType::kBF16}) {
     for (bool mplus : {true, false}) {

@@ -28,6 +28,12 @@ std::vector<uint8_t> Rows(int64_t count, float first_value) {
   return bytes;
 }
 
+ShortTermPool PoolOf(const std::vector<uint8_t>& rows) {
+  ShortTermPool pool(static_cast<int64_t>(rows.size() / kRowBytes), kRowBytes);
+  std::memcpy(pool.initial_rows(), rows.data(), rows.size());
+  return pool;
+}
+
 std::vector<uint8_t> SlotOrder(const ShortTermPool& pool) {
   const engine::ShortTermRows view = pool.View(engine::DType::kF32, kCols);
   std::vector<uint8_t> out(static_cast<size_t>(view.slots()) * view.row_bytes());
@@ -36,7 +42,7 @@ std::vector<uint8_t> SlotOrder(const ShortTermPool& pool) {
 }
 
 TEST(ShortTermPoolTest, InjectsReadAsCompactedSlotOrder) {
-  ShortTermPool pool(Rows(kSlots, 0), kRowBytes);
+  ShortTermPool pool = PoolOf(Rows(kSlots, 0));
   std::vector<uint8_t> reference = Rows(kSlots, 0);  // kept rows moved up, new rows appended
   std::mt19937 rng(7);
   std::vector<int32_t> all(kSlots);
@@ -70,7 +76,7 @@ TEST(ShortTermPoolTest, InjectsReadAsCompactedSlotOrder) {
 }
 
 TEST(ShortTermPoolTest, ContiguousOnlyWhileSlotsAreOneRunOfRows) {
-  ShortTermPool pool(Rows(kSlots, 0), kRowBytes);
+  ShortTermPool pool = PoolOf(Rows(kSlots, 0));
   engine::ShortTermRows view = pool.View(engine::DType::kF32, kCols);
   EXPECT_EQ(view.Contiguous(0, kSlots), view.pool.data);
   // Dropping the last slots writes the new rows in place: still one run.
