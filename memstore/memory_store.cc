@@ -494,11 +494,13 @@ absl::StatusOr<SessionHandle> MemoryStore::Acquire(std::string_view id) {
     return s;
   };
   if (!slot->state) {
+    const auto start = std::chrono::steady_clock::now();
     absl::StatusOr<SessionRecord> r = ReadRecord(id);
     if (!r.ok()) return fail(r.status());
     absl::StatusOr<std::unique_ptr<ResidentSession>> state = ResidentSession::Load(handles_, *r);
     if (!state.ok()) return fail(state.status());
     slot->state = *std::move(state);
+    if (options_.on_session_load) options_.on_session_load(SecondsSince(start));
   }
   {
     absl::MutexLock lock(&mu_);

@@ -56,6 +56,9 @@ struct StoreOptions {
   size_t device_budget_bytes = 0;
   // Called with the duration of every committed inject's write (seconds), e.g. for a histogram.
   std::function<void(double)> on_commit_latency;
+  // Called with the duration of every session made resident from the database (seconds): its
+  // first use, after a restart, or after a spill.
+  std::function<void(double)> on_session_load;
   // The RocksDB environment (files, threads); null: RocksDB's default. Tests inject I/O faults
   // through it.
   rocksdb::Env* env = nullptr;

@@ -135,6 +135,9 @@ absl::Status MemoryServiceImpl::Open() {
   store_options.on_commit_latency = [this](double seconds) {
     metrics_->store_write_latency.Observe(seconds);
   };
+  store_options.on_session_load = [this](double seconds) {
+    metrics_->session_load_latency.Observe(seconds);
+  };
   auto store = memstore::MemoryStore::Open(store_options, config, model_->weights());
   if (!store.ok()) return store.status();
   store_ = std::move(*store);

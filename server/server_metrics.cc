@@ -58,6 +58,9 @@ ServerMetrics::ServerMetrics(prometheus::Registry& registry, const std::string& 
                                         "Time between consecutive generated tokens")),
       store_write_latency(MakeHistogram(registry, "mplus_store_write_latency_seconds",
                                         "Durable RocksDB write latency of one inject batch")),
+      session_load_latency(MakeHistogram(
+          registry, "mplus_session_load_seconds",
+          "Time to make a session resident from RocksDB (first use, restart or spill)")),
       tokens_injected(MakeCounter(registry, "mplus_tokens_injected_total",
                                   "Tokens written into session memory")),
       tokens_generated(MakeCounter(registry, "mplus_tokens_generated_total", "Tokens generated")),

@@ -31,6 +31,7 @@ class ServerMetrics {
   prometheus::Histogram& time_to_first_token;
   prometheus::Histogram& inter_token_latency;
   prometheus::Histogram& store_write_latency;
+  prometheus::Histogram& session_load_latency;
   prometheus::Counter& tokens_injected;
   prometheus::Counter& tokens_generated;
   prometheus::Counter& ltm_evictions;

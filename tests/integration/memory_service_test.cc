@@ -145,6 +145,8 @@ TEST_F(MemoryServiceTest, WholeFlow) {
   }
   EXPECT_TRUE(absl::StrContains(*body, "mplus_requests_total{code=\"OK\",rpc=\"Inject\"} 1"))
       << *body;
+  // doc-1 was made resident once, at its first use (the Inject).
+  EXPECT_TRUE(absl::StrContains(*body, "mplus_session_load_seconds_count 1\n")) << *body;
   // Every chunk counted once its write was durable (each overlaps the next chunk's inject).
   EXPECT_TRUE(absl::StrContains(
       *body, absl::StrCat("mplus_tokens_injected_total ", injected.tokens_injected(), "\n")))

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <thread>
 
 #include "gmock/gmock.h"
@@ -27,12 +28,13 @@ using testing::ReferenceSession;
 using testing::TempDir;
 
 std::unique_ptr<MemoryStore> OpenStore(const testing::TinyModel& m, const std::string& path,
-                                       size_t budget = size_t{1} << 30,
-                                       rocksdb::Env* env = nullptr) {
+                                       size_t budget = size_t{1} << 30, rocksdb::Env* env = nullptr,
+                                       std::function<void(double)> on_session_load = nullptr) {
   StoreOptions o;
   o.path = path;
   o.resident_budget_bytes = budget;
   o.env = env;
+  o.on_session_load = std::move(on_session_load);
   absl::StatusOr<std::unique_ptr<MemoryStore>> s = MemoryStore::Open(o, m.config, m.weights);
   EXPECT_TRUE(s.ok()) << s.status();
   return s.ok() ? *std::move(s) : nullptr;
@@ -392,7 +394,9 @@ TEST(MemstoreStoreTest, ResidencySpillsLeastRecentlyUsedSessions) {
     one = store->Stats().resident_bytes;
   }
   ASSERT_GT(one, 0u);
-  auto store = OpenStore(*m, path, 2 * one + one / 2);  // room for two sessions
+  std::vector<double> loads;  // seconds of each session made resident
+  auto store = OpenStore(*m, path, 2 * one + one / 2, nullptr,  // room for two sessions
+                         [&](double seconds) { loads.push_back(seconds); });
   std::vector<ReferenceSession> refs;
   for (const char* id : {"a", "b", "c", "d"}) {
     ASSERT_TRUE(store->CreateSession(id, {}, 0).ok());
@@ -412,7 +416,10 @@ TEST(MemstoreStoreTest, ResidencySpillsLeastRecentlyUsedSessions) {
   EXPECT_THAT(store->ResidentSessions(), ElementsAre("d", "b"));
   EXPECT_EQ(store->Stats().session_spills, 2);
   EXPECT_LE(store->Stats().resident_bytes, 2 * one + one / 2);
-  touch("a");  // restored transparently
+  EXPECT_EQ(loads.size(), 4u);  // each session's first use; b's second touch found it resident
+  touch("a");                   // restored transparently
+  ASSERT_EQ(loads.size(), 5u);
+  for (double seconds : loads) EXPECT_GE(seconds, 0.0);
   for (const char* id : {"a", "b", "c", "d"}) {
     absl::StatusOr<SessionHandle> h = store->Acquire(id);
     ASSERT_TRUE(h.ok());
