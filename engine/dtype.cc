@@ -1,9 +1,40 @@
 #include "engine/dtype.h"
 
+#include <immintrin.h>
+
 #include <cmath>
 #include <cstring>
 
 namespace mplus::engine {
+namespace {
+
+// FloatToBF16 eight at a time (AVX2, chosen at run time): the same integer rounding, so every
+// bit pattern narrows as the scalar code does. Inject commits narrow ~1M floats per layer.
+__attribute__((target("avx2"))) void FloatsToBF16Avx2(const float* src, int64_t n, uint16_t* dst) {
+  const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff), inf = _mm256_set1_epi32(0x7f800000);
+  const __m256i half = _mm256_set1_epi32(0x7fff), one = _mm256_set1_epi32(1);
+  const __m256i quiet = _mm256_set1_epi32(0x40);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i));
+    const __m256i high = _mm256_srli_epi32(u, 16);
+    const __m256i is_nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, abs_mask), inf);
+    const __m256i rounded = _mm256_srli_epi32(
+        _mm256_add_epi32(u, _mm256_add_epi32(half, _mm256_and_si256(high, one))), 16);
+    const __m256i r = _mm256_blendv_epi8(rounded, _mm256_or_si256(high, quiet), is_nan);
+    // Values are <= 0xffff: the saturating pack is exact; it packs within 128-bit lanes.
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0xd8);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), _mm256_castsi256_si128(packed));
+  }
+  for (; i < n; ++i) dst[i] = FloatToBF16(src[i]);
+}
+
+bool HasAvx2() {
+  static const bool has = __builtin_cpu_supports("avx2");
+  return has;
+}
+
+}  // namespace
 
 size_t DTypeSize(DType dtype) {
   switch (dtype) {
@@ -111,7 +142,11 @@ void FloatsToDType(const float* src, int64_t n, DType dtype, void* dst) {
       std::memcpy(dst, src, n * sizeof(float));
       return;
     case DType::kBF16:
-      for (int64_t i = 0; i < n; ++i) static_cast<uint16_t*>(dst)[i] = FloatToBF16(src[i]);
+      if (HasAvx2()) {
+        FloatsToBF16Avx2(src, n, static_cast<uint16_t*>(dst));
+      } else {
+        for (int64_t i = 0; i < n; ++i) static_cast<uint16_t*>(dst)[i] = FloatToBF16(src[i]);
+      }
       return;
     case DType::kF16:
       for (int64_t i = 0; i < n; ++i) static_cast<uint16_t*>(dst)[i] = FloatToF16(src[i]);

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "gtest/gtest.h"
 
@@ -52,6 +53,28 @@ TEST(DTypeTest, Bf16RoundsToNearestEven) {
   EXPECT_EQ(FloatToBF16(std::numeric_limits<float>::max()), 0x7f80);
   EXPECT_TRUE(std::isnan(BF16ToFloat(FloatToBF16(std::nanf("")))));
   EXPECT_EQ(Bits(BF16ToFloat(0x4049)), 0x40490000u);  // ~3.14
+}
+
+// FloatsToDType (eight at a time where the CPU has AVX2) narrows every bit pattern as
+// FloatToBF16 does: all sign/exponent/high-mantissa halves with low halves at and around the
+// rounding tie, NaNs and infinities included, at lengths and offsets that leave a scalar tail.
+TEST(DTypeTest, Bf16ArrayNarrowingMatchesTheScalarRounding) {
+  std::vector<float> src;
+  for (uint32_t high = 0; high < 0x10000; ++high) {
+    for (uint32_t low : {0x0000u, 0x0001u, 0x7fffu, 0x8000u, 0x8001u, 0xffffu}) {
+      src.push_back(FromBits(high << 16 | low));
+    }
+  }
+  src.push_back(FromBits(0x3f808000));  // a tie in the scalar tail
+  for (size_t offset : {size_t{0}, size_t{3}}) {
+    const size_t n = src.size() - offset;
+    std::vector<uint16_t> out(n);
+    FloatsToDType(src.data() + offset, static_cast<int64_t>(n), DType::kBF16, out.data());
+    for (size_t i = 0; i < n; ++i) {
+      ASSERT_EQ(out[i], FloatToBF16(src[offset + i]))
+          << std::hex << Bits(src[offset + i]) << " at " << std::dec << i;
+    }
+  }
 }
 
 TEST(DTypeTest, F16RoundTripsEveryFiniteValue) {
