@@ -18,7 +18,7 @@ RUN MPLUS_BUILD_DIR=/build MPLUS_CMAKE_ARGS="-DMPLUS_CUDA=${MPLUS_CUDA} -DCMAKE_
 FROM ${BASE_RUNTIME}
 RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends \
       libgrpc++1.51 libprotobuf32 librocksdb7.8 libprometheus-cpp-pull1.0 libprometheus-cpp-core1.0 \
-      libabsl20220623 libpcre2-8-0 libhwy1 ca-certificates \
+      libabsl20220623 libpcre2-8-0 ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/mplus /opt/mplus
 ENV PATH=/opt/mplus/bin:$PATH

@@ -11,7 +11,7 @@ PACKAGES=(
   libgrpc++-dev libgrpc-dev protobuf-compiler protobuf-compiler-grpc libprotobuf-dev
   libabsl-dev librocksdb-dev prometheus-cpp-dev
   # numerics and text
-  libhwy-dev libpcre2-dev nlohmann-json3-dev
+  libpcre2-dev nlohmann-json3-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev prometheus curl
   python3 python3-grpcio python3-grpc-tools python3-numpy
