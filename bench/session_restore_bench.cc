@@ -23,9 +23,10 @@ constexpr int kSessions = 2;
 void BM_RestoreSession(benchmark::State& state) {
   const int64_t injects = state.range(0), ltm_entries = state.range(1);
   // No merge during the injects (as between mplus-8b's merges): every moved token stays.
-  static auto* stand_ins = new std::map<int64_t, bench::Mplus8bStandIn>();
+  static auto* stand_ins = new std::map<std::pair<int64_t, int64_t>, bench::Mplus8bStandIn>();
   const bench::Mplus8bStandIn& s =
-      stand_ins->try_emplace(ltm_entries, kLayers, ltm_entries, injects + 1).first->second;
+      stand_ins->try_emplace({injects, ltm_entries}, kLayers, ltm_entries, injects + 1)
+          .first->second;
   const std::string path =
       (std::filesystem::temp_directory_path() / "mplus-session-restore-bench").string();
   std::filesystem::remove_all(path);

@@ -143,15 +143,4 @@ LongTermLayer::StoredKey BaseMemory::LongTermKey(int layer, int64_t index) const
   return {static_cast<const uint8_t*>(keys) + index * key_bytes_};
 }
 
-std::unique_ptr<LongTermMemory> BaseMemory::NewLongTermMemory() const {
-  auto ltm = std::make_unique<LongTermMemory>(long_term_params(), num_layers());
-  for (int l = 0; l < num_layers(); ++l) {
-    for (int64_t i = 0; i < long_term_size(l); ++i) {
-      ltm->layer(l).AddMerged(BaseLongTermId(l, i), LongTermKey(l, i), InitialAge(l, i),
-                              InitialRecallFrequency(l, i));
-    }
-  }
-  return ltm;
-}
-
 }  // namespace mplus::memstore

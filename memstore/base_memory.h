@@ -48,9 +48,8 @@ class BaseMemory {
   void RowToFloats(uint64_t id, float* out) const;
 
   LongTermParams long_term_params() const;
-  // A session's long-term memory at creation: the checkpoint's entries, all merged, ages read
-  // with truncation and recall frequencies widened from the checkpoint dtype.
-  std::unique_ptr<LongTermMemory> NewLongTermMemory() const;
+  // A session's long-term memory at creation is the checkpoint's entries, all merged, with ages
+  // read with truncation and recall frequencies widened from the checkpoint dtype.
   int64_t InitialAge(int layer, int64_t index) const;
   double InitialRecallFrequency(int layer, int64_t index) const;
   // The checkpoint's long-term key `index` of `layer` as a session's layer stores it

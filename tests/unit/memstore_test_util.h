@@ -138,7 +138,15 @@ class ReferenceSession {
       stm_.push_back(s);
       rows_.push_back(rows);
     }
-    if (base.config().has_long_term()) ltm_ = base.NewLongTermMemory();
+    if (base.config().has_long_term()) {  // the checkpoint's entries, all merged
+      ltm_ = std::make_unique<LongTermMemory>(base.long_term_params(), base.num_layers());
+      for (int l = 0; l < base.num_layers(); ++l) {
+        for (int64_t i = 0; i < base.long_term_size(l); ++i) {
+          ltm_->layer(l).AddMerged(BaseLongTermId(l, i), base.LongTermKey(l, i),
+                                   base.InitialAge(l, i), base.InitialRecallFrequency(l, i));
+        }
+      }
+    }
   }
 
   void Apply(const engine::InjectResult& r) {
