@@ -6,9 +6,11 @@
 #include <cmath>
 #include <new>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 #include "common/parallel_for.h"
+#include "engine/cpu/gemm.h"
 #include "engine/dot.h"
 
 namespace mplus::memstore {
@@ -102,26 +104,22 @@ MPLUS_AVX2 inline void SigmoidSumTile(const float* queries, int64_t p, const flo
   }
 }
 
-// AVX2 path: keys packed transposed in blocks of 64, register-blocked logits (6 queries × 16
-// keys), vectorised sigmoid, sums in double.
+// AVX2 path: keys packed transposed in blocks of 64 (the CPU GEMM's panel layout),
+// register-blocked logits (6 queries × 16 keys), vectorised sigmoid, sums in double.
 template <typename Key>
 MPLUS_AVX2 void ScoreRangeAvx2(const float* queries, int64_t nq, const Key* keys, int64_t j_begin,
                                int64_t j_end, int64_t p, float* scores_out) {
+  static_assert(engine::cpu::kPanelRows == 16, "SigmoidSumTile reads panels of 16 keys");
   constexpr int64_t kBlock = 64;  // keys per block: 64 KiB packed at p = 256, stays in L2
+  constexpr engine::DType kKeyDType =
+      std::is_same_v<Key, float> ? engine::DType::kF32 : engine::DType::kBF16;
   std::vector<float> packed(static_cast<size_t>(kBlock * p));
   alignas(32) double sums[kBlock];
   for (int64_t j0 = j_begin; j0 < j_end; j0 += kBlock) {
     const int64_t count = std::min(j_end, j0 + kBlock) - j0;
     const int64_t groups = (count + 15) / 16;
-    // Transpose into groups of 16 keys; missing keys are zero (their sums are ignored).
-    for (int64_t g = 0; g < groups; ++g) {
-      float* dst = packed.data() + g * 16 * p;
-      for (int c = 0; c < 16; ++c) {
-        const int64_t j = g * 16 + c;
-        const Key* src = keys + (j0 + j) * p;
-        for (int64_t i = 0; i < p; ++i) dst[i * 16 + c] = j < count ? KeyElement(src[i]) : 0.0f;
-      }
-    }
+    // Missing keys of the last group are zero; their sums are ignored.
+    engine::cpu::PackTransposedPanels(keys, kKeyDType, p, j0, count, p, packed.data());
     std::fill(sums, sums + kBlock, 0.0);
     for (int64_t g = 0; g < groups; ++g) {
       const float* panel = packed.data() + g * 16 * p;
@@ -159,10 +157,7 @@ using ScoreRangeFn = void (*)(const float*, int64_t, const Key*, int64_t, int64_
 
 template <typename Key>
 ScoreRangeFn<Key> BestScoreRange() {
-  static const ScoreRangeFn<Key> fn =
-      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? ScoreRangeAvx2<Key>
-                                                                      : ScoreRangeGeneric<Key>;
-  return fn;
+  return engine::cpu::HasAvx2Fma() ? ScoreRangeAvx2<Key> : ScoreRangeGeneric<Key>;
 }
 
 template <typename Key>

@@ -14,7 +14,7 @@ namespace {
 // Register tile: kMr x rows times kNr output columns (12 of the 16 ymm registers accumulate).
 // Cache blocks: a packed weight block of kKc x kNc floats (128 KiB) stays in L2 while every x
 // row streams past it; one kKc x kNr panel (16 KiB) stays in L1.
-constexpr int64_t kMr = 6, kNr = 16, kKc = 256, kNc = 128;
+constexpr int64_t kMr = 6, kNr = kPanelRows, kKc = 256, kNc = 128;
 
 // Every float8 e4m3 value, by its bits (widening is a table lookup, or a gather of eight).
 const float* F8E4M3Table() {
@@ -57,6 +57,16 @@ void GemmNTPortable(int64_t n, int64_t m, int64_t k, const float* x, int64_t ldx
     for (int64_t j = 0; j < m; ++j) {
       const float v = alpha * DotPortable(x + i * ldx, w, wt, j * ldw, k);
       out[i * ldo + j] = accumulate ? out[i * ldo + j] + v : v;
+    }
+  }
+}
+
+// Elements [kk0, kc) of one panel (the part the register transposes leave, or all of it).
+void PackTransposedTail(const void* w, DType wt, int64_t ldw, int64_t row0, int64_t cols,
+                        int64_t kk0, int64_t kc, float* panel) {
+  for (int64_t kk = kk0; kk < kc; ++kk) {
+    for (int64_t jj = 0; jj < kNr; ++jj) {
+      panel[kk * kNr + jj] = jj < cols ? Widen(w, wt, row0 + jj * ldw + kk) : 0.0f;
     }
   }
 }
@@ -114,10 +124,14 @@ MPLUS_AVX2 inline void Transpose8(__m256 r[8]) {
 template <DType T>
 MPLUS_AVX2 void PackTransposed(const void* w, int64_t ldw, int64_t j0, int64_t nc, int64_t k0,
                                int64_t kc, float* buf) {
+  constexpr int64_t kElementBytes = T == DType::kF32 ? 4 : T == DType::kF8E4M3 ? 1 : 2;
   for (int64_t p = 0; p * kNr < nc; ++p) {
     float* panel = buf + p * kc * kNr;
     const int64_t cols = std::min(kNr, nc - p * kNr);
     const int64_t row0 = (j0 + p * kNr) * ldw + k0;
+    // Rows read eight at a time defeat the hardware prefetcher (it follows one stream per
+    // row), so the next full panel's rows are prefetched at the offset being read.
+    const bool prefetch_next = (p + 2) * kNr <= nc;
     int64_t kk = 0;
     if (cols == kNr) {
       for (; kk + 8 <= kc; kk += 8) {
@@ -125,17 +139,21 @@ MPLUS_AVX2 void PackTransposed(const void* w, int64_t ldw, int64_t j0, int64_t n
           __m256 r[8];
 #pragma GCC unroll 8
           for (int i = 0; i < 8; ++i) r[i] = Load8<T>(w, row0 + (half + i) * ldw + kk);
+          if (prefetch_next) {
+            const char* next =
+                static_cast<const char*>(w) + (row0 + (kNr + half) * ldw + kk) * kElementBytes;
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; ++i) {
+              _mm_prefetch(next + i * ldw * kElementBytes, _MM_HINT_T0);
+            }
+          }
           Transpose8(r);
 #pragma GCC unroll 8
           for (int i = 0; i < 8; ++i) _mm256_storeu_ps(panel + (kk + i) * kNr + half, r[i]);
         }
       }
     }
-    for (; kk < kc; ++kk) {
-      for (int64_t jj = 0; jj < kNr; ++jj) {
-        panel[kk * kNr + jj] = jj < cols ? Widen(w, T, row0 + jj * ldw + kk) : 0.0f;
-      }
-    }
+    PackTransposedTail(w, T, ldw, row0, cols, kk, kc, panel);
   }
 }
 
@@ -400,6 +418,27 @@ void GemmNT(int64_t n, int64_t m, int64_t k, const float* x, int64_t ldx, const 
       return GemmNTAvx2<DType::kF8E4M3>(n, m, k, x, ldx, w, ldw, out, ldo, alpha, accumulate);
     default:
       return GemmNTAvx2<DType::kF32>(n, m, k, x, ldx, w, ldw, out, ldo, alpha, accumulate);
+  }
+}
+
+void PackTransposedPanels(const void* w, DType wt, int64_t ldw, int64_t j0, int64_t nc, int64_t k,
+                          float* buf) {
+  if (!HasAvx2Fma()) {
+    for (int64_t p = 0; p * kNr < nc; ++p) {
+      PackTransposedTail(w, wt, ldw, (j0 + p * kNr) * ldw, std::min(kNr, nc - p * kNr), 0, k,
+                         buf + p * k * kNr);
+    }
+    return;
+  }
+  switch (wt) {
+    case DType::kBF16:
+      return PackTransposed<DType::kBF16>(w, ldw, j0, nc, 0, k, buf);
+    case DType::kF16:
+      return PackTransposed<DType::kF16>(w, ldw, j0, nc, 0, k, buf);
+    case DType::kF8E4M3:
+      return PackTransposed<DType::kF8E4M3>(w, ldw, j0, nc, 0, k, buf);
+    default:
+      return PackTransposed<DType::kF32>(w, ldw, j0, nc, 0, k, buf);
   }
 }
 
