@@ -9,6 +9,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/cpu_features.h"
 #include "common/parallel_for.h"
 #include "engine/cpu/gemm.h"
 #include "engine/dot.h"
@@ -157,7 +158,7 @@ using ScoreRangeFn = void (*)(const float*, int64_t, const Key*, int64_t, int64_
 
 template <typename Key>
 ScoreRangeFn<Key> BestScoreRange() {
-  return engine::cpu::HasAvx2Fma() ? ScoreRangeAvx2<Key> : ScoreRangeGeneric<Key>;
+  return HasAvx2Fma() ? ScoreRangeAvx2<Key> : ScoreRangeGeneric<Key>;
 }
 
 template <typename Key>

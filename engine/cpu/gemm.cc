@@ -6,6 +6,8 @@
 #include <cstring>
 #include <vector>
 
+#include "common/cpu_features.h"
+
 namespace mplus::engine::cpu {
 namespace {
 
@@ -397,12 +399,6 @@ MPLUS_AVX2 void GemvNNAvx2(int64_t m, int64_t k, const float* p, int64_t ldp, co
 }
 
 }  // namespace
-
-bool HasAvx2Fma() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                          __builtin_cpu_supports("f16c");
-  return has;
-}
 
 void GemmNT(int64_t n, int64_t m, int64_t k, const float* x, int64_t ldx, const void* w, DType wt,
             int64_t ldw, float* out, int64_t ldo, float alpha, bool accumulate) {

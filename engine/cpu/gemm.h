@@ -9,9 +9,6 @@
 
 namespace mplus::engine::cpu {
 
-// True when this CPU runs the AVX2 + FMA + F16C kernels (checked once).
-bool HasAvx2Fma();
-
 // out[i * ldo + j] = alpha * sum_c x[i * ldx + c] * w[j * ldw + c] (+ out[...] when accumulate)
 // for i < n, j < m, c < k. w is float32, bfloat16 or float16, widened to float32 in registers.
 // Blocked for cache and tiled 6 x 16 in registers: meant for n >= kGemvMaxRows.
