@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "common/cpu_features.h"
@@ -398,6 +399,22 @@ MPLUS_AVX2 void GemvNNAvx2(int64_t m, int64_t k, const float* p, int64_t ldp, co
   }
 }
 
+// Calls f(std::integral_constant<DType, T>{}) with T the element type wt (float32 for any type
+// without its own kernels), so each entry point picks its AVX2 instantiation in one line.
+template <typename F>
+void WithElementType(DType wt, F&& f) {
+  switch (wt) {
+    case DType::kBF16:
+      return f(std::integral_constant<DType, DType::kBF16>{});
+    case DType::kF16:
+      return f(std::integral_constant<DType, DType::kF16>{});
+    case DType::kF8E4M3:
+      return f(std::integral_constant<DType, DType::kF8E4M3>{});
+    default:
+      return f(std::integral_constant<DType, DType::kF32>{});
+  }
+}
+
 }  // namespace
 
 void GemmNT(int64_t n, int64_t m, int64_t k, const float* x, int64_t ldx, const void* w, DType wt,
@@ -405,16 +422,9 @@ void GemmNT(int64_t n, int64_t m, int64_t k, const float* x, int64_t ldx, const 
   if (!HasAvx2Fma()) {
     return GemmNTPortable(n, m, k, x, ldx, w, wt, ldw, out, ldo, alpha, accumulate);
   }
-  switch (wt) {
-    case DType::kBF16:
-      return GemmNTAvx2<DType::kBF16>(n, m, k, x, ldx, w, ldw, out, ldo, alpha, accumulate);
-    case DType::kF16:
-      return GemmNTAvx2<DType::kF16>(n, m, k, x, ldx, w, ldw, out, ldo, alpha, accumulate);
-    case DType::kF8E4M3:
-      return GemmNTAvx2<DType::kF8E4M3>(n, m, k, x, ldx, w, ldw, out, ldo, alpha, accumulate);
-    default:
-      return GemmNTAvx2<DType::kF32>(n, m, k, x, ldx, w, ldw, out, ldo, alpha, accumulate);
-  }
+  WithElementType(wt, [&](auto t) {
+    GemmNTAvx2<decltype(t)::value>(n, m, k, x, ldx, w, ldw, out, ldo, alpha, accumulate);
+  });
 }
 
 void PackTransposedPanels(const void* w, DType wt, int64_t ldw, int64_t j0, int64_t nc, int64_t k,
@@ -426,16 +436,8 @@ void PackTransposedPanels(const void* w, DType wt, int64_t ldw, int64_t j0, int6
     }
     return;
   }
-  switch (wt) {
-    case DType::kBF16:
-      return PackTransposed<DType::kBF16>(w, ldw, j0, nc, 0, k, buf);
-    case DType::kF16:
-      return PackTransposed<DType::kF16>(w, ldw, j0, nc, 0, k, buf);
-    case DType::kF8E4M3:
-      return PackTransposed<DType::kF8E4M3>(w, ldw, j0, nc, 0, k, buf);
-    default:
-      return PackTransposed<DType::kF32>(w, ldw, j0, nc, 0, k, buf);
-  }
+  WithElementType(wt,
+                  [&](auto t) { PackTransposed<decltype(t)::value>(w, ldw, j0, nc, 0, k, buf); });
 }
 
 void GemvNT(int64_t n, int64_t m, int64_t k, const float* x, int64_t ldx, const void* w, DType wt,
@@ -443,16 +445,9 @@ void GemvNT(int64_t n, int64_t m, int64_t k, const float* x, int64_t ldx, const 
   if (!HasAvx2Fma()) {
     return GemmNTPortable(n, m, k, x, ldx, w, wt, ldw, out, ldo, alpha, accumulate);
   }
-  switch (wt) {
-    case DType::kBF16:
-      return GemvNTAvx2<DType::kBF16>(n, m, k, x, ldx, w, ldw, out, ldo, alpha, accumulate);
-    case DType::kF16:
-      return GemvNTAvx2<DType::kF16>(n, m, k, x, ldx, w, ldw, out, ldo, alpha, accumulate);
-    case DType::kF8E4M3:
-      return GemvNTAvx2<DType::kF8E4M3>(n, m, k, x, ldx, w, ldw, out, ldo, alpha, accumulate);
-    default:
-      return GemvNTAvx2<DType::kF32>(n, m, k, x, ldx, w, ldw, out, ldo, alpha, accumulate);
-  }
+  WithElementType(wt, [&](auto t) {
+    GemvNTAvx2<decltype(t)::value>(n, m, k, x, ldx, w, ldw, out, ldo, alpha, accumulate);
+  });
 }
 
 template <DType T>
@@ -490,16 +485,9 @@ void GemmNN(int64_t n, int64_t m, int64_t k, const float* p, int64_t ldp, const 
     }
     return;
   }
-  switch (vt) {
-    case DType::kBF16:
-      return GemmNNAvx2<DType::kBF16>(n, m, k, p, ldp, v, ldv, out, ldo, alpha, accumulate);
-    case DType::kF16:
-      return GemmNNAvx2<DType::kF16>(n, m, k, p, ldp, v, ldv, out, ldo, alpha, accumulate);
-    case DType::kF8E4M3:
-      return GemmNNAvx2<DType::kF8E4M3>(n, m, k, p, ldp, v, ldv, out, ldo, alpha, accumulate);
-    default:
-      return GemmNNAvx2<DType::kF32>(n, m, k, p, ldp, v, ldv, out, ldo, alpha, accumulate);
-  }
+  WithElementType(vt, [&](auto t) {
+    GemmNNAvx2<decltype(t)::value>(n, m, k, p, ldp, v, ldv, out, ldo, alpha, accumulate);
+  });
 }
 
 }  // namespace mplus::engine::cpu
