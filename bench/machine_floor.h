@@ -12,6 +12,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "common/cpu_features.h"
+
 namespace mplus::bench {
 
 inline double ThreadSeconds() {
@@ -42,7 +44,7 @@ __attribute__((target("avx2,fma"))) inline double MeasureFmaPeakAvx2() {
 }
 
 inline double MeasureFmaPeak() {
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return MeasureFmaPeakAvx2();
+  if (HasAvx2Fma()) return MeasureFmaPeakAvx2();
   return 0;
 }
 

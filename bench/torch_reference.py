@@ -9,7 +9,10 @@ which is never a dependency of the server. Prints wall times (median of repeats)
     - "fp32":      W stored fp32 (twice the memory; torch's fp32 BLAS);
   * the decode step and a 128-token prefill (no retrieval) of model_bench's mid-size M+ config
     (L 4, d 2048, 16/4 heads of 128, I 5632, V 32000, decoder LoRA rank 16), written with plain
-    torch ops, with bf16 weights computing in bf16, and with fp32 weights computing in fp32.
+    torch ops, with bf16 weights computing in bf16, and with fp32 weights computing in fp32;
+  * next-token sampling over Llama 3's 128,256 logits as transformers' logits processors do it
+    (repetition penalty, temperature, top-k, top-p, then softmax and multinomial), with the
+    options of bench/sampler_bench.
 Usage: python3 -u bench/torch_reference.py [--threads 2] [--full]
 Without --full only n = 1 and the decode step run: Debian's torch 1.13 is built with a generic
 (unoptimised) BLAS, where one 512-row layer MatMul takes ~10 s, so the full tables take long.
@@ -148,6 +151,39 @@ def model_table(repeats, full):
         print(f"| {label} | {pf} | {decode * 1e3:.1f} | {1 / decode:.2f} |")
 
 
+def sample(scores, history, temperature, top_p, top_k, penalty):
+    """One draw the way transformers' processors compute it, written with plain torch ops."""
+    if penalty != 1.0 and history.numel():
+        picked = scores.gather(0, history)
+        scores = scores.scatter(0, history, torch.where(picked < 0, picked * penalty,
+                                                        picked / penalty))
+    if temperature == 0:
+        return int(scores.argmax())
+    scores = scores / temperature
+    if top_k > 0:
+        kth = torch.topk(scores, top_k).values[-1]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_scores, order = torch.sort(scores)  # ascending, as transformers sorts
+        cumulative = sorted_scores.softmax(-1).cumsum(-1)
+        drop = cumulative <= 1 - top_p
+        drop[-1] = False  # at least one token
+        scores = scores.masked_fill(drop.scatter(0, order, drop), float("-inf"))
+    return int(torch.multinomial(scores.softmax(-1), 1))
+
+
+def sampling_table(repeats):
+    print("| temperature / top_p / top_k / repetition penalty, history | ms per token |")
+    print("|---|---|")
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(128256, generator=gen) * 2.5
+    for t, p, k, rep, hist in ((0, 1.0, 0, 1.0, 0), (0.7, 0.9, 0, 1.0, 0), (1.0, 1.0, 50, 1.0, 0),
+                               (1.0, 1.0, 0, 1.0, 0), (0.7, 0.9, 0, 1.1, 2048)):
+        history = torch.arange(hist, dtype=torch.int64) * 37 % 128256
+        s = timed(lambda: sample(logits, history, t, p, k, rep), repeats * 20)
+        print(f"| {t} / {p} / {k} / {rep}, {hist} | {s * 1e3:.3f} |")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--threads", type=int, default=2)
@@ -160,6 +196,8 @@ def main():
     matmul_table(repeats, args.full)
     print()
     model_table(repeats, args.full)
+    print()
+    sampling_table(repeats)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@
 #include <cmath>
 #include <cstring>
 
+#include "common/cpu_features.h"
+
 namespace mplus::engine {
 namespace {
 
@@ -27,11 +29,6 @@ __attribute__((target("avx2"))) void FloatsToBF16Avx2(const float* src, int64_t 
     _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), _mm256_castsi256_si128(packed));
   }
   for (; i < n; ++i) dst[i] = FloatToBF16(src[i]);
-}
-
-bool HasAvx2() {
-  static const bool has = __builtin_cpu_supports("avx2");
-  return has;
 }
 
 }  // namespace
@@ -142,7 +139,7 @@ void FloatsToDType(const float* src, int64_t n, DType dtype, void* dst) {
       std::memcpy(dst, src, n * sizeof(float));
       return;
     case DType::kBF16:
-      if (HasAvx2()) {
+      if (HasAvx2Fma()) {
         FloatsToBF16Avx2(src, n, static_cast<uint16_t*>(dst));
       } else {
         for (int64_t i = 0; i < n; ++i) static_cast<uint16_t*>(dst)[i] = FloatToBF16(src[i]);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
@@ -10,17 +11,40 @@ namespace mplus::engine {
 
 namespace {
 
-// How many of the best candidates top-p sorts first; more only when their mass is needed.
+// How many more of the best candidates top-p sorts when the binned head falls short.
 constexpr size_t kTopPFirstSort = 1024;
 
-// Argmax over non-NaN scores, lowest id on ties; 0 when every score is NaN.
+// Argmax over non-NaN scores, lowest id on ties; 0 when every score is NaN. Two passes: the
+// maximum in eight independent lanes (no loop-carried load), then its first occurrence.
 int32_t Argmax(const std::vector<float>& scores) {
-  int32_t best = -1;
-  for (size_t i = 0; i < scores.size(); ++i) {
-    if (std::isnan(scores[i])) continue;
-    if (best < 0 || scores[i] > scores[best]) best = static_cast<int32_t>(i);
+  constexpr size_t kLanes = 8;
+  float lane_max[kLanes];
+  std::fill(lane_max, lane_max + kLanes, -std::numeric_limits<float>::infinity());
+  const size_t n = scores.size();
+  size_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (size_t j = 0; j < kLanes; ++j) {
+      // NaN compares false, so it never becomes the maximum.
+      lane_max[j] = scores[i + j] > lane_max[j] ? scores[i + j] : lane_max[j];
+    }
   }
-  return best < 0 ? 0 : best;
+  float best = *std::max_element(lane_max, lane_max + kLanes);
+  for (; i < n; ++i) best = scores[i] > best ? scores[i] : best;
+  for (size_t k = 0; k < n; ++k) {
+    if (scores[k] == best) return static_cast<int32_t>(k);
+  }
+  return 0;  // every score NaN
+}
+
+// Candidates are binned by how far their score lies below the best one; top-p sorts only the
+// bins that hold its mass (plus one for rounding) instead of selecting heads from the whole
+// vocabulary.
+constexpr int kScoreBins = 256;
+constexpr float kBinsPerScoreUnit = 8;  // bins cover 32 units: weights down to e^-32
+
+int ScoreBin(float score, float max_score) {
+  const float below = (max_score - score) * kBinsPerScoreUnit;
+  return below < static_cast<float>(kScoreBins - 1) ? static_cast<int>(below) : kScoreBins - 1;
 }
 
 }  // namespace
@@ -87,19 +111,28 @@ int32_t Sampler::Sample(absl::Span<const float> logits, absl::Span<const int32_t
     return a.score > b.score || (a.score == b.score && a.id < b.id);
   };
 
-  // Top-k keeps every token tied with the k-th best score, as transformers does.
-  const int top_k = options_.top_k;
-  if (top_k > 0 && static_cast<size_t>(top_k) < candidates_.size()) {
-    std::nth_element(candidates_.begin(), candidates_.begin() + (top_k - 1), candidates_.end(),
-                     better);
-    const float kth = candidates_[top_k - 1].score;
-    std::erase_if(candidates_, [&](const Candidate& c) { return c.score < kth; });
-    std::sort(candidates_.begin(), candidates_.end(),
-              [](const Candidate& a, const Candidate& b) { return a.id < b.id; });
-  }
-
   float max_score = -std::numeric_limits<float>::infinity();
   for (const Candidate& c : candidates_) max_score = std::max(max_score, c.score);
+
+  // Top-k keeps every token tied with the k-th best score, as transformers does. The k-th best
+  // is selected among the scores of the bins that hold the best k (a handful of candidates
+  // usually; selecting over the whole vocabulary mispredicts a branch per comparison).
+  const int top_k = options_.top_k;
+  if (top_k > 0 && static_cast<size_t>(top_k) < candidates_.size()) {
+    int bin_count[kScoreBins] = {};
+    for (const Candidate& c : candidates_) ++bin_count[ScoreBin(c.score, max_score)];
+    int last_bin = 0;
+    for (int best = bin_count[0]; best < top_k;) best += bin_count[++last_bin];
+    kth_scores_.clear();
+    for (const Candidate& c : candidates_) {
+      if (ScoreBin(c.score, max_score) <= last_bin) kth_scores_.push_back(c.score);
+    }
+    std::nth_element(kth_scores_.begin(), kth_scores_.begin() + (top_k - 1), kth_scores_.end(),
+                     std::greater<float>());
+    const float kth = kth_scores_[top_k - 1];
+    std::erase_if(candidates_, [&](const Candidate& c) { return c.score < kth; });  // id order
+  }
+
   if (std::isinf(max_score)) {
     // +inf logits: only they can be drawn, uniformly.
     std::erase_if(candidates_, [&](const Candidate& c) { return c.score != max_score; });
@@ -116,13 +149,27 @@ int32_t Sampler::Sample(absl::Span<const float> logits, absl::Span<const int32_t
   const float top_p = options_.top_p;
   if (top_p > 0.0f && top_p < 1.0f && candidates_.size() > 1) {
     const double target = static_cast<double>(top_p) * total;
+    // The first head: every candidate in the bins that reach the target mass and one more. A
+    // bin holds a range of scores, so the head is exactly a best-first prefix.
+    double bin_mass[kScoreBins] = {};
+    for (const Candidate& c : candidates_) bin_mass[ScoreBin(c.score, max_score)] += c.weight;
+    int last_bin = 0;
+    for (double binned = bin_mass[0]; binned < target && last_bin < kScoreBins - 1;) {
+      binned += bin_mass[++last_bin];
+    }
+    last_bin = std::min(last_bin + 1, kScoreBins - 1);
+    const auto head_end = std::partition(
+        candidates_.begin(), candidates_.end(),
+        [&](const Candidate& c) { return ScoreBin(c.score, max_score) <= last_bin; });
+    std::sort(candidates_.begin(), head_end, better);
     double mass = 0;
     size_t keep = 0;
-    size_t sorted = 0;
+    size_t sorted = static_cast<size_t>(head_end - candidates_.begin());
     while (keep < candidates_.size() && mass < target) {
-      if (keep == sorted) {
+      if (keep == sorted) {  // the binned sums rounded differently: sort further heads
         const auto first = candidates_.begin() + sorted;
-        const size_t head = std::min(std::max(kTopPFirstSort, 8 * sorted), candidates_.size());
+        const size_t head =
+            std::min(sorted + std::max(kTopPFirstSort, 8 * sorted), candidates_.size());
         std::nth_element(first, candidates_.begin() + (head - 1), candidates_.end(), better);
         std::sort(first, candidates_.begin() + head, better);
         sorted = head;

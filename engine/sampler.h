@@ -54,6 +54,7 @@ class Sampler {
   std::mt19937_64 rng_;  // fully specified by the C++ standard, so portable
   std::vector<float> scores_;
   std::vector<Candidate> candidates_;
+  std::vector<float> kth_scores_;  // top-k's selection scratch
   std::vector<int32_t> penalized_;
 };
 

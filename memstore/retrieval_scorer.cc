@@ -4,11 +4,15 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <new>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
+#include "common/cpu_features.h"
 #include "common/parallel_for.h"
+#include "engine/cpu/gemm.h"
 #include "engine/dot.h"
 
 namespace mplus::memstore {
@@ -102,26 +106,22 @@ MPLUS_AVX2 inline void SigmoidSumTile(const float* queries, int64_t p, const flo
   }
 }
 
-// AVX2 path: keys packed transposed in blocks of 64, register-blocked logits (6 queries × 16
-// keys), vectorised sigmoid, sums in double.
+// AVX2 path: keys packed transposed in blocks of 64 (the CPU GEMM's panel layout),
+// register-blocked logits (6 queries × 16 keys), vectorised sigmoid, sums in double.
 template <typename Key>
 MPLUS_AVX2 void ScoreRangeAvx2(const float* queries, int64_t nq, const Key* keys, int64_t j_begin,
                                int64_t j_end, int64_t p, float* scores_out) {
+  static_assert(engine::cpu::kPanelRows == 16, "SigmoidSumTile reads panels of 16 keys");
   constexpr int64_t kBlock = 64;  // keys per block: 64 KiB packed at p = 256, stays in L2
+  constexpr engine::DType kKeyDType =
+      std::is_same_v<Key, float> ? engine::DType::kF32 : engine::DType::kBF16;
   std::vector<float> packed(static_cast<size_t>(kBlock * p));
   alignas(32) double sums[kBlock];
   for (int64_t j0 = j_begin; j0 < j_end; j0 += kBlock) {
     const int64_t count = std::min(j_end, j0 + kBlock) - j0;
     const int64_t groups = (count + 15) / 16;
-    // Transpose into groups of 16 keys; missing keys are zero (their sums are ignored).
-    for (int64_t g = 0; g < groups; ++g) {
-      float* dst = packed.data() + g * 16 * p;
-      for (int c = 0; c < 16; ++c) {
-        const int64_t j = g * 16 + c;
-        const Key* src = keys + (j0 + j) * p;
-        for (int64_t i = 0; i < p; ++i) dst[i * 16 + c] = j < count ? KeyElement(src[i]) : 0.0f;
-      }
-    }
+    // Missing keys of the last group are zero; their sums are ignored.
+    engine::cpu::PackTransposedPanels(keys, kKeyDType, p, j0, count, p, packed.data());
     std::fill(sums, sums + kBlock, 0.0);
     for (int64_t g = 0; g < groups; ++g) {
       const float* panel = packed.data() + g * 16 * p;
@@ -159,10 +159,7 @@ using ScoreRangeFn = void (*)(const float*, int64_t, const Key*, int64_t, int64_
 
 template <typename Key>
 ScoreRangeFn<Key> BestScoreRange() {
-  static const ScoreRangeFn<Key> fn =
-      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? ScoreRangeAvx2<Key>
-                                                                      : ScoreRangeGeneric<Key>;
-  return fn;
+  return HasAvx2Fma() ? ScoreRangeAvx2<Key> : ScoreRangeGeneric<Key>;
 }
 
 template <typename Key>
@@ -202,12 +199,60 @@ void MeanSigmoidScores(const float* queries, int64_t nq, const void* keys, engin
 
 std::vector<int64_t> TopK(const float* scores, int64_t n, int64_t k) {
   if (k <= 0 || n <= 0) return {};
-  std::vector<int64_t> idx(static_cast<size_t>(n));
-  std::iota(idx.begin(), idx.end(), 0);
-  if (k < n) {
-    std::nth_element(idx.begin(), idx.begin() + k, idx.end(), Better{scores});
-    idx.resize(static_cast<size_t>(k));
+  std::vector<int64_t> idx;
+  if (k >= n) {
+    idx.resize(static_cast<size_t>(n));
+    std::iota(idx.begin(), idx.end(), 0);
+    return idx;
   }
+  // Selecting among all n with nth_element mispredicts a branch per comparison. Instead the
+  // scores are binned by value (higher scores in lower bins, ties in one bin): the bins before
+  // the one holding the k-th best are taken whole, and only that bin is selected from.
+  constexpr int kBins = 4096;
+  // Range of the non-NaN scores (NaN compares false, so it never wins), in eight lanes.
+  constexpr int kLanes = 8;
+  float lane_lo[kLanes], lane_hi[kLanes];
+  std::fill(lane_lo, lane_lo + kLanes, std::numeric_limits<float>::infinity());
+  std::fill(lane_hi, lane_hi + kLanes, -std::numeric_limits<float>::infinity());
+  int64_t j0 = 0;
+  for (; j0 + kLanes <= n; j0 += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      const float s = scores[j0 + l];
+      lane_lo[l] = s < lane_lo[l] ? s : lane_lo[l];
+      lane_hi[l] = s > lane_hi[l] ? s : lane_hi[l];
+    }
+  }
+  for (; j0 < n; ++j0) {
+    lane_lo[0] = scores[j0] < lane_lo[0] ? scores[j0] : lane_lo[0];
+    lane_hi[0] = scores[j0] > lane_hi[0] ? scores[j0] : lane_hi[0];
+  }
+  const float lo = *std::min_element(lane_lo, lane_lo + kLanes);
+  const float hi = *std::max_element(lane_hi, lane_hi + kLanes);
+  const float range = hi - lo;
+  const float scale = range > 0 && std::isfinite(range) ? kBins / range : 0.0f;
+  // NaN scores (and everything when all are NaN) go in a last bin of their own.
+  const auto bin_of = [&](float s) {
+    if (std::isnan(s)) return kBins;
+    return std::min(kBins - 1, static_cast<int>((hi - s) * scale));
+  };
+  std::vector<uint16_t> bins(static_cast<size_t>(n));
+  std::vector<int64_t> count(kBins + 1, 0);
+  for (int64_t j = 0; j < n; ++j) ++count[bins[j] = static_cast<uint16_t>(bin_of(scores[j]))];
+  int boundary = 0;
+  for (int64_t before = 0; before + count[boundary] < k; ++boundary) before += count[boundary];
+  std::vector<int64_t> tied;  // the boundary bin's members
+  idx.reserve(static_cast<size_t>(k));
+  for (int64_t j = 0; j < n; ++j) {
+    const int b = bins[j];
+    if (b < boundary) {
+      idx.push_back(j);
+    } else if (b == boundary) {
+      tied.push_back(j);
+    }
+  }
+  const auto rest = static_cast<std::ptrdiff_t>(k - static_cast<int64_t>(idx.size()));
+  std::nth_element(tied.begin(), tied.begin() + (rest - 1), tied.end(), Better{scores});
+  idx.insert(idx.end(), tied.begin(), tied.begin() + rest);
   std::sort(idx.begin(), idx.end());
   return idx;
 }

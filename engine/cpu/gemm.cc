@@ -4,7 +4,10 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
+
+#include "common/cpu_features.h"
 
 namespace mplus::engine::cpu {
 namespace {
@@ -14,7 +17,7 @@ namespace {
 // Register tile: kMr x rows times kNr output columns (12 of the 16 ymm registers accumulate).
 // Cache blocks: a packed weight block of kKc x kNc floats (128 KiB) stays in L2 while every x
 // row streams past it; one kKc x kNr panel (16 KiB) stays in L1.
-constexpr int64_t kMr = 6, kNr = 16, kKc = 256, kNc = 128;
+constexpr int64_t kMr = 6, kNr = kPanelRows, kKc = 256, kNc = 128;
 
 // Every float8 e4m3 value, by its bits (widening is a table lookup, or a gather of eight).
 const float* F8E4M3Table() {
@@ -57,6 +60,16 @@ void GemmNTPortable(int64_t n, int64_t m, int64_t k, const float* x, int64_t ldx
     for (int64_t j = 0; j < m; ++j) {
       const float v = alpha * DotPortable(x + i * ldx, w, wt, j * ldw, k);
       out[i * ldo + j] = accumulate ? out[i * ldo + j] + v : v;
+    }
+  }
+}
+
+// Elements [kk0, kc) of one panel (the part the register transposes leave, or all of it).
+void PackTransposedTail(const void* w, DType wt, int64_t ldw, int64_t row0, int64_t cols,
+                        int64_t kk0, int64_t kc, float* panel) {
+  for (int64_t kk = kk0; kk < kc; ++kk) {
+    for (int64_t jj = 0; jj < kNr; ++jj) {
+      panel[kk * kNr + jj] = jj < cols ? Widen(w, wt, row0 + jj * ldw + kk) : 0.0f;
     }
   }
 }
@@ -114,10 +127,14 @@ MPLUS_AVX2 inline void Transpose8(__m256 r[8]) {
 template <DType T>
 MPLUS_AVX2 void PackTransposed(const void* w, int64_t ldw, int64_t j0, int64_t nc, int64_t k0,
                                int64_t kc, float* buf) {
+  constexpr int64_t kElementBytes = T == DType::kF32 ? 4 : T == DType::kF8E4M3 ? 1 : 2;
   for (int64_t p = 0; p * kNr < nc; ++p) {
     float* panel = buf + p * kc * kNr;
     const int64_t cols = std::min(kNr, nc - p * kNr);
     const int64_t row0 = (j0 + p * kNr) * ldw + k0;
+    // Rows read eight at a time defeat the hardware prefetcher (it follows one stream per
+    // row), so the next full panel's rows are prefetched at the offset being read.
+    const bool prefetch_next = (p + 2) * kNr <= nc;
     int64_t kk = 0;
     if (cols == kNr) {
       for (; kk + 8 <= kc; kk += 8) {
@@ -125,17 +142,21 @@ MPLUS_AVX2 void PackTransposed(const void* w, int64_t ldw, int64_t j0, int64_t n
           __m256 r[8];
 #pragma GCC unroll 8
           for (int i = 0; i < 8; ++i) r[i] = Load8<T>(w, row0 + (half + i) * ldw + kk);
+          if (prefetch_next) {
+            const char* next =
+                static_cast<const char*>(w) + (row0 + (kNr + half) * ldw + kk) * kElementBytes;
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; ++i) {
+              _mm_prefetch(next + i * ldw * kElementBytes, _MM_HINT_T0);
+            }
+          }
           Transpose8(r);
 #pragma GCC unroll 8
           for (int i = 0; i < 8; ++i) _mm256_storeu_ps(panel + (kk + i) * kNr + half, r[i]);
         }
       }
     }
-    for (; kk < kc; ++kk) {
-      for (int64_t jj = 0; jj < kNr; ++jj) {
-        panel[kk * kNr + jj] = jj < cols ? Widen(w, T, row0 + jj * ldw + kk) : 0.0f;
-      }
-    }
+    PackTransposedTail(w, T, ldw, row0, cols, kk, kc, panel);
   }
 }
 
@@ -378,29 +399,45 @@ MPLUS_AVX2 void GemvNNAvx2(int64_t m, int64_t k, const float* p, int64_t ldp, co
   }
 }
 
-}  // namespace
-
-bool HasAvx2Fma() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                          __builtin_cpu_supports("f16c");
-  return has;
+// Calls f(std::integral_constant<DType, T>{}) with T the element type wt (float32 for any type
+// without its own kernels), so each entry point picks its AVX2 instantiation in one line.
+template <typename F>
+void WithElementType(DType wt, F&& f) {
+  switch (wt) {
+    case DType::kBF16:
+      return f(std::integral_constant<DType, DType::kBF16>{});
+    case DType::kF16:
+      return f(std::integral_constant<DType, DType::kF16>{});
+    case DType::kF8E4M3:
+      return f(std::integral_constant<DType, DType::kF8E4M3>{});
+    default:
+      return f(std::integral_constant<DType, DType::kF32>{});
+  }
 }
+
+}  // namespace
 
 void GemmNT(int64_t n, int64_t m, int64_t k, const float* x, int64_t ldx, const void* w, DType wt,
             int64_t ldw, float* out, int64_t ldo, float alpha, bool accumulate) {
   if (!HasAvx2Fma()) {
     return GemmNTPortable(n, m, k, x, ldx, w, wt, ldw, out, ldo, alpha, accumulate);
   }
-  switch (wt) {
-    case DType::kBF16:
-      return GemmNTAvx2<DType::kBF16>(n, m, k, x, ldx, w, ldw, out, ldo, alpha, accumulate);
-    case DType::kF16:
-      return GemmNTAvx2<DType::kF16>(n, m, k, x, ldx, w, ldw, out, ldo, alpha, accumulate);
-    case DType::kF8E4M3:
-      return GemmNTAvx2<DType::kF8E4M3>(n, m, k, x, ldx, w, ldw, out, ldo, alpha, accumulate);
-    default:
-      return GemmNTAvx2<DType::kF32>(n, m, k, x, ldx, w, ldw, out, ldo, alpha, accumulate);
+  WithElementType(wt, [&](auto t) {
+    GemmNTAvx2<decltype(t)::value>(n, m, k, x, ldx, w, ldw, out, ldo, alpha, accumulate);
+  });
+}
+
+void PackTransposedPanels(const void* w, DType wt, int64_t ldw, int64_t j0, int64_t nc, int64_t k,
+                          float* buf) {
+  if (!HasAvx2Fma()) {
+    for (int64_t p = 0; p * kNr < nc; ++p) {
+      PackTransposedTail(w, wt, ldw, (j0 + p * kNr) * ldw, std::min(kNr, nc - p * kNr), 0, k,
+                         buf + p * k * kNr);
+    }
+    return;
   }
+  WithElementType(wt,
+                  [&](auto t) { PackTransposed<decltype(t)::value>(w, ldw, j0, nc, 0, k, buf); });
 }
 
 void GemvNT(int64_t n, int64_t m, int64_t k, const float* x, int64_t ldx, const void* w, DType wt,
@@ -408,16 +445,9 @@ void GemvNT(int64_t n, int64_t m, int64_t k, const float* x, int64_t ldx, const 
   if (!HasAvx2Fma()) {
     return GemmNTPortable(n, m, k, x, ldx, w, wt, ldw, out, ldo, alpha, accumulate);
   }
-  switch (wt) {
-    case DType::kBF16:
-      return GemvNTAvx2<DType::kBF16>(n, m, k, x, ldx, w, ldw, out, ldo, alpha, accumulate);
-    case DType::kF16:
-      return GemvNTAvx2<DType::kF16>(n, m, k, x, ldx, w, ldw, out, ldo, alpha, accumulate);
-    case DType::kF8E4M3:
-      return GemvNTAvx2<DType::kF8E4M3>(n, m, k, x, ldx, w, ldw, out, ldo, alpha, accumulate);
-    default:
-      return GemvNTAvx2<DType::kF32>(n, m, k, x, ldx, w, ldw, out, ldo, alpha, accumulate);
-  }
+  WithElementType(wt, [&](auto t) {
+    GemvNTAvx2<decltype(t)::value>(n, m, k, x, ldx, w, ldw, out, ldo, alpha, accumulate);
+  });
 }
 
 template <DType T>
@@ -455,16 +485,9 @@ void GemmNN(int64_t n, int64_t m, int64_t k, const float* p, int64_t ldp, const 
     }
     return;
   }
-  switch (vt) {
-    case DType::kBF16:
-      return GemmNNAvx2<DType::kBF16>(n, m, k, p, ldp, v, ldv, out, ldo, alpha, accumulate);
-    case DType::kF16:
-      return GemmNNAvx2<DType::kF16>(n, m, k, p, ldp, v, ldv, out, ldo, alpha, accumulate);
-    case DType::kF8E4M3:
-      return GemmNNAvx2<DType::kF8E4M3>(n, m, k, p, ldp, v, ldv, out, ldo, alpha, accumulate);
-    default:
-      return GemmNNAvx2<DType::kF32>(n, m, k, p, ldp, v, ldv, out, ldo, alpha, accumulate);
-  }
+  WithElementType(vt, [&](auto t) {
+    GemmNNAvx2<decltype(t)::value>(n, m, k, p, ldp, v, ldv, out, ldo, alpha, accumulate);
+  });
 }
 
 }  // namespace mplus::engine::cpu

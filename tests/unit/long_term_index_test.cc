@@ -2,7 +2,11 @@
 // "> K_ltm" rule, retrieval order and wrap-around) and the retrieval scorer.
 #include "memstore/long_term_index.h"
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
+#include <numeric>
+#include <random>
 #include <vector>
 
 #include "engine/drop_slots.h"
@@ -205,6 +209,46 @@ TEST(RetrievalScorerTest, TopKReturnsAscendingIndicesLowerIndexWinsTies) {
   EXPECT_THAT(TopK(s.data(), 7, 4), ElementsAre(1, 2, 3, 6));
   EXPECT_THAT(TopK(s.data(), 7, 0), ElementsAre());
   EXPECT_EQ(TopK(s.data(), 7, 10).size(), 7u);
+}
+
+// TopK selects inside value bins; the definition is a full sort by (score descending, NaN
+// last, lower index first). Score sets: clustered like mean sigmoids, heavy ties, NaNs,
+// infinities, all equal, all NaN.
+TEST(RetrievalScorerTest, TopKMatchesFullSortReference) {
+  std::mt19937 gen(5);
+  std::normal_distribution<float> normal(0.5f, 0.01f);
+  const float inf = std::numeric_limits<float>::infinity();
+  for (int shape = 0; shape < 6; ++shape) {
+    std::vector<float> s(3000);
+    for (float& x : s) x = normal(gen);
+    if (shape == 1) {
+      for (float& x : s) x = std::round(x * 400) / 400;  // a few dozen distinct values
+    }
+    if (shape == 2) {
+      for (size_t i = 0; i < s.size(); i += 7) s[i] = NAN;
+    }
+    if (shape == 3) {
+      s[10] = inf;
+      s[20] = -inf;
+      s[30] = inf;
+    }
+    if (shape == 4) std::fill(s.begin(), s.end(), 0.25f);
+    if (shape == 5) std::fill(s.begin(), s.end(), NAN);
+    std::vector<int64_t> order(s.size());
+    std::iota(order.begin(), order.end(), 0);
+    std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+      const bool na = std::isnan(s[a]), nb = std::isnan(s[b]);
+      if (na != nb) return nb;
+      if (!na && s[a] != s[b]) return s[a] > s[b];
+      return a < b;
+    });
+    for (int64_t k : {1, 2, 17, 400, 2570, 2999}) {
+      std::vector<int64_t> want(order.begin(), order.begin() + k);
+      std::sort(want.begin(), want.end());
+      EXPECT_EQ(TopK(s.data(), static_cast<int64_t>(s.size()), k), want)
+          << "shape " << shape << ", k " << k;
+    }
+  }
 }
 
 TEST(DropSlotsTest, DistinctSortedDeterministicAndSeedDependent) {

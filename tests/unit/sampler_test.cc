@@ -1,7 +1,10 @@
 #include "engine/sampler.h"
 
+#include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
+#include <random>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -119,6 +122,114 @@ TEST(SamplerTest, RepetitionPenaltyDividesPositiveAndMultipliesNegative) {
   // Penalty 0 and 1 disable it.
   o.repetition_penalty = 0.0f;
   EXPECT_EQ(Sampler(o).Sample({3.0f, 2.0f}, {0}), 0);
+}
+
+// The sampler's selections without sorting the vocabulary (binned heads for top-p and top-k, a
+// two-pass argmax) against the definitions with full sorts: the same draws, bit for bit, so the
+// shortcuts change no seeded generation.
+int32_t ReferenceSample(const SamplingOptions& o, const std::vector<float>& logits,
+                        std::mt19937_64& rng) {
+  const auto argmax = [&] {
+    int32_t best = -1;
+    for (size_t i = 0; i < logits.size(); ++i) {
+      if (std::isnan(logits[i])) continue;
+      if (best < 0 || logits[i] > logits[best]) best = static_cast<int32_t>(i);
+    }
+    return best < 0 ? 0 : best;
+  };
+  if (o.temperature == 0) return argmax();
+  struct Cand {
+    float score;
+    int32_t id;
+    float weight;
+  };
+  std::vector<Cand> c;
+  for (size_t i = 0; i < logits.size(); ++i) {
+    const float s = logits[i] / o.temperature;
+    if (!std::isnan(s) && s != -std::numeric_limits<float>::infinity()) {
+      c.push_back({s, static_cast<int32_t>(i), 0});
+    }
+  }
+  if (c.empty()) return argmax();
+  if (o.top_k > 0 && static_cast<size_t>(o.top_k) < c.size()) {
+    std::vector<float> sorted;
+    for (const Cand& x : c) sorted.push_back(x.score);
+    std::sort(sorted.begin(), sorted.end(), std::greater<float>());
+    const float kth = sorted[o.top_k - 1];
+    std::erase_if(c, [&](const Cand& x) { return x.score < kth; });
+  }
+  float max_score = -std::numeric_limits<float>::infinity();
+  for (const Cand& x : c) max_score = std::max(max_score, x.score);
+  const auto uniform = [&] { return static_cast<double>(rng() >> 11) * 0x1.0p-53; };
+  if (std::isinf(max_score)) {
+    std::erase_if(c, [&](const Cand& x) { return x.score != max_score; });
+    return c[static_cast<size_t>(uniform() * c.size())].id;
+  }
+  double total = 0;
+  for (Cand& x : c) total += (x.weight = std::exp(x.score - max_score));
+  if (o.top_p > 0 && o.top_p < 1 && c.size() > 1) {
+    std::sort(c.begin(), c.end(), [](const Cand& a, const Cand& b) {
+      return a.score > b.score || (a.score == b.score && a.id < b.id);
+    });
+    const double target = static_cast<double>(o.top_p) * total;
+    double mass = 0;
+    size_t keep = 0;
+    while (keep < c.size() && mass < target) mass += c[keep++].weight;
+    c.resize(std::max<size_t>(keep, 1));
+    total = mass;
+  }
+  if (o.min_p > 0) {
+    std::erase_if(c, [&](const Cand& x) { return x.weight < static_cast<double>(o.min_p); });
+    total = 0;
+    for (const Cand& x : c) total += x.weight;
+  }
+  const double u = uniform() * total;
+  double cumulative = 0;
+  for (const Cand& x : c) {
+    cumulative += x.weight;
+    if (u < cumulative) return x.id;
+  }
+  return c.back().id;
+}
+
+TEST(SamplerTest, MatchesFullSortReference) {
+  std::mt19937 gen(11);
+  const float inf = std::numeric_limits<float>::infinity();
+  int cases = 0;
+  for (float spread : {0.05f, 1.0f, 4.0f, 40.0f}) {
+    for (bool ties_and_specials : {false, true}) {
+      // Logits spread like a model's (and wider and narrower); some quantised into ties, with
+      // NaN and -inf entries, which are never candidates.
+      std::normal_distribution<float> normal(0.f, spread);
+      std::vector<float> logits(2000);
+      for (float& x : logits) x = normal(gen);
+      if (ties_and_specials) {
+        for (float& x : logits) x = std::round(x * 4) / 4;
+        for (size_t i = 0; i < logits.size(); i += 97) logits[i] = NAN;
+        for (size_t i = 5; i < logits.size(); i += 89) logits[i] = -inf;
+      }
+      for (float temperature : {0.0f, 0.3f, 1.0f, 1.7f}) {
+        for (float top_p : {1.0f, 0.2f, 0.9f, 0.999f}) {
+          for (int top_k : {0, 1, 40, 1990}) {
+            for (float min_p : {0.0f, 0.05f}) {
+              SamplingOptions o = Sampling(temperature, 100 + cases++);
+              o.top_p = top_p;
+              o.top_k = top_k;
+              o.min_p = min_p;
+              Sampler sampler(o);
+              std::mt19937_64 rng(o.seed);
+              for (int draw = 0; draw < 4; ++draw) {
+                ASSERT_EQ(sampler.Sample(logits, {}), ReferenceSample(o, logits, rng))
+                    << "spread " << spread << " ties " << ties_and_specials << " temperature "
+                    << temperature << " top_p " << top_p << " top_k " << top_k << " min_p " << min_p
+                    << " draw " << draw;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
 }
 
 TEST(SamplerTest, Validation) {
