@@ -2,25 +2,18 @@
 
 #include <algorithm>
 #include <cstring>
-#include <thread>
-#include <vector>
 
 #include "common/cpu_count.h"
+#include "common/thread_pool.h"
 
 namespace mplus {
 
 void ParallelFor(int64_t n, int64_t min_per_thread,
                  const std::function<void(int64_t begin, int64_t end)>& fn) {
-  if (n <= 0) return;
-  const int64_t threads =
-      std::clamp<int64_t>(n / std::max<int64_t>(1, min_per_thread), 1, AvailableCpus());
-  const int64_t per = (n + threads - 1) / threads;
-  std::vector<std::thread> pool;
-  for (int64_t begin = per; begin < n; begin += per) {
-    pool.emplace_back(fn, begin, std::min(n, begin + per));
-  }
-  fn(0, std::min(n, per));
-  for (std::thread& t : pool) t.join();
+  // One pool for the process, never destroyed (a loop may still run in a detached thread at
+  // exit).
+  static ThreadPool* const pool = new ThreadPool(AvailableCpus());
+  pool->ParallelFor(n, min_per_thread, fn);
 }
 
 void ParallelCopy(void* dst, const void* src, size_t bytes) {

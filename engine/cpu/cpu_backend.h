@@ -6,8 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "common/thread_pool.h"
 #include "engine/backend.h"
-#include "engine/cpu/thread_pool.h"
 
 namespace mplus::engine::cpu {
 
@@ -42,7 +42,7 @@ class CpuBackend : public Backend {
                          const Tensor& out) override;
 
  private:
-  ThreadPool pool_;
+  mplus::ThreadPool pool_;
 };
 
 // Widens n elements of a float-typed buffer, starting at element `offset`, to float32.

@@ -259,15 +259,6 @@ TEST_F(CpuBackendTest, Bfloat16KeysAndValues) {
   EXPECT_FALSE(backend_.Embedding(table, ids, *backend_.Allocate(DType::kF16, {2, 3})).ok());
 }
 
-TEST_F(CpuBackendTest, ThreadPoolCoversEveryIndexOnce) {
-  ThreadPool pool(4);
-  std::vector<int> hits(1000, 0);
-  pool.ParallelFor(1000, 7, [&](int64_t a, int64_t b) {
-    for (int64_t i = a; i < b; ++i) ++hits[i];
-  });
-  for (int h : hits) EXPECT_EQ(h, 1);
-}
-
 TEST(RopeInvFreqTest, Llama3ScalingBands) {
   ModelConfig c;
   c.head_dim = 64;
