@@ -124,7 +124,7 @@ int32_t Sampler::Sample(absl::Span<const float> logits, absl::Span<const int32_t
     int bin_count[kScoreBins] = {};
     for (const Candidate& c : candidates_) ++bin_count[ScoreBin(c.score, max_score)];
     int last_bin = 0;
-    for (int best = bin_count[0]; best < top_k;) best += bin_count[++last_bin];
+    for (int counted = bin_count[0]; counted < top_k;) counted += bin_count[++last_bin];
     kth_scores_.clear();
     for (const Candidate& c : candidates_) {
       if (ScoreBin(c.score, max_score) <= last_bin) kth_scores_.push_back(c.score);
