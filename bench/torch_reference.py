@@ -12,7 +12,7 @@ which is never a dependency of the server. Prints wall times (median of repeats)
     torch ops, with bf16 weights computing in bf16, and with fp32 weights computing in fp32;
   * long-term retrieval of one layer at mplus-8b scale as the official get_ltm computes it
     (sigmoid of queries x keys^T, mean over the queries, topk of 2560), 150,000 keys of 256,
-    keys float32 and bfloat16 (as retrieval_bench);
+    keys float32 and bfloat16 (as retrieval_bench; 512 queries with --full);
   * next-token sampling over Llama 3's 128,256 logits as transformers' logits processors do it
     (repetition penalty, temperature, top-k, top-p, then softmax and multinomial), with the
     options of bench/sampler_bench.
@@ -175,14 +175,14 @@ def sample(scores, history, temperature, top_p, top_k, penalty):
     return int(torch.multinomial(scores.softmax(-1), 1))
 
 
-def retrieval_table(repeats):
+def retrieval_table(repeats, full):
     print("| keys | queries | scores (ms) | scores + topk 2560 (ms) |")
     print("|---|---|---|---|")
     gen = torch.Generator().manual_seed(7)
     keys32 = torch.randn(150000, 256, generator=gen) * 0.0625
     for dtype, label in ((torch.float32, "f32"), (torch.bfloat16, "bf16")):
         keys = keys32.to(dtype)
-        for nq in (64, 512):
+        for nq in (64, 512) if full else (64,):
             q = (torch.randn(nq, 256, generator=gen) * 0.0625).to(dtype)
             scores = lambda: torch.sigmoid(q @ keys.t()).mean(0)
             select = lambda: torch.topk(scores(), 2560).indices.sort().values
@@ -215,7 +215,7 @@ def main():
     print()
     model_table(repeats, args.full)
     print()
-    retrieval_table(repeats)
+    retrieval_table(repeats, args.full)
     print()
     sampling_table(repeats)
 
