@@ -10,6 +10,9 @@ which is never a dependency of the server. Prints wall times (median of repeats)
   * the decode step and a 128-token prefill (no retrieval) of model_bench's mid-size M+ config
     (L 4, d 2048, 16/4 heads of 128, I 5632, V 32000, decoder LoRA rank 16), written with plain
     torch ops, with bf16 weights computing in bf16, and with fp32 weights computing in fp32;
+  * long-term retrieval of one layer at mplus-8b scale as the official get_ltm computes it
+    (sigmoid of queries x keys^T, mean over the queries, topk of 2560), 150,000 keys of 256,
+    keys float32 and bfloat16 (as retrieval_bench; 512 queries with --full);
   * next-token sampling over Llama 3's 128,256 logits as transformers' logits processors do it
     (repetition penalty, temperature, top-k, top-p, then softmax and multinomial), with the
     options of bench/sampler_bench.
@@ -172,6 +175,21 @@ def sample(scores, history, temperature, top_p, top_k, penalty):
     return int(torch.multinomial(scores.softmax(-1), 1))
 
 
+def retrieval_table(repeats, full):
+    print("| keys | queries | scores (ms) | scores + topk 2560 (ms) |")
+    print("|---|---|---|---|")
+    gen = torch.Generator().manual_seed(7)
+    keys32 = torch.randn(150000, 256, generator=gen) * 0.0625
+    for dtype, label in ((torch.float32, "f32"), (torch.bfloat16, "bf16")):
+        keys = keys32.to(dtype)
+        for nq in (64, 512) if full else (64,):
+            q = (torch.randn(nq, 256, generator=gen) * 0.0625).to(dtype)
+            scores = lambda: torch.sigmoid(q @ keys.t()).mean(0)
+            select = lambda: torch.topk(scores(), 2560).indices.sort().values
+            print(f"| {label} | {nq} | {timed(scores, repeats) * 1e3:.1f} | "
+                  f"{timed(select, repeats) * 1e3:.1f} |")
+
+
 def sampling_table(repeats):
     print("| temperature / top_p / top_k / repetition penalty, history | ms per token |")
     print("|---|---|")
@@ -196,6 +214,8 @@ def main():
     matmul_table(repeats, args.full)
     print()
     model_table(repeats, args.full)
+    print()
+    retrieval_table(repeats, args.full)
     print()
     sampling_table(repeats)
 

@@ -16,11 +16,10 @@ constexpr size_t kTopPFirstSort = 1024;
 
 // Argmax over non-NaN scores, lowest id on ties; 0 when every score is NaN. Two passes: the
 // maximum in eight independent lanes (no loop-carried load), then its first occurrence.
-int32_t Argmax(const std::vector<float>& scores) {
+int32_t Argmax(const float* scores, size_t n) {
   constexpr size_t kLanes = 8;
   float lane_max[kLanes];
   std::fill(lane_max, lane_max + kLanes, -std::numeric_limits<float>::infinity());
-  const size_t n = scores.size();
   size_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
     for (size_t j = 0; j < kLanes; ++j) {
@@ -80,10 +79,13 @@ double Sampler::NextUniform() { return static_cast<double>(rng_() >> 11) * 0x1.0
 
 int32_t Sampler::Sample(absl::Span<const float> logits, absl::Span<const int32_t> history) {
   const auto n = static_cast<int32_t>(logits.size());
-  scores_.assign(logits.begin(), logits.end());
-
+  // The logits as penalised; without a penalty, the caller's logits themselves (no copy). A
+  // plain pointer: Span's checked operator[] keeps loops from vectorising.
+  const float* scores = logits.data();
   const float penalty = options_.repetition_penalty;
   if (penalty != 0.0f && penalty != 1.0f) {
+    scores_.assign(logits.begin(), logits.end());
+    scores = scores_.data();
     penalized_.clear();
     for (int32_t id : history) {
       if (id >= 0 && id < n) penalized_.push_back(id);
@@ -95,18 +97,18 @@ int32_t Sampler::Sample(absl::Span<const float> logits, absl::Span<const int32_t
       s = s < 0 ? s * penalty : s / penalty;
     }
   }
-  if (options_.temperature == 0.0f) return Argmax(scores_);
+  if (options_.temperature == 0.0f) return Argmax(scores, logits.size());
 
   // Candidates in a canonical order (ids ascending, or best first once sorted) so that the
   // draw does not depend on the standard library's partitioning algorithms.
   candidates_.clear();
   for (int32_t i = 0; i < n; ++i) {
-    const float s = scores_[i] / options_.temperature;
+    const float s = scores[i] / options_.temperature;
     if (!std::isnan(s) && s != -std::numeric_limits<float>::infinity()) {
       candidates_.push_back({s, i, 0.0});
     }
   }
-  if (candidates_.empty()) return Argmax(scores_);
+  if (candidates_.empty()) return Argmax(scores, logits.size());
   const auto better = [](const Candidate& a, const Candidate& b) {
     return a.score > b.score || (a.score == b.score && a.id < b.id);
   };
@@ -122,7 +124,7 @@ int32_t Sampler::Sample(absl::Span<const float> logits, absl::Span<const int32_t
     int bin_count[kScoreBins] = {};
     for (const Candidate& c : candidates_) ++bin_count[ScoreBin(c.score, max_score)];
     int last_bin = 0;
-    for (int best = bin_count[0]; best < top_k;) best += bin_count[++last_bin];
+    for (int counted = bin_count[0]; counted < top_k;) counted += bin_count[++last_bin];
     kth_scores_.clear();
     for (const Candidate& c : candidates_) {
       if (ScoreBin(c.score, max_score) <= last_bin) kth_scores_.push_back(c.score);

@@ -51,8 +51,8 @@ class Sampler {
   };
 
   SamplingOptions options_;
-  std::mt19937_64 rng_;  // fully specified by the C++ standard, so portable
-  std::vector<float> scores_;
+  std::mt19937_64 rng_;        // fully specified by the C++ standard, so portable
+  std::vector<float> scores_;  // logits after the repetition penalty
   std::vector<Candidate> candidates_;
   std::vector<float> kth_scores_;  // top-k's selection scratch
   std::vector<int32_t> penalized_;

@@ -230,9 +230,11 @@ std::vector<int64_t> TopK(const float* scores, int64_t n, int64_t k) {
   const float hi = *std::max_element(lane_hi, lane_hi + kLanes);
   const float range = hi - lo;
   const float scale = range > 0 && std::isfinite(range) ? kBins / range : 0.0f;
-  // NaN scores (and everything when all are NaN) go in a last bin of their own.
+  // NaN scores (and everything when all are NaN) go in a last bin of their own; without a
+  // finite positive range (one value, or infinities) every number shares bin 0.
   const auto bin_of = [&](float s) {
     if (std::isnan(s)) return kBins;
+    if (scale == 0.0f) return 0;
     return std::min(kBins - 1, static_cast<int>((hi - s) * scale));
   };
   std::vector<uint16_t> bins(static_cast<size_t>(n));
