@@ -27,7 +27,7 @@ TensorToWrite Tensor(std::string name, DType dtype, std::vector<int64_t> shape,
                      const std::vector<T>& values) {
   TensorToWrite t{std::move(name), dtype, std::move(shape), {}};
   t.bytes.resize(values.size() * sizeof(T));
-  std::memcpy(t.bytes.data(), values.data(), t.bytes.size());
+  if (!values.empty()) std::memcpy(t.bytes.data(), values.data(), t.bytes.size());
   return t;
 }
 
