@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "engine/float_range.h"
 
 namespace mplus::engine {
 
@@ -15,20 +16,9 @@ namespace {
 constexpr size_t kTopPFirstSort = 1024;
 
 // Argmax over non-NaN scores, lowest id on ties; 0 when every score is NaN. Two passes: the
-// maximum in eight independent lanes (no loop-carried load), then its first occurrence.
+// maximum (vectorised), then its first occurrence.
 int32_t Argmax(const float* scores, size_t n) {
-  constexpr size_t kLanes = 8;
-  float lane_max[kLanes];
-  std::fill(lane_max, lane_max + kLanes, -std::numeric_limits<float>::infinity());
-  size_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (size_t j = 0; j < kLanes; ++j) {
-      // NaN compares false, so it never becomes the maximum.
-      lane_max[j] = scores[i + j] > lane_max[j] ? scores[i + j] : lane_max[j];
-    }
-  }
-  float best = *std::max_element(lane_max, lane_max + kLanes);
-  for (; i < n; ++i) best = scores[i] > best ? scores[i] : best;
+  const float best = RangeIgnoringNaN(scores, static_cast<int64_t>(n)).hi;
   for (size_t k = 0; k < n; ++k) {
     if (scores[k] == best) return static_cast<int32_t>(k);
   }

@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <new>
 #include <numeric>
 #include <type_traits>
@@ -14,6 +13,7 @@
 #include "common/parallel_for.h"
 #include "engine/cpu/gemm.h"
 #include "engine/dot.h"
+#include "engine/float_range.h"
 
 namespace mplus::memstore {
 namespace {
@@ -209,25 +209,7 @@ std::vector<int64_t> TopK(const float* scores, int64_t n, int64_t k) {
   // scores are binned by value (higher scores in lower bins, ties in one bin): the bins before
   // the one holding the k-th best are taken whole, and only that bin is selected from.
   constexpr int kBins = 4096;
-  // Range of the non-NaN scores (NaN compares false, so it never wins), in eight lanes.
-  constexpr int kLanes = 8;
-  float lane_lo[kLanes], lane_hi[kLanes];
-  std::fill(lane_lo, lane_lo + kLanes, std::numeric_limits<float>::infinity());
-  std::fill(lane_hi, lane_hi + kLanes, -std::numeric_limits<float>::infinity());
-  int64_t j0 = 0;
-  for (; j0 + kLanes <= n; j0 += kLanes) {
-    for (int l = 0; l < kLanes; ++l) {
-      const float s = scores[j0 + l];
-      lane_lo[l] = s < lane_lo[l] ? s : lane_lo[l];
-      lane_hi[l] = s > lane_hi[l] ? s : lane_hi[l];
-    }
-  }
-  for (; j0 < n; ++j0) {
-    lane_lo[0] = scores[j0] < lane_lo[0] ? scores[j0] : lane_lo[0];
-    lane_hi[0] = scores[j0] > lane_hi[0] ? scores[j0] : lane_hi[0];
-  }
-  const float lo = *std::min_element(lane_lo, lane_lo + kLanes);
-  const float hi = *std::max_element(lane_hi, lane_hi + kLanes);
+  const auto [lo, hi] = engine::RangeIgnoringNaN(scores, n);  // of the non-NaN scores
   const float range = hi - lo;
   const float scale = range > 0 && std::isfinite(range) ? kBins / range : 0.0f;
   // NaN scores (and everything when all are NaN) go in a last bin of their own; without a
