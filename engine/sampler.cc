@@ -1,11 +1,15 @@
 #include "engine/sampler.h"
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cmath>
 #include <functional>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "common/cpu_features.h"
+#include "engine/fast_exp.h"
 #include "engine/float_range.h"
 
 namespace mplus::engine {
@@ -34,6 +38,43 @@ constexpr float kBinsPerScoreUnit = 8;  // bins cover 32 units: weights down to 
 int ScoreBin(float score, float max_score) {
   const float below = (max_score - score) * kBinsPerScoreUnit;
   return below < static_cast<float>(kScoreBins - 1) ? static_cast<int>(below) : kScoreBins - 1;
+}
+
+// The AVX2 halves of Divide and Weigh: the leading multiple of eight elements; they return
+// how many they did.
+MPLUS_TARGET_AVX2_FMA size_t DivideAvx2(const float* scores, size_t n, float temperature,
+                                        float* scaled) {
+  const __m256 t = _mm256_set1_ps(temperature);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    _mm256_storeu_ps(scaled + i, _mm256_div_ps(_mm256_loadu_ps(scores + i), t));
+  }
+  return i;
+}
+
+MPLUS_TARGET_AVX2_FMA size_t WeighAvx2(const float* scaled, size_t n, float max_score,
+                                       float* weights) {
+  const __m256 m = _mm256_set1_ps(max_score);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    _mm256_storeu_ps(weights + i, FastExp8(_mm256_sub_ps(_mm256_loadu_ps(scaled + i), m)));
+  }
+  return i;
+}
+
+// scaled[i] = scores[i] / temperature, as transformers divides (not a multiply by 1/t).
+void Divide(const float* scores, size_t n, float temperature, float* scaled) {
+  for (size_t i = HasAvx2Fma() ? DivideAvx2(scores, n, temperature, scaled) : 0; i < n; ++i) {
+    scaled[i] = scores[i] / temperature;
+  }
+}
+
+// weights[i] = e^(scaled[i] - max_score), vectorised: libm's expf per token was a third of
+// plain sampling. FastExp8 and FastExp give the same bits, so CPUs without AVX2 draw the same.
+void Weigh(const float* scaled, size_t n, float max_score, float* weights) {
+  for (size_t i = HasAvx2Fma() ? WeighAvx2(scaled, n, max_score, weights) : 0; i < n; ++i) {
+    weights[i] = FastExp(scaled[i] - max_score);
+  }
 }
 
 }  // namespace
@@ -89,22 +130,27 @@ int32_t Sampler::Sample(absl::Span<const float> logits, absl::Span<const int32_t
   }
   if (options_.temperature == 0.0f) return Argmax(scores, logits.size());
 
+  // Every token's score and weight, vectorised; the weights of NaN and -inf scores (never
+  // candidates) and all of them when the best score is +inf (handled below) are not used.
+  scaled_.resize(logits.size());
+  weights_.resize(logits.size());
+  Divide(scores, logits.size(), options_.temperature, scaled_.data());
+  const float max_score = RangeIgnoringNaN(scaled_.data(), n).hi;
+  Weigh(scaled_.data(), logits.size(), max_score, weights_.data());
+
   // Candidates in a canonical order (ids ascending, or best first once sorted) so that the
   // draw does not depend on the standard library's partitioning algorithms.
   candidates_.clear();
   for (int32_t i = 0; i < n; ++i) {
-    const float s = scores[i] / options_.temperature;
+    const float s = scaled_[i];
     if (!std::isnan(s) && s != -std::numeric_limits<float>::infinity()) {
-      candidates_.push_back({s, i, 0.0});
+      candidates_.push_back({s, i, weights_[i]});
     }
   }
   if (candidates_.empty()) return Argmax(scores, logits.size());
   const auto better = [](const Candidate& a, const Candidate& b) {
     return a.score > b.score || (a.score == b.score && a.id < b.id);
   };
-
-  float max_score = -std::numeric_limits<float>::infinity();
-  for (const Candidate& c : candidates_) max_score = std::max(max_score, c.score);
 
   // Top-k keeps every token tied with the k-th best score, as transformers does. The k-th best
   // is selected among the scores of the bins that hold the best k (a handful of candidates
@@ -131,10 +177,7 @@ int32_t Sampler::Sample(absl::Span<const float> logits, absl::Span<const int32_t
     return candidates_[static_cast<size_t>(NextUniform() * candidates_.size())].id;
   }
   double total = 0;
-  for (Candidate& c : candidates_) {
-    c.weight = std::exp(c.score - max_score);
-    total += c.weight;
-  }
+  for (const Candidate& c : candidates_) total += c.weight;
 
   // Top-p: the smallest best-first prefix whose mass reaches top_p (at least one token).
   // Sorting a growing head first keeps peaked distributions cheap.

@@ -28,7 +28,8 @@ struct SamplingOptions {
 absl::Status ValidateSamplingOptions(const SamplingOptions& options);
 
 // Not thread-safe: one Sampler per generation. The same options (seed included), logits and
-// history give the same tokens on every run and platform (up to libm's exp rounding).
+// history give the same tokens on every run and platform (the weights come from FastExp, whose
+// bits do not depend on the CPU).
 class Sampler {
  public:
   // `options` must pass ValidateSamplingOptions.
@@ -47,12 +48,14 @@ class Sampler {
   struct Candidate {
     float score;  // logit after penalty and temperature
     int32_t id;
-    float weight;  // exp(score - best score)
+    float weight;  // FastExp(score - best score)
   };
 
   SamplingOptions options_;
-  std::mt19937_64 rng_;        // fully specified by the C++ standard, so portable
-  std::vector<float> scores_;  // logits after the repetition penalty
+  std::mt19937_64 rng_;         // fully specified by the C++ standard, so portable
+  std::vector<float> scores_;   // logits after the repetition penalty
+  std::vector<float> scaled_;   // scores divided by the temperature
+  std::vector<float> weights_;  // FastExp(scaled - best scaled), by token id
   std::vector<Candidate> candidates_;
   std::vector<float> kth_scores_;  // top-k's selection scratch
   std::vector<int32_t> penalized_;

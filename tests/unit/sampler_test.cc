@@ -7,6 +7,7 @@
 #include <random>
 #include <vector>
 
+#include "engine/fast_exp.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -166,7 +167,7 @@ int32_t ReferenceSample(const SamplingOptions& o, const std::vector<float>& logi
     return c[static_cast<size_t>(uniform() * c.size())].id;
   }
   double total = 0;
-  for (Cand& x : c) total += (x.weight = std::exp(x.score - max_score));
+  for (Cand& x : c) total += (x.weight = FastExp(x.score - max_score));
   if (o.top_p > 0 && o.top_p < 1 && c.size() > 1) {
     std::sort(c.begin(), c.end(), [](const Cand& a, const Cand& b) {
       return a.score > b.score || (a.score == b.score && a.id < b.id);
