@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <functional>
 #include <limits>
@@ -23,7 +24,14 @@ constexpr size_t kTopPFirstSort = 1024;
 // maximum (vectorised), then its first occurrence.
 int32_t Argmax(const float* scores, size_t n) {
   const float best = RangeIgnoringNaN(scores, static_cast<int64_t>(n)).hi;
-  for (size_t k = 0; k < n; ++k) {
+  const __m128 b = _mm_set1_ps(best);
+  size_t k = 0;
+  for (; k + 8 <= n; k += 8) {  // eight compares a step, not a branch per score
+    const int hits = _mm_movemask_ps(_mm_cmpeq_ps(_mm_loadu_ps(scores + k), b)) |
+                     _mm_movemask_ps(_mm_cmpeq_ps(_mm_loadu_ps(scores + k + 4), b)) << 4;
+    if (hits != 0) return static_cast<int32_t>(k + std::countr_zero(static_cast<unsigned>(hits)));
+  }
+  for (; k < n; ++k) {
     if (scores[k] == best) return static_cast<int32_t>(k);
   }
   return 0;  // every score NaN
@@ -55,9 +63,12 @@ MPLUS_TARGET_AVX2_FMA size_t DivideAvx2(const float* scores, size_t n, float tem
 MPLUS_TARGET_AVX2_FMA size_t WeighAvx2(const float* scaled, size_t n, float max_score,
                                        float* weights) {
   const __m256 m = _mm256_set1_ps(max_score);
+  const __m256 minus_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
   size_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    _mm256_storeu_ps(weights + i, FastExp8(_mm256_sub_ps(_mm256_loadu_ps(scaled + i), m)));
+    const __m256 s = _mm256_loadu_ps(scaled + i);
+    const __m256 candidate = _mm256_cmp_ps(s, minus_inf, _CMP_GT_OQ);  // false for NaN
+    _mm256_storeu_ps(weights + i, _mm256_and_ps(candidate, FastExp8(_mm256_sub_ps(s, m))));
   }
   return i;
 }
@@ -69,11 +80,13 @@ void Divide(const float* scores, size_t n, float temperature, float* scaled) {
   }
 }
 
-// weights[i] = e^(scaled[i] - max_score), vectorised: libm's expf per token was a third of
-// plain sampling. FastExp8 and FastExp give the same bits, so CPUs without AVX2 draw the same.
+// weights[i] = e^(scaled[i] - max_score) (at least e^-87), and 0 for the NaN and -inf scores
+// that are never drawn; vectorised: libm's expf per token was a third of plain sampling.
+// FastExp8 and FastExp give the same bits, so CPUs without AVX2 draw the same tokens.
 void Weigh(const float* scaled, size_t n, float max_score, float* weights) {
   for (size_t i = HasAvx2Fma() ? WeighAvx2(scaled, n, max_score, weights) : 0; i < n; ++i) {
-    weights[i] = FastExp(scaled[i] - max_score);
+    weights[i] =
+        scaled[i] > -std::numeric_limits<float>::infinity() ? FastExp(scaled[i] - max_score) : 0;
   }
 }
 
@@ -130,78 +143,104 @@ int32_t Sampler::Sample(absl::Span<const float> logits, absl::Span<const int32_t
   }
   if (options_.temperature == 0.0f) return Argmax(scores, logits.size());
 
-  // Every token's score and weight, vectorised; the weights of NaN and -inf scores (never
-  // candidates) and all of them when the best score is +inf (handled below) are not used.
+  // Every token's score and weight, vectorised. A weight is 0 exactly for the tokens that
+  // are never candidates (NaN or -inf scores) and at least e^-87 for the others.
   scaled_.resize(logits.size());
-  weights_.resize(logits.size());
   Divide(scores, logits.size(), options_.temperature, scaled_.data());
   const float max_score = RangeIgnoringNaN(scaled_.data(), n).hi;
-  Weigh(scaled_.data(), logits.size(), max_score, weights_.data());
-
-  // Candidates in a canonical order (ids ascending, or best first once sorted) so that the
-  // draw does not depend on the standard library's partitioning algorithms.
-  candidates_.clear();
-  for (int32_t i = 0; i < n; ++i) {
-    const float s = scaled_[i];
-    if (!std::isnan(s) && s != -std::numeric_limits<float>::infinity()) {
-      candidates_.push_back({s, i, weights_[i]});
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  if (max_score == -kInf) return Argmax(scores, logits.size());  // no candidates
+  if (max_score == kInf) {
+    // +inf logits: only they can be drawn, uniformly (top-k keeps them all).
+    ids_.clear();
+    for (int32_t i = 0; i < n; ++i) {
+      if (scaled_[i] == kInf) ids_.push_back(i);
     }
+    return ids_[static_cast<size_t>(NextUniform() * ids_.size())];
   }
-  if (candidates_.empty()) return Argmax(scores, logits.size());
-  const auto better = [](const Candidate& a, const Candidate& b) {
-    return a.score > b.score || (a.score == b.score && a.id < b.id);
-  };
+  weights_.resize(logits.size());
+  Weigh(scaled_.data(), logits.size(), max_score, weights_.data());
 
   // Top-k keeps every token tied with the k-th best score, as transformers does. The k-th best
   // is selected among the scores of the bins that hold the best k (a handful of candidates
   // usually; selecting over the whole vocabulary mispredicts a branch per comparison).
   const int top_k = options_.top_k;
-  if (top_k > 0 && static_cast<size_t>(top_k) < candidates_.size()) {
+  if (top_k > 0) {
     int bin_count[kScoreBins] = {};
-    for (const Candidate& c : candidates_) ++bin_count[ScoreBin(c.score, max_score)];
-    int last_bin = 0;
-    for (int counted = bin_count[0]; counted < top_k;) counted += bin_count[++last_bin];
-    kth_scores_.clear();
-    for (const Candidate& c : candidates_) {
-      if (ScoreBin(c.score, max_score) <= last_bin) kth_scores_.push_back(c.score);
+    int candidates = 0;
+    for (int32_t i = 0; i < n; ++i) {
+      if (weights_[i] > 0) {
+        ++bin_count[ScoreBin(scaled_[i], max_score)];
+        ++candidates;
+      }
     }
-    std::nth_element(kth_scores_.begin(), kth_scores_.begin() + (top_k - 1), kth_scores_.end(),
-                     std::greater<float>());
-    const float kth = kth_scores_[top_k - 1];
-    std::erase_if(candidates_, [&](const Candidate& c) { return c.score < kth; });  // id order
+    if (top_k < candidates) {
+      int last_bin = 0;
+      for (int counted = bin_count[0]; counted < top_k;) counted += bin_count[++last_bin];
+      kth_scores_.clear();
+      for (int32_t i = 0; i < n; ++i) {
+        if (weights_[i] > 0 && ScoreBin(scaled_[i], max_score) <= last_bin) {
+          kth_scores_.push_back(scaled_[i]);
+        }
+      }
+      std::nth_element(kth_scores_.begin(), kth_scores_.begin() + (top_k - 1), kth_scores_.end(),
+                       std::greater<float>());
+      const float kth = kth_scores_[top_k - 1];
+      ids_.clear();
+      for (int32_t i = 0; i < n; ++i) {
+        if (weights_[i] > 0 && scaled_[i] >= kth) ids_.push_back(i);
+      }
+      return SampleAmong(IdList{ids_.data(), ids_.size()}, max_score);
+    }
   }
+  return SampleAmong(AllIds{logits.size()}, max_score);
+}
 
-  if (std::isinf(max_score)) {
-    // +inf logits: only they can be drawn, uniformly.
-    std::erase_if(candidates_, [&](const Candidate& c) { return c.score != max_score; });
-    return candidates_[static_cast<size_t>(NextUniform() * candidates_.size())].id;
-  }
-  double total = 0;
-  for (const Candidate& c : candidates_) total += c.weight;
-
+template <typename Ids>
+int32_t Sampler::SampleAmong(Ids ids, float max_score) {
   // Top-p: the smallest best-first prefix whose mass reaches top_p (at least one token).
   // Sorting a growing head first keeps peaked distributions cheap.
   const float top_p = options_.top_p;
-  if (top_p > 0.0f && top_p < 1.0f && candidates_.size() > 1) {
+  if (top_p > 0.0f && top_p < 1.0f) {
+    double total = 0;  // in id order; non-candidates add 0
+    for (size_t k = 0; k < ids.size(); ++k) total += weights_[ids[k]];
     const double target = static_cast<double>(top_p) * total;
     // The first head: every candidate in the bins that reach the target mass and one more. A
     // bin holds a range of scores, so the head is exactly a best-first prefix.
     double bin_mass[kScoreBins] = {};
-    for (const Candidate& c : candidates_) bin_mass[ScoreBin(c.score, max_score)] += c.weight;
+    for (size_t k = 0; k < ids.size(); ++k) {
+      const int32_t id = ids[k];
+      bin_mass[ScoreBin(scaled_[id], max_score)] += weights_[id];
+    }
     int last_bin = 0;
     for (double binned = bin_mass[0]; binned < target && last_bin < kScoreBins - 1;) {
       binned += bin_mass[++last_bin];
     }
     last_bin = std::min(last_bin + 1, kScoreBins - 1);
-    const auto head_end = std::partition(
-        candidates_.begin(), candidates_.end(),
-        [&](const Candidate& c) { return ScoreBin(c.score, max_score) <= last_bin; });
-    std::sort(candidates_.begin(), head_end, better);
+    // Candidates in id order, then best first once sorted, so that the draw does not depend on
+    // the standard library's partitioning algorithms.
+    const auto add_candidates = [&](bool head) {
+      for (size_t k = 0; k < ids.size(); ++k) {
+        const int32_t id = ids[k];
+        if (weights_[id] > 0 && (ScoreBin(scaled_[id], max_score) <= last_bin) == head) {
+          candidates_.push_back({scaled_[id], id, weights_[id]});
+        }
+      }
+    };
+    const auto better = [](const Candidate& a, const Candidate& b) {
+      return a.score > b.score || (a.score == b.score && a.id < b.id);
+    };
+    candidates_.clear();
+    add_candidates(true);
+    std::sort(candidates_.begin(), candidates_.end(), better);
     double mass = 0;
-    size_t keep = 0;
-    size_t sorted = static_cast<size_t>(head_end - candidates_.begin());
-    while (keep < candidates_.size() && mass < target) {
+    size_t keep = 0, sorted = candidates_.size();
+    bool tail_added = false;
+    while (mass < target) {
       if (keep == sorted) {  // the binned sums rounded differently: sort further heads
+        if (!tail_added) add_candidates(false);
+        tail_added = true;
+        if (sorted == candidates_.size()) break;
         const auto first = candidates_.begin() + sorted;
         const size_t head =
             std::min(sorted + std::max(kTopPFirstSort, 8 * sorted), candidates_.size());
@@ -212,24 +251,34 @@ int32_t Sampler::Sample(absl::Span<const float> logits, absl::Span<const int32_t
       mass += candidates_[keep++].weight;
     }
     candidates_.resize(std::max<size_t>(keep, 1));
-    total = mass;
+    return DrawInOrder(
+        candidates_.size(), [&](size_t k) { return candidates_[k].weight; },
+        [&](size_t k) { return candidates_[k].id; });
   }
+  return DrawInOrder(
+      ids.size(), [&](size_t k) { return weights_[ids[k]]; }, [&](size_t k) { return ids[k]; });
+}
 
-  // Min-p: drop tokens less likely than min_p times the most likely one (weight 1).
-  if (options_.min_p > 0.0f) {
-    const double min_p = options_.min_p;
-    std::erase_if(candidates_, [&](const Candidate& c) { return c.weight < min_p; });
-    total = 0;
-    for (const Candidate& c : candidates_) total += c.weight;
+template <typename WeightAt, typename IdAt>
+int32_t Sampler::DrawInOrder(size_t count, WeightAt weight_at, IdAt id_at) {
+  // Min-p drops tokens less likely than min_p times the most likely one (weight 1).
+  const double min_p = options_.min_p;
+  const auto drawn = [&](float w) { return w > 0 && !(w < min_p); };
+  double total = 0;
+  for (size_t k = 0; k < count; ++k) {
+    if (const float w = weight_at(k); drawn(w)) total += w;
   }
-
   const double u = NextUniform() * total;
   double cumulative = 0;
-  for (const Candidate& c : candidates_) {
-    cumulative += c.weight;
-    if (u < cumulative) return c.id;
+  int32_t last = 0;
+  for (size_t k = 0; k < count; ++k) {
+    const float w = weight_at(k);
+    if (!drawn(w)) continue;
+    cumulative += w;
+    last = id_at(k);
+    if (u < cumulative) return last;
   }
-  return candidates_.back().id;
+  return last;  // u rounded up to the total
 }
 
 }  // namespace mplus::engine

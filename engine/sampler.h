@@ -51,13 +51,35 @@ class Sampler {
     float weight;  // FastExp(score - best score)
   };
 
+  // The token ids a draw is among: all of them, or a list (in ascending order).
+  struct AllIds {
+    size_t count;
+    size_t size() const { return count; }
+    int32_t operator[](size_t k) const { return static_cast<int32_t>(k); }
+  };
+  struct IdList {
+    const int32_t* ids;
+    size_t count;
+    size_t size() const { return count; }
+    int32_t operator[](size_t k) const { return ids[k]; }
+  };
+
+  // Top-p (when set), then min-p and the draw, among `ids` (scaled_ and weights_ filled).
+  template <typename Ids>
+  int32_t SampleAmong(Ids ids, float max_score);
+  // Min-p (when set) and a draw with probability proportional to weight among items 0..count-1
+  // in their order: the first whose running weight exceeds a uniform fraction of the total.
+  template <typename WeightAt, typename IdAt>
+  int32_t DrawInOrder(size_t count, WeightAt weight_at, IdAt id_at);
+
   SamplingOptions options_;
   std::mt19937_64 rng_;         // fully specified by the C++ standard, so portable
   std::vector<float> scores_;   // logits after the repetition penalty
   std::vector<float> scaled_;   // scores divided by the temperature
-  std::vector<float> weights_;  // FastExp(scaled - best scaled), by token id
+  std::vector<float> weights_;  // FastExp(scaled - best scaled); 0 for NaN and -inf scores
   std::vector<Candidate> candidates_;
   std::vector<float> kth_scores_;  // top-k's selection scratch
+  std::vector<int32_t> ids_;       // the tokens top-k keeps, or the +inf ones
   std::vector<int32_t> penalized_;
 };
 

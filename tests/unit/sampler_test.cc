@@ -202,12 +202,14 @@ TEST(SamplerTest, MatchesFullSortReference) {
       // Logits spread like a model's (and wider and narrower); some quantised into ties, with
       // NaN and -inf entries, which are never candidates.
       std::normal_distribution<float> normal(0.f, spread);
-      std::vector<float> logits(2000);
+      std::vector<float> logits(2003);  // not a multiple of the 8 lanes: a scalar tail too
       for (float& x : logits) x = normal(gen);
       if (ties_and_specials) {
         for (float& x : logits) x = std::round(x * 4) / 4;
         for (size_t i = 0; i < logits.size(); i += 97) logits[i] = NAN;
         for (size_t i = 5; i < logits.size(); i += 89) logits[i] = -inf;
+        logits[2001] = NAN;
+        logits[2002] = -inf;
       }
       for (float temperature : {0.0f, 0.3f, 1.0f, 1.7f}) {
         for (float top_p : {1.0f, 0.2f, 0.9f, 0.999f}) {
