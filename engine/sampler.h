@@ -51,36 +51,35 @@ class Sampler {
     float weight;  // FastExp(score - best score)
   };
 
-  // The token ids a draw is among: all of them, or a list (in ascending order).
-  struct AllIds {
-    size_t count;
-    size_t size() const { return count; }
-    int32_t operator[](size_t k) const { return static_cast<int32_t>(k); }
-  };
-  struct IdList {
-    const int32_t* ids;
-    size_t count;
-    size_t size() const { return count; }
-    int32_t operator[](size_t k) const { return ids[k]; }
-  };
-
-  // Top-p (when set), then min-p and the draw, among `ids` (scaled_ and weights_ filled).
-  template <typename Ids>
-  int32_t SampleAmong(Ids ids, float max_score);
-  // Min-p (when set) and a draw with probability proportional to weight among items 0..count-1
-  // in their order: the first whose running weight exceeds a uniform fraction of the total.
-  template <typename WeightAt, typename IdAt>
-  int32_t DrawInOrder(size_t count, WeightAt weight_at, IdAt id_at);
+  // Top-p (when set), then min-p and the draw, among `count` tokens: their scores and
+  // weights, and their ids (nullptr: ids 0..count-1).
+  int32_t SampleAmong(const float* scaled, const float* weights, size_t count, const int32_t* ids,
+                      float max_score);
+  // Min-p (when set) and a draw with probability proportional to weight among a list of items
+  // in its order (ids as above): the first whose running mass (see Mass) exceeds a uniform
+  // fraction of the whole.
+  int32_t DrawInOrder(const float* weights, size_t count, const int32_t* ids);
+  // The mass of a list of weights, summed in blocks of eight (block sums left in block_mass_).
+  double Mass(const float* weights, size_t count);
 
   SamplingOptions options_;
   std::mt19937_64 rng_;         // fully specified by the C++ standard, so portable
   std::vector<float> scores_;   // logits after the repetition penalty
   std::vector<float> scaled_;   // scores divided by the temperature
   std::vector<float> weights_;  // FastExp(scaled - best scaled); 0 for NaN and -inf scores
-  std::vector<Candidate> candidates_;
-  std::vector<float> kth_scores_;  // top-k's selection scratch
-  std::vector<int32_t> ids_;       // the tokens top-k keeps, or the +inf ones
   std::vector<int32_t> penalized_;
+  // Top-k: the k-th best score's selection, and the surviving ids with their scores and weights.
+  std::vector<float> kth_scores_;
+  std::vector<int32_t> ids_;
+  std::vector<float> kept_scaled_, kept_weights_;
+  // Top-p: the head's positions, candidates best first, and the kept prefix.
+  std::vector<int32_t> positions_;
+  std::vector<Candidate> candidates_;
+  std::vector<float> prefix_weights_;
+  std::vector<int32_t> prefix_ids_;
+  // The draw: weights after min-p, and block sums.
+  std::vector<float> drawn_weights_;
+  std::vector<double> block_mass_;
 };
 
 }  // namespace mplus::engine
