@@ -37,6 +37,7 @@ inline float FastExp(float x) {
   float r = std::fma(-n, kLn2Hi, x);
   r = std::fma(-n, kLn2Lo, r);
   float poly = kPoly[0];
+#pragma GCC unroll 5
   for (int i = 1; i < 6; ++i) poly = std::fma(poly, r, kPoly[i]);
   poly = std::fma(poly, r * r, r + 1.0f);
   return poly * std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
@@ -51,6 +52,7 @@ MPLUS_TARGET_AVX2_FMA inline __m256 FastExp8(__m256 x) {
   __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Hi), x);
   r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Lo), r);
   __m256 poly = _mm256_set1_ps(kPoly[0]);
+#pragma GCC unroll 5
   for (int i = 1; i < 6; ++i) poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(kPoly[i]));
   poly = _mm256_fmadd_ps(poly, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
   const __m256i scale =
