@@ -1,39 +1,220 @@
 #include "engine/sampler.h"
 
+#include <immintrin.h>
+
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <functional>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "common/cpu_features.h"
+#include "engine/fast_exp.h"
 #include "engine/float_range.h"
 
 namespace mplus::engine {
 
 namespace {
 
-// How many more of the best candidates top-p sorts when the binned head falls short.
+// How many more of the best candidates top-p sorts when its first head falls short.
 constexpr size_t kTopPFirstSort = 1024;
 
 // Argmax over non-NaN scores, lowest id on ties; 0 when every score is NaN. Two passes: the
 // maximum (vectorised), then its first occurrence.
 int32_t Argmax(const float* scores, size_t n) {
   const float best = RangeIgnoringNaN(scores, static_cast<int64_t>(n)).hi;
-  for (size_t k = 0; k < n; ++k) {
+  const __m128 b = _mm_set1_ps(best);
+  size_t k = 0;
+  for (; k + 8 <= n; k += 8) {  // eight compares a step, not a branch per score
+    const int hits = _mm_movemask_ps(_mm_cmpeq_ps(_mm_loadu_ps(scores + k), b)) |
+                     _mm_movemask_ps(_mm_cmpeq_ps(_mm_loadu_ps(scores + k + 4), b)) << 4;
+    if (hits != 0) return static_cast<int32_t>(k + std::countr_zero(static_cast<unsigned>(hits)));
+  }
+  for (; k < n; ++k) {
     if (scores[k] == best) return static_cast<int32_t>(k);
   }
   return 0;  // every score NaN
 }
 
-// Candidates are binned by how far their score lies below the best one; top-p sorts only the
-// bins that hold its mass (plus one for rounding) instead of selecting heads from the whole
-// vocabulary.
-constexpr int kScoreBins = 256;
-constexpr float kBinsPerScoreUnit = 8;  // bins cover 32 units: weights down to e^-32
+// The AVX2 halves of Divide and Weigh: the leading multiple of eight elements; they return
+// how many they did.
+MPLUS_TARGET_AVX2_FMA size_t DivideAvx2(const float* scores, size_t n, float temperature,
+                                        float* scaled) {
+  const __m256 t = _mm256_set1_ps(temperature);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    _mm256_storeu_ps(scaled + i, _mm256_div_ps(_mm256_loadu_ps(scores + i), t));
+  }
+  return i;
+}
 
-int ScoreBin(float score, float max_score) {
-  const float below = (max_score - score) * kBinsPerScoreUnit;
-  return below < static_cast<float>(kScoreBins - 1) ? static_cast<int>(below) : kScoreBins - 1;
+MPLUS_TARGET_AVX2_FMA size_t WeighAvx2(const float* scaled, size_t n, float max_score,
+                                       float* weights) {
+  const __m256 m = _mm256_set1_ps(max_score);
+  const __m256 minus_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 s = _mm256_loadu_ps(scaled + i);
+    const __m256 candidate = _mm256_cmp_ps(s, minus_inf, _CMP_GT_OQ);  // false for NaN
+    _mm256_storeu_ps(weights + i, _mm256_and_ps(candidate, FastExp8(_mm256_sub_ps(s, m))));
+  }
+  return i;
+}
+
+// scaled[i] = scores[i] / temperature, as transformers divides (not a multiply by 1/t).
+void Divide(const float* scores, size_t n, float temperature, float* scaled) {
+  for (size_t i = HasAvx2Fma() ? DivideAvx2(scores, n, temperature, scaled) : 0; i < n; ++i) {
+    scaled[i] = scores[i] / temperature;
+  }
+}
+
+// weights[i] = e^(scaled[i] - max_score) (at least e^-87), and 0 for the NaN and -inf scores
+// that are never drawn; vectorised: libm's expf per token was a third of plain sampling.
+// FastExp8 and FastExp give the same bits, so CPUs without AVX2 draw the same tokens.
+void Weigh(const float* scaled, size_t n, float max_score, float* weights) {
+  for (size_t i = HasAvx2Fma() ? WeighAvx2(scaled, n, max_score, weights) : 0; i < n; ++i) {
+    weights[i] =
+        scaled[i] > -std::numeric_limits<float>::infinity() ? FastExp(scaled[i] - max_score) : 0;
+  }
+}
+
+// Candidates scoring at least a threshold: how many, and their total weight (in lane order,
+// for choosing a threshold only).
+struct AtLeast {
+  int64_t count = 0;
+  double mass = 0;
+};
+
+MPLUS_TARGET_AVX2_FMA size_t CountAtLeastAvx2(const float* scaled, const float* weights, size_t n,
+                                              float threshold, AtLeast& out) {
+  const __m256 t = _mm256_set1_ps(threshold);
+  // Two blocks of eight a step: four independent double accumulators and the counts as
+  // subtracted all-ones masks.
+  __m256d mass[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(),
+                     _mm256_setzero_pd()};
+  __m256i minus_count = _mm256_setzero_si256();
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+      const __m256 in = _mm256_cmp_ps(_mm256_loadu_ps(scaled + i + 8 * h), t, _CMP_GE_OQ);
+      const __m256 w = _mm256_and_ps(in, _mm256_loadu_ps(weights + i + 8 * h));
+      minus_count = _mm256_add_epi32(minus_count, _mm256_castps_si256(in));
+      mass[2 * h] = _mm256_add_pd(mass[2 * h], _mm256_cvtps_pd(_mm256_castps256_ps128(w)));
+      mass[2 * h + 1] =
+          _mm256_add_pd(mass[2 * h + 1], _mm256_cvtps_pd(_mm256_extractf128_ps(w, 1)));
+    }
+  }
+  alignas(32) double lanes[4];
+  _mm256_store_pd(lanes,
+                  _mm256_add_pd(_mm256_add_pd(mass[0], mass[1]), _mm256_add_pd(mass[2], mass[3])));
+  alignas(32) int32_t counts[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(counts), minus_count);
+  for (int32_t c : counts) out.count -= c;
+  out.mass += (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+  return i;
+}
+
+// NaN and -inf scores are never counted (the threshold is finite).
+AtLeast CountAtLeast(const float* scaled, const float* weights, size_t n, float threshold) {
+  AtLeast out;
+  for (size_t i = HasAvx2Fma() ? CountAtLeastAvx2(scaled, weights, n, threshold, out) : 0; i < n;
+       ++i) {
+    if (scaled[i] >= threshold) {
+      ++out.count;
+      out.mass += weights[i];
+    }
+  }
+  return out;
+}
+
+// A threshold max_score - d at which `enough` holds for the candidates scoring at least it:
+// the first d of 1, 2, 4, ... (relative to max_score's size) that is enough, then narrowed by
+// `bisections` halvings of the step before it; the lowest float (every candidate) if none.
+// A few vectorised passes instead of binning or selecting over all tokens.
+template <typename Enough>
+float ChooseThreshold(const float* scaled, const float* weights, size_t n, float max_score,
+                      int bisections, Enough enough) {
+  constexpr float kLowest = std::numeric_limits<float>::lowest();
+  const auto enough_at = [&](float d) {
+    const float threshold = std::max(max_score - d, kLowest);
+    return threshold == kLowest || enough(CountAtLeast(scaled, weights, n, threshold));
+  };
+  const float unit = std::max(1.0f, std::fabs(max_score) * 0x1p-20f);
+  float d = unit;
+  while (!enough_at(d)) d *= 2;
+  if (d > unit) {  // not enough at d / 2
+    float short_d = d / 2;
+    for (int step = 0; step < bisections; ++step) {
+      const float mid = (short_d + d) / 2;
+      (enough_at(mid) ? d : short_d) = mid;
+    }
+  }
+  return std::max(max_score - d, kLowest);
+}
+
+// Positions i (ascending) whose score is at least `threshold` (false for NaN).
+MPLUS_TARGET_AVX2_FMA size_t CollectAtLeastAvx2(const float* scaled, size_t n, float threshold,
+                                                std::vector<int32_t>& positions) {
+  const __m256 t = _mm256_set1_ps(threshold);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    auto hits = static_cast<unsigned>(
+        _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(scaled + i), t, _CMP_GE_OQ)));
+    for (; hits != 0; hits &= hits - 1) {
+      positions.push_back(static_cast<int32_t>(i + std::countr_zero(hits)));
+    }
+  }
+  return i;
+}
+
+void CollectAtLeast(const float* scaled, size_t n, float threshold,
+                    std::vector<int32_t>& positions) {
+  positions.clear();
+  for (size_t i = HasAvx2Fma() ? CollectAtLeastAvx2(scaled, n, threshold, positions) : 0; i < n;
+       ++i) {
+    if (scaled[i] >= threshold) positions.push_back(static_cast<int32_t>(i));
+  }
+}
+
+// The mass of a list of weights: blocks of eight positions, each summed in double as
+// ((w0 + w4) + (w2 + w6)) + ((w1 + w5) + (w3 + w7)) (a short block padded with zeros), and
+// the blocks in order. Independent blocks keep the adds off one long dependency chain; both
+// forms below give the same bits.
+double BlockSum(const float* w) {
+  const double p0 = double{w[0]} + w[4], p1 = double{w[1]} + w[5], p2 = double{w[2]} + w[6],
+               p3 = double{w[3]} + w[7];
+  return (p0 + p2) + (p1 + p3);
+}
+
+MPLUS_TARGET_AVX2_FMA size_t BlockSumsAvx2(const float* w, size_t n, double* sums) {
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 x = _mm256_loadu_ps(w + i);
+    const __m256d p = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(x)),
+                                    _mm256_cvtps_pd(_mm256_extractf128_ps(x, 1)));
+    const __m128d q = _mm_add_pd(_mm256_castpd256_pd128(p), _mm256_extractf128_pd(p, 1));
+    sums[i / 8] = _mm_cvtsd_f64(_mm_add_sd(q, _mm_unpackhi_pd(q, q)));
+  }
+  return i;
+}
+
+// sums[b] = BlockSum of w[8b, 8b + 8); returns the number of blocks.
+size_t BlockSums(const float* w, size_t n, double* sums) {
+  size_t i = HasAvx2Fma() ? BlockSumsAvx2(w, n, sums) : 0;
+  for (; i + 8 <= n; i += 8) sums[i / 8] = BlockSum(w + i);
+  if (i < n) {
+    float last[8] = {};
+    std::copy(w + i, w + n, last);
+    sums[i / 8] = BlockSum(last);
+  }
+  return (n + 7) / 8;
+}
+
+// The id of item k of a list whose ids are `ids`, or k itself when there is no list.
+int32_t IdAt(const int32_t* ids, size_t k) {
+  return ids != nullptr ? ids[k] : static_cast<int32_t>(k);
 }
 
 }  // namespace
@@ -89,104 +270,146 @@ int32_t Sampler::Sample(absl::Span<const float> logits, absl::Span<const int32_t
   }
   if (options_.temperature == 0.0f) return Argmax(scores, logits.size());
 
-  // Candidates in a canonical order (ids ascending, or best first once sorted) so that the
-  // draw does not depend on the standard library's partitioning algorithms.
-  candidates_.clear();
-  for (int32_t i = 0; i < n; ++i) {
-    const float s = scores[i] / options_.temperature;
-    if (!std::isnan(s) && s != -std::numeric_limits<float>::infinity()) {
-      candidates_.push_back({s, i, 0.0});
-    }
+  // Every token's score and weight, vectorised. A weight is 0 exactly for the tokens that
+  // are never candidates (NaN or -inf scores) and at least e^-87 for the others.
+  scaled_.resize(logits.size());
+  Divide(scores, logits.size(), options_.temperature, scaled_.data());
+  const float max_score = RangeIgnoringNaN(scaled_.data(), n).hi;
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  if (max_score == -kInf) return Argmax(scores, logits.size());  // no candidates
+  if (max_score == kInf) {
+    // +inf logits: only they can be drawn, uniformly (top-k keeps them all).
+    CollectAtLeast(scaled_.data(), logits.size(), kInf, ids_);
+    return ids_[static_cast<size_t>(NextUniform() * ids_.size())];
   }
-  if (candidates_.empty()) return Argmax(scores, logits.size());
-  const auto better = [](const Candidate& a, const Candidate& b) {
-    return a.score > b.score || (a.score == b.score && a.id < b.id);
-  };
-
-  float max_score = -std::numeric_limits<float>::infinity();
-  for (const Candidate& c : candidates_) max_score = std::max(max_score, c.score);
+  weights_.resize(logits.size());
+  Weigh(scaled_.data(), logits.size(), max_score, weights_.data());
 
   // Top-k keeps every token tied with the k-th best score, as transformers does. The k-th best
-  // is selected among the scores of the bins that hold the best k (a handful of candidates
-  // usually; selecting over the whole vocabulary mispredicts a branch per comparison).
-  const int top_k = options_.top_k;
-  if (top_k > 0 && static_cast<size_t>(top_k) < candidates_.size()) {
-    int bin_count[kScoreBins] = {};
-    for (const Candidate& c : candidates_) ++bin_count[ScoreBin(c.score, max_score)];
-    int last_bin = 0;
-    for (int counted = bin_count[0]; counted < top_k;) counted += bin_count[++last_bin];
+  // is selected among the few candidates above a threshold that at least k reach.
+  const auto top_k = static_cast<int64_t>(options_.top_k);
+  constexpr float kLowest = std::numeric_limits<float>::lowest();  // every candidate is above
+  if (top_k > 0 &&
+      top_k < CountAtLeast(scaled_.data(), weights_.data(), logits.size(), kLowest).count) {
+    const float threshold = ChooseThreshold(
+        scaled_.data(), weights_.data(), logits.size(), max_score,
+        /*bisections=*/0, [&](const AtLeast& above) { return above.count >= top_k; });
+    CollectAtLeast(scaled_.data(), logits.size(), threshold, ids_);
     kth_scores_.clear();
-    for (const Candidate& c : candidates_) {
-      if (ScoreBin(c.score, max_score) <= last_bin) kth_scores_.push_back(c.score);
-    }
+    for (int32_t id : ids_) kth_scores_.push_back(scaled_[id]);
     std::nth_element(kth_scores_.begin(), kth_scores_.begin() + (top_k - 1), kth_scores_.end(),
                      std::greater<float>());
     const float kth = kth_scores_[top_k - 1];
-    std::erase_if(candidates_, [&](const Candidate& c) { return c.score < kth; });  // id order
+    std::erase_if(ids_, [&](int32_t id) { return scaled_[id] < kth; });  // id order
+    // The survivors' scores and weights side by side, as for the whole vocabulary.
+    kept_scaled_.clear();
+    kept_weights_.clear();
+    for (int32_t id : ids_) {
+      kept_scaled_.push_back(scaled_[id]);
+      kept_weights_.push_back(weights_[id]);
+    }
+    return SampleAmong(kept_scaled_.data(), kept_weights_.data(), ids_.size(), ids_.data(),
+                       max_score);
   }
+  return SampleAmong(scaled_.data(), weights_.data(), logits.size(), nullptr, max_score);
+}
 
-  if (std::isinf(max_score)) {
-    // +inf logits: only they can be drawn, uniformly.
-    std::erase_if(candidates_, [&](const Candidate& c) { return c.score != max_score; });
-    return candidates_[static_cast<size_t>(NextUniform() * candidates_.size())].id;
-  }
-  double total = 0;
-  for (Candidate& c : candidates_) {
-    c.weight = std::exp(c.score - max_score);
-    total += c.weight;
-  }
-
+int32_t Sampler::SampleAmong(const float* scaled, const float* weights, size_t count,
+                             const int32_t* ids, float max_score) {
+  const auto id_of = [&](size_t k) { return IdAt(ids, k); };
   // Top-p: the smallest best-first prefix whose mass reaches top_p (at least one token).
-  // Sorting a growing head first keeps peaked distributions cheap.
   const float top_p = options_.top_p;
-  if (top_p > 0.0f && top_p < 1.0f && candidates_.size() > 1) {
-    const double target = static_cast<double>(top_p) * total;
-    // The first head: every candidate in the bins that reach the target mass and one more. A
-    // bin holds a range of scores, so the head is exactly a best-first prefix.
-    double bin_mass[kScoreBins] = {};
-    for (const Candidate& c : candidates_) bin_mass[ScoreBin(c.score, max_score)] += c.weight;
-    int last_bin = 0;
-    for (double binned = bin_mass[0]; binned < target && last_bin < kScoreBins - 1;) {
-      binned += bin_mass[++last_bin];
-    }
-    last_bin = std::min(last_bin + 1, kScoreBins - 1);
-    const auto head_end = std::partition(
-        candidates_.begin(), candidates_.end(),
-        [&](const Candidate& c) { return ScoreBin(c.score, max_score) <= last_bin; });
-    std::sort(candidates_.begin(), head_end, better);
-    double mass = 0;
-    size_t keep = 0;
-    size_t sorted = static_cast<size_t>(head_end - candidates_.begin());
-    while (keep < candidates_.size() && mass < target) {
-      if (keep == sorted) {  // the binned sums rounded differently: sort further heads
-        const auto first = candidates_.begin() + sorted;
-        const size_t head =
-            std::min(sorted + std::max(kTopPFirstSort, 8 * sorted), candidates_.size());
-        std::nth_element(first, candidates_.begin() + (head - 1), candidates_.end(), better);
-        std::sort(first, candidates_.begin() + head, better);
-        sorted = head;
+  if (!(top_p > 0.0f && top_p < 1.0f)) return DrawInOrder(weights, count, ids);
+  const double target = static_cast<double>(top_p) * Mass(weights, count);
+  // The first head: the candidates above a threshold whose mass (summed in another order, so
+  // with a margin) reaches the target; sorting a head keeps peaked distributions cheap, and
+  // narrowing the threshold pays (a head grows fast with d).
+  const float threshold =
+      ChooseThreshold(scaled, weights, count, max_score, /*bisections=*/4,
+                      [&](const AtLeast& above) { return above.mass >= target * (1 + 1e-6); });
+  // Candidates best first once sorted (by score, then id), so that the draw does not depend on
+  // the standard library's sorting and selection algorithms.
+  const auto better = [](const Candidate& a, const Candidate& b) {
+    return a.score > b.score || (a.score == b.score && a.id < b.id);
+  };
+  candidates_.clear();
+  CollectAtLeast(scaled, count, threshold, positions_);
+  for (int32_t k : positions_) candidates_.push_back({scaled[k], id_of(k), weights[k]});
+  std::sort(candidates_.begin(), candidates_.end(), better);
+  double mass = 0;
+  size_t keep = 0, sorted = candidates_.size();
+  bool tail_added = false;
+  while (mass < target) {
+    if (keep == sorted) {  // the sums rounded differently: sort further heads
+      if (!tail_added) {
+        for (size_t k = 0; k < count; ++k) {
+          if (weights[k] > 0 && scaled[k] < threshold) {
+            candidates_.push_back({scaled[k], id_of(k), weights[k]});
+          }
+        }
       }
-      mass += candidates_[keep++].weight;
+      tail_added = true;
+      if (sorted == candidates_.size()) break;
+      const auto first = candidates_.begin() + sorted;
+      const size_t head =
+          std::min(sorted + std::max(kTopPFirstSort, 8 * sorted), candidates_.size());
+      std::nth_element(first, candidates_.begin() + (head - 1), candidates_.end(), better);
+      std::sort(first, candidates_.begin() + head, better);
+      sorted = head;
     }
-    candidates_.resize(std::max<size_t>(keep, 1));
-    total = mass;
+    mass += candidates_[keep++].weight;
   }
+  keep = std::max<size_t>(keep, 1);
+  prefix_weights_.resize(keep);
+  prefix_ids_.resize(keep);
+  for (size_t j = 0; j < keep; ++j) {
+    prefix_weights_[j] = candidates_[j].weight;
+    prefix_ids_[j] = candidates_[j].id;
+  }
+  return DrawInOrder(prefix_weights_.data(), keep, prefix_ids_.data());
+}
 
-  // Min-p: drop tokens less likely than min_p times the most likely one (weight 1).
-  if (options_.min_p > 0.0f) {
-    const double min_p = options_.min_p;
-    std::erase_if(candidates_, [&](const Candidate& c) { return c.weight < min_p; });
-    total = 0;
-    for (const Candidate& c : candidates_) total += c.weight;
-  }
+double Sampler::Mass(const float* weights, size_t count) {
+  block_mass_.resize((count + 7) / 8);
+  const size_t blocks = BlockSums(weights, count, block_mass_.data());
+  double total = 0;
+  for (size_t b = 0; b < blocks; ++b) total += block_mass_[b];
+  return total;
+}
 
-  const double u = NextUniform() * total;
-  double cumulative = 0;
-  for (const Candidate& c : candidates_) {
-    cumulative += c.weight;
-    if (u < cumulative) return c.id;
+int32_t Sampler::DrawInOrder(const float* weights, size_t count, const int32_t* ids) {
+  // Min-p drops tokens less likely than min_p times the most likely one (weight 1).
+  const float min_p = options_.min_p;
+  if (min_p > 0) {
+    drawn_weights_.resize(count);
+    for (size_t k = 0; k < count; ++k) drawn_weights_[k] = weights[k] < min_p ? 0 : weights[k];
+    weights = drawn_weights_.data();
   }
-  return candidates_.back().id;
+  // The first item whose running mass exceeds u: the block first (by the block sums Mass
+  // added), then the item inside it.
+  const double u = NextUniform() * Mass(weights, count);
+  const auto id_of = [&](size_t k) { return IdAt(ids, k); };
+  double before = 0;
+  for (size_t b = 0; b < block_mass_.size(); ++b) {
+    const double after = before + block_mass_[b];
+    if (u < after) {
+      const size_t end = std::min(count, 8 * b + 8);
+      double cumulative = before;
+      size_t last = 8 * b;
+      for (size_t k = 8 * b; k < end; ++k) {
+        if (weights[k] == 0) continue;
+        cumulative += weights[k];
+        last = k;
+        if (u < cumulative) return id_of(k);
+      }
+      return id_of(last);  // the items' running sum rounded below the block's
+    }
+    before = after;
+  }
+  // u rounded up to the total: the last item that can be drawn.
+  size_t k = count;
+  while (k > 1 && weights[k - 1] == 0) --k;
+  return id_of(k - 1);
 }
 
 }  // namespace mplus::engine

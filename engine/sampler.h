@@ -28,7 +28,8 @@ struct SamplingOptions {
 absl::Status ValidateSamplingOptions(const SamplingOptions& options);
 
 // Not thread-safe: one Sampler per generation. The same options (seed included), logits and
-// history give the same tokens on every run and platform (up to libm's exp rounding).
+// history give the same tokens on every run and platform (the weights come from FastExp, whose
+// bits do not depend on the CPU).
 class Sampler {
  public:
   // `options` must pass ValidateSamplingOptions.
@@ -47,15 +48,38 @@ class Sampler {
   struct Candidate {
     float score;  // logit after penalty and temperature
     int32_t id;
-    float weight;  // exp(score - best score)
+    float weight;  // FastExp(score - best score)
   };
 
+  // Top-p (when set), then min-p and the draw, among `count` tokens: their scores and
+  // weights, and their ids (nullptr: ids 0..count-1).
+  int32_t SampleAmong(const float* scaled, const float* weights, size_t count, const int32_t* ids,
+                      float max_score);
+  // Min-p (when set) and a draw with probability proportional to weight among a list of items
+  // in its order (ids as above): the first whose running mass (see Mass) exceeds a uniform
+  // fraction of the whole.
+  int32_t DrawInOrder(const float* weights, size_t count, const int32_t* ids);
+  // The mass of a list of weights, summed in blocks of eight (block sums left in block_mass_).
+  double Mass(const float* weights, size_t count);
+
   SamplingOptions options_;
-  std::mt19937_64 rng_;        // fully specified by the C++ standard, so portable
-  std::vector<float> scores_;  // logits after the repetition penalty
-  std::vector<Candidate> candidates_;
-  std::vector<float> kth_scores_;  // top-k's selection scratch
+  std::mt19937_64 rng_;         // fully specified by the C++ standard, so portable
+  std::vector<float> scores_;   // logits after the repetition penalty
+  std::vector<float> scaled_;   // scores divided by the temperature
+  std::vector<float> weights_;  // FastExp(scaled - best scaled); 0 for NaN and -inf scores
   std::vector<int32_t> penalized_;
+  // Top-k: the k-th best score's selection, and the surviving ids with their scores and weights.
+  std::vector<float> kth_scores_;
+  std::vector<int32_t> ids_;
+  std::vector<float> kept_scaled_, kept_weights_;
+  // Top-p: the head's positions, candidates best first, and the kept prefix.
+  std::vector<int32_t> positions_;
+  std::vector<Candidate> candidates_;
+  std::vector<float> prefix_weights_;
+  std::vector<int32_t> prefix_ids_;
+  // The draw: weights after min-p, and block sums.
+  std::vector<float> drawn_weights_;
+  std::vector<double> block_mass_;
 };
 
 }  // namespace mplus::engine

@@ -13,6 +13,7 @@
 #include "common/parallel_for.h"
 #include "engine/cpu/gemm.h"
 #include "engine/dot.h"
+#include "engine/fast_exp.h"
 #include "engine/float_range.h"
 
 namespace mplus::memstore {
@@ -49,28 +50,9 @@ void ScoreRangeGeneric(const float* queries, int64_t nq, const Key* keys, int64_
   }
 }
 
-#define MPLUS_AVX2 __attribute__((target("avx2,fma")))
-
-// 1 / (1 + exp(-x)) for 8 floats: exp by range reduction x = n ln2 + r and a degree-6
-// polynomial (relative error ~2 ulp), clamped so huge |x| saturate to 0 or 1 without NaN.
-MPLUS_AVX2 inline __m256 Sigmoid8(__m256 x) {
-  const __m256 z =
-      _mm256_min_ps(_mm256_max_ps(_mm256_sub_ps(_mm256_setzero_ps(), x), _mm256_set1_ps(-87.0f)),
-                    _mm256_set1_ps(87.0f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(z, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), z);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 poly = _mm256_set1_ps(1.9875691500e-4f);
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.3981999507e-3f));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(8.3334519073e-3f));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(4.1665795894e-2f));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.6666665459e-1f));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(5.0000001201e-1f));
-  poly = _mm256_fmadd_ps(poly, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-  const __m256i exponent =
-      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  const __m256 e = _mm256_mul_ps(poly, _mm256_castsi256_ps(exponent));
+// 1 / (1 + exp(-x)) for 8 floats; huge |x| saturate to 0 or 1 without NaN (FastExp8 clamps).
+MPLUS_TARGET_AVX2_FMA inline __m256 Sigmoid8(__m256 x) {
+  const __m256 e = engine::FastExp8(_mm256_sub_ps(_mm256_setzero_ps(), x));
   return _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(_mm256_set1_ps(1.0f), e));
 }
 
@@ -78,8 +60,8 @@ MPLUS_AVX2 inline __m256 Sigmoid8(__m256 x) {
 // packed transposed (packed[i * 16 + c] = key c's element i), so lanes are keys and no
 // horizontal sums are needed: 2 loads and kQ broadcasts feed 2·kQ independent FMA chains.
 template <int kQ>
-MPLUS_AVX2 inline void SigmoidSumTile(const float* queries, int64_t p, const float* packed,
-                                      double* sums) {
+MPLUS_TARGET_AVX2_FMA inline void SigmoidSumTile(const float* queries, int64_t p,
+                                                 const float* packed, double* sums) {
   __m256 acc[kQ][2];
 #pragma GCC unroll 6
   for (int a = 0; a < kQ; ++a) acc[a][0] = acc[a][1] = _mm256_setzero_ps();
@@ -109,8 +91,9 @@ MPLUS_AVX2 inline void SigmoidSumTile(const float* queries, int64_t p, const flo
 // AVX2 path: keys packed transposed in blocks of 64 (the CPU GEMM's panel layout),
 // register-blocked logits (6 queries × 16 keys), vectorised sigmoid, sums in double.
 template <typename Key>
-MPLUS_AVX2 void ScoreRangeAvx2(const float* queries, int64_t nq, const Key* keys, int64_t j_begin,
-                               int64_t j_end, int64_t p, float* scores_out) {
+MPLUS_TARGET_AVX2_FMA void ScoreRangeAvx2(const float* queries, int64_t nq, const Key* keys,
+                                          int64_t j_begin, int64_t j_end, int64_t p,
+                                          float* scores_out) {
   static_assert(engine::cpu::kPanelRows == 16, "SigmoidSumTile reads panels of 16 keys");
   constexpr int64_t kBlock = 64;  // keys per block: 64 KiB packed at p = 256, stays in L2
   constexpr engine::DType kKeyDType =

@@ -12,8 +12,6 @@
 namespace mplus::engine::cpu {
 namespace {
 
-#define MPLUS_AVX2 __attribute__((target("avx2,fma,f16c")))
-
 // Register tile: kMr x rows times kNr output columns (12 of the 16 ymm registers accumulate).
 // Cache blocks: a packed weight block of kKc x kNc floats (128 KiB) stays in L2 while every x
 // row streams past it; one kKc x kNr panel (16 KiB) stays in L1.
@@ -78,7 +76,7 @@ void PackTransposedTail(const void* w, DType wt, int64_t ldw, int64_t row0, int6
 
 // 8 weights from element i, widened to float32.
 template <DType T>
-MPLUS_AVX2 inline __m256 Load8(const void* w, int64_t i) {
+MPLUS_TARGET_AVX2_FMA inline __m256 Load8(const void* w, int64_t i) {
   if constexpr (T == DType::kF32) {
     return _mm256_loadu_ps(static_cast<const float*>(w) + i);
   } else if constexpr (T == DType::kF8E4M3) {
@@ -96,14 +94,14 @@ MPLUS_AVX2 inline __m256 Load8(const void* w, int64_t i) {
   }
 }
 
-MPLUS_AVX2 inline float HSum(__m256 v) {
+MPLUS_TARGET_AVX2_FMA inline float HSum(__m256 v) {
   const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
   return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
 }
 
 // In-register 8 x 8 transpose: r[i] holds row i on entry and column i on return.
-MPLUS_AVX2 inline void Transpose8(__m256 r[8]) {
+MPLUS_TARGET_AVX2_FMA inline void Transpose8(__m256 r[8]) {
   __m256 t[8], u[8];
   for (int i = 0; i < 8; i += 2) {
     t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
@@ -125,8 +123,8 @@ MPLUS_AVX2 inline void Transpose8(__m256 r[8]) {
 // buf[p * kc * kNr + kk * kNr + jj] = w[(j0 + p * kNr + jj) * ldw + k0 + kk], zero past nc.
 // Full panels go through 8 x 8 register transposes; the ragged edges element by element.
 template <DType T>
-MPLUS_AVX2 void PackTransposed(const void* w, int64_t ldw, int64_t j0, int64_t nc, int64_t k0,
-                               int64_t kc, float* buf) {
+MPLUS_TARGET_AVX2_FMA void PackTransposed(const void* w, int64_t ldw, int64_t j0, int64_t nc,
+                                          int64_t k0, int64_t kc, float* buf) {
   constexpr int64_t kElementBytes = T == DType::kF32 ? 4 : T == DType::kF8E4M3 ? 1 : 2;
   for (int64_t p = 0; p * kNr < nc; ++p) {
     float* panel = buf + p * kc * kNr;
@@ -162,8 +160,8 @@ MPLUS_AVX2 void PackTransposed(const void* w, int64_t ldw, int64_t j0, int64_t n
 
 // Packs rows [k0, k0 + kc) x columns [j0, j0 + nc) of a row-major v into the same panel layout.
 template <DType T>
-MPLUS_AVX2 void PackRows(const void* v, int64_t ldv, int64_t j0, int64_t nc, int64_t k0, int64_t kc,
-                         float* buf) {
+MPLUS_TARGET_AVX2_FMA void PackRows(const void* v, int64_t ldv, int64_t j0, int64_t nc, int64_t k0,
+                                    int64_t kc, float* buf) {
   for (int64_t p = 0; p * kNr < nc; ++p) {
     float* panel = buf + p * kc * kNr;
     const int64_t cols = std::min(kNr, nc - p * kNr);
@@ -184,8 +182,8 @@ MPLUS_AVX2 void PackRows(const void* v, int64_t ldv, int64_t j0, int64_t nc, int
 
 // out[MR x ncols] (+)= alpha * x[MR x kc] · panel[kc x kNr].
 template <int MR>
-MPLUS_AVX2 void MicroKernel(const float* a, const float* panel, int64_t kc, float* out, int64_t ldo,
-                            int64_t ncols, float alpha, bool add) {
+MPLUS_TARGET_AVX2_FMA void MicroKernel(const float* a, const float* panel, int64_t kc, float* out,
+                                       int64_t ldo, int64_t ncols, float alpha, bool add) {
   __m256 c0[MR], c1[MR];
 #pragma GCC unroll 6
   for (int r = 0; r < MR; ++r) c0[r] = c1[r] = _mm256_setzero_ps();
@@ -217,8 +215,9 @@ MPLUS_AVX2 void MicroKernel(const float* a, const float* panel, int64_t kc, floa
   }
 }
 
-MPLUS_AVX2 void RunMicroKernel(int64_t mr, const float* a, const float* panel, int64_t kc,
-                               float* out, int64_t ldo, int64_t ncols, float alpha, bool add) {
+MPLUS_TARGET_AVX2_FMA void RunMicroKernel(int64_t mr, const float* a, const float* panel,
+                                          int64_t kc, float* out, int64_t ldo, int64_t ncols,
+                                          float alpha, bool add) {
   switch (mr) {
     case 6:
       return MicroKernel<6>(a, panel, kc, out, ldo, ncols, alpha, add);
@@ -255,9 +254,9 @@ float* PackABuffer() {
 
 // Blocked GEMM over packed panels; `pack(j0, nc, k0, kc, buf)` fills one weight block.
 template <typename Pack>
-MPLUS_AVX2 void BlockedGemm(int64_t n, int64_t m, int64_t k, const float* x, int64_t ldx,
-                            float* out, int64_t ldo, float alpha, bool accumulate,
-                            const Pack& pack) {
+MPLUS_TARGET_AVX2_FMA void BlockedGemm(int64_t n, int64_t m, int64_t k, const float* x, int64_t ldx,
+                                       float* out, int64_t ldo, float alpha, bool accumulate,
+                                       const Pack& pack) {
   float* buf = PackBuffer();
   float* abuf = PackABuffer();
   for (int64_t j0 = 0; j0 < m; j0 += kNc) {
@@ -282,9 +281,9 @@ MPLUS_AVX2 void BlockedGemm(int64_t n, int64_t m, int64_t k, const float* x, int
 }
 
 template <DType T>
-MPLUS_AVX2 void GemmNTAvx2(int64_t n, int64_t m, int64_t k, const float* x, int64_t ldx,
-                           const void* w, int64_t ldw, float* out, int64_t ldo, float alpha,
-                           bool accumulate) {
+MPLUS_TARGET_AVX2_FMA void GemmNTAvx2(int64_t n, int64_t m, int64_t k, const float* x, int64_t ldx,
+                                      const void* w, int64_t ldw, float* out, int64_t ldo,
+                                      float alpha, bool accumulate) {
   BlockedGemm(n, m, k, x, ldx, out, ldo, alpha, accumulate,
               [&](int64_t j0, int64_t nc, int64_t k0, int64_t kc, float* buf) {
                 PackTransposed<T>(w, ldw, j0, nc, k0, kc, buf);
@@ -293,8 +292,8 @@ MPLUS_AVX2 void GemmNTAvx2(int64_t n, int64_t m, int64_t k, const float* x, int6
 
 // Four weight rows against R x rows: each weight vector is loaded and widened once.
 template <DType T, int R>
-MPLUS_AVX2 void Gemv4(const float* x, int64_t ldx, const void* w, const int64_t* rows, int64_t k,
-                      float sums[R][4]) {
+MPLUS_TARGET_AVX2_FMA void Gemv4(const float* x, int64_t ldx, const void* w, const int64_t* rows,
+                                 int64_t k, float sums[R][4]) {
   __m256 acc[R][4];
 #pragma GCC unroll 2
   for (int r = 0; r < R; ++r) {
@@ -323,9 +322,9 @@ MPLUS_AVX2 void Gemv4(const float* x, int64_t ldx, const void* w, const int64_t*
 }
 
 template <DType T>
-MPLUS_AVX2 void GemvNTAvx2(int64_t n, int64_t m, int64_t k, const float* x, int64_t ldx,
-                           const void* w, int64_t ldw, float* out, int64_t ldo, float alpha,
-                           bool accumulate) {
+MPLUS_TARGET_AVX2_FMA void GemvNTAvx2(int64_t n, int64_t m, int64_t k, const float* x, int64_t ldx,
+                                      const void* w, int64_t ldw, float* out, int64_t ldo,
+                                      float alpha, bool accumulate) {
   for (int64_t j = 0; j < m; j += 4) {
     const int64_t valid = std::min<int64_t>(4, m - j);
     int64_t rows[4];
@@ -354,8 +353,9 @@ MPLUS_AVX2 void GemvNTAvx2(int64_t n, int64_t m, int64_t k, const float* x, int6
 // Few rows of P times V without packing: keys in blocks of kKeyBlock rows (kept in L1 while
 // every 16-column slice passes over them), partial sums in `acc` [R x m].
 template <int R, DType T>
-MPLUS_AVX2 void GemvNNAvx2(int64_t m, int64_t k, const float* p, int64_t ldp, const void* v,
-                           int64_t ldv, float* out, int64_t ldo, float alpha, bool accumulate) {
+MPLUS_TARGET_AVX2_FMA void GemvNNAvx2(int64_t m, int64_t k, const float* p, int64_t ldp,
+                                      const void* v, int64_t ldv, float* out, int64_t ldo,
+                                      float alpha, bool accumulate) {
   constexpr int64_t kKeyBlock = 64;
   thread_local std::vector<float> acc_buf;
   acc_buf.assign(static_cast<size_t>(R * m), 0.0f);
@@ -451,9 +451,9 @@ void GemvNT(int64_t n, int64_t m, int64_t k, const float* x, int64_t ldx, const 
 }
 
 template <DType T>
-MPLUS_AVX2 void GemmNNAvx2(int64_t n, int64_t m, int64_t k, const float* p, int64_t ldp,
-                           const void* v, int64_t ldv, float* out, int64_t ldo, float alpha,
-                           bool accumulate) {
+MPLUS_TARGET_AVX2_FMA void GemmNNAvx2(int64_t n, int64_t m, int64_t k, const float* p, int64_t ldp,
+                                      const void* v, int64_t ldv, float* out, int64_t ldo,
+                                      float alpha, bool accumulate) {
   switch (n) {  // few rows (decode): stream V once, no packing
     case 1:
       return GemvNNAvx2<1, T>(m, k, p, ldp, v, ldv, out, ldo, alpha, accumulate);

@@ -7,6 +7,7 @@
 #include <random>
 #include <vector>
 
+#include "engine/fast_exp.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -124,9 +125,59 @@ TEST(SamplerTest, RepetitionPenaltyDividesPositiveAndMultipliesNegative) {
   EXPECT_EQ(Sampler(o).Sample({3.0f, 2.0f}, {0}), 0);
 }
 
-// The sampler's selections without sorting the vocabulary (binned heads for top-p and top-k, a
-// two-pass argmax) against the definitions with full sorts: the same draws, bit for bit, so the
-// shortcuts change no seeded generation.
+// The sampler's selections without sorting the vocabulary (thresholded heads for top-p and
+// top-k, a two-pass argmax) against the definitions with full sorts: the same draws, bit for bit.
+// The sampler's rule for the mass of a list of weights: blocks of eight positions, each summed
+// in double as ((w0 + w4) + (w2 + w6)) + ((w1 + w5) + (w3 + w7)) (zero-padded), blocks in order.
+struct Item {
+  int32_t id;
+  float weight;
+};
+std::vector<double> BlockMasses(const std::vector<Item>& items) {
+  std::vector<double> blocks;
+  for (size_t b = 0; b < items.size(); b += 8) {
+    double w[8] = {};
+    for (size_t j = 0; j < 8 && b + j < items.size(); ++j) w[j] = items[b + j].weight;
+    blocks.push_back(((w[0] + w[4]) + (w[2] + w[6])) + ((w[1] + w[5]) + (w[3] + w[7])));
+  }
+  return blocks;
+}
+double Mass(const std::vector<Item>& items) {
+  double total = 0;
+  for (double m : BlockMasses(items)) total += m;
+  return total;
+}
+
+// The first item whose running mass exceeds u: its block by the running block sums, then the
+// item by a running sum inside the block (its last positive item if that rounds short).
+int32_t DrawByBlocks(const std::vector<Item>& items, double u01) {
+  const std::vector<double> blocks = BlockMasses(items);
+  const double u = u01 * Mass(items);
+  double before = 0;
+  for (size_t b = 0; b < blocks.size(); ++b) {
+    const double after = before + blocks[b];
+    if (u < after) {
+      double cumulative = before;
+      int32_t last = -1;
+      for (size_t k = 8 * b; k < std::min(items.size(), 8 * b + 8); ++k) {
+        if (items[k].weight == 0) continue;
+        cumulative += items[k].weight;
+        last = items[k].id;
+        if (u < cumulative) return last;
+      }
+      return last;
+    }
+    before = after;
+  }
+  for (size_t k = items.size(); k-- > 0;) {
+    if (items[k].weight > 0) return items[k].id;
+  }
+  return -1;
+}
+
+// The sampler's documented behaviour by full sorts: transformers' processors (top-k, top-p,
+// min-p) over the candidates, then a draw over the list the sampler walks (the vocabulary with
+// non-candidates weighing 0, top-k's survivors in id order, or top-p's best-first prefix).
 int32_t ReferenceSample(const SamplingOptions& o, const std::vector<float>& logits,
                         std::mt19937_64& rng) {
   const auto argmax = [&] {
@@ -138,58 +189,66 @@ int32_t ReferenceSample(const SamplingOptions& o, const std::vector<float>& logi
     return best < 0 ? 0 : best;
   };
   if (o.temperature == 0) return argmax();
-  struct Cand {
-    float score;
-    int32_t id;
-    float weight;
-  };
-  std::vector<Cand> c;
+  const float inf = std::numeric_limits<float>::infinity();
+  std::vector<float> scaled(logits.size());
+  float max_score = -inf;
   for (size_t i = 0; i < logits.size(); ++i) {
-    const float s = logits[i] / o.temperature;
-    if (!std::isnan(s) && s != -std::numeric_limits<float>::infinity()) {
-      c.push_back({s, static_cast<int32_t>(i), 0});
-    }
+    scaled[i] = logits[i] / o.temperature;
+    if (!std::isnan(scaled[i])) max_score = std::max(max_score, scaled[i]);
   }
-  if (c.empty()) return argmax();
-  if (o.top_k > 0 && static_cast<size_t>(o.top_k) < c.size()) {
-    std::vector<float> sorted;
-    for (const Cand& x : c) sorted.push_back(x.score);
-    std::sort(sorted.begin(), sorted.end(), std::greater<float>());
-    const float kth = sorted[o.top_k - 1];
-    std::erase_if(c, [&](const Cand& x) { return x.score < kth; });
-  }
-  float max_score = -std::numeric_limits<float>::infinity();
-  for (const Cand& x : c) max_score = std::max(max_score, x.score);
+  if (max_score == -inf) return argmax();
   const auto uniform = [&] { return static_cast<double>(rng() >> 11) * 0x1.0p-53; };
-  if (std::isinf(max_score)) {
-    std::erase_if(c, [&](const Cand& x) { return x.score != max_score; });
-    return c[static_cast<size_t>(uniform() * c.size())].id;
+  if (max_score == inf) {
+    std::vector<int32_t> infinite;
+    for (size_t i = 0; i < scaled.size(); ++i) {
+      if (scaled[i] == inf) infinite.push_back(static_cast<int32_t>(i));
+    }
+    return infinite[static_cast<size_t>(uniform() * infinite.size())];
   }
-  double total = 0;
-  for (Cand& x : c) total += (x.weight = std::exp(x.score - max_score));
-  if (o.top_p > 0 && o.top_p < 1 && c.size() > 1) {
-    std::sort(c.begin(), c.end(), [](const Cand& a, const Cand& b) {
-      return a.score > b.score || (a.score == b.score && a.id < b.id);
+  const auto candidate = [&](float s) { return !std::isnan(s) && s != -inf; };
+  std::vector<Item> items;
+  for (size_t i = 0; i < scaled.size(); ++i) {
+    items.push_back(
+        {static_cast<int32_t>(i), candidate(scaled[i]) ? FastExp(scaled[i] - max_score) : 0.0f});
+  }
+  std::vector<float> sorted;
+  for (float s : scaled) {
+    if (candidate(s)) sorted.push_back(s);
+  }
+  std::sort(sorted.begin(), sorted.end(), std::greater<float>());
+  if (o.top_k > 0 && static_cast<size_t>(o.top_k) < sorted.size()) {
+    const float kth = sorted[o.top_k - 1];
+    std::erase_if(items,
+                  [&](const Item& x) { return !candidate(scaled[x.id]) || scaled[x.id] < kth; });
+  }
+  if (o.top_p > 0 && o.top_p < 1) {
+    const double target = static_cast<double>(o.top_p) * Mass(items);
+    std::erase_if(items, [](const Item& x) { return x.weight == 0; });
+    std::sort(items.begin(), items.end(), [&](const Item& a, const Item& b) {
+      return scaled[a.id] > scaled[b.id] || (scaled[a.id] == scaled[b.id] && a.id < b.id);
     });
-    const double target = static_cast<double>(o.top_p) * total;
     double mass = 0;
     size_t keep = 0;
-    while (keep < c.size() && mass < target) mass += c[keep++].weight;
-    c.resize(std::max<size_t>(keep, 1));
-    total = mass;
+    while (keep < items.size() && mass < target) mass += items[keep++].weight;
+    items.resize(std::max<size_t>(keep, 1));
   }
   if (o.min_p > 0) {
-    std::erase_if(c, [&](const Cand& x) { return x.weight < static_cast<double>(o.min_p); });
-    total = 0;
-    for (const Cand& x : c) total += x.weight;
+    for (Item& x : items) x.weight = x.weight < o.min_p ? 0 : x.weight;
   }
-  const double u = uniform() * total;
-  double cumulative = 0;
-  for (const Cand& x : c) {
-    cumulative += x.weight;
-    if (u < cumulative) return x.id;
+  return DrawByBlocks(items, uniform());
+}
+
+TEST(SamplerTest, TopKDropsEverythingBelowTheKthBest) {
+  // Exactly k tokens near the best: the others must go although none of them is near.
+  std::vector<float> logits(64, 0.0f);
+  for (int i : {3, 17, 40, 41}) logits[i] = 5.0f;
+  SamplingOptions o = Sampling(1.0f, 7);
+  o.top_k = 4;
+  Sampler sampler(o);
+  for (int draw = 0; draw < 2000; ++draw) {
+    const int32_t id = sampler.Sample(logits, {});
+    ASSERT_TRUE(id == 3 || id == 17 || id == 40 || id == 41) << id;
   }
-  return c.back().id;
 }
 
 TEST(SamplerTest, MatchesFullSortReference) {
@@ -201,12 +260,14 @@ TEST(SamplerTest, MatchesFullSortReference) {
       // Logits spread like a model's (and wider and narrower); some quantised into ties, with
       // NaN and -inf entries, which are never candidates.
       std::normal_distribution<float> normal(0.f, spread);
-      std::vector<float> logits(2000);
+      std::vector<float> logits(2003);  // not a multiple of the 8 lanes: a scalar tail too
       for (float& x : logits) x = normal(gen);
       if (ties_and_specials) {
         for (float& x : logits) x = std::round(x * 4) / 4;
         for (size_t i = 0; i < logits.size(); i += 97) logits[i] = NAN;
         for (size_t i = 5; i < logits.size(); i += 89) logits[i] = -inf;
+        logits[2001] = NAN;
+        logits[2002] = -inf;
       }
       for (float temperature : {0.0f, 0.3f, 1.0f, 1.7f}) {
         for (float top_p : {1.0f, 0.2f, 0.9f, 0.999f}) {
