@@ -285,6 +285,11 @@ absl::Status Run() {
       {absl::StrFormat("retrieval per layer, %dk keys, first use (resident: key upload)",
                        ltm_keys / 1000),
        Ms(retrieval.resident.first_ms), Ms(retrieval.offload.first_ms), "", ""},
+      {absl::StrFormat("offload retrieval per layer scored on the GPU (keys copied each "
+                       "layer), 64 / 512 queries (host: %s / %s)",
+                       Ms(retrieval.offload.steady_ms), Ms(retrieval.long_prompt_host_ms)),
+       "", Ms(retrieval.offload_on_gpu.steady_ms) + " / " + Ms(retrieval.long_prompt_gpu_ms), "",
+       ""},
       {absl::StrFormat("upload of the %d chosen vectors per layer (%s, widened on the GPU)",
                        config.ltm_retrieved_tokens(), engine::DTypeName(config.dtype)),
        Ms(retrieval.fetch_ms), Ms(retrieval.fetch_ms), "", ""},
