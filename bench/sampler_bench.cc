@@ -38,11 +38,12 @@ void BM_Sample(benchmark::State& state) {
 }
 BENCHMARK(BM_Sample)
     ->ArgNames({"temp", "top_p", "top_k", "rep", "history"})
-    ->Args({0, 100, 0, 100, 0})     // greedy
-    ->Args({70, 90, 0, 100, 0})     // temperature + nucleus
-    ->Args({100, 100, 50, 100, 0})  // top-k
-    ->Args({100, 100, 0, 100, 0})   // plain sampling
-    ->Args({70, 90, 0, 110, 2048})  // nucleus with a repetition penalty over a long history
+    ->Args({0, 100, 0, 100, 0})      // greedy
+    ->Args({70, 90, 0, 100, 0})      // temperature + nucleus
+    ->Args({100, 100, 50, 100, 0})   // top-k
+    ->Args({100, 100, 0, 100, 0})    // plain sampling
+    ->Args({70, 90, 0, 110, 2048})   // nucleus with a repetition penalty over a long history
+    ->Args({70, 90, 0, 110, 16384})  // ... and over a long prompt
     ->Unit(benchmark::kMicrosecond);
 
 }  // namespace

@@ -257,12 +257,7 @@ int32_t Sampler::Sample(absl::Span<const float> logits, absl::Span<const int32_t
   if (penalty != 0.0f && penalty != 1.0f) {
     scores_.assign(logits.begin(), logits.end());
     scores = scores_.data();
-    penalized_.clear();
-    for (int32_t id : history) {
-      if (id >= 0 && id < n) penalized_.push_back(id);
-    }
-    std::sort(penalized_.begin(), penalized_.end());
-    penalized_.erase(std::unique(penalized_.begin(), penalized_.end()), penalized_.end());
+    TrackHistory(history, n);
     for (int32_t id : penalized_) {
       float& s = scores_[id];
       s = s < 0 ? s * penalty : s / penalty;
@@ -312,6 +307,25 @@ int32_t Sampler::Sample(absl::Span<const float> logits, absl::Span<const int32_t
                        max_score);
   }
   return SampleAmong(scaled_.data(), weights_.data(), logits.size(), nullptr, max_score);
+}
+
+void Sampler::TrackHistory(absl::Span<const int32_t> history, int32_t vocabulary) {
+  const bool extends = seen_.size() == static_cast<size_t>(vocabulary) &&
+                       history.size() >= history_.size() &&
+                       std::equal(history_.begin(), history_.end(), history.begin());
+  if (!extends) {
+    seen_.assign(static_cast<size_t>(vocabulary), false);
+    penalized_.clear();
+    history_.clear();
+  }
+  for (size_t i = history_.size(); i < history.size(); ++i) {
+    const int32_t id = history[i];
+    if (id >= 0 && id < vocabulary && !seen_[id]) {
+      seen_[id] = true;
+      penalized_.push_back(id);
+    }
+  }
+  history_.insert(history_.end(), history.begin() + history_.size(), history.end());
 }
 
 int32_t Sampler::SampleAmong(const float* scaled, const float* weights, size_t count,

@@ -51,6 +51,9 @@ class Sampler {
     float weight;  // FastExp(score - best score)
   };
 
+  // Brings penalized_ up to `history`: in a generation each call's history extends the last
+  // one, so only its new tokens are looked at (any other history starts afresh).
+  void TrackHistory(absl::Span<const int32_t> history, int32_t vocabulary);
   // Top-p (when set), then min-p and the draw, among `count` tokens: their scores and
   // weights, and their ids (nullptr: ids 0..count-1).
   int32_t SampleAmong(const float* scaled, const float* weights, size_t count, const int32_t* ids,
@@ -67,7 +70,10 @@ class Sampler {
   std::vector<float> scores_;   // logits after the repetition penalty
   std::vector<float> scaled_;   // scores divided by the temperature
   std::vector<float> weights_;  // FastExp(scaled - best scaled); 0 for NaN and -inf scores
+  // The repetition penalty's distinct history ids, which ids they are, and the history so far.
   std::vector<int32_t> penalized_;
+  std::vector<bool> seen_;
+  std::vector<int32_t> history_;
   // Top-k: the k-th best score's selection, and the surviving ids with their scores and weights.
   std::vector<float> kth_scores_;
   std::vector<int32_t> ids_;

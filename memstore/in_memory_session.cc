@@ -33,7 +33,7 @@ absl::StatusOr<std::unique_ptr<InMemorySession>> InMemorySession::Create(const e
 
   const LongTermParams params = LongTermParamsFor(c);
   s->ltm_ = std::make_unique<LongTermMemory>(params, s->num_layers_);
-  s->retriever_ = std::make_unique<LongTermRetriever>(mode);
+  s->retriever_ = std::make_unique<LongTermRetriever>(mode, /*offload_device_min_queries=*/0);
   std::vector<float> key(static_cast<size_t>(params.key_dim));
   std::vector<float> row(static_cast<size_t>(s->d_));
   for (int l = 0; l < s->num_layers_; ++l) {

@@ -1,5 +1,6 @@
 #include "memstore/long_term_retriever.h"
 
+#include <memory>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -66,9 +67,9 @@ absl::StatusOr<std::vector<int64_t>> LongTermRetriever::Choose(LongTermMemory& l
                                                    ltm.params().key_dim, "], got [",
                                                    queries.count(), ", ", queries.key_dim(), "]"));
   }
-  if (mode_ == LongTermMode::kResident && queries.backend() != nullptr) {
-    engine::Backend& backend = *queries.backend();
-    MPLUS_ASSIGN_OR_RETURN(engine::RetrievalKeys * mirror, Mirror(backend, ltm, layer));
+  engine::Backend* backend = queries.backend();
+  if (backend != nullptr && mode_ == LongTermMode::kResident) {
+    MPLUS_ASSIGN_OR_RETURN(engine::RetrievalKeys * mirror, Mirror(*backend, ltm, layer));
     if (mirror != nullptr) {
       // Synced only when scoring: wrap-around retrieval (fewer merged entries than K_ltm)
       // scores nothing.
@@ -77,9 +78,21 @@ absl::StatusOr<std::vector<int64_t>> LongTermRetriever::Choose(LongTermMemory& l
         // A fresh mirror holds nothing yet.
         const int64_t unchanged = mirror->size() == 0 ? 0 : keys.keys_unchanged_rows();
         MPLUS_RETURN_IF_ERROR(
-            backend.SyncRetrievalKeys(*mirror, keys.keys(), keys.size(), unchanged));
+            backend->SyncRetrievalKeys(*mirror, keys.keys(), keys.size(), unchanged));
         keys.MarkKeysSynced();
-        return backend.TopRetrievalKeys(*mirror, queries.device(), k);
+        return backend->TopRetrievalKeys(*mirror, queries.device(), k);
+      });
+    }
+  }
+  if (backend != nullptr && mode_ == LongTermMode::kOffload && offload_device_min_queries_ > 0 &&
+      queries.count() >= offload_device_min_queries_) {
+    MPLUS_ASSIGN_OR_RETURN(std::unique_ptr<engine::RetrievalKeys> copy,
+                           backend->NewRetrievalKeys(ltm.params().key_dim, ltm.params().key_dtype));
+    if (copy != nullptr) {
+      return ltm.Select(layer, [&](int64_t k) -> absl::StatusOr<std::vector<int64_t>> {
+        const LongTermLayer& keys = ltm.layer(layer);
+        MPLUS_RETURN_IF_ERROR(backend->SyncRetrievalKeys(*copy, keys.keys(), keys.size(), 0));
+        return backend->TopRetrievalKeys(*copy, queries.device(), k);
       });
     }
   }

@@ -1,7 +1,9 @@
 // Where a session's long-term retrieval scores its keys. The paper's two M+ modes:
 //  - resident: each layer's keys are mirrored on the model's backend (GPU memory) and scored
 //    there; the mirror is refreshed before each use by copying only the rows that changed.
-//  - offload: keys stay in host memory and are scored on the host.
+//  - offload: keys stay in host memory and are scored on the host; for a prompt of at least
+//    `offload_device_min_queries` tokens they are instead copied to the backend for the layer's
+//    scoring and dropped after it (host scoring grows with the prompt, the copy does not).
 // Either way the chosen vectors come from host memory. A backend that keeps no keys (the CPU,
 // where host memory is its memory) scores on the host in both modes.
 #ifndef MPLUS_MEMSTORE_LONG_TERM_RETRIEVER_H_
@@ -29,7 +31,9 @@ const char* LongTermModeName(LongTermMode mode);
 class LongTermRetriever {
  public:
   // Mirrors hold the keys as the long-term memory does (LongTermParams::key_dtype).
-  explicit LongTermRetriever(LongTermMode mode) : mode_(mode) {}
+  // `offload_device_min_queries` 0: offload mode always scores on the host.
+  LongTermRetriever(LongTermMode mode, int64_t offload_device_min_queries)
+      : mode_(mode), offload_device_min_queries_(offload_device_min_queries) {}
 
   // The K_ltm indices into ltm.layer(layer).entries() in prefix order (LongTermMemory::Select);
   // FailedPrecondition while the layer has no merged entry. Resident mode syncs the layer's
@@ -37,7 +41,7 @@ class LongTermRetriever {
   absl::StatusOr<std::vector<int64_t>> Select(LongTermMemory& ltm, int layer,
                                               engine::RetrievalQueries& queries);
 
-  // Device bytes of the mirrored keys.
+  // Device bytes of the mirrored keys (resident mode; offload's copies live only while scored).
   size_t device_bytes() const;
 
  private:
@@ -50,6 +54,7 @@ class LongTermRetriever {
                                                 int layer);
 
   const LongTermMode mode_;
+  const int64_t offload_device_min_queries_;
   engine::Backend* backend_ = nullptr;  // the mirrors' (the last queries' backend)
   bool backend_keeps_keys_ = true;
   std::vector<std::unique_ptr<engine::RetrievalKeys>> mirrors_;  // per layer, made on first use

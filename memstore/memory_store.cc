@@ -239,6 +239,7 @@ absl::Status MemoryStore::OpenDb(const StoreOptions& options) {
   handles_.base = base_.get();
   handles_.prefix_cache = options.prefix_cache;
   handles_.ltm_mode = options.ltm_mode;
+  handles_.offload_device_min_queries = options.offload_device_min_queries;
 
   std::string v;
   rs = db->Get(rocksdb::ReadOptions(), cf_[kDefaultCf], MetaKey(), &v);

@@ -51,6 +51,9 @@ struct StoreOptions {
   bool prefix_cache = true;
   // Where retrieval scores long-term keys (long_term_retriever.h); matters on a GPU backend.
   LongTermMode ltm_mode = LongTermMode::kResident;
+  // Offload mode: prompts of at least this many tokens score on the GPU, copying each layer's
+  // keys there for the layer (LongTermRetriever); 0: always on the host.
+  int64_t offload_device_min_queries = 0;
   // GPU memory for resident sessions (prefix caches, mirrored long-term keys); 0: no limit.
   // Beyond it whole least-recently-used sessions spill, as for resident_budget_bytes.
   size_t device_budget_bytes = 0;

@@ -118,7 +118,8 @@ absl::Status ResidentSession::LoadLongTerm() {
   if (!base_.config().has_long_term()) return absl::OkStatus();
   const int L = base_.num_layers();
   ltm_ = std::make_unique<LongTermMemory>(base_.long_term_params(), L);
-  retriever_ = std::make_unique<LongTermRetriever>(store_.ltm_mode);
+  retriever_ =
+      std::make_unique<LongTermRetriever>(store_.ltm_mode, store_.offload_device_min_queries);
   ltm_->set_update_step(record_.update_step);
   ltm_slots_.assign(L, {});
   ltm_meta_.assign(L, {});

@@ -30,6 +30,7 @@ struct StoreHandles {
   const BaseMemory* base = nullptr;
   bool prefix_cache = true;  // keep each resident session's prefix K/V (StoreOptions)
   LongTermMode ltm_mode = LongTermMode::kResident;  // StoreOptions
+  int64_t offload_device_min_queries = 0;           // StoreOptions
 };
 
 class ResidentSession : public engine::SessionMemory {

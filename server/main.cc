@@ -98,6 +98,12 @@ ABSL_FLAG(std::string, ltm_mode, "resident",
           "keys in GPU memory, scored there; the paper's M+) or offload (keys scored in host "
           "memory; least GPU memory, the paper's M+ offload). Vectors always stay on the host. "
           "No effect on the CPU.");
+ABSL_FLAG(int64_t, offload_gpu_scoring_min_tokens, 0,
+          "With --ltm_mode=offload on a GPU: a prompt of at least this many tokens scores each "
+          "layer's long-term keys on the GPU, copying them there for that layer only (host "
+          "scoring grows with the prompt, the copy does not; costs the largest layer's keys and "
+          "~70 MB of scoring scratch in GPU memory while a prompt is read). 0: always score on "
+          "the host.");
 ABSL_FLAG(int, device_stall_seconds, 120,
           "A wait for the GPU this long means a hung device: the server logs it and turns its "
           "health NOT_SERVING, so that the load balancer stops routing to it and the "
@@ -145,6 +151,11 @@ absl::Status ValidateOptions(const ServiceOptions& o) {
   if (auto mode = memstore::ParseLongTermMode(o.ltm_mode); !mode.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--ltm_mode: ", mode.status().message()));
   }
+  if (o.offload_gpu_scoring_min_tokens < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--offload_gpu_scoring_min_tokens must not be negative, got ",
+                     o.offload_gpu_scoring_min_tokens));
+  }
   if (o.gpu_memory_budget_mb < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("--gpu_memory_budget_mb must not be negative, got ", o.gpu_memory_budget_mb));
@@ -190,6 +201,7 @@ int Run() {
   options.resident_budget_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_resident_budget_mb))
                                   << 20;
   options.ltm_mode = absl::GetFlag(FLAGS_ltm_mode);
+  options.offload_gpu_scoring_min_tokens = absl::GetFlag(FLAGS_offload_gpu_scoring_min_tokens);
   options.gpu_memory_budget_mb = absl::GetFlag(FLAGS_gpu_memory_budget_mb);
   if (absl::Status s = ValidateOptions(options); !s.ok()) {
     LogError("%s", s.ToString());

@@ -123,6 +123,7 @@ absl::Status MemoryServiceImpl::Open() {
   store_options.resident_budget_bytes = options_.resident_budget_bytes;
   store_options.prefix_cache = options_.prefix_cache;
   MPLUS_ASSIGN_OR_RETURN(store_options.ltm_mode, memstore::ParseLongTermMode(options_.ltm_mode));
+  store_options.offload_device_min_queries = options_.offload_gpu_scoring_min_tokens;
   if (cuda_plugin_ != nullptr) {
     MPLUS_ASSIGN_OR_RETURN(engine::CudaPluginMemoryStats device,
                            cuda_plugin_->MemoryStats(model_->backend(), /*device_ordinal=*/0));

@@ -32,8 +32,9 @@ struct ServiceOptions {
   size_t block_cache_bytes = size_t{256} << 20;
   size_t resident_budget_bytes = size_t{8} << 30;
   bool prefix_cache = true;
-  std::string ltm_mode = "resident";  // memstore::ParseLongTermMode
-  int64_t gpu_memory_budget_mb = 0;   // 0: SessionGpuBudgetBytes's default
+  std::string ltm_mode = "resident";           // memstore::ParseLongTermMode
+  int64_t offload_gpu_scoring_min_tokens = 0;  // StoreOptions::offload_device_min_queries
+  int64_t gpu_memory_budget_mb = 0;            // 0: SessionGpuBudgetBytes's default
 };
 
 // GPU bytes resident sessions may hold: --gpu_memory_budget_mb when set, else half of the device

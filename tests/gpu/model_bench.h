@@ -94,12 +94,16 @@ struct RetrievalTimes {
 };
 
 struct RetrievalResult {
-  RetrievalTimes resident, offload;
+  // offload_on_gpu: offload scoring every prompt on the GPU (the layer's keys copied each time).
+  RetrievalTimes resident, offload, offload_on_gpu;
+  // Offload with a 512-token prompt's queries, per layer: scored on the host / on the GPU.
+  double long_prompt_host_ms = 0, long_prompt_gpu_ms = 0;
   double fetch_ms = 0;  // upload of K_ltm chosen float32 vectors [K_ltm, hidden] from the host
 };
 
 // Long-term retrieval (LongTermRetriever::Select) over `keys_per_layer` merged random keys on
-// every layer of `config`, 64 queries per layer on `backend`, in both modes.
+// every layer of `config`, 64 queries per layer on `backend`, in both modes (and offload scored
+// on the GPU), and offload with 512 queries on the host and on the GPU.
 absl::StatusOr<RetrievalResult> RunRetrieval(engine::Backend& backend,
                                              const engine::ModelConfig& config,
                                              int64_t keys_per_layer, int threads);

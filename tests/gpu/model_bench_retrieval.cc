@@ -17,6 +17,7 @@ namespace mplus::model_bench {
 namespace {
 
 constexpr int64_t kQueries = 64;
+constexpr int64_t kLongQueries = 512;  // a long prompt, where host scoring costs most
 constexpr int kSteadyPasses = 3;
 
 std::vector<float> RandomFloats(int64_t n, uint32_t seed) {
@@ -92,29 +93,54 @@ absl::StatusOr<RetrievalResult> RunRetrieval(engine::Backend& backend,
                            num_layers, keys_per_layer, engine::DTypeName(params.key_dtype),
                            params.key_dim, key_bytes / 1e9, SecondsSince(start)));
 
-  std::vector<engine::Tensor> queries;
-  for (int l = 0; l < num_layers; ++l) {
-    MPLUS_ASSIGN_OR_RETURN(engine::Tensor q,
-                           backend.Allocate(engine::DType::kF32, {kQueries, params.key_dim}));
-    const std::vector<float> host = RandomFloats(kQueries * params.key_dim, l + 1);
-    MPLUS_RETURN_IF_ERROR(backend.CopyFromHost(host.data(), engine::DType::kF32, q));
-    queries.push_back(std::move(q));
-  }
-  MPLUS_RETURN_IF_ERROR(backend.Synchronize());
+  const auto make_queries = [&](int64_t count) -> absl::StatusOr<std::vector<engine::Tensor>> {
+    std::vector<engine::Tensor> queries;
+    for (int l = 0; l < num_layers; ++l) {
+      MPLUS_ASSIGN_OR_RETURN(engine::Tensor q,
+                             backend.Allocate(engine::DType::kF32, {count, params.key_dim}));
+      const std::vector<float> host = RandomFloats(count * params.key_dim, l + 1);
+      MPLUS_RETURN_IF_ERROR(backend.CopyFromHost(host.data(), engine::DType::kF32, q));
+      queries.push_back(std::move(q));
+    }
+    MPLUS_RETURN_IF_ERROR(backend.Synchronize());
+    return queries;
+  };
+  MPLUS_ASSIGN_OR_RETURN(const std::vector<engine::Tensor> queries, make_queries(kQueries));
 
   RetrievalResult r;
-  for (memstore::LongTermMode mode :
-       {memstore::LongTermMode::kResident, memstore::LongTermMode::kOffload}) {
+  // Offload also with every prompt scored on the GPU (--offload_gpu_scoring_min_tokens=1).
+  struct Variant {
+    memstore::LongTermMode mode;
+    int64_t offload_device_min_queries;
+    RetrievalTimes* times;
+    const char* name;
+  };
+  for (const Variant& v :
+       {Variant{memstore::LongTermMode::kResident, 0, &r.resident, "resident"},
+        Variant{memstore::LongTermMode::kOffload, 0, &r.offload, "offload"},
+        Variant{memstore::LongTermMode::kOffload, 1, &r.offload_on_gpu, "offload, GPU scoring"}}) {
     // Its mirrors are freed with it, before the next mode.
-    memstore::LongTermRetriever retriever(mode);
-    RetrievalTimes& t = mode == memstore::LongTermMode::kResident ? r.resident : r.offload;
+    memstore::LongTermRetriever retriever(v.mode, v.offload_device_min_queries);
+    RetrievalTimes& t = *v.times;
     MPLUS_ASSIGN_OR_RETURN(t.first_ms, TimeSelect(retriever, ltm, backend, queries, 1));
     MPLUS_ASSIGN_OR_RETURN(t.steady_ms,
                            TimeSelect(retriever, ltm, backend, queries, kSteadyPasses));
     t.device_bytes = retriever.device_bytes();
     Progress(absl::StrFormat(
-        "retrieval %s: %.3f ms per layer first use, %.3f ms steady; key mirrors %.2f GB",
-        memstore::LongTermModeName(mode), t.first_ms, t.steady_ms, t.device_bytes / 1e9));
+        "retrieval %s: %.3f ms per layer first use, %.3f ms steady; key mirrors %.2f GB", v.name,
+        t.first_ms, t.steady_ms, t.device_bytes / 1e9));
+  }
+  {
+    MPLUS_ASSIGN_OR_RETURN(const std::vector<engine::Tensor> long_queries,
+                           make_queries(kLongQueries));
+    memstore::LongTermRetriever on_host(memstore::LongTermMode::kOffload, 0);
+    memstore::LongTermRetriever on_gpu(memstore::LongTermMode::kOffload, 1);
+    MPLUS_ASSIGN_OR_RETURN(r.long_prompt_host_ms,
+                           TimeSelect(on_host, ltm, backend, long_queries, 1));
+    MPLUS_ASSIGN_OR_RETURN(r.long_prompt_gpu_ms, TimeSelect(on_gpu, ltm, backend, long_queries, 1));
+    Progress(absl::StrFormat(
+        "retrieval offload, %d queries: %.3f ms per layer on the host, %.3f ms on the GPU",
+        kLongQueries, r.long_prompt_host_ms, r.long_prompt_gpu_ms));
   }
 
   // The chosen vectors of one layer [K_ltm, hidden] from the host to the backend, as

@@ -57,6 +57,8 @@ TEST(ServerLifecycleTest, BadFlagValueFailsStartupWithMessage) {
        {std::pair<std::string, std::string>{
             "--ltm_mode=gpu", "--ltm_mode: long-term mode must be resident or offload, got 'gpu'"},
         {"--gpu_memory_budget_mb=-1", "--gpu_memory_budget_mb must not be negative, got -1"},
+        {"--offload_gpu_scoring_min_tokens=-2",
+         "--offload_gpu_scoring_min_tokens must not be negative, got -2"},
         {"--device_stall_seconds=-5", "--device_stall_seconds must not be negative, got -5"},
         {"--kv_cache_dtype=int4",
          "--kv_cache_dtype: kv cache dtype \"int4\" is not one of auto, f32, bf16, fp8"}}) {

@@ -1,6 +1,7 @@
 // LongTermRetriever: resident mode scores on keys mirrored by the backend (refreshed by copying
 // only rows past the layer's unchanged prefix) and must choose exactly what host scoring
-// chooses; offload mode and backends that keep no keys score on the host.
+// chooses; offload mode scores on the host, or for long prompts on a copy of the layer's keys
+// on the backend; backends that keep no keys score on the host.
 #include "memstore/long_term_retriever.h"
 
 #include <random>
@@ -54,7 +55,7 @@ class ResidentMirror : public ::testing::TestWithParam<DType> {};
 TEST_P(ResidentMirror, ChoosesWhatHostScoringChooses) {
   KeyKeepingBackend backend;
   LongTermMemory ltm = MakeMemory(GetParam());
-  LongTermRetriever retriever(LongTermMode::kResident);
+  LongTermRetriever retriever(LongTermMode::kResident, 0);
   std::mt19937 rng(5);
   std::normal_distribution<float> normal;
   uint64_t next_id = 1;
@@ -105,7 +106,7 @@ TEST(LongTermRetrieverTest, OffloadAndKeylessBackendsScoreOnTheHost) {
   for (auto [backend, mode] :
        {std::pair<engine::Backend*, LongTermMode>{&keeping, LongTermMode::kOffload},
         {&keyless, LongTermMode::kResident}}) {
-    LongTermRetriever retriever(mode);
+    LongTermRetriever retriever(mode, /*offload_device_min_queries=*/3);
     absl::StatusOr<Tensor> device = DeviceQueries(*backend, q);
     ASSERT_TRUE(device.ok());
     engine::RetrievalQueries queries(*backend, *device);
@@ -117,9 +118,42 @@ TEST(LongTermRetrieverTest, OffloadAndKeylessBackendsScoreOnTheHost) {
   EXPECT_EQ(keeping.device_scorings, 0);
 }
 
+TEST(LongTermRetrieverTest, OffloadScoresLongPromptsOnACopyOfTheLayersKeys) {
+  KeyKeepingBackend backend;
+  std::mt19937 rng(13);
+  std::normal_distribution<float> normal;
+  uint64_t next_id = 1;
+  LongTermMemory ltm = MakeMemory(DType::kBF16);
+  LongTermRetriever retriever(LongTermMode::kOffload, /*offload_device_min_queries=*/4);
+  int64_t scored = 0;
+  for (int inject = 0; inject < 12; ++inject) {
+    ltm.ApplyInject(RandomDrops(rng, &next_id));
+    for (int64_t nq : {3, 4, 9}) {
+      std::vector<float> q(static_cast<size_t>(nq * kKeyDim));
+      for (float& x : q) x = normal(rng);
+      absl::StatusOr<Tensor> device = DeviceQueries(backend, q);
+      ASSERT_TRUE(device.ok());
+      engine::RetrievalQueries queries(backend, *device);
+      const int scorings = backend.device_scorings;
+      const int64_t copied = backend.rows_copied;
+      const std::vector<int64_t> want = ltm.Select(1, q.data(), nq);
+      absl::StatusOr<std::vector<int64_t>> got = retriever.Select(ltm, 1, queries);
+      if (want.empty()) continue;  // nothing merged yet
+      ASSERT_TRUE(got.ok()) << got.status();
+      EXPECT_EQ(*got, want) << "inject " << inject << ", " << nq << " queries";
+      // Shorter prompts score on the host; longer ones on a whole fresh copy of the layer.
+      EXPECT_EQ(backend.device_scorings - scorings, nq >= 4 ? 1 : 0);
+      EXPECT_EQ(backend.rows_copied - copied, nq >= 4 ? ltm.layer(1).size() : 0);
+      scored += nq >= 4;
+      EXPECT_EQ(retriever.device_bytes(), 0u);  // the copy lives only while scored
+    }
+  }
+  EXPECT_GT(scored, 10);
+}
+
 TEST(LongTermRetrieverTest, RejectsBadLayerQueryShapeAndEmptyLayer) {
   LongTermMemory ltm = MakeMemory();
-  LongTermRetriever retriever(LongTermMode::kResident);
+  LongTermRetriever retriever(LongTermMode::kResident, 0);
   const std::vector<float> q(kKeyDim, 1.0f);
   engine::RetrievalQueries ok(q.data(), 1, kKeyDim);
   EXPECT_EQ(retriever.Select(ltm, 2, ok).status().code(), absl::StatusCode::kInvalidArgument);

@@ -125,6 +125,25 @@ TEST(SamplerTest, RepetitionPenaltyDividesPositiveAndMultipliesNegative) {
   EXPECT_EQ(Sampler(o).Sample({3.0f, 2.0f}, {0}), 0);
 }
 
+TEST(SamplerTest, RepetitionPenaltyFollowsAGrowingHistory) {
+  // A generation passes its history grown by one token a call; the penalised ids must be those
+  // of a fresh sampler given the whole history.
+  std::mt19937 gen(4);
+  std::normal_distribution<float> normal(0.f, 3.f);
+  std::vector<float> logits(300);
+  for (float& x : logits) x = normal(gen);
+  SamplingOptions o = Sampling(0);
+  o.repetition_penalty = 1.8f;
+  Sampler growing(o);
+  std::vector<int32_t> history = {5, 9, 5};
+  for (int step = 0; step < 120; ++step) {
+    const int32_t token = growing.Sample(logits, history);
+    ASSERT_EQ(token, Sampler(o).Sample(logits, history)) << "step " << step;
+    history.push_back(token);
+    if (step == 60) history = {token};  // a history that does not extend the last one
+  }
+}
+
 // The sampler's selections without sorting the vocabulary (thresholded heads for top-p and
 // top-k, a two-pass argmax) against the definitions with full sorts: the same draws, bit for bit.
 // The sampler's rule for the mass of a list of weights: blocks of eight positions, each summed
