@@ -61,6 +61,17 @@ absl::StatusOr<std::unique_ptr<DeviceRetrievalKeys>> GpuRetrievalScorer::NewKeys
 
 absl::Status GpuRetrievalScorer::Append(DeviceRetrievalKeys& keys, const void* host_keys,
                                         int64_t count) {
+  cudaStream_t stream = state_->stream();
+  return Append(keys, host_keys, count, [&](const void* src, size_t bytes, void* dst) {
+    MPLUS_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream));
+    // From pageable memory the copy may return before the DMA has read `src`.
+    MPLUS_CUDA_RETURN_IF_ERROR(state_->SynchronizeStream());
+    return absl::OkStatus();
+  });
+}
+
+absl::Status GpuRetrievalScorer::Append(DeviceRetrievalKeys& keys, const void* host_keys,
+                                        int64_t count, Upload upload) {
   if (count < 0) return absl::InvalidArgumentError("Append: negative count");
   if (count == 0) return absl::OkStatus();
   absl::MutexLock lock(&mu_);
@@ -81,9 +92,7 @@ absl::Status GpuRetrievalScorer::Append(DeviceRetrievalKeys& keys, const void* h
     keys.capacity_ = capacity;
   }
   char* dst = static_cast<char*>(keys.data_.get()) + static_cast<size_t>(keys.size_) * row;
-  MPLUS_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst, host_keys, static_cast<size_t>(count) * row,
-                                             cudaMemcpyHostToDevice, stream));
-  MPLUS_CUDA_RETURN_IF_ERROR(state_->SynchronizeStream());
+  MPLUS_RETURN_IF_ERROR(upload(host_keys, static_cast<size_t>(count) * row, dst));
   keys.size_ += count;
   return absl::OkStatus();
 }

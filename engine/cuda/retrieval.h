@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -59,8 +60,15 @@ class GpuRetrievalScorer {
 
   // An empty key set; dtype kF32 or kBF16.
   absl::StatusOr<std::unique_ptr<DeviceRetrievalKeys>> NewKeys(int64_t key_dim, DType dtype);
-  // Appends `count` host rows of the keys' dtype. Blocks until copied.
+  // Copies `bytes` of host `src` to device `dst` on the scorer's stream and returns once `src`
+  // has been read (work enqueued on the stream afterwards sees the bytes): a backend's pinned
+  // staging.
+  using Upload = absl::FunctionRef<absl::Status(const void* src, size_t bytes, void* dst)>;
+  // Appends `count` host rows of the keys' dtype: through `upload`, or copied straight from
+  // pageable memory, blocking until done.
   absl::Status Append(DeviceRetrievalKeys& keys, const void* host_keys, int64_t count);
+  absl::Status Append(DeviceRetrievalKeys& keys, const void* host_keys, int64_t count,
+                      Upload upload);
   // Keeps the first `rows` keys (keeps the device memory for reuse).
   void Truncate(DeviceRetrievalKeys& keys, int64_t rows) {
     keys.size_ = std::min(keys.size_, std::max<int64_t>(rows, 0));
