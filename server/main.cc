@@ -101,9 +101,9 @@ ABSL_FLAG(std::string, ltm_mode, "resident",
 ABSL_FLAG(int64_t, offload_gpu_scoring_min_tokens, 0,
           "With --ltm_mode=offload on a GPU: a prompt of at least this many tokens scores each "
           "layer's long-term keys on the GPU, copying them there for that layer only (host "
-          "scoring grows with the prompt, the copy does not; costs the largest layer's keys and "
-          "~70 MB of scoring scratch in GPU memory while a prompt is read). 0: always score on "
-          "the host.");
+          "scoring grows with the prompt, the copy does not). Costs GPU memory: a layer's keys "
+          "while it is scored, and ~70 MB of scoring scratch kept from the first such prompt "
+          "on. 0: always score on the host.");
 ABSL_FLAG(int, device_stall_seconds, 120,
           "A wait for the GPU this long means a hung device: the server logs it and turns its "
           "health NOT_SERVING, so that the load balancer stops routing to it and the "
