@@ -58,6 +58,19 @@ absl::StatusOr<std::vector<Tensor>> Backend::UploadWeights(absl::Span<const Tens
   return out;
 }
 
+absl::Status Backend::CopyRowsFromHost(int64_t rows, size_t row_bytes, DType src_dtype,
+                                       HostRowsFill fill, const Tensor& dst) {
+  if (rows < 0 || static_cast<size_t>(rows) * row_bytes !=
+                      static_cast<size_t>(dst.numel()) * DTypeSize(src_dtype)) {
+    return absl::InvalidArgumentError(absl::StrCat("CopyRowsFromHost: ", rows, " rows of ",
+                                                   row_bytes, " bytes for ", dst.numel(), " ",
+                                                   DTypeName(src_dtype), " elements"));
+  }
+  std::vector<char> host(static_cast<size_t>(rows) * row_bytes);
+  fill(0, rows, host.data());
+  return CopyFromHost(host.data(), src_dtype, dst);
+}
+
 absl::Status Backend::LoraMatMulGroup(const Tensor& x, absl::Span<const LoraLinear> group,
                                       float scale, absl::Span<const Tensor> outs) {
   if (group.size() != outs.size()) {

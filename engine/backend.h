@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
@@ -133,6 +134,14 @@ class Backend {
   // Host `src` (numel of dst elements of `src_dtype`, any float dtype) into float32 `dst`,
   // converting; or a same-dtype byte copy.
   virtual absl::Status CopyFromHost(const void* src, DType src_dtype, const Tensor& dst) = 0;
+  // Writes rows [first, first + count) of a host source, packed, at `out`.
+  using HostRowsFill = absl::FunctionRef<void(int64_t first, int64_t count, void* out)>;
+  // CopyFromHost of `rows` host rows of `row_bytes` (dst's elements, of `src_dtype`) that `fill`
+  // gathers: a backend that moves host data through buffers of its own (the CUDA backend's
+  // pinned staging) has `fill` write there, saving a pass over the bytes. Default: `fill` into
+  // one host buffer, then CopyFromHost.
+  virtual absl::Status CopyRowsFromHost(int64_t rows, size_t row_bytes, DType src_dtype,
+                                        HostRowsFill fill, const Tensor& dst);
   // Device `src` into host memory of the same dtype (blocking).
   virtual absl::Status CopyToHost(const Tensor& src, void* dst) = 0;
   // Device-to-device copy of equal element counts: equal dtypes (memmove semantics), or float32

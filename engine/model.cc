@@ -164,22 +164,26 @@ absl::Status Model::UploadSlots(const ShortTermRows& stm, int64_t first, const T
   if (const void* run = stm.Contiguous(first, count); run != nullptr) {
     return backend_->CopyFromHost(run, stm.pool.dtype, dst);
   }
-  std::vector<char> rows(static_cast<size_t>(count) * stm.row_bytes());
-  stm.CopySlots(first, count, rows.data());
-  return backend_->CopyFromHost(rows.data(), stm.pool.dtype, dst);
+  // Gathered by the backend's copy (into its pinned staging on a GPU), not into a buffer first.
+  return backend_->CopyRowsFromHost(
+      count, stm.row_bytes(), stm.pool.dtype,
+      [&](int64_t row, int64_t rows, void* out) { stm.CopySlots(first + row, rows, out); }, dst);
 }
 
 absl::Status Model::Embed(absl::Span<const int32_t> ids, const Tensor& out) const {
   if (!embed_tokens_.empty()) return backend_->Embedding(embed_tokens_, ids, out);
-  // Host gather (ids were checked by the caller), then one widening upload.
+  // A host gather (ids were checked by the caller) within one widening upload.
   const TensorView& table = weights_.embed_tokens;
   const size_t row_bytes = static_cast<size_t>(config_.hidden_size) * DTypeSize(table.dtype);
-  std::vector<char> rows(ids.size() * row_bytes);
-  for (size_t i = 0; i < ids.size(); ++i) {
-    std::memcpy(rows.data() + i * row_bytes, HostRow(table, ids[i], config_.hidden_size),
-                row_bytes);
-  }
-  return backend_->CopyFromHost(rows.data(), table.dtype, out);
+  return backend_->CopyRowsFromHost(
+      static_cast<int64_t>(ids.size()), row_bytes, table.dtype,
+      [&](int64_t first, int64_t count, void* out) {
+        for (int64_t i = 0; i < count; ++i) {
+          std::memcpy(static_cast<char*>(out) + i * row_bytes,
+                      HostRow(table, ids[first + i], config_.hidden_size), row_bytes);
+        }
+      },
+      out);
 }
 
 absl::Status Model::CopyBos(int layer, const Tensor& row) const {

@@ -77,6 +77,8 @@ class CudaBackend : public Backend {
   absl::StatusOr<Tensor> UploadWeight(const TensorView& view) override;
   absl::StatusOr<std::vector<Tensor>> UploadWeights(absl::Span<const TensorView> views) override;
   absl::Status CopyFromHost(const void* src, DType src_dtype, const Tensor& dst) override;
+  absl::Status CopyRowsFromHost(int64_t rows, size_t row_bytes, DType src_dtype, HostRowsFill fill,
+                                const Tensor& dst) override;
   absl::Status CopyToHost(const Tensor& src, void* dst) override;
   absl::Status Copy(const Tensor& src, const Tensor& dst) override;
   absl::Status Synchronize() override;
@@ -363,6 +365,44 @@ absl::Status CudaBackend::CopyFromHost(const void* src, DType src_dtype, const T
         "CopyFromHost: cannot convert ", DTypeName(src_dtype), " to ", DTypeName(dst.dtype())));
   }
   return UploadWidened(src, src_dtype, dst.numel(), dst.data_as<float>());
+}
+
+absl::Status CudaBackend::CopyRowsFromHost(int64_t rows, size_t row_bytes, DType src_dtype,
+                                           HostRowsFill fill, const Tensor& dst) {
+  MPLUS_RETURN_IF_ERROR(CheckCuda(dst, "CopyRowsFromHost"));
+  const size_t bytes = static_cast<size_t>(dst.numel()) * DTypeSize(src_dtype);
+  if (rows < 0 || static_cast<size_t>(rows) * row_bytes != bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("CopyRowsFromHost: ", rows, " rows of ",
+                                                   row_bytes, " bytes for ", ShapeString(dst), " ",
+                                                   DTypeName(src_dtype), " elements"));
+  }
+  const bool widen = src_dtype != dst.dtype();
+  if (widen && (dst.dtype() != DType::kF32 || !IsFloatDType(src_dtype))) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "CopyRowsFromHost: cannot convert ", DTypeName(src_dtype), " to ", DTypeName(dst.dtype())));
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    // Without the ring (no pinned memory, or rows too long for its buffers) or while recording
+    // (where UploadBytes refuses), the default path below says what applies.
+    if (staging_ != nullptr && row_bytes <= PinnedStaging::kBufferBytes &&
+        recording_thread_.load(std::memory_order_relaxed) != std::this_thread::get_id()) {
+      MPLUS_RETURN_IF_ERROR(state_->Activate());
+      if (bytes == 0) return absl::OkStatus();
+      // Widening goes through convert_ as in UploadWidened (stream-ordered reuse).
+      void* target = dst.data();
+      if (widen) {
+        MPLUS_ASSIGN_OR_RETURN(target, convert_.Get(bytes));
+      }
+      MPLUS_RETURN_IF_ERROR(staging_->StageRows(rows, row_bytes, fill, target));
+      if (widen) {
+        MPLUS_CUDA_RETURN_IF_ERROR(
+            LaunchWidenToF32(target, src_dtype, dst.numel(), dst.data_as<float>(), stream()));
+      }
+      return absl::OkStatus();
+    }
+  }
+  return Backend::CopyRowsFromHost(rows, row_bytes, src_dtype, fill, dst);
 }
 
 cudaError_t CudaBackend::WaitForStream(const void* src, size_t bytes, void* dst) {

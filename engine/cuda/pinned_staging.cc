@@ -73,27 +73,56 @@ absl::Status PinnedStaging::Advance() {
 }
 
 absl::Status PinnedStaging::Stage(const void* src, size_t bytes, void* dst) {
+  if (bytes > 0 && src == nullptr) {
+    return absl::InvalidArgumentError("PinnedStaging::Stage: null source");
+  }
+  const char* from = static_cast<const char*>(src);
+  return StagePieces(
+      bytes, 1,
+      [&](char* pinned, size_t offset, size_t n) { ParallelCopy(pinned, from + offset, n); }, dst);
+}
+
+absl::Status PinnedStaging::StageRows(
+    int64_t rows, size_t row_bytes,
+    absl::FunctionRef<void(int64_t first, int64_t count, void* out)> fill, void* dst) {
+  if (rows < 0 || row_bytes == 0 || row_bytes > kBufferBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("PinnedStaging::StageRows: ", rows, " rows of ", row_bytes, " bytes"));
+  }
+  return StagePieces(
+      static_cast<size_t>(rows) * row_bytes, row_bytes,
+      [&](char* pinned, size_t offset, size_t n) {
+        fill(static_cast<int64_t>(offset / row_bytes), static_cast<int64_t>(n / row_bytes), pinned);
+      },
+      dst);
+}
+
+absl::Status PinnedStaging::StagePieces(
+    size_t bytes, size_t granule,
+    absl::FunctionRef<void(char* pinned, size_t offset, size_t n)> fill, void* dst) {
   if (bytes == 0) return absl::OkStatus();  // also keeps memcpy away from null pointers
-  if (src == nullptr || dst == nullptr) {
-    return absl::InvalidArgumentError("PinnedStaging::Stage: null source or destination");
+  if (dst == nullptr) {
+    return absl::InvalidArgumentError("PinnedStaging::Stage: null destination");
   }
   if (!broken_.ok()) {
     return absl::FailedPreconditionError(
         absl::StrCat("pinned staging unusable after an earlier CUDA error: ", broken_.message()));
   }
   MPLUS_CUDA_RETURN_IF_ERROR(cudaSetDevice(ordinal_));
-  const char* from = static_cast<const char*>(src);
   char* to = static_cast<char*>(dst);
-  while (bytes > 0) {
-    if (used_ == kBufferBytes) MPLUS_RETURN_IF_ERROR(Advance());
+  size_t offset = 0;
+  while (offset < bytes) {
+    // A piece is whole granules; a buffer with less than one left is passed over.
+    if (kBufferBytes - used_ < std::min(granule, bytes - offset)) MPLUS_RETURN_IF_ERROR(Advance());
     Buffer& b = buffers_[current_];
     // [used_, kBufferBytes) of the current buffer: no copy enqueued this round reads it, and
     // Advance waited for the previous round's copies when the ring entered this buffer.
     char* pinned = static_cast<char*>(b.host) + used_;
-    const size_t n = std::min(bytes, kBufferBytes - used_);
-    ParallelCopy(pinned, from, n);
+    const size_t n = std::min(bytes - offset, (kBufferBytes - used_) / granule * granule);
+    fill(pinned, offset, n);
     // A failed enqueue leaves nothing reading the buffer: the bytes may be overwritten.
-    MPLUS_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(to, pinned, n, cudaMemcpyHostToDevice, stream_));
+    MPLUS_CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(to + offset, pinned, n, cudaMemcpyHostToDevice, stream_));
     if (cudaError_t err = cudaEventRecord(b.done, stream_); err != cudaSuccess) {
       // The copy is enqueued, but no event tells when it has read the buffer.
       b.in_doubt = true;
@@ -101,9 +130,7 @@ absl::Status PinnedStaging::Stage(const void* src, size_t bytes, void* dst) {
       return broken_;
     }
     used_ = (used_ + n + kAlign - 1) / kAlign * kAlign;  // <= kBufferBytes (static_assert)
-    from += n;
-    to += n;
-    bytes -= n;
+    offset += n;
   }
   return absl::OkStatus();
 }

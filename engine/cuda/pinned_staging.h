@@ -33,6 +33,7 @@
 #include <memory>
 #include <utility>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "engine/cuda/device_memory.h"
@@ -66,6 +67,11 @@ class PinnedStaging {
   // buffer's use unknown, every later call fails (FailedPrecondition) rather than risk
   // overwriting bytes a copy may still read.
   absl::Status Stage(const void* src, size_t bytes, void* dst);
+  // The same for `rows` rows of `row_bytes` (at most kBufferBytes) that `fill(first, count,
+  // out)` writes, packed, straight into the ring (a gather needs no host buffer of its own).
+  absl::Status StageRows(int64_t rows, size_t row_bytes,
+                         absl::FunctionRef<void(int64_t first, int64_t count, void* out)> fill,
+                         void* dst);
 
  private:
   struct Buffer {
@@ -78,6 +84,11 @@ class PinnedStaging {
       : state_(std::move(state)), ordinal_(state_->ordinal()), stream_(state_->stream()) {}
   // Moves to the next buffer once its previous copies are done.
   absl::Status Advance();
+  // Stage's loop: `bytes` in pieces of whole `granule`s, each written into the ring by
+  // `fill(pinned, offset, n)` and copied to dst + offset.
+  absl::Status StagePieces(size_t bytes, size_t granule,
+                           absl::FunctionRef<void(char* pinned, size_t offset, size_t n)> fill,
+                           void* dst);
 
   const std::shared_ptr<DeviceState> state_;  // marks the host's waits (stall watchdog)
   const int ordinal_;

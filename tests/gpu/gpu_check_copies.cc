@@ -87,6 +87,84 @@ TEST_F(GpuCheck, StagedCopiesReadHostBeforeReturning) {
   }
 }
 
+// Gathered rows (Backend::CopyRowsFromHost: the CUDA backend has `fill` write them straight
+// into the staging ring, whole rows per buffer) against the values of the rows they name:
+// float32 rows copied as they are and bfloat16 rows widened, of sizes that do and do not divide
+// a staging buffer, after plain copies of odd sizes (so a buffer's rest may hold no whole row),
+// three rings in all between waits, behind a busy GPU, the host rows overwritten as soon as a
+// call returns.
+TEST_F(GpuCheck, GatheredRowsThroughStaging) {
+  ASSERT_OK_AND_ASSIGN(backlog, MakeBacklog(*gpu_));
+  size_t call = 0;
+  for (DType dt : {DType::kF32, DType::kBF16}) {
+    for (int64_t row_elems : {int64_t{2047}, int64_t{4096}, int64_t{6144}}) {
+      SCOPED_TRACE(testing::Message() << engine::DTypeName(dt) << ", rows of " << row_elems);
+      const size_t row_bytes = static_cast<size_t>(row_elems) * engine::DTypeSize(dt);
+      const auto rows = static_cast<int64_t>(PinnedStaging::kTotalBytes * 3 / 2 / row_bytes);
+      const int64_t pool_rows = rows + 17;
+      // The pool: row r holds the values of (call, r * row_elems + i); rows are taken in a
+      // scattered order.
+      std::vector<uint8_t> pool(static_cast<size_t>(pool_rows) * row_bytes);
+      const auto store = [&](size_t c) {
+        for (int64_t e = 0; e < pool_rows * row_elems; ++e) {
+          const float v = StagingValue(c, e);
+          if (dt == DType::kF32) {
+            std::memcpy(pool.data() + e * 4, &v, 4);
+          } else {
+            const uint16_t b = engine::FloatToBF16(v);
+            std::memcpy(pool.data() + e * 2, &b, 2);
+          }
+        }
+      };
+      std::vector<int64_t> order(static_cast<size_t>(rows));
+      for (int64_t i = 0; i < rows; ++i) order[i] = (i * 7919 + 3) % pool_rows;
+      std::vector<Tensor> dsts;
+      std::vector<size_t> calls;
+      ASSERT_OK(EnqueueBacklog(*gpu_, backlog, 4));
+      for (int rep = 0; rep < 2; ++rep, ++call) {
+        // An odd plain copy first: the ring's current buffer is left at an odd offset.
+        const std::vector<float> odd(static_cast<size_t>(1000 + 777 * rep), 1.0f);
+        ASSERT_OK_AND_ASSIGN(odd_dst,
+                             gpu_->Allocate(DType::kF32, {static_cast<int64_t>(odd.size())}));
+        ASSERT_OK(gpu_->CopyFromHost(odd.data(), DType::kF32, odd_dst));
+        store(call);
+        ASSERT_OK_AND_ASSIGN(t, Poisoned(*gpu_, {rows, row_elems}));
+        ASSERT_OK(gpu_->CopyRowsFromHost(
+            rows, row_bytes, dt,
+            [&](int64_t first, int64_t count, void* out) {
+              for (int64_t i = 0; i < count; ++i) {
+                std::memcpy(static_cast<uint8_t*>(out) + i * row_bytes,
+                            pool.data() + order[first + i] * row_bytes, row_bytes);
+              }
+            },
+            t));
+        std::fill(pool.begin(), pool.end(), uint8_t{0xFF});  // NaNs: the caller reuses its rows
+        dsts.push_back(std::move(t));
+        calls.push_back(call);
+      }
+      ASSERT_OK(gpu_->Synchronize());
+      for (size_t j = 0; j < dsts.size(); ++j) {
+        ASSERT_OK_AND_ASSIGN(got, Download(*gpu_, dsts[j]));
+        const size_t c = calls[j];
+        EXPECT_EQ(CountMismatches(
+                      got,
+                      [&](int64_t i) {
+                        const float v =
+                            StagingValue(c, order[i / row_elems] * row_elems + i % row_elems);
+                        return dt == DType::kF32 ? v : engine::BF16ToFloat(engine::FloatToBF16(v));
+                      },
+                      "gathered"),
+                  0);
+      }
+    }
+  }
+  // Sizes that do not match the destination are refused.
+  ASSERT_OK_AND_ASSIGN(small, gpu_->Allocate(DType::kF32, {4, 8}));
+  EXPECT_FALSE(gpu_->CopyRowsFromHost(
+                       4, 16, DType::kF32, [](int64_t, int64_t, void*) {}, small)
+                   .ok());
+}
+
 // bfloat16 and float16 widened to float32 through the same path (staged into the backend's
 // conversion scratch, then a widen kernel), interleaved with bfloat16 MatMuls that use the same
 // scratch for their activations: the copies, the MatMuls and the scratch's growth must keep

@@ -212,6 +212,49 @@ TEST_F(CpuBackendTest, EmbeddingGathersRowsAndRejectsBadIds) {
   for (int c = 0; c < 3; ++c) EXPECT_EQ(F(out)[c], table[9 + c]);  // nothing written
 }
 
+// CopyRowsFromHost (the default every backend without staging buffers uses): the rows `fill`
+// gathers land as CopyFromHost would put them, bfloat16 widened; a size that does not match the
+// destination is refused before `fill` runs.
+TEST_F(CpuBackendTest, CopyRowsFromHostGathersRows) {
+  const std::vector<float> pool = Values(5 * 4, 0.7);
+  std::vector<uint16_t> pool_bf16(pool.size());
+  for (size_t i = 0; i < pool.size(); ++i) pool_bf16[i] = FloatToBF16(pool[i]);
+  const std::vector<int> order = {4, 0, 2};
+  for (DType dt : {DType::kF32, DType::kBF16}) {
+    const size_t row_bytes = 4 * DTypeSize(dt);
+    const auto* src = dt == DType::kF32 ? static_cast<const void*>(pool.data())
+                                        : static_cast<const void*>(pool_bf16.data());
+    Tensor out = Zeros({3, 4});
+    ASSERT_TRUE(backend_
+                    .CopyRowsFromHost(
+                        3, row_bytes, dt,
+                        [&](int64_t first, int64_t count, void* dst) {
+                          for (int64_t i = 0; i < count; ++i) {
+                            std::memcpy(
+                                static_cast<char*>(dst) + i * row_bytes,
+                                static_cast<const char*>(src) + order[first + i] * row_bytes,
+                                row_bytes);
+                          }
+                        },
+                        out)
+                    .ok());
+    for (int r = 0; r < 3; ++r) {
+      for (int c = 0; c < 4; ++c) {
+        const float v = pool[order[r] * 4 + c];
+        EXPECT_EQ(F(out)[r * 4 + c], dt == DType::kF32 ? v : BF16ToFloat(FloatToBF16(v)));
+      }
+    }
+  }
+  Tensor out = Zeros({3, 4});
+  bool filled = false;
+  EXPECT_EQ(backend_
+                .CopyRowsFromHost(
+                    2, 16, DType::kF32, [&](int64_t, int64_t, void*) { filled = true; }, out)
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(filled);
+}
+
 // bfloat16 KV caches: converting copies round like torch, attention over bf16 K/V equals the
 // float32 path on the widened values bit for bit (prefill blocks and decode rows, GQA,
 // head_dim with a ragged tail), and a same-dtype Embedding is a plain row gather.
