@@ -109,45 +109,33 @@ void BM_FetchWarm(benchmark::State& state) {
 }
 BENCHMARK(BM_FetchWarm)->Unit(benchmark::kMillisecond)->UseRealTime();
 
+// Each iteration reopens the store (an empty block cache) and, if `drop_page_cache`, evicts its
+// files from the page cache too, then times one fetch.
+void FetchReopened(benchmark::State& state, bool drop_page_cache) {
+  Setup& s = Get();
+  std::vector<float> out(2560 * kHidden);
+  for (auto _ : state) {
+    state.PauseTiming();
+    std::unique_ptr<MemoryStore> store = s.Open();
+    {
+      auto h = store->Acquire("bench");  // residency (short-term) is not what we time
+    }
+    if (drop_page_cache) s.DropPageCache();
+    state.ResumeTiming();
+    Fetch(state, *store, out);
+    state.PauseTiming();
+    store.reset();
+    state.ResumeTiming();
+  }
+  state.SetBytesProcessed(state.iterations() * 2560 * kHidden * 2);
+}
+
 // The block cache empty but the files in the page cache: mplus-8b's usual case, whose ~1.2 GB
 // of vectors per layer and session dwarf the block cache.
-void BM_FetchPageCached(benchmark::State& state) {
-  Setup& s = Get();
-  std::vector<float> out(2560 * kHidden);
-  for (auto _ : state) {
-    state.PauseTiming();
-    std::unique_ptr<MemoryStore> store = s.Open();
-    {
-      auto h = store->Acquire("bench");  // residency (short-term) is not what we time
-    }
-    state.ResumeTiming();
-    Fetch(state, *store, out);
-    state.PauseTiming();
-    store.reset();
-    state.ResumeTiming();
-  }
-  state.SetBytesProcessed(state.iterations() * 2560 * kHidden * 2);
-}
+void BM_FetchPageCached(benchmark::State& state) { FetchReopened(state, false); }
 BENCHMARK(BM_FetchPageCached)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(10);
 
-void BM_FetchCold(benchmark::State& state) {
-  Setup& s = Get();
-  std::vector<float> out(2560 * kHidden);
-  for (auto _ : state) {
-    state.PauseTiming();
-    std::unique_ptr<MemoryStore> store = s.Open();
-    {
-      auto h = store->Acquire("bench");  // residency (short-term) is not what we time
-    }
-    s.DropPageCache();
-    state.ResumeTiming();
-    Fetch(state, *store, out);
-    state.PauseTiming();
-    store.reset();
-    state.ResumeTiming();
-  }
-  state.SetBytesProcessed(state.iterations() * 2560 * kHidden * 2);
-}
+void BM_FetchCold(benchmark::State& state) { FetchReopened(state, true); }
 BENCHMARK(BM_FetchCold)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(5);
 
 }  // namespace

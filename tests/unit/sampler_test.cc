@@ -274,10 +274,11 @@ TEST(SamplerTest, MatchesFullSortReference) {
   std::mt19937 gen(11);
   const float inf = std::numeric_limits<float>::infinity();
   int cases = 0;
-  for (float spread : {0.05f, 1.0f, 4.0f, 40.0f}) {
+  for (float spread : {0.05f, 1.0f, 4.0f, 40.0f, 1e30f, 1e38f}) {
     for (bool ties_and_specials : {false, true}) {
-      // Logits spread like a model's (and wider and narrower); some quantised into ties, with
-      // NaN and -inf entries, which are never candidates.
+      // Logits spread like a model's (and wider and narrower, up to magnitudes whose scaling by
+      // the temperature overflows to infinities); some quantised into ties, with NaN and -inf
+      // entries, which are never candidates.
       std::normal_distribution<float> normal(0.f, spread);
       std::vector<float> logits(2003);  // not a multiple of the 8 lanes: a scalar tail too
       for (float& x : logits) x = normal(gen);
