@@ -414,6 +414,10 @@ absl::Status Run() {
                     "", measured ? Gb(peak) : unmeasured,
                     absl::StrFormat("offload <= %.1f GB", kOffloadMemoryTarget / 1e9),
                     measured ? Verdict(peak <= kOffloadMemoryTarget) : unmeasured});
+    rows.push_back({absl::StrFormat("  time to first token there, %d-token prompt (the whole "
+                                    "prefix gathered and uploaded)",
+                                    sizes.long_prompt),
+                    "", lean ? Ms(lean->prefill_ms) : kFailed, "", ""});
     // After the long prompt: a longer KV cache than the short prompt's rows above.
     rows.push_back(
         {absl::StrFormat("  decode ms/token there, after the %d-token prompt", sizes.long_prompt),

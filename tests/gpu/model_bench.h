@@ -71,6 +71,8 @@ absl::StatusOr<SessionResult> RunSession(const engine::Model& model, memstore::L
 struct LeanResult {
   std::optional<int64_t> peak_bytes;  // the backend's peak (CUDA only)
   double decode_ms_per_token = 0;     // after the long prompt, the first step (recording) untimed
+  // The long prompt's prefill: its whole memory prefix gathered and projected (nothing cached).
+  double prefill_ms = 0;
 };
 absl::StatusOr<LeanResult> RunLeanOffload(const engine::Model& model, const SessionSizes& sizes);
 
