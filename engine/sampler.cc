@@ -20,23 +20,6 @@ namespace {
 // How many more of the best candidates top-p sorts when its first head falls short.
 constexpr size_t kTopPFirstSort = 1024;
 
-// Argmax over non-NaN scores, lowest id on ties; 0 when every score is NaN. Two passes: the
-// maximum (vectorised), then its first occurrence.
-int32_t Argmax(const float* scores, size_t n) {
-  const float best = RangeIgnoringNaN(scores, static_cast<int64_t>(n)).hi;
-  const __m128 b = _mm_set1_ps(best);
-  size_t k = 0;
-  for (; k + 8 <= n; k += 8) {  // eight compares a step, not a branch per score
-    const int hits = _mm_movemask_ps(_mm_cmpeq_ps(_mm_loadu_ps(scores + k), b)) |
-                     _mm_movemask_ps(_mm_cmpeq_ps(_mm_loadu_ps(scores + k + 4), b)) << 4;
-    if (hits != 0) return static_cast<int32_t>(k + std::countr_zero(static_cast<unsigned>(hits)));
-  }
-  for (; k < n; ++k) {
-    if (scores[k] == best) return static_cast<int32_t>(k);
-  }
-  return 0;  // every score NaN
-}
-
 // The AVX2 halves of Divide and Weigh: the leading multiple of eight elements; they return
 // how many they did.
 MPLUS_TARGET_AVX2_FMA size_t DivideAvx2(const float* scores, size_t n, float temperature,
@@ -263,7 +246,7 @@ int32_t Sampler::Sample(absl::Span<const float> logits, absl::Span<const int32_t
       s = s < 0 ? s * penalty : s / penalty;
     }
   }
-  if (options_.temperature == 0.0f) return Argmax(scores, logits.size());
+  if (options_.temperature == 0.0f) return static_cast<int32_t>(ArgmaxIgnoringNaN(scores, n));
 
   // Every token's score and weight, vectorised. A weight is 0 exactly for the tokens that
   // are never candidates (NaN or -inf scores) and at least e^-87 for the others.
@@ -271,7 +254,8 @@ int32_t Sampler::Sample(absl::Span<const float> logits, absl::Span<const int32_t
   Divide(scores, logits.size(), options_.temperature, scaled_.data());
   const float max_score = RangeIgnoringNaN(scaled_.data(), n).hi;
   constexpr float kInf = std::numeric_limits<float>::infinity();
-  if (max_score == -kInf) return Argmax(scores, logits.size());  // no candidates
+  if (max_score == -kInf)
+    return static_cast<int32_t>(ArgmaxIgnoringNaN(scores, n));  // no candidates
   if (max_score == kInf) {
     // +inf logits: only they can be drawn, uniformly (top-k keeps them all).
     CollectAtLeast(scaled_.data(), logits.size(), kInf, ids_);
