@@ -3,6 +3,7 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "engine/float_range.h"
 #include "engine/status_macros.h"
 
 namespace mplus::engine {
@@ -56,6 +57,16 @@ absl::StatusOr<std::vector<Tensor>> Backend::UploadWeights(absl::Span<const Tens
     out.push_back(std::move(t));
   }
   return out;
+}
+
+absl::StatusOr<int64_t> Backend::Argmax(const Tensor& x) {
+  if (x.dtype() != DType::kF32) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Argmax: need float32, got ", DTypeName(x.dtype())));
+  }
+  std::vector<float> host(static_cast<size_t>(x.numel()));
+  MPLUS_RETURN_IF_ERROR(CopyToHost(x, host.data()));
+  return ArgmaxIgnoringNaN(host.data(), x.numel());
 }
 
 absl::Status Backend::CopyRowsFromHost(int64_t rows, size_t row_bytes, DType src_dtype,

@@ -144,6 +144,10 @@ class Backend {
                                         HostRowsFill fill, const Tensor& dst);
   // Device `src` into host memory of the same dtype (blocking).
   virtual absl::Status CopyToHost(const Tensor& src, void* dst) = 0;
+  // The index of the largest non-NaN element of float32 `x`, the lowest on ties; 0 when every
+  // element is NaN (engine/float_range.h's ArgmaxIgnoringNaN: a greedy token). Blocking; a GPU
+  // sends back the index instead of the tensor. Default: CopyToHost, then the host's argmax.
+  virtual absl::StatusOr<int64_t> Argmax(const Tensor& x);
   // Device-to-device copy of equal element counts: equal dtypes (memmove semantics), or float32
   // to bfloat16 (round to nearest even, as torch) or bfloat16 to float32 (exact); converting
   // copies must not alias.

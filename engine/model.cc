@@ -465,6 +465,19 @@ absl::StatusOr<std::unique_ptr<DecodeState>> Model::Prefill(SessionMemory& mem,
 }
 
 absl::StatusOr<std::vector<float>> Model::Decode(DecodeState& state, int32_t token) const {
+  MPLUS_RETURN_IF_ERROR(DecodeOnDevice(state, token));
+  std::vector<float> logits(static_cast<size_t>(lm_head_.rows()));
+  MPLUS_RETURN_IF_ERROR(backend_->CopyToHost(state.logits_, logits.data()));
+  return logits;
+}
+
+absl::StatusOr<int32_t> Model::DecodeGreedy(DecodeState& state, int32_t token) const {
+  MPLUS_RETURN_IF_ERROR(DecodeOnDevice(state, token));
+  MPLUS_ASSIGN_OR_RETURN(const int64_t next, backend_->Argmax(state.logits_));
+  return static_cast<int32_t>(next);
+}
+
+absl::Status Model::DecodeOnDevice(DecodeState& state, int32_t token) const {
   MPLUS_RETURN_IF_ERROR(CheckIds(absl::MakeConstSpan(&token, 1), "decode"));
   if (state.length_ >= state.capacity_) {
     return absl::OutOfRangeError(
@@ -494,9 +507,7 @@ absl::StatusOr<std::vector<float>> Model::Decode(DecodeState& state, int32_t tok
   }
   MPLUS_RETURN_IF_ERROR(state.step_ != nullptr ? state.step_->Replay() : DecodeStep(state));
   ++state.length_;
-  std::vector<float> logits(static_cast<size_t>(lm_head_.rows()));
-  MPLUS_RETURN_IF_ERROR(b.CopyToHost(state.logits_, logits.data()));
-  return logits;
+  return absl::OkStatus();
 }
 
 absl::Status Model::DecodeStep(DecodeState& state) const {

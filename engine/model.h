@@ -140,6 +140,10 @@ class Model {
                                                        PrefillOutput* out) const;
   // Appends `token` and returns the logits of its position.
   absl::StatusOr<std::vector<float>> Decode(DecodeState& state, int32_t token) const;
+  // Appends `token` and returns the greedy next token: the argmax of the logits Decode would
+  // return (NaN never, the lowest id on ties), taken on the backend's device, so a GPU sends back
+  // one index instead of the vocabulary's logits.
+  absl::StatusOr<int32_t> DecodeGreedy(DecodeState& state, int32_t token) const;
 
   // Prefill, then up to max_new_tokens tokens chosen by `pick`, each passed to `on_token`
   // (which may stop early by returning false). Returns the generated tokens.
@@ -168,6 +172,8 @@ class Model {
   // logits [1, vocab] of the last hidden row.
   absl::Status LogitsOnDevice(const Tensor& last_hidden, const Tensor& logits) const;
   absl::StatusOr<std::vector<float>> Logits(const Tensor& last_hidden) const;
+  // Appends `token`, leaving its position's logits in state.logits_ on the device.
+  absl::Status DecodeOnDevice(DecodeState& state, int32_t token) const;
   // Enqueues the ops of one decode step over `state`'s step tensors.
   absl::Status DecodeStep(DecodeState& state) const;
   absl::StatusOr<std::vector<float>> DroppedKeys(int layer, const ShortTermRows& stm,

@@ -35,6 +35,13 @@ class Sampler {
   // `options` must pass ValidateSamplingOptions.
   explicit Sampler(const SamplingOptions& options);
 
+  // True when these options pick the logits' argmax and nothing else (greedy, no repetition
+  // penalty): a device may pick the token itself (Model::DecodeGreedy).
+  static bool PicksArgmax(const SamplingOptions& options) {
+    return options.temperature == 0.0f &&
+           (options.repetition_penalty == 0.0f || options.repetition_penalty == 1.0f);
+  }
+
   // Picks the next token from `logits` (non-empty, one per vocabulary id). `history` is the
   // prompt plus the tokens generated so far; the repetition penalty applies once to each
   // distinct id in it (also when greedy, as in transformers). NaN logits are never picked

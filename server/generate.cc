@@ -174,6 +174,10 @@ absl::Status MemoryServiceImpl::GenerateImpl(grpc::ServerContext* context,
   engine::TextStream text(*tokenizer_, std::move(stops));
   std::vector<int32_t> history = *prompt;
   std::vector<float> logits = std::move(prefill.logits);
+  // Greedy without a penalty: decode steps pick the token on the device (one index comes back
+  // instead of the logits); the first token is the prefill's, sampled here.
+  const bool device_picks = engine::Sampler::PicksArgmax(*sampling);
+  std::optional<int32_t> picked;
   v1::FinishReason finish = v1::FINISH_REASON_LENGTH;
   int completion_tokens = 0;
   double time_to_first_token = 0;
@@ -183,7 +187,7 @@ absl::Status MemoryServiceImpl::GenerateImpl(grpc::ServerContext* context,
       finish = v1::FINISH_REASON_CANCELLED;
       break;
     }
-    const int32_t token = sampler.Sample(logits, history);
+    const int32_t token = picked ? *picked : sampler.Sample(logits, history);
     const absl::Time now = absl::Now();
     if (i == 0) {
       time_to_first_token = absl::ToDoubleSeconds(now - start);
@@ -213,9 +217,15 @@ absl::Status MemoryServiceImpl::GenerateImpl(grpc::ServerContext* context,
       break;
     }
     if (i + 1 == sampling->max_new_tokens) break;
-    auto next = model_->Decode(**state, token);
-    if (!next.ok()) return next.status();
-    logits = std::move(*next);
+    if (device_picks) {
+      absl::StatusOr<int32_t> next = model_->DecodeGreedy(**state, token);
+      if (!next.ok()) return next.status();
+      picked = *next;
+    } else {
+      absl::StatusOr<std::vector<float>> next = model_->Decode(**state, token);
+      if (!next.ok()) return next.status();
+      logits = std::move(*next);
+    }
     if (i == 0) WarnIfNotReplaying(**state);
   }
 

@@ -80,6 +80,7 @@ class CudaBackend : public Backend {
   absl::Status CopyRowsFromHost(int64_t rows, size_t row_bytes, DType src_dtype, HostRowsFill fill,
                                 const Tensor& dst) override;
   absl::Status CopyToHost(const Tensor& src, void* dst) override;
+  absl::StatusOr<int64_t> Argmax(const Tensor& x) override;
   absl::Status Copy(const Tensor& src, const Tensor& dst) override;
   absl::Status Synchronize() override;
   double DeviceWaitSeconds() const override { return state_->WaitSeconds(); }
@@ -425,6 +426,22 @@ absl::Status CudaBackend::CopyToHost(const Tensor& src, void* dst) {
   MPLUS_RETURN_IF_ERROR(state_->Activate());
   MPLUS_CUDA_RETURN_IF_ERROR(WaitForStream(src.data(), src.nbytes(), dst));
   return state_->TakeDeferredError();
+}
+
+absl::StatusOr<int64_t> CudaBackend::Argmax(const Tensor& x) {
+  MPLUS_RETURN_IF_ERROR(CheckCuda(x, "Argmax"));
+  MPLUS_RETURN_IF_ERROR(CheckF32(x, "Argmax"));
+  absl::MutexLock lock(&mu_);
+  MPLUS_RETURN_IF_ERROR(state_->Activate());
+  // The index scratch: earlier kernels reading positions from it ran before this one (stream
+  // order), and the next upload into it comes after the copy below has waited.
+  MPLUS_ASSIGN_OR_RETURN(void* index, indices_.Get(sizeof(int64_t)));
+  MPLUS_CUDA_RETURN_IF_ERROR(
+      LaunchArgmax(x.data_as<float>(), x.numel(), static_cast<int64_t*>(index), stream()));
+  int64_t host = 0;
+  MPLUS_CUDA_RETURN_IF_ERROR(WaitForStream(index, sizeof host, &host));
+  MPLUS_RETURN_IF_ERROR(state_->TakeDeferredError());
+  return host;
 }
 
 absl::Status CudaBackend::Copy(const Tensor& src, const Tensor& dst) {

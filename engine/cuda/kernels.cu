@@ -1,5 +1,6 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <math_constants.h>
 
 #include <algorithm>
 #include <type_traits>
@@ -237,7 +238,51 @@ cudaError_t DispatchFloat(DType dtype, F&& f) {
   return cudaGetLastError();
 }
 
+constexpr int kArgmaxThreads = 1024;
+
+// (value, index) pairs: the larger value wins, then the lower index; NaN values never enter
+// (a thread's pair starts at (-inf, n), which any -inf element replaces by its lower index).
+__device__ __forceinline__ bool ArgmaxBetter(float v, int64_t i, float best, int64_t best_i) {
+  return v > best || (v == best && i < best_i);
+}
+
+__global__ void __launch_bounds__(kArgmaxThreads)
+    ArgmaxKernel(const float* x, int64_t n, int64_t* index) {
+  float best = -CUDART_INF_F;
+  int64_t best_i = n;
+  // Each thread walks its elements in increasing order, so among equal values the first stays.
+  for (int64_t i = threadIdx.x; i < n; i += kArgmaxThreads) {
+    const float v = x[i];
+    if (ArgmaxBetter(v, i, best, best_i)) best = v, best_i = i;
+  }
+  for (int off = 16; off > 0; off >>= 1) {
+    const float v = __shfl_xor_sync(0xffffffffu, best, off);
+    const int64_t i = __shfl_xor_sync(0xffffffffu, best_i, off);
+    if (ArgmaxBetter(v, i, best, best_i)) best = v, best_i = i;
+  }
+  __shared__ float warp_best[kArgmaxThreads / 32];
+  __shared__ int64_t warp_index[kArgmaxThreads / 32];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) warp_best[warp] = best, warp_index[warp] = best_i;
+  __syncthreads();
+  if (warp == 0) {
+    best = warp_best[lane];
+    best_i = warp_index[lane];
+    for (int off = 16; off > 0; off >>= 1) {
+      const float v = __shfl_xor_sync(0xffffffffu, best, off);
+      const int64_t i = __shfl_xor_sync(0xffffffffu, best_i, off);
+      if (ArgmaxBetter(v, i, best, best_i)) best = v, best_i = i;
+    }
+    if (lane == 0) *index = best_i < n ? best_i : 0;  // n: every element NaN
+  }
+}
+
 }  // namespace
+
+cudaError_t LaunchArgmax(const float* x, int64_t n, int64_t* index, cudaStream_t stream) {
+  ArgmaxKernel<<<1, kArgmaxThreads, 0, stream>>>(x, n, index);
+  return cudaGetLastError();
+}
 
 cudaError_t LaunchWidenToF32(const void* src, DType src_dtype, int64_t n, float* dst,
                              cudaStream_t stream) {

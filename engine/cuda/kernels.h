@@ -23,6 +23,9 @@ cudaError_t LaunchF32ToBF16(const float* src, int64_t n, uint16_t* dst, cudaStre
 // engine/dtype.h's FloatToF8E4M3 (nearest even, saturating at +-448); else cudaErrorInvalidValue.
 cudaError_t LaunchNarrowF32(const float* src, int64_t n, DType dst_dtype, void* dst,
                             cudaStream_t stream);
+// *index = the index of the largest non-NaN x[i], the lowest on ties, or 0 when every x[i] is
+// NaN (engine/float_range.h's ArgmaxIgnoringNaN); one block.
+cudaError_t LaunchArgmax(const float* x, int64_t n, int64_t* index, cudaStream_t stream);
 // out[r, :] = w * x[r, :] / sqrt(mean(x[r, :]^2) + eps); out may alias x.
 cudaError_t LaunchRmsNorm(const float* x, const void* w, DType w_dtype, int64_t rows, int64_t d,
                           float eps, float* out, cudaStream_t stream);

@@ -32,6 +32,7 @@
 #include "engine/cpu/cpu_backend.h"
 #include "engine/cuda/cuda_backend.h"
 #include "engine/cuda/retrieval.h"
+#include "engine/float_range.h"
 #include "gtest/gtest.h"
 #include "tests/gpu/gpu_test_util.h"
 
@@ -195,6 +196,34 @@ TEST_F(GpuCheck, ElementwiseOps) {
   ExpectNear(silu[1], silu[0], RelBound(silu[0], 1e-5f, 1e-5f), "Silu");
   ExpectNear(add[1], add[0], RelBound(add[0], 0, 0), "Add");
   ExpectNear(add_row[1], add_row[0], RelBound(add_row[0], 1e-5f, 1e-5f), "AddRow");
+}
+
+// Backend::Argmax on the GPU (one block's reduction) against the host's ArgmaxIgnoringNaN, which
+// the CPU backend uses: vocabulary-sized rows with ties, NaN, infinities, sizes around the
+// block's 1024 threads, all-NaN and all -inf rows.
+TEST_F(GpuCheck, ArgmaxMatchesTheHost) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  std::vector<std::vector<float>> rows;
+  for (int64_t n : {1, 2, 31, 1023, 1024, 1025, 4097, 128256}) {
+    std::vector<float> v = RandomFloats(n, 40 + n, -8, 8);
+    rows.push_back(v);
+    for (float& x : v) x = std::round(x);  // many ties, the best among them
+    rows.push_back(v);
+    for (int64_t i = 0; i < n; i += 3) v[i] = nan;
+    rows.push_back(v);
+  }
+  std::vector<float> row(128256, -inf);
+  rows.push_back(row);                 // all -inf: the first
+  row[77777] = inf, row[99999] = inf;  // +inf twice: the first
+  rows.push_back(row);
+  rows.push_back(std::vector<float>(5000, nan));  // all NaN: 0
+  for (size_t r = 0; r < rows.size(); ++r) {
+    SCOPED_TRACE(testing::Message() << "row " << r << " of " << rows[r].size());
+    ASSERT_OK_AND_ASSIGN(t, Upload(*gpu_, rows[r], {1, static_cast<int64_t>(rows[r].size())}));
+    ASSERT_OK_AND_ASSIGN(got, gpu_->Argmax(t));
+    EXPECT_EQ(got, engine::ArgmaxIgnoringNaN(rows[r].data(), static_cast<int64_t>(rows[r].size())));
+  }
 }
 
 TEST_F(GpuCheck, EmbeddingAndCopies) {

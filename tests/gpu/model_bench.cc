@@ -343,6 +343,8 @@ absl::Status Run() {
        Ms(res.decode_enqueue_ms_per_token), Ms(off.decode_enqueue_ms_per_token), "", ""},
       {"  steps replayed from one recording (CUDA graph)", res.decode_replayed ? "yes" : "no",
        off.decode_replayed ? "yes" : "no", "", ""},
+      {"decode ms/token, greedy token picked on the GPU (the server's greedy path)",
+       Ms(res.decode_greedy_ms_per_token), Ms(off.decode_greedy_ms_per_token), "", ""},
       {"decode ms/token, op by op (no recording)", Ms(res.decode_step_by_step_ms_per_token),
        Ms(off.decode_step_by_step_ms_per_token), "", ""},
   };

@@ -53,6 +53,8 @@ struct SessionResult {
   bool decode_replayed = false;
   std::string decode_not_replayed_why;
   double decode_step_by_step_ms_per_token = 0;
+  // Replayed steps with the greedy token picked on the device (Model::DecodeGreedy).
+  double decode_greedy_ms_per_token = 0;
   // Backend memory with the long prompt's KV cache alive; absent on a non-CUDA backend.
   std::optional<engine::cuda::CudaMemoryStats> memory;
   size_t prefix_cache_bytes = 0;

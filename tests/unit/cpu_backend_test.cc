@@ -212,6 +212,29 @@ TEST_F(CpuBackendTest, EmbeddingGathersRowsAndRejectsBadIds) {
   for (int c = 0; c < 3; ++c) EXPECT_EQ(F(out)[c], table[9 + c]);  // nothing written
 }
 
+// Backend::Argmax (the default: the host's argmax of the copied tensor): NaN never, the lowest
+// index on ties, -inf when nothing else is there, 0 when all are NaN; float32 only.
+TEST_F(CpuBackendTest, ArgmaxIgnoresNanAndPrefersTheLowestIndex) {
+  const float nan = std::nanf(""), inf = INFINITY;
+  for (const auto& [values, want] : std::vector<std::pair<std::vector<float>, int64_t>>{
+           {{1, 3, 2, 3}, 1},
+           {{nan, -2, nan, -1}, 3},
+           {{-inf, nan, -inf}, 0},
+           {{nan, nan}, 0},
+           {{nan, -inf, 5, inf, inf}, 3},
+       }) {
+    const Tensor t = Make({1, static_cast<int64_t>(values.size())}, values);
+    absl::StatusOr<int64_t> got = backend_.Argmax(t);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(*got, want);
+  }
+  const Tensor wide = Make({3, 7}, Values(21, 0.4));
+  std::vector<float> v = Values(21, 0.4);
+  EXPECT_EQ(*backend_.Argmax(wide), std::max_element(v.begin(), v.end()) - v.begin());
+  Tensor bf16 = *backend_.Allocate(DType::kBF16, {1, 4});
+  EXPECT_EQ(backend_.Argmax(bf16).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 // CopyRowsFromHost (the default every backend without staging buffers uses): the rows `fill`
 // gathers land as CopyFromHost would put them, bfloat16 widened; a size that does not match the
 // destination is refused before `fill` runs.

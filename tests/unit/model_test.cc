@@ -189,6 +189,26 @@ TEST_F(TinyMplusTest, GenerateReproducesTheGoldenTokensOfScenarioOne) {
   for (int i = 0; i < 8; ++i) EXPECT_EQ((*tokens)[i], static_cast<const int64_t*>(want.data)[i]);
 }
 
+// The same tokens with each decode step's argmax taken by the backend (Backend::Argmax).
+TEST_F(TinyMplusTest, DecodeGreedyReproducesTheGoldenTokensOfScenarioOne) {
+  auto golden =
+      SafetensorsFile::Open(std::string(MPLUS_FIXTURES_DIR) + "/tiny-mplus/golden-1.safetensors");
+  ASSERT_TRUE(golden.ok()) << golden.status();
+  const auto* want = static_cast<const int64_t*>((*golden)->tensors().at("s0.tokens").data);
+  PrefillOutput first;
+  auto state = model_->Prefill(*session_, std::vector<int32_t>{182, 288, 338, 336, 84, 19}, 8,
+                               false, &first);
+  ASSERT_TRUE(state.ok()) << state.status();
+  int32_t token = Argmax(first.logits);
+  EXPECT_EQ(token, want[0]);
+  for (int i = 1; i < 8; ++i) {
+    absl::StatusOr<int32_t> next = model_->DecodeGreedy(**state, token);
+    ASSERT_TRUE(next.ok()) << next.status();
+    token = *next;
+    EXPECT_EQ(token, want[i]) << "token " << i;
+  }
+}
+
 TEST_F(TinyMplusTest, InjectValidatesDropsAndTheSessionKeepsAges) {
   const int layers = 3;
   const int64_t n = model_->config().stm_tokens(), k = model_->config().num_tokens;

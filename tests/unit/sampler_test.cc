@@ -125,6 +125,16 @@ TEST(SamplerTest, RepetitionPenaltyDividesPositiveAndMultipliesNegative) {
   EXPECT_EQ(Sampler(o).Sample({3.0f, 2.0f}, {0}), 0);
 }
 
+TEST(SamplerTest, PicksArgmaxOnlyForGreedyWithoutPenalty) {
+  SamplingOptions o = Sampling(0);
+  EXPECT_TRUE(Sampler::PicksArgmax(o));
+  o.repetition_penalty = 0.0f;  // disabled too
+  EXPECT_TRUE(Sampler::PicksArgmax(o));
+  o.repetition_penalty = 1.2f;
+  EXPECT_FALSE(Sampler::PicksArgmax(o));
+  EXPECT_FALSE(Sampler::PicksArgmax(Sampling(0.5f)));
+}
+
 TEST(SamplerTest, RepetitionPenaltyFollowsAGrowingHistory) {
   // A generation passes its history grown by one token a call; the penalised ids must be those
   // of a fresh sampler given the whole history.
