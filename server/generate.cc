@@ -15,13 +15,14 @@
 namespace mplus::server {
 namespace {
 
-// Times every layer's long-term retrieval of one Generate.
+// Times every layer's long-term retrieval of one Generate; everything else is the session's.
 class TimedSessionMemory final : public engine::SessionMemory {
  public:
   TimedSessionMemory(engine::SessionMemory& inner, ServerMetrics& metrics, int64_t k_ltm)
       : inner_(inner), metrics_(metrics), k_ltm_(k_ltm) {}
 
   engine::ShortTermRows ShortTerm(int layer) const override { return inner_.ShortTerm(layer); }
+  engine::PrefixCache* prefix_cache() override { return inner_.prefix_cache(); }
   absl::Status RetrieveLongTerm(int layer, engine::RetrievalQueries& queries, void* out) override {
     const absl::Time start = absl::Now();
     absl::Status status = inner_.RetrieveLongTerm(layer, queries, out);

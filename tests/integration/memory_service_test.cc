@@ -7,6 +7,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "mplus/v1/memory_service.grpc.pb.h"
 #include "tests/integration/server_process.h"
@@ -245,6 +246,42 @@ TEST_F(MemoryServiceTest, CancelledGenerateFreesItsWorker) {
   }
   grpc::Status s = next_reader->Finish();
   EXPECT_TRUE(s.ok()) << s.error_message();
+}
+
+// The short_term memory gauge (resident sessions' host bytes, prefix caches included), once the
+// server's 2 s refresh has passed.
+double ShortTermBytes(const ServerProcess& server) {
+  absl::SleepFor(absl::Milliseconds(2500));
+  absl::StatusOr<std::string> body = HttpGet(server.metrics_address(), "/metrics");
+  if (!body.ok()) return -1;
+  const std::string key = "mplus_memory_bytes{device=\"cpu\",use=\"short_term\"} ";
+  const size_t at = body->find(key);
+  return at == std::string::npos ? -1 : std::stod(body->substr(at + key.size()));
+}
+
+// A Generate fills the session's prefix cache (the K/V of its memory prefix, kept between
+// Generates and counted in its memory) and the next one reads it, generating the same tokens;
+// with --prefix_cache=false nothing is kept.
+TEST_F(MemoryServiceTest, GenerateKeepsThePrefixCacheOfItsSession) {
+  for (bool cache : {true, false}) {
+    SCOPED_TRACE(cache ? "prefix cache" : "no prefix cache");
+    data_dir_.clear();
+    StartServer({cache ? "--prefix_cache=true" : "--prefix_cache=false"});
+    Create("pc");
+    v1::InjectResponse r;
+    ASSERT_TRUE(InjectText("pc", "The prefix of this session's memory is cached.", &r).ok());
+    const double before = ShortTermBytes(*server_);
+    ASSERT_GT(before, 0);
+    const Generated first = GenerateIds("pc", kPrompt, 6);
+    ASSERT_TRUE(first.status.ok()) << first.status.error_message();
+    const double after = ShortTermBytes(*server_);
+    if (cache) {
+      EXPECT_GT(after, before);
+    } else {
+      EXPECT_EQ(after, before);
+    }
+    EXPECT_EQ(GenerateIds("pc", kPrompt, 6).ids, first.ids);
+  }
 }
 
 TEST_F(MemoryServiceTest, RestartKeepsSessionsAndTheirMemory) {
