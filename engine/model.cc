@@ -446,7 +446,8 @@ absl::StatusOr<std::unique_ptr<DecodeState>> Model::Prefill(SessionMemory& mem,
       MPLUS_ASSIGN_OR_RETURN(ShortTermRows stm, CheckedShortTerm(mem, l));
       const DType dtype = stm.pool.dtype;
       retrieved.resize(static_cast<size_t>(k_ltm * d) * DTypeSize(dtype));
-      MPLUS_RETURN_IF_ERROR(mem.RetrieveLongTerm(l, layer_queries, retrieved.data()));
+      MPLUS_ASSIGN_OR_RETURN(const std::vector<uint64_t> ids, mem.SelectLongTerm(l, layer_queries));
+      MPLUS_RETURN_IF_ERROR(mem.ReadLongTerm(ids, retrieved.data()));
       MPLUS_RETURN_IF_ERROR(b.CopyFromHost(retrieved.data(), dtype, seq.Rows(0, k_ltm)));
       if (want_retrieved) {
         const TensorView rows{"retrieved", dtype, {k_ltm, d}, retrieved.data(), retrieved.size()};

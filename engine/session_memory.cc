@@ -38,4 +38,9 @@ absl::StatusOr<const float*> RetrievalQueries::host() {
   return host_;
 }
 
+absl::Status SessionMemory::RetrieveLongTerm(int layer, RetrievalQueries& queries, void* out) {
+  MPLUS_ASSIGN_OR_RETURN(const std::vector<uint64_t> ids, SelectLongTerm(layer, queries));
+  return ReadLongTerm(ids, out);
+}
+
 }  // namespace mplus::engine

@@ -74,11 +74,18 @@ class SessionMemory {
   // Layer `layer`'s short-term memory, valid until the session's memory next changes.
   virtual ShortTermRows ShortTerm(int layer) const = 0;
 
-  // M+ only: writes layer `layer`'s K_ltm retrieved long-term tokens [K_ltm, hidden] in prefix
-  // order (oldest first), chosen by the mean sigmoid score of `queries`
-  // ([num_queries, selector_hidden_dim]) as MPLUS-DETAILS.md "Retrieval" says. Elements are of
-  // ShortTerm(layer).pool.dtype, the session's storage dtype: rows go to the device unconverted.
-  virtual absl::Status RetrieveLongTerm(int layer, RetrievalQueries& queries, void* out) = 0;
+  // M+ only: the ids of layer `layer`'s K_ltm retrieved long-term tokens in prefix order (oldest
+  // first), chosen by the mean sigmoid score of `queries` ([num_queries, selector_hidden_dim])
+  // as MPLUS-DETAILS.md "Retrieval" says.
+  virtual absl::StatusOr<std::vector<uint64_t>> SelectLongTerm(int layer,
+                                                               RetrievalQueries& queries) = 0;
+  // The vectors of long-term tokens `ids` (from SelectLongTerm, the memory unchanged since),
+  // [ids.size(), hidden] at `out`, of ShortTerm(layer).pool.dtype, the session's storage dtype:
+  // rows go to the device unconverted. Separate from the selection so that the caller can read
+  // runs of them straight into transfer buffers (Backend::CopyRowsFromHost on a GPU).
+  virtual absl::Status ReadLongTerm(absl::Span<const uint64_t> ids, void* out) = 0;
+  // SelectLongTerm, then ReadLongTerm of all of them into `out`.
+  absl::Status RetrieveLongTerm(int layer, RetrievalQueries& queries, void* out);
 
   // The session's cache of prefix keys and values (prefix_cache.h), or null for none. A session
   // that returns one must tell it of every change of its short-term memory (OnInject, Clear).

@@ -59,15 +59,15 @@ engine::ShortTermRows InMemorySession::ShortTerm(int layer) const {
   return stm_[layer].View(dtype_, d_);
 }
 
-absl::Status InMemorySession::RetrieveLongTerm(int layer, engine::RetrievalQueries& queries,
-                                               void* out) {
+absl::StatusOr<std::vector<uint64_t>> InMemorySession::SelectLongTerm(
+    int layer, engine::RetrievalQueries& queries) {
   if (ltm_ == nullptr) return absl::FailedPreconditionError("no long-term memory");
-  absl::StatusOr<std::vector<int64_t>> selected = retriever_->Select(*ltm_, layer, queries);
-  if (!selected.ok()) return selected.status();
-  const std::vector<int64_t>& chosen = *selected;
-  const std::vector<LongTermEntry>& entries = ltm_->layer(layer).entries();
-  for (size_t i = 0; i < chosen.size(); ++i) {
-    auto it = vectors_.find(entries[chosen[i]].token_id);
+  return SelectedTokenIds(*ltm_, *retriever_, layer, queries);
+}
+
+absl::Status InMemorySession::ReadLongTerm(absl::Span<const uint64_t> ids, void* out) {
+  for (size_t i = 0; i < ids.size(); ++i) {
+    auto it = vectors_.find(ids[i]);
     if (it == vectors_.end()) return absl::InternalError("long-term token vector missing");
     std::memcpy(static_cast<char*>(out) + i * it->second.size(), it->second.data(),
                 it->second.size());

@@ -30,7 +30,9 @@ class InMemorySession : public engine::SessionMemory {
 
   // Stored in the checkpoint dtype.
   engine::ShortTermRows ShortTerm(int layer) const override;
-  absl::Status RetrieveLongTerm(int layer, engine::RetrievalQueries& queries, void* out) override;
+  absl::StatusOr<std::vector<uint64_t>> SelectLongTerm(int layer,
+                                                       engine::RetrievalQueries& queries) override;
+  absl::Status ReadLongTerm(absl::Span<const uint64_t> ids, void* out) override;
   // Told of every ApplyInject that passes validation (PrefixCache::OnInject).
   engine::PrefixCache* prefix_cache() override {
     return use_prefix_cache_ ? &prefix_cache_ : nullptr;

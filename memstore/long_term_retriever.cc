@@ -100,4 +100,14 @@ absl::StatusOr<std::vector<int64_t>> LongTermRetriever::Choose(LongTermMemory& l
   return ltm.Select(layer, host, queries.count());
 }
 
+absl::StatusOr<std::vector<uint64_t>> SelectedTokenIds(LongTermMemory& ltm,
+                                                       LongTermRetriever& retriever, int layer,
+                                                       engine::RetrievalQueries& queries) {
+  MPLUS_ASSIGN_OR_RETURN(const std::vector<int64_t> chosen, retriever.Select(ltm, layer, queries));
+  const std::vector<LongTermEntry>& entries = ltm.layer(layer).entries();
+  std::vector<uint64_t> ids(chosen.size());
+  for (size_t i = 0; i < chosen.size(); ++i) ids[i] = entries[chosen[i]].token_id;
+  return ids;
+}
+
 }  // namespace mplus::memstore

@@ -60,6 +60,12 @@ class LongTermRetriever {
   std::vector<std::unique_ptr<engine::RetrievalKeys>> mirrors_;  // per layer, made on first use
 };
 
+// The token ids of `retriever.Select(ltm, layer, queries)`, in its order (prefix order): what a
+// session's SelectLongTerm returns.
+absl::StatusOr<std::vector<uint64_t>> SelectedTokenIds(LongTermMemory& ltm,
+                                                       LongTermRetriever& retriever, int layer,
+                                                       engine::RetrievalQueries& queries);
+
 }  // namespace mplus::memstore
 
 #endif  // MPLUS_MEMSTORE_LONG_TERM_RETRIEVER_H_

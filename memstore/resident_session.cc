@@ -29,8 +29,7 @@ absl::StatusOr<std::unique_ptr<ResidentSession>> ResidentSession::Load(
   return s;
 }
 
-absl::Status ResidentSession::ReadTokens(const std::vector<uint64_t>& ids,
-                                         uint8_t* out_rows) const {
+absl::Status ResidentSession::ReadTokens(absl::Span<const uint64_t> ids, uint8_t* out_rows) const {
   // Base tokens come from the checkpoint (on several threads: a restore copies up to 100 MB a
   // layer), the others from the database, by sorted keys so MultiGet walks each block once.
   std::vector<size_t> from_base;
@@ -246,15 +245,13 @@ engine::ShortTermRows ResidentSession::ShortTerm(int layer) const {
   return stm_rows_[layer].View(base_.storage_dtype(), base_.hidden());
 }
 
-absl::Status ResidentSession::RetrieveLongTerm(int layer, engine::RetrievalQueries& queries,
-                                               void* out) {
+absl::StatusOr<std::vector<uint64_t>> ResidentSession::SelectLongTerm(
+    int layer, engine::RetrievalQueries& queries) {
   if (ltm_ == nullptr) return absl::FailedPreconditionError("model has no long-term memory");
-  absl::StatusOr<std::vector<int64_t>> selected = retriever_->Select(*ltm_, layer, queries);
-  if (!selected.ok()) return selected.status();
-  const std::vector<int64_t>& chosen = *selected;
-  const auto& entries = ltm_->layer(layer).entries();
-  std::vector<uint64_t> ids(chosen.size());
-  for (size_t i = 0; i < chosen.size(); ++i) ids[i] = entries[chosen[i]].token_id;
+  return SelectedTokenIds(*ltm_, *retriever_, layer, queries);
+}
+
+absl::Status ResidentSession::ReadLongTerm(absl::Span<const uint64_t> ids, void* out) {
   return ReadTokens(ids, static_cast<uint8_t*>(out));
 }
 

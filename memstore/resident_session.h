@@ -41,7 +41,9 @@ class ResidentSession : public engine::SessionMemory {
                                                                const SessionRecord& record);
 
   engine::ShortTermRows ShortTerm(int layer) const override;
-  absl::Status RetrieveLongTerm(int layer, engine::RetrievalQueries& queries, void* out) override;
+  absl::StatusOr<std::vector<uint64_t>> SelectLongTerm(int layer,
+                                                       engine::RetrievalQueries& queries) override;
+  absl::Status ReadLongTerm(absl::Span<const uint64_t> ids, void* out) override;
   // Told of every Commit that passes validation (PrefixCache::OnInject); a reload starts with an
   // empty one.
   engine::PrefixCache* prefix_cache() override {
@@ -81,7 +83,7 @@ class ResidentSession : public engine::SessionMemory {
   absl::Status LoadShortTerm();
   absl::Status LoadLongTerm();
   absl::Status LoadLongTermLayer(int layer);
-  absl::Status ReadTokens(const std::vector<uint64_t>& ids, uint8_t* out_rows) const;
+  absl::Status ReadTokens(absl::Span<const uint64_t> ids, uint8_t* out_rows) const;
   absl::Status CheckResult(const engine::InjectResult& result) const;
   // The layer meta matching the in-RAM index, given the entries' slots.
   LongTermLayerMeta LayerMeta(int layer, const std::vector<LongTermSlot>& slots,

@@ -23,16 +23,32 @@ class TimedSessionMemory final : public engine::SessionMemory {
 
   engine::ShortTermRows ShortTerm(int layer) const override { return inner_.ShortTerm(layer); }
   engine::PrefixCache* prefix_cache() override { return inner_.prefix_cache(); }
-  absl::Status RetrieveLongTerm(int layer, engine::RetrievalQueries& queries, void* out) override {
+  // A layer's retrieval is its selection and then its reads (one or several runs of rows).
+  absl::StatusOr<std::vector<uint64_t>> SelectLongTerm(int layer,
+                                                       engine::RetrievalQueries& queries) override {
+    Finish();  // the previous layer's retrieval ended before this one
+    layer_open_ = true;
     const absl::Time start = absl::Now();
-    absl::Status status = inner_.RetrieveLongTerm(layer, queries, out);
-    const double seconds = SecondsSince(start);
-    metrics_.retrieval_per_layer.Observe(seconds);
-    total_seconds_ += seconds;
+    absl::StatusOr<std::vector<uint64_t>> ids = inner_.SelectLongTerm(layer, queries);
+    layer_seconds_ = SecondsSince(start);
     retrieved_tokens_ += k_ltm_;
+    return ids;
+  }
+  absl::Status ReadLongTerm(absl::Span<const uint64_t> ids, void* out) override {
+    const absl::Time start = absl::Now();
+    absl::Status status = inner_.ReadLongTerm(ids, out);
+    layer_seconds_ += SecondsSince(start);
     return status;
   }
 
+  // Counts the last selecting layer's retrieval, once (a layer's is counted when the next one
+  // selects): call after the prefill.
+  void Finish() {
+    if (!layer_open_) return;
+    layer_open_ = false;
+    metrics_.retrieval_per_layer.Observe(layer_seconds_);
+    total_seconds_ += layer_seconds_;
+  }
   double total_seconds() const { return total_seconds_; }
   int64_t retrieved_tokens() const { return retrieved_tokens_; }
 
@@ -40,6 +56,8 @@ class TimedSessionMemory final : public engine::SessionMemory {
   engine::SessionMemory& inner_;
   ServerMetrics& metrics_;
   const int64_t k_ltm_;
+  bool layer_open_ = false;   // a layer's retrieval is being timed
+  double layer_seconds_ = 0;  // its selection and reads so far
   double total_seconds_ = 0;
   int64_t retrieved_tokens_ = 0;
 };
@@ -158,6 +176,7 @@ absl::Status MemoryServiceImpl::GenerateImpl(grpc::ServerContext* context,
   engine::PrefillOutput prefill;
   auto state = model_->Prefill(memory, *prompt, sampling->max_new_tokens,
                                /*want_retrieved=*/false, &prefill);
+  memory.Finish();
   if (!state.ok()) return state.status();
   if (config.has_long_term()) metrics_->retrieval_per_generate.Observe(memory.total_seconds());
   // KV cache bytes while this generation runs (K and V per layer).

@@ -69,7 +69,10 @@ std::string MakeLlamaCheckpoint() {
 class NoMemory : public SessionMemory {
  public:
   ShortTermRows ShortTerm(int) const override { return {}; }
-  absl::Status RetrieveLongTerm(int, RetrievalQueries&, void*) override {
+  absl::StatusOr<std::vector<uint64_t>> SelectLongTerm(int, RetrievalQueries&) override {
+    return absl::InternalError("unexpected retrieval");
+  }
+  absl::Status ReadLongTerm(absl::Span<const uint64_t>, void*) override {
     return absl::InternalError("unexpected retrieval");
   }
 };

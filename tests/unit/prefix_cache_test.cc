@@ -26,8 +26,12 @@ class Uncached : public SessionMemory {
  public:
   explicit Uncached(SessionMemory& mem) : mem_(mem) {}
   ShortTermRows ShortTerm(int layer) const override { return mem_.ShortTerm(layer); }
-  absl::Status RetrieveLongTerm(int layer, RetrievalQueries& queries, void* out) override {
-    return mem_.RetrieveLongTerm(layer, queries, out);
+  absl::StatusOr<std::vector<uint64_t>> SelectLongTerm(int layer,
+                                                       RetrievalQueries& queries) override {
+    return mem_.SelectLongTerm(layer, queries);
+  }
+  absl::Status ReadLongTerm(absl::Span<const uint64_t> ids, void* out) override {
+    return mem_.ReadLongTerm(ids, out);
   }
 
  private:
