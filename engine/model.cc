@@ -445,14 +445,30 @@ absl::StatusOr<std::unique_ptr<DecodeState>> Model::Prefill(SessionMemory& mem,
       RetrievalQueries layer_queries(b, std::move(queries));
       MPLUS_ASSIGN_OR_RETURN(ShortTermRows stm, CheckedShortTerm(mem, l));
       const DType dtype = stm.pool.dtype;
-      retrieved.resize(static_cast<size_t>(k_ltm * d) * DTypeSize(dtype));
       MPLUS_ASSIGN_OR_RETURN(const std::vector<uint64_t> ids, mem.SelectLongTerm(l, layer_queries));
-      MPLUS_RETURN_IF_ERROR(mem.ReadLongTerm(ids, retrieved.data()));
-      MPLUS_RETURN_IF_ERROR(b.CopyFromHost(retrieved.data(), dtype, seq.Rows(0, k_ltm)));
-      if (want_retrieved) {
+      if (static_cast<int64_t>(ids.size()) != k_ltm) {
+        return absl::InternalError(
+            absl::StrCat("layer ", l, " retrieved ", ids.size(), " long-term tokens, not ", k_ltm));
+      }
+      if (want_retrieved) {  // the rows are wanted on the host too
+        retrieved.resize(static_cast<size_t>(k_ltm * d) * DTypeSize(dtype));
+        MPLUS_RETURN_IF_ERROR(mem.ReadLongTerm(ids, retrieved.data()));
+        MPLUS_RETURN_IF_ERROR(b.CopyFromHost(retrieved.data(), dtype, seq.Rows(0, k_ltm)));
         const TensorView rows{"retrieved", dtype, {k_ltm, d}, retrieved.data(), retrieved.size()};
         out->retrieved[l].resize(static_cast<size_t>(k_ltm * d));
         for (int64_t i = 0; i < k_ltm * d; ++i) out->retrieved[l][i] = rows.GetFloat(i);
+      } else {
+        // Read by the backend's copy (into its pinned staging on a GPU), not into a buffer first.
+        absl::Status read;
+        MPLUS_RETURN_IF_ERROR(b.CopyRowsFromHost(
+            k_ltm, stm.row_bytes(), dtype,
+            [&](int64_t first, int64_t count, void* rows) {
+              if (read.ok()) {
+                read = mem.ReadLongTerm(absl::MakeConstSpan(ids).subspan(first, count), rows);
+              }
+            },
+            seq.Rows(0, k_ltm)));
+        MPLUS_RETURN_IF_ERROR(read);
       }
     }
     if (config_.has_memory()) MPLUS_RETURN_IF_ERROR(MemoryPrefix(mem, cache, l, kc, vc));

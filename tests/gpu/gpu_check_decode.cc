@@ -33,10 +33,20 @@ class InitialMemory : public engine::SessionMemory {
         {"memory", all.dtype, {n, d}, static_cast<const char*>(all.data) + layer * bytes, bytes},
         slot_rows_};
   }
-  absl::Status RetrieveLongTerm(int layer, engine::RetrievalQueries&, void* out) override {
-    const engine::ShortTermRows stm = ShortTerm(layer);
-    const int64_t rows = model_.config().ltm_retrieved_tokens();
-    stm.CopySlots(0, rows, out);
+  // Token ids: the layer in the high 32 bits, the slot in the low.
+  absl::StatusOr<std::vector<uint64_t>> SelectLongTerm(int layer,
+                                                       engine::RetrievalQueries&) override {
+    std::vector<uint64_t> ids(static_cast<size_t>(model_.config().ltm_retrieved_tokens()));
+    for (size_t i = 0; i < ids.size(); ++i)
+      ids[i] = (uint64_t{static_cast<uint32_t>(layer)} << 32) | i;
+    return ids;
+  }
+  absl::Status ReadLongTerm(absl::Span<const uint64_t> ids, void* out) override {
+    for (size_t i = 0; i < ids.size(); ++i) {
+      const engine::ShortTermRows stm = ShortTerm(static_cast<int>(ids[i] >> 32));
+      stm.CopySlots(static_cast<int64_t>(ids[i] & 0xffffffffu), 1,
+                    static_cast<char*>(out) + i * stm.row_bytes());
+    }
     return absl::OkStatus();
   }
 
