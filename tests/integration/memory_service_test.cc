@@ -284,6 +284,27 @@ TEST_F(MemoryServiceTest, GenerateKeepsThePrefixCacheOfItsSession) {
   }
 }
 
+// A cached prefix follows the session's injects: Generate, Inject, Generate gives the tokens a
+// server without the cache gives.
+TEST_F(MemoryServiceTest, PrefixCacheFollowsInjects) {
+  std::vector<std::vector<int32_t>> generated[2];
+  for (bool cache : {true, false}) {
+    data_dir_.clear();
+    StartServer({cache ? "--prefix_cache=true" : "--prefix_cache=false"});
+    Create("pc");
+    for (const char* text :
+         {"The first fact: the sky was green.", "The second fact: water was dry.",
+          "The third fact: the moon was square and the sun was cold."}) {
+      v1::InjectResponse r;
+      ASSERT_TRUE(InjectText("pc", text, &r).ok());
+      const Generated g = GenerateIds("pc", kPrompt, 6);
+      ASSERT_TRUE(g.status.ok()) << g.status.error_message();
+      generated[cache].push_back(g.ids);
+    }
+  }
+  EXPECT_EQ(generated[true], generated[false]);
+}
+
 TEST_F(MemoryServiceTest, RestartKeepsSessionsAndTheirMemory) {
   StartServer();
   Create("keep");
