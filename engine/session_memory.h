@@ -82,7 +82,7 @@ class SessionMemory {
   // The vectors of long-term tokens `ids` (from SelectLongTerm, the memory unchanged since),
   // [ids.size(), hidden] at `out`, of ShortTerm(layer).pool.dtype, the session's storage dtype:
   // rows go to the device unconverted. Separate from the selection so that the caller can read
-  // runs of them straight into transfer buffers (Backend::CopyRowsFromHost on a GPU).
+  // runs of them straight into its transfer buffers (a GPU backend's pinned staging).
   virtual absl::Status ReadLongTerm(absl::Span<const uint64_t> ids, void* out) = 0;
   // SelectLongTerm, then ReadLongTerm of all of them into `out`.
   absl::Status RetrieveLongTerm(int layer, RetrievalQueries& queries, void* out);
