@@ -25,7 +25,7 @@ inline double ThreadSeconds() {
 // 12 independent FMA chains hide the FMA latency; returns achieved FLOP/s.
 // FMA peak of one core: 10 independent register-resident chains, operands hidden from the
 // optimiser (chains that go through memory measure ~5x below the real peak).
-__attribute__((target("avx2,fma"))) inline double MeasureFmaPeakAvx2() {
+MPLUS_TARGET_AVX2_FMA inline double MeasureFmaPeakAvx2() {
   __m256 acc[10];
   for (int i = 0; i < 10; ++i) acc[i] = _mm256_set1_ps(0.001f * static_cast<float>(i));
   __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);

@@ -12,7 +12,7 @@ namespace {
 
 // FloatToBF16 eight at a time (AVX2, chosen at run time): the same integer rounding, so every
 // bit pattern narrows as the scalar code does. Inject commits narrow ~1M floats per layer.
-__attribute__((target("avx2"))) void FloatsToBF16Avx2(const float* src, int64_t n, uint16_t* dst) {
+MPLUS_TARGET_AVX2_FMA void FloatsToBF16Avx2(const float* src, int64_t n, uint16_t* dst) {
   const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff), inf = _mm256_set1_epi32(0x7f800000);
   const __m256i half = _mm256_set1_epi32(0x7fff), one = _mm256_set1_epi32(1);
   const __m256i quiet = _mm256_set1_epi32(0x40);

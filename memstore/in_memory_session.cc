@@ -62,7 +62,7 @@ engine::ShortTermRows InMemorySession::ShortTerm(int layer) const {
 absl::StatusOr<std::vector<uint64_t>> InMemorySession::SelectLongTerm(
     int layer, engine::RetrievalQueries& queries) {
   if (ltm_ == nullptr) return absl::FailedPreconditionError("no long-term memory");
-  return SelectedTokenIds(*ltm_, *retriever_, layer, queries);
+  return retriever_->SelectTokenIds(*ltm_, layer, queries);
 }
 
 absl::Status InMemorySession::ReadLongTerm(absl::Span<const uint64_t> ids, void* out) {

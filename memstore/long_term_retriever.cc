@@ -67,43 +67,39 @@ absl::StatusOr<std::vector<int64_t>> LongTermRetriever::Choose(LongTermMemory& l
                                                    ltm.params().key_dim, "], got [",
                                                    queries.count(), ", ", queries.key_dim(), "]"));
   }
+  // The keys to score on the backend: the layer's mirror (resident), or a copy made for this
+  // scoring only (offload, long prompts); none when scoring on the host.
   engine::Backend* backend = queries.backend();
+  engine::RetrievalKeys* on_backend = nullptr;
+  std::unique_ptr<engine::RetrievalKeys> copy;
   if (backend != nullptr && mode_ == LongTermMode::kResident) {
-    MPLUS_ASSIGN_OR_RETURN(engine::RetrievalKeys * mirror, Mirror(*backend, ltm, layer));
-    if (mirror != nullptr) {
-      // Synced only when scoring: wrap-around retrieval (fewer merged entries than K_ltm)
-      // scores nothing.
-      return ltm.Select(layer, [&](int64_t k) -> absl::StatusOr<std::vector<int64_t>> {
-        LongTermLayer& keys = ltm.layer(layer);
-        // A fresh mirror holds nothing yet.
-        const int64_t unchanged = mirror->size() == 0 ? 0 : keys.keys_unchanged_rows();
-        MPLUS_RETURN_IF_ERROR(
-            backend->SyncRetrievalKeys(*mirror, keys.keys(), keys.size(), unchanged));
-        keys.MarkKeysSynced();
-        return backend->TopRetrievalKeys(*mirror, queries.device(), k);
-      });
-    }
-  }
-  if (backend != nullptr && mode_ == LongTermMode::kOffload && offload_device_min_queries_ > 0 &&
-      queries.count() >= offload_device_min_queries_) {
-    MPLUS_ASSIGN_OR_RETURN(std::unique_ptr<engine::RetrievalKeys> copy,
+    MPLUS_ASSIGN_OR_RETURN(on_backend, Mirror(*backend, ltm, layer));
+  } else if (backend != nullptr && offload_device_min_queries_ > 0 &&
+             queries.count() >= offload_device_min_queries_) {
+    MPLUS_ASSIGN_OR_RETURN(copy,
                            backend->NewRetrievalKeys(ltm.params().key_dim, ltm.params().key_dtype));
-    if (copy != nullptr) {
-      return ltm.Select(layer, [&](int64_t k) -> absl::StatusOr<std::vector<int64_t>> {
-        const LongTermLayer& keys = ltm.layer(layer);
-        MPLUS_RETURN_IF_ERROR(backend->SyncRetrievalKeys(*copy, keys.keys(), keys.size(), 0));
-        return backend->TopRetrievalKeys(*copy, queries.device(), k);
-      });
-    }
+    on_backend = copy.get();
+  }
+  if (on_backend != nullptr) {
+    // Synced only when scoring: wrap-around retrieval (fewer merged entries than K_ltm) scores
+    // nothing.
+    return ltm.Select(layer, [&](int64_t k) -> absl::StatusOr<std::vector<int64_t>> {
+      LongTermLayer& keys = ltm.layer(layer);
+      // A fresh mirror or copy holds nothing yet.
+      const int64_t unchanged = on_backend->size() == 0 ? 0 : keys.keys_unchanged_rows();
+      MPLUS_RETURN_IF_ERROR(
+          backend->SyncRetrievalKeys(*on_backend, keys.keys(), keys.size(), unchanged));
+      if (copy == nullptr) keys.MarkKeysSynced();  // the mirror stays
+      return backend->TopRetrievalKeys(*on_backend, queries.device(), k);
+    });
   }
   MPLUS_ASSIGN_OR_RETURN(const float* host, queries.host());
   return ltm.Select(layer, host, queries.count());
 }
 
-absl::StatusOr<std::vector<uint64_t>> SelectedTokenIds(LongTermMemory& ltm,
-                                                       LongTermRetriever& retriever, int layer,
-                                                       engine::RetrievalQueries& queries) {
-  MPLUS_ASSIGN_OR_RETURN(const std::vector<int64_t> chosen, retriever.Select(ltm, layer, queries));
+absl::StatusOr<std::vector<uint64_t>> LongTermRetriever::SelectTokenIds(
+    LongTermMemory& ltm, int layer, engine::RetrievalQueries& queries) {
+  MPLUS_ASSIGN_OR_RETURN(const std::vector<int64_t> chosen, Select(ltm, layer, queries));
   const std::vector<LongTermEntry>& entries = ltm.layer(layer).entries();
   std::vector<uint64_t> ids(chosen.size());
   for (size_t i = 0; i < chosen.size(); ++i) ids[i] = entries[chosen[i]].token_id;

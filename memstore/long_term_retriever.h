@@ -41,6 +41,10 @@ class LongTermRetriever {
   absl::StatusOr<std::vector<int64_t>> Select(LongTermMemory& ltm, int layer,
                                               engine::RetrievalQueries& queries);
 
+  // The token ids of Select's entries, in its order: what a session's SelectLongTerm returns.
+  absl::StatusOr<std::vector<uint64_t>> SelectTokenIds(LongTermMemory& ltm, int layer,
+                                                       engine::RetrievalQueries& queries);
+
   // Device bytes of the mirrored keys (resident mode; offload's copies live only while scored).
   size_t device_bytes() const;
 
@@ -59,12 +63,6 @@ class LongTermRetriever {
   bool backend_keeps_keys_ = true;
   std::vector<std::unique_ptr<engine::RetrievalKeys>> mirrors_;  // per layer, made on first use
 };
-
-// The token ids of `retriever.Select(ltm, layer, queries)`, in its order (prefix order): what a
-// session's SelectLongTerm returns.
-absl::StatusOr<std::vector<uint64_t>> SelectedTokenIds(LongTermMemory& ltm,
-                                                       LongTermRetriever& retriever, int layer,
-                                                       engine::RetrievalQueries& queries);
 
 }  // namespace mplus::memstore
 

@@ -248,7 +248,7 @@ engine::ShortTermRows ResidentSession::ShortTerm(int layer) const {
 absl::StatusOr<std::vector<uint64_t>> ResidentSession::SelectLongTerm(
     int layer, engine::RetrievalQueries& queries) {
   if (ltm_ == nullptr) return absl::FailedPreconditionError("model has no long-term memory");
-  return SelectedTokenIds(*ltm_, *retriever_, layer, queries);
+  return retriever_->SelectTokenIds(*ltm_, layer, queries);
 }
 
 absl::Status ResidentSession::ReadLongTerm(absl::Span<const uint64_t> ids, void* out) {
