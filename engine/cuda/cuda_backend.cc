@@ -35,6 +35,13 @@ constexpr size_t kGemmWorkspaceBytes = size_t{32} << 20;
 absl::Status CheckCuda(const Tensor& t, const char* what) {
   return CheckOnDevice(t, Device::kCuda, what);
 }
+// A host upload that converts: any float dtype into float32 (UploadWidened).
+absl::Status CheckWidening(DType src_dtype, const Tensor& dst, const char* what) {
+  if (dst.dtype() == DType::kF32 && IsFloatDType(src_dtype)) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(what, ": cannot convert ", DTypeName(src_dtype),
+                                                 " to ", DTypeName(dst.dtype())));
+}
+
 absl::Status CheckF32(const Tensor& t, const char* what) {
   return engine::CheckF32(t, Device::kCuda, what);
 }
@@ -361,10 +368,7 @@ absl::Status CudaBackend::CopyFromHost(const void* src, DType src_dtype, const T
   absl::MutexLock lock(&mu_);
   MPLUS_RETURN_IF_ERROR(state_->Activate());
   if (src_dtype == dst.dtype()) return UploadBytes(src, dst.nbytes(), dst.data());
-  if (dst.dtype() != DType::kF32 || !IsFloatDType(src_dtype)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "CopyFromHost: cannot convert ", DTypeName(src_dtype), " to ", DTypeName(dst.dtype())));
-  }
+  MPLUS_RETURN_IF_ERROR(CheckWidening(src_dtype, dst, "CopyFromHost"));
   return UploadWidened(src, src_dtype, dst.numel(), dst.data_as<float>());
 }
 
@@ -378,10 +382,7 @@ absl::Status CudaBackend::CopyRowsFromHost(int64_t rows, size_t row_bytes, DType
                                                    DTypeName(src_dtype), " elements"));
   }
   const bool widen = src_dtype != dst.dtype();
-  if (widen && (dst.dtype() != DType::kF32 || !IsFloatDType(src_dtype))) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "CopyRowsFromHost: cannot convert ", DTypeName(src_dtype), " to ", DTypeName(dst.dtype())));
-  }
+  if (widen) MPLUS_RETURN_IF_ERROR(CheckWidening(src_dtype, dst, "CopyRowsFromHost"));
   {
     absl::MutexLock lock(&mu_);
     // Without the ring (no pinned memory, or rows too long for its buffers) or while recording
