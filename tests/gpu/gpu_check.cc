@@ -116,10 +116,12 @@ TEST_F(GpuCheck, RmsNormAliasedAndNarrowWeight) {
 }
 
 TEST_F(GpuCheck, Rope) {
-  // Scattered positions are uploaded; consecutive ones (every forward pass) are not.
+  // Scattered positions are uploaded; consecutive ones (every forward pass) are not. 36 heads
+  // spread a row over several blocks, the last one partial at head_dim 64.
   for (const bool consecutive : {false, true}) {
-    for (int64_t hd : {64, 128}) {
-      const int64_t n = 17, heads = 4;
+    for (const auto& [hd, heads] :
+         {std::pair<int64_t, int64_t>{64, 4}, {128, 4}, {64, 36}, {128, 36}}) {
+      const int64_t n = 17;
       const std::vector<float> x = RandomFloats(n * heads * hd, 21);
       std::vector<float> inv_freq(static_cast<size_t>(hd / 2));
       for (int64_t j = 0; j < hd / 2; ++j) {

@@ -182,58 +182,62 @@ TEST_F(GpuCheck, LoraMatMulGroupFusedMatchesComposedAndCpu) {
 }
 
 TEST_F(GpuCheck, StoreKeysValuesFusedMatchesComposedAndCpu) {
-  const int64_t n = 7, kv_heads = 2, hd = 64, cols = kv_heads * hd;
+  const int64_t n = 7, hd = 64;
   std::vector<float> inv_freq(static_cast<size_t>(hd / 2));
   for (int64_t j = 0; j < hd / 2; ++j) {
     inv_freq[j] = 1.0f / std::pow(500000.0f, 2.0f * j / static_cast<float>(hd));
   }
   uint32_t seed = 600;
-  for (const DType cache : {DType::kF32, DType::kBF16, DType::kF8E4M3}) {
-    for (const bool consecutive : {true, false}) {
-      SCOPED_TRACE(testing::Message()
-                   << engine::DTypeName(cache) << " consecutive=" << consecutive);
-      std::vector<int64_t> pos(static_cast<size_t>(n));
-      for (int64_t i = 0; i < n; ++i) pos[i] = consecutive ? 15000 + i : (i * 7919) % 30000;
-      const std::vector<float> k = RandomFloats(n * cols, seed++, -3, 3);
-      const std::vector<float> v = RandomFloats(n * cols, seed++, -3, 3);
-      // Rows 2..2+n of a 12-row cache (a KV cache's rows), cpu / gpu fused / gpu composed.
-      std::vector<std::vector<float>> keys, values;
-      for (int run = 0; run < 3; ++run) {
-        Backend& b = run == 0 ? *cpu_ : *gpu_;
-        ASSERT_OK_AND_ASSIGN(kt, Upload(b, k, {n, cols}));
-        ASSERT_OK_AND_ASSIGN(vt, Upload(b, v, {n, cols}));
-        ASSERT_OK_AND_ASSIGN(ft, Upload(b, inv_freq, {hd / 2}));
-        ASSERT_OK_AND_ASSIGN(poison, Poisoned(b, {12, cols}));
-        ASSERT_OK_AND_ASSIGN(kc, b.Allocate(cache, {12, cols}));
-        ASSERT_OK_AND_ASSIGN(vc, b.Allocate(cache, {12, cols}));
-        ASSERT_OK(b.Copy(poison, kc));
-        ASSERT_OK(b.Copy(poison, vc));
-        const Tensor kr = kc.Rows(2, 2 + n), vr = vc.Rows(2, 2 + n);
-        if (run == 2) {
-          ASSERT_OK(b.Backend::StoreKeysValues(kt, vt, hd, pos, ft, kr, vr));
-        } else {
-          ASSERT_OK(b.StoreKeysValues(kt, vt, hd, pos, ft, kr, vr));
+  // 9 K/V heads spread a row's items over several blocks, the last one partial.
+  for (const int64_t kv_heads : {2, 9}) {
+    const int64_t cols = kv_heads * hd;
+    for (const DType cache : {DType::kF32, DType::kBF16, DType::kF8E4M3}) {
+      for (const bool consecutive : {true, false}) {
+        SCOPED_TRACE(testing::Message() << engine::DTypeName(cache) << " kv_heads=" << kv_heads
+                                        << " consecutive=" << consecutive);
+        std::vector<int64_t> pos(static_cast<size_t>(n));
+        for (int64_t i = 0; i < n; ++i) pos[i] = consecutive ? 15000 + i : (i * 7919) % 30000;
+        const std::vector<float> k = RandomFloats(n * cols, seed++, -3, 3);
+        const std::vector<float> v = RandomFloats(n * cols, seed++, -3, 3);
+        // Rows 2..2+n of a 12-row cache (a KV cache's rows), cpu / gpu fused / gpu composed.
+        std::vector<std::vector<float>> keys, values;
+        for (int run = 0; run < 3; ++run) {
+          Backend& b = run == 0 ? *cpu_ : *gpu_;
+          ASSERT_OK_AND_ASSIGN(kt, Upload(b, k, {n, cols}));
+          ASSERT_OK_AND_ASSIGN(vt, Upload(b, v, {n, cols}));
+          ASSERT_OK_AND_ASSIGN(ft, Upload(b, inv_freq, {hd / 2}));
+          ASSERT_OK_AND_ASSIGN(poison, Poisoned(b, {12, cols}));
+          ASSERT_OK_AND_ASSIGN(kc, b.Allocate(cache, {12, cols}));
+          ASSERT_OK_AND_ASSIGN(vc, b.Allocate(cache, {12, cols}));
+          ASSERT_OK(b.Copy(poison, kc));
+          ASSERT_OK(b.Copy(poison, vc));
+          const Tensor kr = kc.Rows(2, 2 + n), vr = vc.Rows(2, 2 + n);
+          if (run == 2) {
+            ASSERT_OK(b.Backend::StoreKeysValues(kt, vt, hd, pos, ft, kr, vr));
+          } else {
+            ASSERT_OK(b.StoreKeysValues(kt, vt, hd, pos, ft, kr, vr));
+          }
+          ASSERT_OK_AND_ASSIGN(kh, DownloadWidened(b, kc));
+          ASSERT_OK_AND_ASSIGN(vh, DownloadWidened(b, vc));
+          for (int64_t i = 0; i < 12 * cols; ++i) {
+            const bool stored = i >= 2 * cols && i < (2 + n) * cols;
+            ASSERT_EQ(std::isnan(kh[i]), !stored) << "key element " << i;
+            ASSERT_EQ(std::isnan(vh[i]), !stored) << "value element " << i;
+          }
+          keys.push_back(std::move(kh));
+          values.push_back(std::move(vh));
         }
-        ASSERT_OK_AND_ASSIGN(kh, DownloadWidened(b, kc));
-        ASSERT_OK_AND_ASSIGN(vh, DownloadWidened(b, vc));
-        for (int64_t i = 0; i < 12 * cols; ++i) {
-          const bool stored = i >= 2 * cols && i < (2 + n) * cols;
-          ASSERT_EQ(std::isnan(kh[i]), !stored) << "key element " << i;
-          ASSERT_EQ(std::isnan(vh[i]), !stored) << "value element " << i;
+        // The fused kernel does the composed path's float operations: bit for bit (NaN == NaN
+        // here only through the poisoned rows, compared by position above).
+        for (size_t i = 2 * cols; i < static_cast<size_t>((2 + n) * cols); ++i) {
+          ASSERT_EQ(keys[1][i], keys[2][i]) << "key " << i << " fused vs composed";
+          ASSERT_EQ(values[1][i], values[2][i]) << "value " << i << " fused vs composed";
+          ASSERT_EQ(values[1][i], values[0][i]) << "value " << i << " GPU vs CPU";  // rounding only
         }
-        keys.push_back(std::move(kh));
-        values.push_back(std::move(vh));
+        std::vector<float> got(keys[1].begin() + 2 * cols, keys[1].begin() + (2 + n) * cols);
+        std::vector<float> want(keys[0].begin() + 2 * cols, keys[0].begin() + (2 + n) * cols);
+        ExpectNear(got, want, CacheRowBound(want, cache), "StoreKeysValues keys GPU vs CPU");
       }
-      // The fused kernel does the composed path's float operations: bit for bit (NaN == NaN
-      // here only through the poisoned rows, compared by position above).
-      for (size_t i = 2 * cols; i < static_cast<size_t>((2 + n) * cols); ++i) {
-        ASSERT_EQ(keys[1][i], keys[2][i]) << "key " << i << " fused vs composed";
-        ASSERT_EQ(values[1][i], values[2][i]) << "value " << i << " fused vs composed";
-        ASSERT_EQ(values[1][i], values[0][i]) << "value " << i << " GPU vs CPU";  // rounding only
-      }
-      std::vector<float> got(keys[1].begin() + 2 * cols, keys[1].begin() + (2 + n) * cols);
-      std::vector<float> want(keys[0].begin() + 2 * cols, keys[0].begin() + (2 + n) * cols);
-      ExpectNear(got, want, CacheRowBound(want, cache), "StoreKeysValues keys GPU vs CPU");
     }
   }
 }
