@@ -218,6 +218,7 @@ constexpr int kCombineThreads = kCombineGroups * kHd;
 
 __global__ void __launch_bounds__(kCombineThreads) CombineKernel(Params p, int splits) {
   AllowDependentLaunch();  // o_proj's GEMVs are behind it in decode
+  WaitForPrecedingKernel();
   __shared__ float warp_max[kCombineThreads / 32];
   __shared__ float group_num[kCombineGroups][kHd], group_den[kCombineGroups][kHd];
   const int64_t rows = p.nq * p.heads, row = blockIdx.x;
@@ -372,6 +373,8 @@ __device__ void MergeDecodeWarps(const Params& p, const float (&partial)[kDecode
 template <typename KV, int G>
 __global__ void __launch_bounds__(kDecodeThreads)
     DecodeAttentionKernel(Params p, int lanes_per_key) {
+  AllowDependentLaunch();  // the combine or o_proj behind it may launch
+  WaitForPrecedingKernel();
   constexpr int kUnroll = G <= 4 ? 4 : 2;  // steps whose loads are in flight together
   const KV* k = static_cast<const KV*>(p.k);
   const KV* v = static_cast<const KV*>(p.v);
@@ -503,6 +506,8 @@ __device__ __forceinline__ void Widen4(const Raw4<float>& r, float (&f)[4]) {
 template <typename KV, int G>
 __global__ void __launch_bounds__(kDecodeThreads, TileBlocksPerSm(G))
     DecodeAttentionTileKernel(Params p) {
+  AllowDependentLaunch();  // as DecodeAttentionKernel
+  WaitForPrecedingKernel();
   // bf16: a tile's K and V loads go out together (64 + 64 registers; fp8: 32 + 32). float32
   // (twice bf16's registers): K in two batches, then V in two batches after the softmax.
   constexpr int kBatches = sizeof(KV) == 4 ? 2 : 1;
@@ -835,42 +840,28 @@ int64_t DecodeKeysPerSplit(const AttentionShape& shape, int num_sms) {
   return std::max<int64_t>((per + 31) / 32 * 32, 64);
 }
 
+// The decode kernel for the group G = p.group (1, 2, 4 or 8: IsDecodeShape).
 template <typename KV>
-void LaunchTileDecode(const Params& p, int64_t group, dim3 grid, cudaStream_t stream) {
-  switch (group) {
-    case 1:
-      DecodeAttentionTileKernel<KV, 1><<<grid, kDecodeThreads, 0, stream>>>(p);
-      break;
-    case 2:
-      DecodeAttentionTileKernel<KV, 2><<<grid, kDecodeThreads, 0, stream>>>(p);
-      break;
-    case 4:
-      DecodeAttentionTileKernel<KV, 4><<<grid, kDecodeThreads, 0, stream>>>(p);
-      break;
-    default:
-      DecodeAttentionTileKernel<KV, 8><<<grid, kDecodeThreads, 0, stream>>>(p);
-      break;
-  }
-}
-
-template <typename KV>
-void LaunchDecode(const Params& p, int64_t group, int splits, cudaStream_t stream) {
+cudaError_t LaunchDecode(const Params& p, int splits, cudaStream_t stream, bool dependent) {
   const dim3 grid(static_cast<unsigned>(p.kv_heads), static_cast<unsigned>(splits));
-  if (p.hd == kTileHd) return LaunchTileDecode<KV>(p, group, grid, stream);
-  const int lanes = static_cast<int>(p.hd / 8);
-  switch (group) {
+  const auto launch = [&](auto group) {
+    constexpr int G = decltype(group)::value;
+    if (p.hd == kTileHd) {
+      return LaunchKernel(DecodeAttentionTileKernel<KV, G>, grid, dim3(kDecodeThreads), stream,
+                          dependent, p);
+    }
+    return LaunchKernel(DecodeAttentionKernel<KV, G>, grid, dim3(kDecodeThreads), stream, dependent,
+                        p, static_cast<int>(p.hd / 8));
+  };
+  switch (p.group) {
     case 1:
-      DecodeAttentionKernel<KV, 1><<<grid, kDecodeThreads, 0, stream>>>(p, lanes);
-      break;
+      return launch(std::integral_constant<int, 1>());
     case 2:
-      DecodeAttentionKernel<KV, 2><<<grid, kDecodeThreads, 0, stream>>>(p, lanes);
-      break;
+      return launch(std::integral_constant<int, 2>());
     case 4:
-      DecodeAttentionKernel<KV, 4><<<grid, kDecodeThreads, 0, stream>>>(p, lanes);
-      break;
+      return launch(std::integral_constant<int, 4>());
     default:
-      DecodeAttentionKernel<KV, 8><<<grid, kDecodeThreads, 0, stream>>>(p, lanes);
-      break;
+      return launch(std::integral_constant<int, 8>());
   }
 }
 
@@ -976,7 +967,7 @@ bool DecodeKernelTakes(const AttentionShape& shape, const void* k, const void* v
 
 cudaError_t LaunchAttention(const float* q, const void* k, const void* v, DType kv_dtype,
                             float* out, const AttentionShape& shape, int splits, void* workspace,
-                            cudaStream_t stream, const int64_t* last_position) {
+                            cudaStream_t stream, bool dependent, const int64_t* last_position) {
   if (shape.nq == 0) return cudaSuccess;
   const bool decode_kernel = DecodeKernelTakes(shape, k, v, kv_dtype, splits);
   if (last_position != nullptr && !decode_kernel) return cudaErrorInvalidValue;
@@ -1018,6 +1009,7 @@ cudaError_t LaunchAttention(const float* q, const void* k, const void* v, DType 
   }
   const dim3 tc_grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(shape.num_heads),
                      static_cast<unsigned>(splits));
+  cudaError_t launched = cudaSuccess;
   WithKvType(kv_dtype, [&](auto* tag) {
     using KV = std::remove_pointer_t<decltype(tag)>;
     if constexpr (!std::is_same_v<KV, float>) {  // IsTensorCoreShape: never float32
@@ -1027,15 +1019,16 @@ cudaError_t LaunchAttention(const float* q, const void* k, const void* v, DType 
       }
     }
     if (decode_kernel) {
-      LaunchDecode<KV>(p, p.group, splits, stream);
+      launched = LaunchDecode<KV>(p, splits, stream, dependent);
     } else {
       LaunchTiles<KV>(grid, p, shape.head_dim, stream);
     }
   });
+  if (launched != cudaSuccess) return launched;
   if (cudaError_t err = cudaGetLastError(); err != cudaSuccess || splits == 1) return err;
   if (rows > 0x7fffffff) return cudaErrorInvalidValue;
-  CombineKernel<<<static_cast<unsigned>(rows), kCombineThreads, 0, stream>>>(p, splits);
-  return cudaGetLastError();
+  return LaunchKernel(CombineKernel, dim3(static_cast<unsigned>(rows)), dim3(kCombineThreads),
+                      stream, dependent, p, splits);
 }
 
 }  // namespace mplus::engine::cuda

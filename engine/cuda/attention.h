@@ -40,10 +40,12 @@ size_t AttentionWorkspaceBytes(const AttentionShape& shape, int splits);
 // AttentionSplits. Requires 0 < head_dim <= kMaxAttentionHeadDim, H % Hkv == 0, nk >= nq (checked
 // by caller). With `last_position` (device memory; decode only: DecodeKernelTakes), the one query
 // attends to key rows [0, *last_position] of the nk given (splits for nk), read when the kernel
-// runs: a recorded launch then serves every decode step.
+// runs: a recorded launch then serves every decode step. `dependent`: the decode kernel and the
+// split combine launch as programmatic dependents of the kernel ahead (as kernels.h).
 cudaError_t LaunchAttention(const float* q, const void* k, const void* v, DType kv_dtype,
                             float* out, const AttentionShape& shape, int splits, void* workspace,
-                            cudaStream_t stream, const int64_t* last_position = nullptr);
+                            cudaStream_t stream, bool dependent,
+                            const int64_t* last_position = nullptr);
 // Whether the shape and operands go to the dedicated decode kernel (one query row, GQA group of
 // 1, 2, 4 or 8, head_dim = 8 * 2^i <= 128, K/V rows aligned to 16 bytes, fp8: 8 bytes).
 bool DecodeKernelTakes(const AttentionShape& shape, const void* k, const void* v, DType kv_dtype,

@@ -188,6 +188,9 @@ class CudaBackend : public Backend {
     g.programmatic_launch = g.programmatic_launch && state_->HoldsWeights(w.data());
     return g;
   }
+  // Whether kernels that wait before reading anything launch as programmatic dependents of the
+  // kernel ahead (kernels.h): every kernel of a decode step may, so no launch gap is exposed.
+  bool dependent() const { return gemv_.programmatic_launch; }
 
   const std::shared_ptr<DeviceState> state_;
   int num_sms_ = 0;
@@ -561,7 +564,7 @@ absl::Status CudaBackend::RmsNorm(const Tensor& x, const Tensor& weight, float e
   absl::MutexLock lock(&mu_);
   MPLUS_RETURN_IF_ERROR(state_->Activate());
   MPLUS_CUDA_RETURN_IF_ERROR(LaunchRmsNorm(x.data_as<const float>(), weight.data(), weight.dtype(),
-                                           n, d, eps, out.data_as<float>(), stream()));
+                                           n, d, eps, out.data_as<float>(), stream(), dependent()));
   return absl::OkStatus();
 }
 
@@ -588,7 +591,7 @@ absl::Status CudaBackend::Rope(const Tensor& x, int64_t head_dim,
   MPLUS_RETURN_IF_ERROR(state_->Activate());
   MPLUS_ASSIGN_OR_RETURN(const int64_t* pos, DevicePositions(positions));
   MPLUS_CUDA_RETURN_IF_ERROR(LaunchRope(x.data_as<float>(), n, cols, head_dim, pos, positions[0],
-                                        inv_freq.data_as<const float>(), stream()));
+                                        inv_freq.data_as<const float>(), stream(), dependent()));
   return absl::OkStatus();
 }
 
@@ -633,7 +636,7 @@ absl::Status CudaBackend::LaunchAttentionOp(const Tensor& q, const Tensor& k, co
   }
   MPLUS_CUDA_RETURN_IF_ERROR(LaunchAttention(q.data_as<const float>(), k.data(), v.data(),
                                              k.dtype(), out.data_as<float>(), shape, splits, ws,
-                                             stream(), last_position));
+                                             stream(), dependent(), last_position));
   return absl::OkStatus();
 }
 
@@ -679,7 +682,7 @@ absl::Status CudaBackend::RopeAt(const Tensor& x, int64_t head_dim, const Tensor
   MPLUS_RETURN_IF_ERROR(state_->Activate());
   MPLUS_CUDA_RETURN_IF_ERROR(LaunchRope(x.data_as<float>(), 1, cols, head_dim,
                                         position.data_as<const int64_t>(), 0,
-                                        inv_freq.data_as<const float>(), stream()));
+                                        inv_freq.data_as<const float>(), stream(), dependent()));
   return absl::OkStatus();
 }
 
@@ -711,7 +714,7 @@ absl::Status CudaBackend::StoreKeysValuesAt(const Tensor& k, const Tensor& v, in
   MPLUS_CUDA_RETURN_IF_ERROR(LaunchStoreKeysValues(
       k.data_as<const float>(), v.data_as<const float>(), 1, cols, head_dim,
       position.data_as<const int64_t>(), 0, inv_freq.data_as<const float>(), cache, k_cache.data(),
-      v_cache.data(), stream(), /*rows_at_positions=*/true));
+      v_cache.data(), stream(), dependent(), /*rows_at_positions=*/true));
   return absl::OkStatus();
 }
 
@@ -929,7 +932,7 @@ absl::Status CudaBackend::StoreKeysValues(const Tensor& k, const Tensor& v, int6
   MPLUS_ASSIGN_OR_RETURN(const int64_t* pos, DevicePositions(positions));
   MPLUS_CUDA_RETURN_IF_ERROR(LaunchStoreKeysValues(
       k.data_as<const float>(), v.data_as<const float>(), n, cols, head_dim, pos, positions[0],
-      inv_freq.data_as<const float>(), cache, k_rows.data(), v_rows.data(), stream()));
+      inv_freq.data_as<const float>(), cache, k_rows.data(), v_rows.data(), stream(), dependent()));
   return absl::OkStatus();
 }
 
@@ -941,7 +944,8 @@ absl::Status CudaBackend::SiluMul(const Tensor& gate, const Tensor& up, const Te
   absl::MutexLock lock(&mu_);
   MPLUS_RETURN_IF_ERROR(state_->Activate());
   MPLUS_CUDA_RETURN_IF_ERROR(LaunchSiluMul(gate.data_as<const float>(), up.data_as<const float>(),
-                                           out.data_as<float>(), gate.numel(), stream()));
+                                           out.data_as<float>(), gate.numel(), stream(),
+                                           dependent()));
   return absl::OkStatus();
 }
 

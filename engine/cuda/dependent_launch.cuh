@@ -12,6 +12,10 @@
 #ifndef MPLUS_ENGINE_CUDA_DEPENDENT_LAUNCH_CUH_
 #define MPLUS_ENGINE_CUDA_DEPENDENT_LAUNCH_CUH_
 
+#include <cuda_runtime.h>
+
+#include <utility>
+
 namespace mplus::engine::cuda {
 
 // Blocks until the kernel ahead in the stream has completed and its writes are visible.
@@ -27,6 +31,27 @@ __device__ __forceinline__ void AllowDependentLaunch() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
+}
+
+// kernel<<<grid, block, 0, stream>>>(args...), as a programmatic dependent of the kernel ahead
+// when `dependent` (the kernel then follows the rules above). A failed launch's error is
+// returned and cleared from the thread's last error, which the next launch check would
+// otherwise report as its own.
+template <typename... Params, typename... Args>
+cudaError_t LaunchKernel(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream,
+                         bool dependent, Args&&... args) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.stream = stream;
+  cudaLaunchAttribute attribute = {};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &attribute;
+  config.numAttrs = dependent ? 1 : 0;
+  const cudaError_t launched = cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+  if (launched != cudaSuccess) (void)cudaGetLastError();
+  return launched;
 }
 
 }  // namespace mplus::engine::cuda

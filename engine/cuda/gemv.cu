@@ -118,21 +118,9 @@ cudaError_t Launch(const float* x, const uint16_t* w, int64_t m, int64_t k, floa
                    bool accumulate, const GemvEpilogue& ep, int threads_per_row, bool programmatic,
                    cudaStream_t stream) {
   const int64_t rows_per_block = kThreads / threads_per_row;
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(static_cast<unsigned>((m + rows_per_block - 1) / rows_per_block));
-  config.blockDim = dim3(kThreads);
-  config.stream = stream;
-  cudaLaunchAttribute attribute = {};
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = &attribute;
-  config.numAttrs = programmatic ? 1 : 0;
-  const cudaError_t launched = cudaLaunchKernelEx(&config, GemvBf16Kernel<N>, x, w, m, k, alpha,
-                                                  accumulate, ep, threads_per_row);
-  // A failed launch also sets the thread's last error; the caller reports this one, so clear
-  // it rather than let the next launch check report it as its own.
-  if (launched != cudaSuccess) (void)cudaGetLastError();
-  return launched;
+  const dim3 grid(static_cast<unsigned>((m + rows_per_block - 1) / rows_per_block));
+  return LaunchKernel(GemvBf16Kernel<N>, grid, dim3(kThreads), stream, programmatic, x, w, m, k,
+                      alpha, accumulate, ep, threads_per_row);
 }
 
 // The segments tile [0, m) in order, each with an output; LoRA terms have their t.

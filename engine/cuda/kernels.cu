@@ -83,6 +83,7 @@ template <typename T>
 __global__ void __launch_bounds__(kNormThreads)
     RmsNormKernel(const float* x, const T* __restrict__ w, int64_t d, float eps, float* out) {
   AllowDependentLaunch();  // the GEMV behind a norm may start streaming its weights
+  WaitForPrecedingKernel();
   const float* xr = x + blockIdx.x * d;
   float* orow = out + blockIdx.x * d;
   float sum = 0.0f;
@@ -116,6 +117,8 @@ __device__ __forceinline__ float2 Rotate(float a, float b, float c, float s) {
 // chain of dependent loads (8 us a row on an H100 when one thread walked every head).
 __global__ void RopeKernel(float* x, int64_t cols, int64_t head_dim, const int64_t* positions,
                            int64_t first_position, const float* __restrict__ inv_freq) {
+  AllowDependentLaunch();
+  WaitForPrecedingKernel();
   const int64_t half = head_dim / 2, pairs = cols / head_dim * half;
   const int64_t t = blockIdx.y * int64_t{blockDim.x} + threadIdx.x;
   if (t >= pairs) return;
@@ -160,6 +163,8 @@ __global__ void StoreKeysValuesKernel(const float* k, const float* v, int64_t co
                                       int64_t head_dim, const int64_t* positions,
                                       int64_t first_position, const float* __restrict__ inv_freq,
                                       C* k_rows, C* v_rows, bool rows_at_positions) {
+  AllowDependentLaunch();
+  WaitForPrecedingKernel();
   const int64_t half = head_dim / 2, pairs = cols / head_dim * half, row = blockIdx.x;
   const int64_t t = blockIdx.y * int64_t{blockDim.x} + threadIdx.x;
   if (t >= pairs + cols) return;
@@ -181,6 +186,7 @@ __global__ void StoreKeysValuesKernel(const float* k, const float* v, int64_t co
 
 __global__ void SiluMulKernel(const float* gate, const float* up, float* out, int64_t n) {
   AllowDependentLaunch();  // as RmsNormKernel: down_proj's GEMV is behind it
+  WaitForPrecedingKernel();
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
     out[i] = SiluF(gate[i]) * up[i];
@@ -326,31 +332,33 @@ cudaError_t LaunchNarrowF32(const float* src, int64_t n, DType dst_dtype, void* 
 }
 
 cudaError_t LaunchRmsNorm(const float* x, const void* w, DType w_dtype, int64_t rows, int64_t d,
-                          float eps, float* out, cudaStream_t stream) {
+                          float eps, float* out, cudaStream_t stream, bool dependent) {
   if (rows == 0) return cudaSuccess;
   if (rows > 0x7fffffff) return cudaErrorInvalidValue;
-  return DispatchFloat(w_dtype, [&](auto tag) {
+  cudaError_t launched = cudaSuccess;
+  const cudaError_t dispatched = DispatchFloat(w_dtype, [&](auto tag) {
     using T = std::remove_const_t<std::remove_pointer_t<decltype(tag)>>;
-    RmsNormKernel<T><<<static_cast<unsigned>(rows), kNormThreads, 0, stream>>>(
-        x, static_cast<const T*>(w), d, eps, out);
+    launched = LaunchKernel(RmsNormKernel<T>, dim3(static_cast<unsigned>(rows)), dim3(kNormThreads),
+                            stream, dependent, x, static_cast<const T*>(w), d, eps, out);
   });
+  return launched != cudaSuccess ? launched : dispatched;
 }
 
 cudaError_t LaunchRope(float* x, int64_t rows, int64_t cols, int64_t head_dim,
                        const int64_t* positions, int64_t first_position, const float* inv_freq,
-                       cudaStream_t stream) {
+                       cudaStream_t stream, bool dependent) {
   if (rows == 0) return cudaSuccess;
   if (rows > 0x7fffffff) return cudaErrorInvalidValue;
   const dim3 grid = RowItemsGrid(rows, cols / head_dim * (head_dim / 2));
   if (grid.y == 0) return cudaErrorInvalidValue;
-  RopeKernel<<<grid, kThreads, 0, stream>>>(x, cols, head_dim, positions, first_position, inv_freq);
-  return cudaGetLastError();
+  return LaunchKernel(RopeKernel, grid, dim3(kThreads), stream, dependent, x, cols, head_dim,
+                      positions, first_position, inv_freq);
 }
 
 cudaError_t LaunchStoreKeysValues(const float* k, const float* v, int64_t rows, int64_t cols,
                                   int64_t head_dim, const int64_t* positions,
                                   int64_t first_position, const float* inv_freq, DType cache_dtype,
-                                  void* k_rows, void* v_rows, cudaStream_t stream,
+                                  void* k_rows, void* v_rows, cudaStream_t stream, bool dependent,
                                   bool rows_at_positions) {
   if (rows == 0) return cudaSuccess;
   const dim3 grid = RowItemsGrid(rows, cols / head_dim * (head_dim / 2) + cols);
@@ -359,10 +367,9 @@ cudaError_t LaunchStoreKeysValues(const float* k, const float* v, int64_t rows, 
   }
   const auto launch = [&](auto* tag) {
     using C = std::remove_pointer_t<decltype(tag)>;
-    StoreKeysValuesKernel<<<grid, kThreads, 0, stream>>>(
-        k, v, cols, head_dim, positions, first_position, inv_freq, static_cast<C*>(k_rows),
-        static_cast<C*>(v_rows), rows_at_positions);
-    return cudaGetLastError();
+    return LaunchKernel(StoreKeysValuesKernel<C>, grid, dim3(kThreads), stream, dependent, k, v,
+                        cols, head_dim, positions, first_position, inv_freq,
+                        static_cast<C*>(k_rows), static_cast<C*>(v_rows), rows_at_positions);
   };
   switch (cache_dtype) {
     case DType::kF32:
@@ -377,10 +384,10 @@ cudaError_t LaunchStoreKeysValues(const float* k, const float* v, int64_t rows, 
 }
 
 cudaError_t LaunchSiluMul(const float* gate, const float* up, float* out, int64_t n,
-                          cudaStream_t stream) {
+                          cudaStream_t stream, bool dependent) {
   if (n == 0) return cudaSuccess;
-  SiluMulKernel<<<GridFor(n), kThreads, 0, stream>>>(gate, up, out, n);
-  return cudaGetLastError();
+  return LaunchKernel(SiluMulKernel, dim3(GridFor(n)), dim3(kThreads), stream, dependent, gate, up,
+                      out, n);
 }
 
 cudaError_t LaunchSilu(float* x, int64_t n, cudaStream_t stream) {

@@ -26,14 +26,18 @@ cudaError_t LaunchNarrowF32(const float* src, int64_t n, DType dst_dtype, void* 
 // *index = the index of the largest non-NaN x[i], the lowest on ties, or 0 when every x[i] is
 // NaN (engine/float_range.h's ArgmaxIgnoringNaN); one block.
 cudaError_t LaunchArgmax(const float* x, int64_t n, int64_t* index, cudaStream_t stream);
+// `dependent`: launch as a programmatic dependent of the kernel ahead (GemvDevice's
+// programmatic_launch; engine/cuda/dependent_launch.cuh), hiding the launch behind it. The
+// kernels that take it wait for the kernel ahead before reading anything.
+
 // out[r, :] = w * x[r, :] / sqrt(mean(x[r, :]^2) + eps); out may alias x.
 cudaError_t LaunchRmsNorm(const float* x, const void* w, DType w_dtype, int64_t rows, int64_t d,
-                          float eps, float* out, cudaStream_t stream);
+                          float eps, float* out, cudaStream_t stream, bool dependent);
 // In-place HF rotate_half RoPE of x [rows, cols] with heads of head_dim; positions [rows] on
 // the device, or null for consecutive positions first_position, first_position + 1, ...
 cudaError_t LaunchRope(float* x, int64_t rows, int64_t cols, int64_t head_dim,
                        const int64_t* positions, int64_t first_position, const float* inv_freq,
-                       cudaStream_t stream);
+                       cudaStream_t stream, bool dependent);
 // Backend::StoreKeysValues in one pass: k, v float32 [rows, cols] (k only read); k_rows, v_rows
 // [rows, cols] of cache_dtype (F32, BF16 or F8E4M3), not overlapping k / v except exactly (in
 // place). Positions as LaunchRope. With rows_at_positions (positions given), k_rows / v_rows are
@@ -41,11 +45,11 @@ cudaError_t LaunchRope(float* x, int64_t rows, int64_t cols, int64_t head_dim,
 cudaError_t LaunchStoreKeysValues(const float* k, const float* v, int64_t rows, int64_t cols,
                                   int64_t head_dim, const int64_t* positions,
                                   int64_t first_position, const float* inv_freq, DType cache_dtype,
-                                  void* k_rows, void* v_rows, cudaStream_t stream,
+                                  void* k_rows, void* v_rows, cudaStream_t stream, bool dependent,
                                   bool rows_at_positions = false);
 // out = silu(gate) * up (out may alias either input).
 cudaError_t LaunchSiluMul(const float* gate, const float* up, float* out, int64_t n,
-                          cudaStream_t stream);
+                          cudaStream_t stream, bool dependent);
 cudaError_t LaunchSilu(float* x, int64_t n, cudaStream_t stream);
 cudaError_t LaunchAdd(const float* a, const float* b, float* out, int64_t n, cudaStream_t stream);
 // x[r, :] += row for every r.
