@@ -1,5 +1,5 @@
-// GPU checks of host-to-device copies through the pinned staging ring; the fixture is
-// gpu_check.h.
+// GPU checks of host-to-device copies through the pinned staging ring, and of downloads; the
+// fixture is gpu_check.h.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -251,6 +251,23 @@ TEST_F(GpuCheck, StagedLargeCopyLandsInOrder) {
   EXPECT_EQ(CountMismatches(
                 got, [](int64_t i) { return static_cast<int32_t>(i); }, "in order"),
             0);
+}
+
+// --- Device-to-host copies ---
+
+// Downloads of up to 2 MiB go through the backend's pinned buffer, larger ones straight into
+// pageable memory: sizes on both sides of that (a decode step's logits among them), back to
+// back so that the buffer is reused, into an odd host address, each right behind the staged
+// upload of what it reads.
+TEST_F(GpuCheck, DownloadsAroundThePinnedBufferSize) {
+  for (const int64_t n : {1, 128256, 524288, 524289, 3000000, 7}) {
+    SCOPED_TRACE(n);
+    const std::vector<float> x = RandomFloats(n, static_cast<uint32_t>(n));
+    ASSERT_OK_AND_ASSIGN(t, Upload(*gpu_, x, {n}));
+    std::vector<char> host(static_cast<size_t>(n) * sizeof(float) + 1, 0);
+    ASSERT_OK(gpu_->CopyToHost(t, host.data() + 1));
+    ASSERT_EQ(std::memcmp(host.data() + 1, x.data(), x.size() * sizeof(float)), 0);
+  }
 }
 
 }  // namespace
