@@ -235,5 +235,28 @@ TEST(ModelWeightsTest, ByteLevelTokenizerPlacesSpecialsAtConfigIds) {
   EXPECT_FALSE(WriteByteLevelTokenizer(c, dir).ok());
 }
 
+// Llama 3's vocabulary (the GPU model bench's): every id once, fillers after the bytes.
+TEST(ModelWeightsTest, ByteLevelTokenizerOfLlama3Size) {
+  ModelConfig c = FixtureConfig();
+  c.vocab_size = 128256;
+  c.bos_token_id = 128000;
+  c.eos_token_ids = {128001, 128009};
+  const fs::path dir = FreshDir("tokenizer-llama3");
+  fs::create_directories(dir);
+  ASSERT_TRUE(WriteByteLevelTokenizer(c, dir).ok());
+  const nlohmann::json tok = nlohmann::json::parse(ReadFile(dir / "tokenizer.json"));
+  const auto& vocab = tok["model"]["vocab"];
+  ASSERT_EQ(vocab.size(), 128256u);
+  std::vector<bool> seen(128256, false);
+  for (const auto& [text, id] : vocab.items()) {
+    const int64_t i = id.get<int64_t>();
+    ASSERT_TRUE(i >= 0 && i < 128256 && !seen[i]) << text << " " << i;
+    seen[i] = true;
+  }
+  EXPECT_EQ(vocab["<|unused_0|>"], 256);
+  EXPECT_EQ(vocab["<|begin_of_text|>"], 128000);
+  EXPECT_EQ(vocab["<|eos_1|>"], 128009);
+}
+
 }  // namespace
 }  // namespace mplus::engine
