@@ -9,7 +9,8 @@
 # everything even after a failure; exits non-zero when anything failed (a timing target missed is
 # reported, not a failure). Bounded by MPLUS_GPU_RUN_SECONDS (default 470) in all, of which about
 # half is kept for the 8B table: give the device call at least 30 s more. The table writes a ~21 GB
-# random checkpoint to /tmp/mplus-8b-bench (kept, and reused by the next run on that machine).
+# random checkpoint to /dev/shm/mplus-8b-bench, or /tmp/mplus-8b-bench where /dev/shm has no room
+# (kept, and reused by the next run on that machine).
 set -uo pipefail
 
 dir=${1:-build/gpu-bundle}
