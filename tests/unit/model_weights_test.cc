@@ -211,15 +211,25 @@ TEST(ModelWeightsTest, ShardedCheckpointIsDeterministic) {
   EXPECT_NE(ReadFile(d / "model.safetensors"), ReadFile(b / "model.safetensors"));
 }
 
-TEST(ModelWeightsTest, ByteLevelTokenizerPlacesSpecialsAtConfigIds) {
+// The fixture's config with `vocab` ids, BOS `bos` and EOS `eos`.
+ModelConfig TokenizerConfig(int64_t vocab, int64_t bos, std::vector<int64_t> eos) {
   ModelConfig c = FixtureConfig();
-  c.vocab_size = 300;
-  c.bos_token_id = 298;
-  c.eos_token_ids = {299, 0};
-  const fs::path dir = FreshDir("tokenizer");
+  c.vocab_size = vocab;
+  c.bos_token_id = bos;
+  c.eos_token_ids = std::move(eos);
+  return c;
+}
+
+// WriteByteLevelTokenizer's tokenizer.json for `c`, parsed (in a fresh directory `name`).
+nlohmann::json WrittenTokenizer(const ModelConfig& c, const std::string& name) {
+  const fs::path dir = FreshDir(name);
   fs::create_directories(dir);
-  ASSERT_TRUE(WriteByteLevelTokenizer(c, dir).ok());
-  const nlohmann::json tok = nlohmann::json::parse(ReadFile(dir / "tokenizer.json"));
+  EXPECT_TRUE(WriteByteLevelTokenizer(c, dir).ok());
+  return nlohmann::json::parse(ReadFile(dir / "tokenizer.json"));
+}
+
+TEST(ModelWeightsTest, ByteLevelTokenizerPlacesSpecialsAtConfigIds) {
+  const nlohmann::json tok = WrittenTokenizer(TokenizerConfig(300, 298, {299, 0}), "tokenizer");
   const auto& vocab = tok["model"]["vocab"];
   EXPECT_EQ(vocab.size(), 300u);
   EXPECT_EQ(vocab["<|begin_of_text|>"], 298);
@@ -229,22 +239,13 @@ TEST(ModelWeightsTest, ByteLevelTokenizerPlacesSpecialsAtConfigIds) {
   EXPECT_EQ(vocab["!"], 1 + '!');
   EXPECT_EQ(tok["added_tokens"].size(), 3u);
 
-  c.vocab_size = 200;
-  c.bos_token_id = 1;
-  c.eos_token_ids = {2};
-  EXPECT_FALSE(WriteByteLevelTokenizer(c, dir).ok());
+  EXPECT_FALSE(WriteByteLevelTokenizer(TokenizerConfig(200, 1, {2}), FreshDir("tokenizer")).ok());
 }
 
 // Llama 3's vocabulary (the GPU model bench's): every id once, fillers after the bytes.
 TEST(ModelWeightsTest, ByteLevelTokenizerOfLlama3Size) {
-  ModelConfig c = FixtureConfig();
-  c.vocab_size = 128256;
-  c.bos_token_id = 128000;
-  c.eos_token_ids = {128001, 128009};
-  const fs::path dir = FreshDir("tokenizer-llama3");
-  fs::create_directories(dir);
-  ASSERT_TRUE(WriteByteLevelTokenizer(c, dir).ok());
-  const nlohmann::json tok = nlohmann::json::parse(ReadFile(dir / "tokenizer.json"));
+  const nlohmann::json tok =
+      WrittenTokenizer(TokenizerConfig(128256, 128000, {128001, 128009}), "tokenizer-llama3");
   const auto& vocab = tok["model"]["vocab"];
   ASSERT_EQ(vocab.size(), 128256u);
   std::vector<bool> seen(128256, false);
