@@ -16,7 +16,7 @@ struct ServiceOptions {
   std::string cuda_plugin;  // empty: search next to the server, then the build tree
   int cpu_threads = 0;      // 0: one per hardware thread
   bool bf16_rope_inv_freq = true;
-  bool cuda_graphs = true;  // engine::ModelOptions::replay_decode
+  bool cuda_graphs = true;              // engine::ModelOptions::replay_decode
   std::string kv_cache_dtype = "auto";  // engine::ParseKvCacheDType
 
   int engine_workers = 2;
