@@ -127,6 +127,9 @@ class Backend {
   virtual absl::StatusOr<Tensor> Allocate(DType dtype, std::vector<int64_t> shape) = 0;
   // A checkpoint tensor made usable by the ops (the CPU borrows the mapped bytes; a GPU copies).
   virtual absl::StatusOr<Tensor> UploadWeight(const TensorView& view) = 0;
+  // Whether UploadWeight(s) copy the bytes: only then may a host buffer uploaded from (a weight
+  // made at load, say) go once the upload returns. Default: no (it is borrowed).
+  virtual bool CopiesWeights() const { return false; }
   // Several weights that ops may be given together (q, k and v read the same input): a backend
   // may place them back to back in this order, so that LoraMatMulGroup can treat them as one
   // matrix. Default: UploadWeight each.

@@ -44,6 +44,14 @@ absl::StatusOr<std::optional<DType>> ParseKvCacheDType(std::string_view name) {
                                                  "\" is not one of auto, f32, bf16, fp8"));
 }
 
+absl::StatusOr<std::optional<bool>> ParseMergeDecoderLora(std::string_view name) {
+  if (name == "auto") return std::optional<bool>();
+  if (name == "true") return true;
+  if (name == "false") return false;
+  return absl::InvalidArgumentError(absl::StrCat("merge_decoder_lora \"", std::string(name),
+                                                 "\" is not one of auto, true, false"));
+}
+
 absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& checkpoint_dir,
                                                    const ModelOptions& options) {
   static std::atomic<uint64_t> next_id{1};
@@ -76,9 +84,26 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& checkpoint
                        static_cast<float>(c.rms_norm_eps),
                        static_cast<float>(c.lora.scale()),
                        options.mlp_chunk_rows};
+  m->decoder_lora_merged_ =
+      c.add_decoder_lora && options.merge_decoder_lora.value_or(b.CopiesWeights());
+  std::optional<ThreadPool> merge_pool;
+  if (m->decoder_lora_merged_) merge_pool.emplace(options.num_threads);
   for (const LayerWeights& lw : m->weights_.layers) {
-    MPLUS_ASSIGN_OR_RETURN(DeviceLayer layer, UploadLayer(b, lw));
+    LayerWeights upload = lw;
+    std::vector<MergedLinear> merged;
+    for (LinearWeights* linear : {&upload.q_proj, &upload.k_proj, &upload.v_proj, &upload.o_proj,
+                                  &upload.gate_proj, &upload.up_proj, &upload.down_proj}) {
+      if (!merge_pool || !linear->has_lora(Adapter::kDecoder)) continue;
+      MPLUS_ASSIGN_OR_RETURN(MergedLinear one,
+                             MergeDecoderLora(*linear, m->dims_.lora_scale, *merge_pool));
+      *linear = one.views;
+      merged.push_back(std::move(one));
+    }
+    MPLUS_ASSIGN_OR_RETURN(DeviceLayer layer, UploadLayer(b, upload));
     m->layers_.push_back(std::move(layer));
+    if (!b.CopiesWeights()) {
+      for (MergedLinear& one : merged) m->merged_host_.push_back(std::move(one));
+    }
   }
   MPLUS_ASSIGN_OR_RETURN(m->final_norm_, b.UploadWeight(m->weights_.final_norm));
   MPLUS_ASSIGN_OR_RETURN(m->lm_head_, b.UploadWeight(m->weights_.lm_head));

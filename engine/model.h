@@ -18,6 +18,7 @@
 #include "engine/backend.h"
 #include "engine/drop_slots.h"
 #include "engine/layer_forward.h"
+#include "engine/lora_merge.h"
 #include "engine/model_config.h"
 #include "engine/model_weights.h"
 #include "engine/prefix_cache.h"
@@ -55,12 +56,21 @@ struct ModelOptions {
   // against bf16 (GPU memory, and what every decode step reads) at float8 precision. Inject
   // always runs at the automatic type: its outputs become memory.
   std::optional<DType> kv_cache_dtype;
+  // Fold the decoder LoRA into the base weights at load (engine/lora_merge.h): generation's
+  // linears become plain products (a GPU's decode step reads no LoRA matrices and launches no
+  // LoRA GEMVs), and the encoder adapter gains the decoder's rank to take the term back out for
+  // inject. Results move by one rounding of each merged weight to the checkpoint's dtype. null
+  // (auto): where the backend copies weights (a GPU); on the CPU the merged weights would be a
+  // second host copy of every adapted weight.
+  std::optional<bool> merge_decoder_lora;
   // Backend to run on; null: a CPU backend.
   std::shared_ptr<Backend> backend;
 };
 
 // --kv_cache_dtype spellings: "auto" (null), "f32", "bf16", "fp8".
 absl::StatusOr<std::optional<DType>> ParseKvCacheDType(std::string_view name);
+// --merge_decoder_lora spellings: "auto" (null), "true", "false".
+absl::StatusOr<std::optional<bool>> ParseMergeDecoderLora(std::string_view name);
 
 // Chooses the next token from the logits of the last position (greedy, sampling, ...).
 using TokenPicker = std::function<int32_t(absl::Span<const float> logits)>;
@@ -115,6 +125,8 @@ class Model {
   const ModelWeights& weights() const { return weights_; }
   Backend& backend() const { return *backend_; }
   int64_t max_context() const { return max_context_; }
+  // Whether the decoder LoRA was folded into the base weights (ModelOptions::merge_decoder_lora).
+  bool decoder_lora_merged() const { return decoder_lora_merged_; }
   // Element type of KV caches and prefix caches: bfloat16 for bf16 checkpoints (as the official
   // bf16 model keeps K and V), float32 otherwise.
   DType kv_dtype() const { return kv_dtype_; }
@@ -186,6 +198,9 @@ class Model {
   std::shared_ptr<Backend> backend_;
   LayerDims dims_;
   std::vector<DeviceLayer> layers_;
+  bool decoder_lora_merged_ = false;
+  // The merged weights' host bytes, kept only where the backend borrows them (the CPU).
+  std::vector<MergedLinear> merged_host_;
   Tensor embed_tokens_;  // empty on a GPU: Embed gathers rows on the host
   Tensor final_norm_, lm_head_, new_memory_positional_emb_, inv_freq_;
   int64_t max_context_ = 0;

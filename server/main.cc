@@ -89,6 +89,13 @@ ABSL_FLAG(std::string, kv_cache_dtype, "auto",
           "f32, bf16, or fp8 (float8 e4m3, saturating at 448: half the memory of bf16 and half "
           "the K/V bytes each decode step reads, at float8 precision). Injects always compute at "
           "the checkpoint's precision.");
+ABSL_FLAG(std::string, merge_decoder_lora, "auto",
+          "Fold the decoder LoRA into the base weights at load, so that generation runs plain "
+          "matrix products (a GPU's decode step reads no LoRA weights and launches no LoRA "
+          "kernels); inject's encoder adapter takes the decoder's rank to cancel it. Results "
+          "move by one rounding of each merged weight to the checkpoint's dtype (the goldens "
+          "hold). auto: on with --device=cuda, off on the cpu (where it would keep a second host "
+          "copy of every adapted weight); true; false.");
 ABSL_FLAG(int64_t, resident_budget_mb, 8192,
           "Host memory for resident sessions (short-term rows, long-term keys and bookkeeping), "
           "MiB; least recently used sessions spill beyond it and are restored on their next "
@@ -148,6 +155,10 @@ absl::Status ValidateOptions(const ServiceOptions& o) {
   if (auto dtype = engine::ParseKvCacheDType(o.kv_cache_dtype); !dtype.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--kv_cache_dtype: ", dtype.status().message()));
   }
+  if (auto merge = engine::ParseMergeDecoderLora(o.merge_decoder_lora); !merge.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--merge_decoder_lora: ", merge.status().message()));
+  }
   if (auto mode = memstore::ParseLongTermMode(o.ltm_mode); !mode.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--ltm_mode: ", mode.status().message()));
   }
@@ -198,6 +209,7 @@ int Run() {
   options.block_cache_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_block_cache_mb)) << 20;
   options.prefix_cache = absl::GetFlag(FLAGS_prefix_cache);
   options.kv_cache_dtype = absl::GetFlag(FLAGS_kv_cache_dtype);
+  options.merge_decoder_lora = absl::GetFlag(FLAGS_merge_decoder_lora);
   options.resident_budget_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_resident_budget_mb))
                                   << 20;
   options.ltm_mode = absl::GetFlag(FLAGS_ltm_mode);

@@ -103,18 +103,25 @@ absl::Status MemoryServiceImpl::Open() {
   auto kv_cache_dtype = engine::ParseKvCacheDType(options_.kv_cache_dtype);
   if (!kv_cache_dtype.ok()) return kv_cache_dtype.status();
   model_options.kv_cache_dtype = *kv_cache_dtype;
+  auto merge_decoder_lora = engine::ParseMergeDecoderLora(options_.merge_decoder_lora);
+  if (!merge_decoder_lora.ok()) return merge_decoder_lora.status();
+  model_options.merge_decoder_lora = *merge_decoder_lora;
   auto model = engine::Model::Load(model_dir, model_options);
   if (!model.ok()) return model.status();
   model_ = std::move(*model);
   weight_bytes_ = WeightBytes(model_dir);
   const engine::ModelConfig& config = model_->config();
-  LogInfo("model: %d layers, hidden %d, vocab %d, %s, KV cache %s; loaded in %.1f s",
-          static_cast<int>(config.num_hidden_layers), static_cast<int>(config.hidden_size),
-          static_cast<int>(config.vocab_size),
-          config.has_long_term() ? "M+ (short- and long-term memory)"
-          : config.has_memory()  ? "MemoryLLM (short-term memory)"
-                                 : "plain Llama (no memory)",
-          engine::DTypeName(model_->kv_dtype()), SecondsSince(start));
+  LogInfo(
+      "model: %d layers, hidden %d, vocab %d, %s, KV cache %s, decoder LoRA %s; loaded in "
+      "%.1f s",
+      static_cast<int>(config.num_hidden_layers), static_cast<int>(config.hidden_size),
+      static_cast<int>(config.vocab_size),
+      config.has_long_term() ? "M+ (short- and long-term memory)"
+      : config.has_memory()  ? "MemoryLLM (short-term memory)"
+                             : "plain Llama (no memory)",
+      engine::DTypeName(model_->kv_dtype()),
+      model_->decoder_lora_merged() ? "merged into the weights" : "applied per product",
+      SecondsSince(start));
 
   memstore::StoreOptions store_options;
   store_options.path = options_.data_dir + "/sessions";

@@ -16,8 +16,9 @@ struct ServiceOptions {
   std::string cuda_plugin;  // empty: search next to the server, then the build tree
   int cpu_threads = 0;      // 0: one per hardware thread
   bool bf16_rope_inv_freq = true;
-  bool cuda_graphs = true;              // engine::ModelOptions::replay_decode
-  std::string kv_cache_dtype = "auto";  // engine::ParseKvCacheDType
+  bool cuda_graphs = true;                  // engine::ModelOptions::replay_decode
+  std::string kv_cache_dtype = "auto";      // engine::ParseKvCacheDType
+  std::string merge_decoder_lora = "auto";  // engine::ParseMergeDecoderLora
 
   int engine_workers = 2;
   int max_queued_requests = 64;

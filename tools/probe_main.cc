@@ -27,6 +27,9 @@ ABSL_FLAG(bool, bf16_rope_inv_freq, true,
 ABSL_FLAG(std::string, kv_cache_dtype, "auto",
           "KV and prefix cache element type: auto (the checkpoint's), f32, bf16 or fp8 (to "
           "measure how far an fp8 cache moves the outputs from the goldens)");
+ABSL_FLAG(std::string, merge_decoder_lora, "auto",
+          "Fold the decoder LoRA into the base weights at load: auto (on with --device=cuda), "
+          "true or false (to tell a merge problem from a kernel's)");
 ABSL_FLAG(bool, replay_decode, true,
           "Decode steps replay the first step's recorded ops (one CUDA graph launch) where the "
           "backend can record them; false: every step op by op (tells a replay bug from a "
@@ -143,6 +146,8 @@ absl::Status Run(const std::string& scenario_path, const std::string& out_path) 
   options.replay_decode = absl::GetFlag(FLAGS_replay_decode);
   MPLUS_ASSIGN_OR_RETURN(options.kv_cache_dtype,
                          engine::ParseKvCacheDType(absl::GetFlag(FLAGS_kv_cache_dtype)));
+  MPLUS_ASSIGN_OR_RETURN(options.merge_decoder_lora,
+                         engine::ParseMergeDecoderLora(absl::GetFlag(FLAGS_merge_decoder_lora)));
   std::unique_ptr<engine::CudaPlugin> plugin;  // declared first: outlives the model's backend
   if (absl::GetFlag(FLAGS_device) == "cuda") {
     MPLUS_ASSIGN_OR_RETURN(

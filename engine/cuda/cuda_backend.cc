@@ -82,6 +82,7 @@ class CudaBackend : public Backend {
 
   absl::StatusOr<Tensor> Allocate(DType dtype, std::vector<int64_t> shape) override;
   absl::StatusOr<Tensor> UploadWeight(const TensorView& view) override;
+  bool CopiesWeights() const override { return true; }
   absl::StatusOr<std::vector<Tensor>> UploadWeights(absl::Span<const TensorView> views) override;
   absl::Status CopyFromHost(const void* src, DType src_dtype, const Tensor& dst) override;
   absl::Status CopyRowsFromHost(int64_t rows, size_t row_bytes, DType src_dtype, HostRowsFill fill,
@@ -866,34 +867,41 @@ absl::Status CudaBackend::LoraMatMul(const Tensor& x, const Tensor& w, const Ten
 
 // q, k, v (or gate, up) in decode: their weights back to back (UploadWeights) are one GEMV whose
 // epilogue routes each linear's rows to its output with its LoRA B term, after one GEMV for all
-// their A matrices (also back to back): two launches instead of two or three per linear.
+// their A matrices (also back to back): two launches instead of two or three per linear. Without
+// LoRA (every linear's A empty: the decoder's, merged into the weights) the one GEMV alone.
 absl::Status CudaBackend::LoraMatMulGroup(const Tensor& x, absl::Span<const LoraLinear> group,
                                           float scale, absl::Span<const Tensor> outs) {
   const int64_t n = x.rows(), k = x.cols();
   const int count = static_cast<int>(group.size());
   bool fused = count >= 2 && count <= kMaxGemvSegments && outs.size() == group.size() &&
                x.dtype() == DType::kF32 && x.device() == Device::kCuda && n > 0;
+  const bool lora = fused && !group[0].a.empty();
   std::vector<const Tensor*> ws, as;
-  const int64_t r = fused ? group[0].a.rows() : 0;
+  const int64_t r = lora ? group[0].a.rows() : 0;
   int64_t m = 0;
   for (int i = 0; fused && i < count; ++i) {
     const LoraLinear& l = group[i];
     const Tensor& out = outs[i];
-    fused = !l.a.empty() && l.w.dtype() == DType::kBF16 && l.a.dtype() == DType::kBF16 &&
-            l.b.dtype() == DType::kBF16 && l.w.cols() == k && l.a.cols() == k && l.a.rows() == r &&
-            r > 0 && l.b.rows() == l.w.rows() && l.b.cols() == r && out.dtype() == DType::kF32 &&
-            out.rows() == n && out.cols() == l.w.rows() &&
+    fused = l.a.empty() != lora && l.w.dtype() == DType::kBF16 && l.w.cols() == k &&
+            out.dtype() == DType::kF32 && out.rows() == n && out.cols() == l.w.rows() &&
+            l.w.device() == Device::kCuda && out.device() == Device::kCuda &&
             !Overlap(x.data(), x.nbytes(), out.data(), out.nbytes());
-    for (const Tensor* t : {&l.w, &l.a, &l.b, &out}) fused = fused && t->device() == Device::kCuda;
+    if (lora) {
+      fused = fused && l.a.dtype() == DType::kBF16 && l.b.dtype() == DType::kBF16 &&
+              l.a.cols() == k && l.a.rows() == r && r > 0 && l.b.rows() == l.w.rows() &&
+              l.b.cols() == r && l.a.device() == Device::kCuda && l.b.device() == Device::kCuda;
+      as.push_back(&l.a);
+    }
     ws.push_back(&l.w);
-    as.push_back(&l.a);
     m += l.w.rows();
   }
-  fused = fused && BackToBack(ws) && BackToBack(as) &&
-          GemvSupported(n, k, x.data(), ws[0]->data()) &&
-          GemvSupported(n, k, x.data(), as[0]->data());
+  fused = fused && BackToBack(ws) && GemvSupported(n, k, x.data(), ws[0]->data());
+  if (lora) fused = fused && BackToBack(as) && GemvSupported(n, k, x.data(), as[0]->data());
   if (!fused) return Backend::LoraMatMulGroup(x, group, scale, outs);
-  MPLUS_ASSIGN_OR_RETURN(Tensor t, Allocate(DType::kF32, {n, count * r}));
+  Tensor t;
+  if (lora) {
+    MPLUS_ASSIGN_OR_RETURN(t, Allocate(DType::kF32, {n, count * r}));
+  }
   GemvEpilogue ep;
   ep.segments = count;
   int64_t end = 0;
@@ -901,17 +909,21 @@ absl::Status CudaBackend::LoraMatMulGroup(const Tensor& x, absl::Span<const Lora
     end += group[i].w.rows();
     ep.end[i] = end;
     ep.out[i] = outs[i].data_as<float>();
-    ep.lora_b[i] = group[i].b.data_as<const uint16_t>();
+    if (lora) ep.lora_b[i] = group[i].b.data_as<const uint16_t>();
   }
-  ep.lora_t = t.data_as<const float>();
-  ep.lora_r = r;
-  ep.lora_t_cols = count * r;
-  ep.lora_scale = scale;
+  if (lora) {
+    ep.lora_t = t.data_as<const float>();
+    ep.lora_r = r;
+    ep.lora_t_cols = count * r;
+    ep.lora_scale = scale;
+  }
   absl::MutexLock lock(&mu_);
   MPLUS_RETURN_IF_ERROR(state_->Activate());
-  MPLUS_CUDA_RETURN_IF_ERROR(LaunchGemvBf16(
-      x.data_as<const float>(), as[0]->data_as<const uint16_t>(), n, count * r, k, 1.0f, false,
-      PlainGemv(t.data_as<float>(), count * r), GemvFor(*as[0]), stream()));
+  if (lora) {
+    MPLUS_CUDA_RETURN_IF_ERROR(LaunchGemvBf16(
+        x.data_as<const float>(), as[0]->data_as<const uint16_t>(), n, count * r, k, 1.0f, false,
+        PlainGemv(t.data_as<float>(), count * r), GemvFor(*as[0]), stream()));
+  }
   MPLUS_CUDA_RETURN_IF_ERROR(LaunchGemvBf16(x.data_as<const float>(),
                                             ws[0]->data_as<const uint16_t>(), n, m, k, 1.0f, false,
                                             ep, GemvFor(*ws[0]), stream()));

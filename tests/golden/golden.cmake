@@ -47,6 +47,15 @@ foreach(n 1 2 3 4)
                     ${tolerance_tiny-mplus-bf16} "--kv_cache_dtype=fp8")
 endforeach()
 
+# The decoder LoRA folded into the base weights at load (--merge_decoder_lora, on by default on a
+# GPU) moves results by one rounding of each merged weight: the goldens must still hold.
+foreach(fixture tiny-mplus tiny-mplus-bf16)
+  foreach(n 1 2 3 4)
+    mplus_golden_test(golden.${fixture}.merged-lora.scenario-${n} ${fixture} ${n}
+                      ${tolerance_${fixture}} "--merge_decoder_lora=true")
+  endforeach()
+endforeach()
+
 # mplus-probe's --device handling: a bad value is refused; on a machine without a GPU (CI)
 # --device=cuda fails with CUDA's error, not a crash; with a GPU it must match the golden.
 add_test(NAME golden.probe-device

@@ -302,6 +302,7 @@ absl::Status Run() {
       Soft("retrieval", RunRetrieval(backend, config, ltm_keys, threads));
   const engine::DType kv_dtype = model->kv_dtype();
   const int64_t prefix_length = model->prefix_length();
+  const bool merged = model->decoder_lora_merged();
   // The lean session again with an fp8 KV cache (--kv_cache_dtype=fp8), on the model loaded
   // afresh with it: one model's weights at a time, so the two peaks compare.
   model.reset();
@@ -312,6 +313,15 @@ absl::Status Run() {
         MPLUS_ASSIGN_OR_RETURN(std::unique_ptr<engine::Model> fp8_model,
                                engine::Model::Load(dir, fp8_options));
         return RunLeanOffload(*fp8_model, sizes);
+      }());
+  // And with the decoder LoRA the other way (--merge_decoder_lora): what the merge saves a step.
+  engine::ModelOptions other_merge_options = options;
+  other_merge_options.merge_decoder_lora = !merged;
+  const std::optional<LeanResult> lean_other_merge =
+      Soft("other LoRA merge session", [&]() -> absl::StatusOr<LeanResult> {
+        MPLUS_ASSIGN_OR_RETURN(std::unique_ptr<engine::Model> other_model,
+                               engine::Model::Load(dir, other_merge_options));
+        return RunLeanOffload(*other_model, sizes);
       }());
 
   // Decode roofline: the weight bytes each step reads at the measured bandwidth. Each step also
@@ -449,6 +459,12 @@ absl::Status Run() {
   };
   lean_rows("--prefix_cache=false", kv_dtype, lean);
   lean_rows("--prefix_cache=false --kv_cache_dtype=fp8", engine::DType::kF8E4M3, lean_fp8);
+  rows.push_back(
+      {absl::StrFormat("  decode ms/token, --prefix_cache=false --merge_decoder_lora=%s "
+                       "(the table's: %s), after the %d-token prompt",
+                       merged ? "false" : "true", merged ? "true" : "false", sizes.long_prompt),
+       "", lean_other_merge ? decode_cell(lean_other_merge->decode_ms_per_token) : kFailed, "",
+       ""});
 
   absl::PrintF("\n### mplus_gpu_model_bench: %s-shaped M+ (bf16, random weights)\n\n",
                cuda ? "mplus-8b" : "tiny-mplus");

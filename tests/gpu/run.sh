@@ -115,6 +115,9 @@ if ! run_goldens cuda; then
   MPLUS_CUDA_DEPENDENT_LAUNCH=0 run_goldens cuda "" "" "MPLUS_CUDA_DEPENDENT_LAUNCH=0"
   run_goldens cuda "" --replay_decode=false
 fi
+# The CUDA default folds the decoder LoRA into the weights (--merge_decoder_lora): the goldens
+# again with the LoRA applied per product, so that a merge bug and a kernel bug tell apart.
+run_goldens cuda "" --merge_decoder_lora=false || failed=1
 run_goldens cpu || failed=1
 # An fp8 KV cache holds the bf16 fixture's goldens at bf16's tolerance (as ctest checks on the CPU).
 run_goldens cuda tiny-mplus-bf16 --kv_cache_dtype=fp8 || failed=1

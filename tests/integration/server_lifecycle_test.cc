@@ -61,7 +61,9 @@ TEST(ServerLifecycleTest, BadFlagValueFailsStartupWithMessage) {
          "--offload_gpu_scoring_min_tokens must not be negative, got -2"},
         {"--device_stall_seconds=-5", "--device_stall_seconds must not be negative, got -5"},
         {"--kv_cache_dtype=int4",
-         "--kv_cache_dtype: kv cache dtype \"int4\" is not one of auto, f32, bf16, fp8"}}) {
+         "--kv_cache_dtype: kv cache dtype \"int4\" is not one of auto, f32, bf16, fp8"},
+        {"--merge_decoder_lora=yes",
+         "--merge_decoder_lora: merge_decoder_lora \"yes\" is not one of auto, true, false"}}) {
     log = RunToExit(MPLUS_SERVER_BIN, {flag, "--metrics_listen="}, &status);
     ASSERT_TRUE(log.ok());
     EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 2) << *log;

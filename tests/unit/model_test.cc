@@ -288,5 +288,57 @@ TEST(KvCacheDTypeTest, Fp8CachesChangeGenerationsSlightlyAndInjectsNot) {
   EXPECT_LT(std::sqrt(err / norm), 2e-2);
 }
 
+// --merge_decoder_lora: parsed strictly; auto keeps the CPU unmerged (no second host copy);
+// merged, a generation's logits and an inject's memory move by one rounding of each merged
+// float32 weight only, and the merged weights outlive the load (the CPU reads them in place).
+TEST(MergeDecoderLoraTest, MergedModelMatchesTheUnmergedOneUpToRounding) {
+  EXPECT_EQ(*ParseMergeDecoderLora("auto"), std::nullopt);
+  EXPECT_EQ(*ParseMergeDecoderLora("true"), true);
+  EXPECT_EQ(ParseMergeDecoderLora("1").status().code(), absl::StatusCode::kInvalidArgument);
+  const std::string dir = std::string(MPLUS_FIXTURES_DIR) + "/tiny-mplus";
+  ModelOptions options;
+  std::vector<float> logits[2], delta[2];
+  for (int merge = 0; merge < 2; ++merge) {
+    if (merge) options.merge_decoder_lora = true;
+    auto model = Model::Load(dir, options);
+    ASSERT_TRUE(model.ok()) << model.status();
+    EXPECT_EQ((*model)->decoder_lora_merged(), merge == 1);
+    auto session = memstore::InMemorySession::Create(**model);
+    ASSERT_TRUE(session.ok());
+    PrefillOutput out;
+    auto state = (*model)->Prefill(**session, std::vector<int32_t>{5, 90, 17, 200}, 2, false, &out);
+    ASSERT_TRUE(state.ok()) << state.status();
+    auto next = (*model)->Decode(**state, 7);
+    ASSERT_TRUE(next.ok()) << next.status();
+    logits[merge] = *next;
+    const ModelConfig& c = (*model)->config();
+    auto inject = (*model)->Inject(
+        **session, std::vector<int32_t>{40, 41, 42},
+        ChooseDropSlots(7, 0, static_cast<int>(c.num_hidden_layers), c.stm_tokens(), c.num_tokens));
+    ASSERT_TRUE(inject.ok()) << inject.status();
+    delta[merge] = inject->delta[0];
+  }
+  for (const auto* pair : {&logits, &delta}) {
+    const std::vector<float>&a = (*pair)[0], &b = (*pair)[1];
+    ASSERT_EQ(a.size(), b.size());
+    double err = 0, norm = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+      err += (b[i] - a[i]) * (b[i] - a[i]);
+      norm += a[i] * a[i];
+    }
+    EXPECT_GT(err, 0.0) << "the merged weights were not used";
+    EXPECT_LT(std::sqrt(err / norm), 1e-5);
+  }
+}
+
+// A checkpoint without a decoder adapter has nothing to merge.
+TEST(MergeDecoderLoraTest, PlainLlamaHasNothingToMerge) {
+  ModelOptions options;
+  options.merge_decoder_lora = true;
+  auto model = Model::Load(MakeLlamaCheckpoint(), options);
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_FALSE((*model)->decoder_lora_merged());
+}
+
 }  // namespace
 }  // namespace mplus::engine
