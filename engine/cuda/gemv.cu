@@ -28,17 +28,33 @@ __device__ __forceinline__ float Dot8(const uint4 w, const float* x) {
   return s;
 }
 
+// The L2 cache line that holds `p` fetched from memory, without waiting or using a register.
+__device__ __forceinline__ void PrefetchL2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+
 // T threads (a power of two up to kThreads) per weight row: thread `part` of a row reads the
 // row's 8-element chunks part, part + T, ...; the T partial sums are reduced by shuffles within
-// a warp and through shared memory across warps.
+// a warp and through shared memory across warps. Blocks below `prefetch_blocks` first fetch all
+// their weight rows into L2 (see GemvDevice).
 template <int N>
 __global__ void __launch_bounds__(kThreads)
     GemvBf16Kernel(const float* x, const uint16_t* __restrict__ w, int64_t m, int64_t k,
-                   float alpha, bool accumulate, GemvEpilogue ep, int threads_per_row) {
+                   float alpha, bool accumulate, GemvEpilogue ep, int threads_per_row,
+                   int64_t prefetch_blocks) {
   AllowDependentLaunch();
   const int T = threads_per_row, tid = threadIdx.x, part = tid % T;
-  const int64_t row = blockIdx.x * int64_t{kThreads / T} + tid / T;
+  const int64_t first_row = blockIdx.x * int64_t{kThreads / T};
+  const int64_t row = first_row + tid / T;
   const int64_t chunks = k / 8;
+  if (blockIdx.x < prefetch_blocks) {
+    constexpr int64_t kLine = 128;
+    const auto* block_weights = reinterpret_cast<const char*>(w + first_row * k);
+    const int64_t bytes = min(int64_t{kThreads / T}, m - first_row) * k * 2;
+    for (int64_t at = tid * kLine; at < bytes; at += kThreads * kLine) {
+      PrefetchL2(block_weights + at);
+    }
+  }
   const uint4* wrow = reinterpret_cast<const uint4*>(w + min(row, m - 1) * k);
   // The first weights are read before the wait for the kernel before (see GemvDevice).
   uint4 wv[kUnroll];
@@ -113,14 +129,19 @@ int ThreadsPerRow(int64_t m, int64_t k, int num_sms) {
   return t;
 }
 
+// A programmatic GEMV's first blocks prefetch up to `device.l2_prefetch_bytes` of weights.
 template <int N>
 cudaError_t Launch(const float* x, const uint16_t* w, int64_t m, int64_t k, float alpha,
-                   bool accumulate, const GemvEpilogue& ep, int threads_per_row, bool programmatic,
-                   cudaStream_t stream) {
+                   bool accumulate, const GemvEpilogue& ep, int threads_per_row,
+                   const GemvDevice& device, cudaStream_t stream) {
   const int64_t rows_per_block = kThreads / threads_per_row;
-  const dim3 grid(static_cast<unsigned>((m + rows_per_block - 1) / rows_per_block));
-  return LaunchKernel(GemvBf16Kernel<N>, grid, dim3(kThreads), stream, programmatic, x, w, m, k,
-                      alpha, accumulate, ep, threads_per_row);
+  const int64_t blocks = (m + rows_per_block - 1) / rows_per_block;
+  const bool programmatic = device.programmatic_launch;
+  const int64_t prefetch_blocks =
+      programmatic ? std::min(blocks, device.l2_prefetch_bytes / (rows_per_block * k * 2)) : 0;
+  return LaunchKernel(GemvBf16Kernel<N>, dim3(static_cast<unsigned>(blocks)), dim3(kThreads),
+                      stream, programmatic, x, w, m, k, alpha, accumulate, ep, threads_per_row,
+                      prefetch_blocks);
 }
 
 // The segments tile [0, m) in order, each with an output; LoRA terms have their t.
@@ -157,6 +178,9 @@ cudaError_t GetGemvDevice(GemvDevice* device) {
   const char* env = std::getenv("MPLUS_CUDA_DEPENDENT_LAUNCH");
   const bool disabled = env != nullptr && std::string_view(env) == "0";
   device->programmatic_launch = major >= 9 && code.ptxVersion >= 90 && !disabled;
+  if (const char* mib = std::getenv("MPLUS_CUDA_GEMV_L2_PREFETCH_MIB"); mib != nullptr) {
+    device->l2_prefetch_bytes = std::max(0L, std::strtol(mib, nullptr, 10)) << 20;
+  }
   return err;
 }
 
@@ -174,16 +198,15 @@ cudaError_t LaunchGemvBf16(const float* x, const uint16_t* w, int64_t n, int64_t
     return cudaErrorInvalidValue;
   }
   const int t = ThreadsPerRow(m, k, device.num_sms);
-  const bool pdl = device.programmatic_launch;
   switch (n) {
     case 1:
-      return Launch<1>(x, w, m, k, alpha, accumulate, epilogue, t, pdl, stream);
+      return Launch<1>(x, w, m, k, alpha, accumulate, epilogue, t, device, stream);
     case 2:
-      return Launch<2>(x, w, m, k, alpha, accumulate, epilogue, t, pdl, stream);
+      return Launch<2>(x, w, m, k, alpha, accumulate, epilogue, t, device, stream);
     case 3:
-      return Launch<3>(x, w, m, k, alpha, accumulate, epilogue, t, pdl, stream);
+      return Launch<3>(x, w, m, k, alpha, accumulate, epilogue, t, device, stream);
     default:
-      return Launch<4>(x, w, m, k, alpha, accumulate, epilogue, t, pdl, stream);
+      return Launch<4>(x, w, m, k, alpha, accumulate, epilogue, t, device, stream);
   }
 }
 

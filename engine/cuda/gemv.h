@@ -44,11 +44,17 @@ inline GemvEpilogue PlainGemv(float* out, int64_t m) {
 // its first weights (which no kernel writes) meanwhile, and waits for that kernel (PTX
 // griddepcontrol.wait) before it reads x or touches out. It also lets the launch after it start
 // early, which changes nothing unless that launch is programmatic too.
+//
+// A programmatic GEMV's first blocks also fetch their whole weight rows into L2 before that wait,
+// up to l2_prefetch_bytes in all: the memory bus would otherwise idle through the short kernels
+// between a decode step's GEMVs (RMSNorm, RoPE, SiluMul; a few microseconds each). A hint only:
+// the weights are read as before, so results cannot change.
 struct GemvDevice {
   int num_sms = 1;
-  bool programmatic_launch = false;  // compute capability 9.0 or later
+  bool programmatic_launch = false;               // compute capability 9.0 or later
+  int64_t l2_prefetch_bytes = int64_t{16} << 20;  // a third of an H100's L2
 };
-// The current device's.
+// The current device's; MPLUS_CUDA_GEMV_L2_PREFETCH_MIB overrides l2_prefetch_bytes (0: off).
 cudaError_t GetGemvDevice(GemvDevice* device);
 
 // Whether LaunchGemvBf16 takes these operands: 1 <= n <= kMaxGemvRows, k a multiple of 8, and

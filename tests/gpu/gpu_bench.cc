@@ -2,6 +2,7 @@
 // Times are wall clock around Synchronize on the backend's stream, after one warm-up call.
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -40,6 +41,57 @@ void Row(const std::string& what, const absl::StatusOr<double>& secs, double wor
   }
   std::printf("| %-52s | %10.3f ms | %9.1f %s |\n", what.c_str(), *secs * 1e3, work / *secs / 1e12,
               unit);
+}
+
+// A decode step's GEMVs follow short kernels, during which a programmatic GEMV's first blocks
+// fetch their weights into L2 (GemvDevice::l2_prefetch_bytes, read from
+// MPLUS_CUDA_GEMV_L2_PREFETCH_MIB when a backend is made): RmsNorm then the q/k/v GEMV, and the
+// down projection's shape, per prefetch budget. TB/s of the GEMV's weight bytes over the pair.
+absl::Status GemvL2PrefetchSweep() {
+  constexpr const char* kVariable = "MPLUS_CUDA_GEMV_L2_PREFETCH_MIB";
+  const char* set = std::getenv(kVariable);
+  const std::string saved = set != nullptr ? set : "";
+  struct Shape {
+    int64_t m, k;
+  };
+  absl::Status status;
+  for (const int mib : {0, 8, 16, 32}) {
+    setenv(kVariable, std::to_string(mib).c_str(), 1);
+    absl::StatusOr<std::unique_ptr<Backend>> gpu_or = engine::cuda::CreateCudaBackend(0);
+    if (!gpu_or.ok()) {
+      status = gpu_or.status();
+      break;
+    }
+    Backend& gpu = **gpu_or;
+    for (const Shape& g : {Shape{6144, 4096}, Shape{4096, 14336}}) {
+      auto w = MakeWeight(RandomFloats(g.m * g.k, 11), DType::kBF16, {g.m, g.k});
+      auto norm = MakeWeight(RandomFloats(g.k, 12), DType::kBF16, {g.k});
+      absl::StatusOr<Tensor> wt = gpu.UploadWeight(w->view);
+      absl::StatusOr<Tensor> nt = gpu.UploadWeight(norm->view);
+      absl::StatusOr<Tensor> x = Upload(gpu, RandomFloats(g.k, 13), {1, g.k});
+      absl::StatusOr<Tensor> normed = gpu.Allocate(DType::kF32, {1, g.k});
+      absl::StatusOr<Tensor> out = gpu.Allocate(DType::kF32, {1, g.m});
+      if (!wt.ok() || !nt.ok() || !x.ok() || !normed.ok() || !out.ok()) {
+        status = absl::InternalError("GEMV prefetch bench setup failed");
+        break;
+      }
+      auto pair = [&]() -> absl::Status {
+        if (absl::Status s = gpu.RmsNorm(*x, *nt, 1e-5f, *normed); !s.ok()) return s;
+        return gpu.MatMul(*normed, *wt, *out, 1.0f, false);
+      };
+      Row(absl::StrCat("RmsNorm + GEMV m=", g.m, " k=", g.k, ", L2 prefetch ", mib, " MiB"),
+          TimeIt(
+              pair, [&] { return gpu.Synchronize(); }, 50),
+          static_cast<double>(w->bytes.size()), "TB/s");
+    }
+    if (!status.ok()) break;
+  }
+  if (set != nullptr) {
+    setenv(kVariable, saved.c_str(), 1);
+  } else {
+    unsetenv(kVariable);
+  }
+  return status;
 }
 
 absl::Status RunBenchmarks() {
@@ -139,6 +191,7 @@ absl::Status RunBenchmarks() {
   if (!src.ok() || !dst.ok()) return absl::InternalError("bandwidth bench setup failed");
   Row("Copy 1 GiB device-to-device (read + write)",
       TimeIt([&] { return gpu.Copy(*src, *dst); }, sync, 10), 2.0 * elems * 4, "TB/s");
+  if (absl::Status s = GemvL2PrefetchSweep(); !s.ok()) return s;
   absl::StatusOr<engine::cuda::CudaMemoryStats> mem = engine::cuda::GetCudaMemoryStats(gpu);
   if (mem.ok()) {
     std::printf(
