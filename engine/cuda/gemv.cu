@@ -120,9 +120,11 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // A warp per row while rows are plentiful; more threads per row (up to a block) when there are
-// too few rows to fill the GPU, as long as each thread keeps a few chunks to read.
-int ThreadsPerRow(int64_t m, int64_t k, int num_sms) {
-  const int64_t chunks = k / 8, want_threads = int64_t{num_sms} * 1024;
+// too few rows to fill the GPU, as long as each thread keeps a few chunks to read. A device's
+// threads_per_row, when set, instead.
+int ThreadsPerRow(int64_t m, int64_t k, const GemvDevice& device) {
+  if (device.threads_per_row > 0) return device.threads_per_row;
+  const int64_t chunks = k / 8, want_threads = int64_t{device.num_sms} * 1024;
   int t = 1;
   while (t < 32 && t < chunks) t *= 2;
   while (t < kThreads && m * t < want_threads && chunks >= 4 * int64_t{t}) t *= 2;
@@ -181,6 +183,11 @@ cudaError_t GetGemvDevice(GemvDevice* device) {
   if (const char* mib = std::getenv("MPLUS_CUDA_GEMV_L2_PREFETCH_MIB"); mib != nullptr) {
     device->l2_prefetch_bytes = std::max(0L, std::strtol(mib, nullptr, 10)) << 20;
   }
+  if (const char* t = std::getenv("MPLUS_CUDA_GEMV_THREADS_PER_ROW"); t != nullptr) {
+    const long threads = std::strtol(t, nullptr, 10);
+    const bool power_of_two = threads > 0 && (threads & (threads - 1)) == 0;
+    device->threads_per_row = power_of_two && threads <= kThreads ? static_cast<int>(threads) : 0;
+  }
   return err;
 }
 
@@ -197,7 +204,7 @@ cudaError_t LaunchGemvBf16(const float* x, const uint16_t* w, int64_t n, int64_t
       !ValidEpilogue(epilogue, m)) {
     return cudaErrorInvalidValue;
   }
-  const int t = ThreadsPerRow(m, k, device.num_sms);
+  const int t = ThreadsPerRow(m, k, device);
   switch (n) {
     case 1:
       return Launch<1>(x, w, m, k, alpha, accumulate, epilogue, t, device, stream);

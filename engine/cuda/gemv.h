@@ -53,8 +53,11 @@ struct GemvDevice {
   int num_sms = 1;
   bool programmatic_launch = false;               // compute capability 9.0 or later
   int64_t l2_prefetch_bytes = int64_t{16} << 20;  // a third of an H100's L2
+  // Threads that share a weight row (a power of two up to 256); 0: chosen by the shape.
+  int threads_per_row = 0;
 };
-// The current device's; MPLUS_CUDA_GEMV_L2_PREFETCH_MIB overrides l2_prefetch_bytes (0: off).
+// The current device's; MPLUS_CUDA_GEMV_L2_PREFETCH_MIB overrides l2_prefetch_bytes (0: off)
+// and MPLUS_CUDA_GEMV_THREADS_PER_ROW threads_per_row (for the op table's sweeps).
 cudaError_t GetGemvDevice(GemvDevice* device);
 
 // Whether LaunchGemvBf16 takes these operands: 1 <= n <= kMaxGemvRows, k a multiple of 8, and

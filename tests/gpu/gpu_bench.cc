@@ -43,55 +43,82 @@ void Row(const std::string& what, const absl::StatusOr<double>& secs, double wor
               unit);
 }
 
-// A decode step's GEMVs follow short kernels, during which a programmatic GEMV's first blocks
-// fetch their weights into L2 (GemvDevice::l2_prefetch_bytes, read from
-// MPLUS_CUDA_GEMV_L2_PREFETCH_MIB when a backend is made): RmsNorm then the q/k/v GEMV, and the
-// down projection's shape, per prefetch budget. TB/s of the GEMV's weight bytes over the pair.
-absl::Status GemvL2PrefetchSweep() {
-  constexpr const char* kVariable = "MPLUS_CUDA_GEMV_L2_PREFETCH_MIB";
-  const char* set = std::getenv(kVariable);
+// Runs `rows` on a backend made with `variable` set to each of `values` (GEMV settings are read
+// when a backend is made), then restores the variable.
+absl::Status SweepGemvSetting(const char* variable, std::initializer_list<int> values,
+                              const std::function<absl::Status(Backend&, int)>& rows) {
+  const char* set = std::getenv(variable);
   const std::string saved = set != nullptr ? set : "";
-  struct Shape {
-    int64_t m, k;
-  };
   absl::Status status;
-  for (const int mib : {0, 8, 16, 32}) {
-    setenv(kVariable, std::to_string(mib).c_str(), 1);
-    absl::StatusOr<std::unique_ptr<Backend>> gpu_or = engine::cuda::CreateCudaBackend(0);
-    if (!gpu_or.ok()) {
-      status = gpu_or.status();
-      break;
-    }
-    Backend& gpu = **gpu_or;
-    for (const Shape& g : {Shape{6144, 4096}, Shape{4096, 14336}}) {
-      auto w = MakeWeight(RandomFloats(g.m * g.k, 11), DType::kBF16, {g.m, g.k});
-      auto norm = MakeWeight(RandomFloats(g.k, 12), DType::kBF16, {g.k});
-      absl::StatusOr<Tensor> wt = gpu.UploadWeight(w->view);
-      absl::StatusOr<Tensor> nt = gpu.UploadWeight(norm->view);
-      absl::StatusOr<Tensor> x = Upload(gpu, RandomFloats(g.k, 13), {1, g.k});
-      absl::StatusOr<Tensor> normed = gpu.Allocate(DType::kF32, {1, g.k});
-      absl::StatusOr<Tensor> out = gpu.Allocate(DType::kF32, {1, g.m});
-      if (!wt.ok() || !nt.ok() || !x.ok() || !normed.ok() || !out.ok()) {
-        status = absl::InternalError("GEMV prefetch bench setup failed");
-        break;
-      }
-      auto pair = [&]() -> absl::Status {
-        if (absl::Status s = gpu.RmsNorm(*x, *nt, 1e-5f, *normed); !s.ok()) return s;
-        return gpu.MatMul(*normed, *wt, *out, 1.0f, false);
-      };
-      Row(absl::StrCat("RmsNorm + GEMV m=", g.m, " k=", g.k, ", L2 prefetch ", mib, " MiB"),
-          TimeIt(
-              pair, [&] { return gpu.Synchronize(); }, 50),
-          static_cast<double>(w->bytes.size()), "TB/s");
-    }
+  for (const int value : values) {
+    setenv(variable, std::to_string(value).c_str(), 1);
+    absl::StatusOr<std::unique_ptr<Backend>> gpu = engine::cuda::CreateCudaBackend(0);
+    status = gpu.ok() ? rows(**gpu, value) : gpu.status();
     if (!status.ok()) break;
   }
   if (set != nullptr) {
-    setenv(kVariable, saved.c_str(), 1);
+    setenv(variable, saved.c_str(), 1);
   } else {
-    unsetenv(kVariable);
+    unsetenv(variable);
   }
   return status;
+}
+
+// Times a decode GEMV of weights [m, k], alone or after the RmsNorm a decode step runs ahead of
+// it (`after_norm`): TB/s of the weight bytes.
+absl::Status GemvRow(Backend& gpu, int64_t m, int64_t k, bool after_norm, const std::string& what) {
+  auto w = MakeWeight(RandomFloats(m * k, 11), DType::kBF16, {m, k});
+  auto norm = MakeWeight(RandomFloats(k, 12), DType::kBF16, {k});
+  absl::StatusOr<Tensor> wt = gpu.UploadWeight(w->view);
+  absl::StatusOr<Tensor> nt = gpu.UploadWeight(norm->view);
+  absl::StatusOr<Tensor> x = Upload(gpu, RandomFloats(k, 13), {1, k});
+  absl::StatusOr<Tensor> normed = gpu.Allocate(DType::kF32, {1, k});
+  absl::StatusOr<Tensor> out = gpu.Allocate(DType::kF32, {1, m});
+  if (!wt.ok() || !nt.ok() || !x.ok() || !normed.ok() || !out.ok()) {
+    return absl::InternalError("GEMV bench setup failed");
+  }
+  auto op = [&]() -> absl::Status {
+    if (after_norm) {
+      if (absl::Status s = gpu.RmsNorm(*x, *nt, 1e-5f, *normed); !s.ok()) return s;
+    }
+    return gpu.MatMul(after_norm ? *normed : *x, *wt, *out, 1.0f, false);
+  };
+  Row(absl::StrCat(after_norm ? "RmsNorm + " : "", "GEMV m=", m, " k=", k, ", ", what),
+      TimeIt(
+          op, [&] { return gpu.Synchronize(); }, 50),
+      static_cast<double>(w->bytes.size()), "TB/s");
+  return absl::OkStatus();
+}
+
+// Decode's GEMV shapes (mplus-8b: q/k/v, o, gate/up, down) by threads per weight row: how the
+// grid's blocks fill the GPU's (whole waves or a tail; GemvDevice::threads_per_row).
+// Then RmsNorm + GEMV pairs by L2 prefetch budget: a programmatic GEMV's first blocks fetch
+// their weights into L2 while the short kernel ahead runs (GemvDevice::l2_prefetch_bytes).
+absl::Status GemvSweeps() {
+  struct Shape {
+    int64_t m, k;
+  };
+  const Shape decode_shapes[] = {{6144, 4096}, {4096, 4096}, {28672, 4096}, {4096, 14336}};
+  absl::Status s = SweepGemvSetting(
+      "MPLUS_CUDA_GEMV_THREADS_PER_ROW", {0, 32, 64, 128, 256}, [&](Backend& gpu, int t) {
+        for (const Shape& g : decode_shapes) {
+          const std::string what =
+              t == 0 ? std::string("threads/row by shape") : absl::StrCat(t, " threads/row");
+          if (absl::Status r = GemvRow(gpu, g.m, g.k, false, what); !r.ok()) return r;
+        }
+        return absl::OkStatus();
+      });
+  if (!s.ok()) return s;
+  return SweepGemvSetting("MPLUS_CUDA_GEMV_L2_PREFETCH_MIB", {0, 8, 16, 32},
+                          [&](Backend& gpu, int mib) {
+                            for (const Shape& g : {decode_shapes[0], decode_shapes[3]}) {
+                              const std::string what = absl::StrCat("L2 prefetch ", mib, " MiB");
+                              if (absl::Status r = GemvRow(gpu, g.m, g.k, true, what); !r.ok()) {
+                                return r;
+                              }
+                            }
+                            return absl::OkStatus();
+                          });
 }
 
 absl::Status RunBenchmarks() {
@@ -191,7 +218,7 @@ absl::Status RunBenchmarks() {
   if (!src.ok() || !dst.ok()) return absl::InternalError("bandwidth bench setup failed");
   Row("Copy 1 GiB device-to-device (read + write)",
       TimeIt([&] { return gpu.Copy(*src, *dst); }, sync, 10), 2.0 * elems * 4, "TB/s");
-  if (absl::Status s = GemvL2PrefetchSweep(); !s.ok()) return s;
+  if (absl::Status s = GemvSweeps(); !s.ok()) return s;
   absl::StatusOr<engine::cuda::CudaMemoryStats> mem = engine::cuda::GetCudaMemoryStats(gpu);
   if (mem.ok()) {
     std::printf(
