@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -105,6 +106,12 @@ class CudaBackend : public Backend {
                           float scale, const Tensor& out, bool accumulate) override;
   absl::Status LoraMatMulGroup(const Tensor& x, absl::Span<const LoraLinear> group, float scale,
                                absl::Span<const Tensor> outs) override;
+  absl::Status RmsNormLoraMatMulGroup(const Tensor& x, const Tensor& norm_weight, float eps,
+                                      absl::Span<const LoraLinear> group, float scale,
+                                      absl::Span<const Tensor> outs) override;
+  absl::Status SiluMulLoraMatMul(const Tensor& gate, const Tensor& up, const Tensor& w,
+                                 const Tensor& a, const Tensor& b, float scale, const Tensor& out,
+                                 bool accumulate) override;
   absl::Status StoreKeysValues(const Tensor& k, const Tensor& v, int64_t head_dim,
                                absl::Span<const int64_t> positions, const Tensor& inv_freq,
                                const Tensor& k_rows, const Tensor& v_rows) override;
@@ -182,6 +189,14 @@ class CudaBackend : public Backend {
   cudaError_t WaitForStream(const void* src = nullptr, size_t bytes = 0, void* dst = nullptr);
   // Copy between different dtypes (float32 <-> bfloat16 or float8 e4m3 only); takes mu_.
   absl::Status ConvertingCopy(const Tensor& src, const Tensor& dst);
+  // LoraMatMul / LoraMatMulGroup as GEMVs over `input` (x itself, or a folded RMSNorm or
+  // SiluMul of it: gemv.h); nullopt where the operands do not fit them.
+  std::optional<absl::Status> LinearGemv(const Tensor& x, const Tensor& w, const Tensor& a,
+                                         const Tensor& b, float scale, const Tensor& out,
+                                         bool accumulate, const GemvInput& input);
+  std::optional<absl::Status> GroupGemv(const Tensor& x, absl::Span<const LoraLinear> group,
+                                        float scale, absl::Span<const Tensor> outs,
+                                        const GemvInput& input);
   // gemv_ for a GEMV over `w`: programmatic only when w is weight memory, which no kernel
   // writes (the GEMV streams its first rows before waiting for the kernel ahead).
   GemvDevice GemvFor(const Tensor& w) const {
@@ -830,6 +845,14 @@ absl::StatusOr<std::unique_ptr<Recording>> CudaBackend::Record(
 absl::Status CudaBackend::LoraMatMul(const Tensor& x, const Tensor& w, const Tensor& a,
                                      const Tensor& b, float scale, const Tensor& out,
                                      bool accumulate) {
+  if (auto gemv = LinearGemv(x, w, a, b, scale, out, accumulate, GemvInput())) return *gemv;
+  return Backend::LoraMatMul(x, w, a, b, scale, out, accumulate);
+}
+
+std::optional<absl::Status> CudaBackend::LinearGemv(const Tensor& x, const Tensor& w,
+                                                    const Tensor& a, const Tensor& b, float scale,
+                                                    const Tensor& out, bool accumulate,
+                                                    const GemvInput& input) {
   const int64_t n = x.rows(), k = x.cols(), m = w.rows(), r = a.empty() ? 0 : a.rows();
   bool fused = x.dtype() == DType::kF32 && out.dtype() == DType::kF32 &&
                w.dtype() == DType::kBF16 && n > 0 && m > 0 && w.cols() == k && out.rows() == n &&
@@ -841,9 +864,7 @@ absl::Status CudaBackend::LoraMatMul(const Tensor& x, const Tensor& w, const Ten
             GemvSupported(n, k, x.data(), a.data()) && a.device() == Device::kCuda &&
             b.device() == Device::kCuda;
   }
-  if (!fused || Overlap(x.data(), x.nbytes(), out.data(), out.nbytes())) {
-    return Backend::LoraMatMul(x, w, a, b, scale, out, accumulate);
-  }
+  if (!fused || Overlap(x.data(), x.nbytes(), out.data(), out.nbytes())) return std::nullopt;
   Tensor t;
   if (r > 0) {
     MPLUS_ASSIGN_OR_RETURN(t, Allocate(DType::kF32, {n, r}));
@@ -854,14 +875,15 @@ absl::Status CudaBackend::LoraMatMul(const Tensor& x, const Tensor& w, const Ten
   if (r > 0) {
     MPLUS_CUDA_RETURN_IF_ERROR(
         LaunchGemvBf16(x.data_as<const float>(), a.data_as<const uint16_t>(), n, r, k, 1.0f, false,
-                       PlainGemv(t.data_as<float>(), r), GemvFor(a), stream()));
+                       PlainGemv(t.data_as<float>(), r), GemvFor(a), stream(), input));
     ep.lora_b[0] = b.data_as<const uint16_t>();
     ep.lora_t = t.data_as<const float>();
     ep.lora_r = ep.lora_t_cols = r;
     ep.lora_scale = scale;
   }
   MPLUS_CUDA_RETURN_IF_ERROR(LaunchGemvBf16(x.data_as<const float>(), w.data_as<const uint16_t>(),
-                                            n, m, k, 1.0f, accumulate, ep, GemvFor(w), stream()));
+                                            n, m, k, 1.0f, accumulate, ep, GemvFor(w), stream(),
+                                            input));
   return absl::OkStatus();
 }
 
@@ -871,6 +893,14 @@ absl::Status CudaBackend::LoraMatMul(const Tensor& x, const Tensor& w, const Ten
 // LoRA (every linear's A empty: the decoder's, merged into the weights) the one GEMV alone.
 absl::Status CudaBackend::LoraMatMulGroup(const Tensor& x, absl::Span<const LoraLinear> group,
                                           float scale, absl::Span<const Tensor> outs) {
+  if (auto gemv = GroupGemv(x, group, scale, outs, GemvInput())) return *gemv;
+  return Backend::LoraMatMulGroup(x, group, scale, outs);
+}
+
+std::optional<absl::Status> CudaBackend::GroupGemv(const Tensor& x,
+                                                   absl::Span<const LoraLinear> group, float scale,
+                                                   absl::Span<const Tensor> outs,
+                                                   const GemvInput& input) {
   const int64_t n = x.rows(), k = x.cols();
   const int count = static_cast<int>(group.size());
   bool fused = count >= 2 && count <= kMaxGemvSegments && outs.size() == group.size() &&
@@ -897,7 +927,7 @@ absl::Status CudaBackend::LoraMatMulGroup(const Tensor& x, absl::Span<const Lora
   }
   fused = fused && BackToBack(ws) && GemvSupported(n, k, x.data(), ws[0]->data());
   if (lora) fused = fused && BackToBack(as) && GemvSupported(n, k, x.data(), as[0]->data());
-  if (!fused) return Backend::LoraMatMulGroup(x, group, scale, outs);
+  if (!fused) return std::nullopt;
   Tensor t;
   if (lora) {
     MPLUS_ASSIGN_OR_RETURN(t, Allocate(DType::kF32, {n, count * r}));
@@ -922,12 +952,48 @@ absl::Status CudaBackend::LoraMatMulGroup(const Tensor& x, absl::Span<const Lora
   if (lora) {
     MPLUS_CUDA_RETURN_IF_ERROR(LaunchGemvBf16(
         x.data_as<const float>(), as[0]->data_as<const uint16_t>(), n, count * r, k, 1.0f, false,
-        PlainGemv(t.data_as<float>(), count * r), GemvFor(*as[0]), stream()));
+        PlainGemv(t.data_as<float>(), count * r), GemvFor(*as[0]), stream(), input));
   }
   MPLUS_CUDA_RETURN_IF_ERROR(LaunchGemvBf16(x.data_as<const float>(),
                                             ws[0]->data_as<const uint16_t>(), n, m, k, 1.0f, false,
-                                            ep, GemvFor(*ws[0]), stream()));
+                                            ep, GemvFor(*ws[0]), stream(), input));
   return absl::OkStatus();
+}
+
+// Decode's pre-norm linears and down projection with the RMSNorm / SiluMul folded into their
+// GEMV (MPLUS_CUDA_FOLD_DECODE_OPS=1; gemv.h's GemvInput): one row, bf16 norm weight, no LoRA
+// (the decoder's merged into the weights; a LoRA A product would need the folded row in memory).
+absl::Status CudaBackend::RmsNormLoraMatMulGroup(const Tensor& x, const Tensor& norm_weight,
+                                                 float eps, absl::Span<const LoraLinear> group,
+                                                 float scale, absl::Span<const Tensor> outs) {
+  bool fold = gemv_.fold_inputs && x.rows() == 1 && x.cols() <= kMaxFoldedInput &&
+              norm_weight.dtype() == DType::kBF16 && norm_weight.numel() == x.cols() &&
+              norm_weight.device() == Device::kCuda;
+  for (const LoraLinear& l : group) fold = fold && l.a.empty();
+  if (fold) {
+    GemvInput input;
+    input.kind = GemvInputKind::kRmsNorm;
+    input.norm_weight = norm_weight.data_as<const uint16_t>();
+    input.eps = eps;
+    if (auto gemv = GroupGemv(x, group, scale, outs, input)) return *gemv;
+  }
+  return Backend::RmsNormLoraMatMulGroup(x, norm_weight, eps, group, scale, outs);
+}
+
+absl::Status CudaBackend::SiluMulLoraMatMul(const Tensor& gate, const Tensor& up, const Tensor& w,
+                                            const Tensor& a, const Tensor& b, float scale,
+                                            const Tensor& out, bool accumulate) {
+  const bool fold = gemv_.fold_inputs && a.empty() && gate.rows() == 1 &&
+                    gate.cols() <= kMaxFoldedInput && up.dtype() == DType::kF32 && up.rows() == 1 &&
+                    up.cols() == gate.cols() && up.device() == Device::kCuda &&
+                    !Overlap(up.data(), up.nbytes(), out.data(), out.nbytes());
+  if (fold) {
+    GemvInput input;
+    input.kind = GemvInputKind::kSiluMul;
+    input.up = up.data_as<const float>();
+    if (auto gemv = LinearGemv(gate, w, a, b, scale, out, accumulate, input)) return *gemv;
+  }
+  return Backend::SiluMulLoraMatMul(gate, up, w, a, b, scale, out, accumulate);
 }
 
 // One kernel instead of the composed five (round, widen, RoPE, two converting copies). Shapes

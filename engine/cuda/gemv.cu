@@ -5,6 +5,7 @@
 
 #include "engine/cuda/dependent_launch.cuh"
 #include "engine/cuda/gemv.h"
+#include "engine/cuda/shared_math.cuh"
 
 namespace mplus::engine::cuda {
 namespace {
@@ -33,15 +34,51 @@ __device__ __forceinline__ void PrefetchL2(const void* p) {
   asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
 }
 
+// A folded input's one row (GemvInput), computed by the whole block into `staged` (k floats) as
+// the kernel that would otherwise run ahead of the GEMV computes it, bit for bit: kernels.cu's
+// SiluMul, or its RmsNorm, whose kRmsNormThreads threads' sums of squares this block's threads
+// compute kRmsNormThreads / kThreads each and reduce in the same order.
+template <GemvInputKind kInput>
+__device__ void StageInput(const float* x, const GemvInput& in, int64_t k, float* staged) {
+  const int tid = threadIdx.x;
+  if constexpr (kInput == GemvInputKind::kSiluMul) {
+    for (int64_t i = tid; i < k; i += kThreads) staged[i] = SiluF(x[i]) * in.up[i];
+  } else {
+    constexpr int kPerThread = kRmsNormThreads / kThreads;
+    __shared__ float warp_sums[kRmsNormThreads / 32];
+    __shared__ float inv;
+    for (int j = 0; j < kPerThread; ++j) {
+      const int norm_thread = tid + j * kThreads;
+      float sum = 0.0f;
+      for (int64_t i = norm_thread; i < k; i += kRmsNormThreads) sum += x[i] * x[i];
+      for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+      if (norm_thread % 32 == 0) warp_sums[norm_thread / 32] = sum;
+    }
+    __syncthreads();
+    if (tid < 32) {
+      float total = warp_sums[tid];
+      for (int off = 16; off > 0; off >>= 1) total += __shfl_xor_sync(0xffffffffu, total, off);
+      if (tid == 0) inv = 1.0f / sqrtf(total / static_cast<float>(k) + in.eps);
+    }
+    __syncthreads();
+    for (int64_t i = tid; i < k; i += kThreads) {
+      const float weight = __uint_as_float(static_cast<uint32_t>(in.norm_weight[i]) << 16);
+      staged[i] = weight * (x[i] * inv);
+    }
+  }
+  __syncthreads();
+}
+
 // T threads (a power of two up to kThreads) per weight row: thread `part` of a row reads the
 // row's 8-element chunks part, part + T, ...; the T partial sums are reduced by shuffles within
 // a warp and through shared memory across warps. Blocks below `prefetch_blocks` first fetch all
-// their weight rows into L2 (see GemvDevice).
-template <int N>
+// their weight rows into L2 (see GemvDevice). A folded input (N = 1) is staged in dynamic shared
+// memory after the wait.
+template <int N, GemvInputKind kInput>
 __global__ void __launch_bounds__(kThreads)
     GemvBf16Kernel(const float* x, const uint16_t* __restrict__ w, int64_t m, int64_t k,
                    float alpha, bool accumulate, GemvEpilogue ep, int threads_per_row,
-                   int64_t prefetch_blocks) {
+                   int64_t prefetch_blocks, GemvInput input) {
   AllowDependentLaunch();
   const int T = threads_per_row, tid = threadIdx.x, part = tid % T;
   const int64_t first_row = blockIdx.x * int64_t{kThreads / T};
@@ -63,6 +100,12 @@ __global__ void __launch_bounds__(kThreads)
     for (int u = 0; u < kUnroll; ++u) wv[u] = __ldcs(wrow + part + u * T);  // read once: stream
   }
   WaitForPrecedingKernel();
+  const float* xin = x;
+  if constexpr (kInput != GemvInputKind::kPlain) {
+    extern __shared__ float4 staged_input[];
+    StageInput<kInput>(x, input, k, reinterpret_cast<float*>(staged_input));
+    xin = reinterpret_cast<const float*>(staged_input);
+  }
   float acc[N];
   for (int r = 0; r < N; ++r) acc[r] = 0.0f;
   if (row < m) {
@@ -72,12 +115,12 @@ __global__ void __launch_bounds__(kThreads)
         for (int u = 0; u < kUnroll; ++u) wv[u] = __ldcs(wrow + c + u * T);
       }
       for (int u = 0; u < kUnroll; ++u) {
-        for (int r = 0; r < N; ++r) acc[r] += Dot8(wv[u], x + r * k + (c + u * T) * 8);
+        for (int r = 0; r < N; ++r) acc[r] += Dot8(wv[u], xin + r * k + (c + u * T) * 8);
       }
     }
     for (; c < chunks; c += T) {
       const uint4 tail = __ldcs(wrow + c);
-      for (int r = 0; r < N; ++r) acc[r] += Dot8(tail, x + r * k + c * 8);
+      for (int r = 0; r < N; ++r) acc[r] += Dot8(tail, xin + r * k + c * 8);
     }
   }
   for (int off = min(T, 32) / 2; off > 0; off >>= 1) {
@@ -132,18 +175,19 @@ int ThreadsPerRow(int64_t m, int64_t k, const GemvDevice& device) {
 }
 
 // A programmatic GEMV's first blocks prefetch up to `device.l2_prefetch_bytes` of weights.
-template <int N>
+template <int N, GemvInputKind kInput = GemvInputKind::kPlain>
 cudaError_t Launch(const float* x, const uint16_t* w, int64_t m, int64_t k, float alpha,
                    bool accumulate, const GemvEpilogue& ep, int threads_per_row,
-                   const GemvDevice& device, cudaStream_t stream) {
+                   const GemvDevice& device, cudaStream_t stream, const GemvInput& input = {}) {
   const int64_t rows_per_block = kThreads / threads_per_row;
   const int64_t blocks = (m + rows_per_block - 1) / rows_per_block;
   const bool programmatic = device.programmatic_launch;
   const int64_t prefetch_blocks =
       programmatic ? std::min(blocks, device.l2_prefetch_bytes / (rows_per_block * k * 2)) : 0;
-  return LaunchKernel(GemvBf16Kernel<N>, dim3(static_cast<unsigned>(blocks)), dim3(kThreads),
-                      stream, programmatic, x, w, m, k, alpha, accumulate, ep, threads_per_row,
-                      prefetch_blocks);
+  const size_t staged_bytes = kInput == GemvInputKind::kPlain ? 0 : k * sizeof(float);
+  return LaunchWithSharedMemory(GemvBf16Kernel<N, kInput>, dim3(static_cast<unsigned>(blocks)),
+                                dim3(kThreads), staged_bytes, stream, programmatic, x, w, m, k,
+                                alpha, accumulate, ep, threads_per_row, prefetch_blocks, input);
 }
 
 // The segments tile [0, m) in order, each with an output; LoRA terms have their t.
@@ -176,13 +220,25 @@ cudaError_t GetGemvDevice(GemvDevice* device) {
   // The code that runs must have the wait compiled in: an sm_90 device running this library's
   // sm_80 PTX (JIT) would read x before the kernel ahead has written it.
   cudaFuncAttributes code = {};
-  if (err == cudaSuccess) err = cudaFuncGetAttributes(&code, GemvBf16Kernel<1>);
+  if (err == cudaSuccess) {
+    err = cudaFuncGetAttributes(&code, GemvBf16Kernel<1, GemvInputKind::kPlain>);
+  }
+  // A folded input's row in shared memory may pass the 48 KiB a kernel gets without asking.
+  for (auto* folded : {GemvBf16Kernel<1, GemvInputKind::kRmsNorm>,
+                       GemvBf16Kernel<1, GemvInputKind::kSiluMul>}) {
+    if (err == cudaSuccess) {
+      err = cudaFuncSetAttribute(folded, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 static_cast<int>(kMaxFoldedInput * sizeof(float)));
+    }
+  }
   const char* env = std::getenv("MPLUS_CUDA_DEPENDENT_LAUNCH");
   const bool disabled = env != nullptr && std::string_view(env) == "0";
   device->programmatic_launch = major >= 9 && code.ptxVersion >= 90 && !disabled;
   if (const char* mib = std::getenv("MPLUS_CUDA_GEMV_L2_PREFETCH_MIB"); mib != nullptr) {
     device->l2_prefetch_bytes = std::max(0L, std::strtol(mib, nullptr, 10)) << 20;
   }
+  const char* fold = std::getenv("MPLUS_CUDA_FOLD_DECODE_OPS");
+  device->fold_inputs = fold != nullptr && std::string_view(fold) == "1";
   if (const char* t = std::getenv("MPLUS_CUDA_GEMV_THREADS_PER_ROW"); t != nullptr) {
     const long threads = std::strtol(t, nullptr, 10);
     const bool power_of_two = threads > 0 && (threads & (threads - 1)) == 0;
@@ -196,15 +252,35 @@ bool GemvSupported(int64_t n, int64_t k, const void* x, const void* w) {
          reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0;
 }
 
+bool FoldableInput(const GemvInput& input, int64_t n, int64_t k) {
+  switch (input.kind) {
+    case GemvInputKind::kPlain:
+      return true;
+    case GemvInputKind::kRmsNorm:
+      return n == 1 && k <= kMaxFoldedInput && input.norm_weight != nullptr;
+    case GemvInputKind::kSiluMul:
+      return n == 1 && k <= kMaxFoldedInput && input.up != nullptr;
+  }
+  return false;
+}
+
 cudaError_t LaunchGemvBf16(const float* x, const uint16_t* w, int64_t n, int64_t m, int64_t k,
                            float alpha, bool accumulate, const GemvEpilogue& epilogue,
-                           const GemvDevice& device, cudaStream_t stream) {
+                           const GemvDevice& device, cudaStream_t stream, const GemvInput& input) {
   if (m == 0) return cudaSuccess;
   if (!GemvSupported(n, k, x, w) || m > (int64_t{1} << 31) || device.num_sms < 1 ||
-      !ValidEpilogue(epilogue, m)) {
+      !ValidEpilogue(epilogue, m) || !FoldableInput(input, n, k)) {
     return cudaErrorInvalidValue;
   }
   const int t = ThreadsPerRow(m, k, device);
+  if (input.kind == GemvInputKind::kRmsNorm) {
+    return Launch<1, GemvInputKind::kRmsNorm>(x, w, m, k, alpha, accumulate, epilogue, t, device,
+                                              stream, input);
+  }
+  if (input.kind == GemvInputKind::kSiluMul) {
+    return Launch<1, GemvInputKind::kSiluMul>(x, w, m, k, alpha, accumulate, epilogue, t, device,
+                                              stream, input);
+  }
   switch (n) {
     case 1:
       return Launch<1>(x, w, m, k, alpha, accumulate, epilogue, t, device, stream);

@@ -2,7 +2,6 @@
 // Times are wall clock around Synchronize on the backend's stream, after one warm-up call.
 #include <chrono>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -43,57 +42,85 @@ void Row(const std::string& what, const absl::StatusOr<double>& secs, double wor
               unit);
 }
 
-// Runs `rows` on a backend made with `variable` set to each of `values` (GEMV settings are read
-// when a backend is made), then restores the variable.
+// Runs `rows` on a backend made with `variable` set to each of `values`.
 absl::Status SweepGemvSetting(const char* variable, std::initializer_list<int> values,
                               const std::function<absl::Status(Backend&, int)>& rows) {
-  const char* set = std::getenv(variable);
-  const std::string saved = set != nullptr ? set : "";
-  absl::Status status;
   for (const int value : values) {
-    setenv(variable, std::to_string(value).c_str(), 1);
+    ScopedEnv setting(variable, std::to_string(value));
     absl::StatusOr<std::unique_ptr<Backend>> gpu = engine::cuda::CreateCudaBackend(0);
-    status = gpu.ok() ? rows(**gpu, value) : gpu.status();
-    if (!status.ok()) break;
+    if (!gpu.ok()) return gpu.status();
+    if (absl::Status s = rows(**gpu, value); !s.ok()) return s;
   }
-  if (set != nullptr) {
-    setenv(variable, saved.c_str(), 1);
-  } else {
-    unsetenv(variable);
-  }
-  return status;
+  return absl::OkStatus();
 }
 
-// Times a decode GEMV of weights [m, k], alone or after the RmsNorm a decode step runs ahead of
-// it (`after_norm`): TB/s of the weight bytes.
-absl::Status GemvRow(Backend& gpu, int64_t m, int64_t k, bool after_norm, const std::string& what) {
+// Times a decode GEMV of weights [m, k] alone: TB/s of the weight bytes.
+absl::Status GemvRow(Backend& gpu, int64_t m, int64_t k, const std::string& what) {
   auto w = MakeWeight(RandomFloats(m * k, 11), DType::kBF16, {m, k});
-  auto norm = MakeWeight(RandomFloats(k, 12), DType::kBF16, {k});
   absl::StatusOr<Tensor> wt = gpu.UploadWeight(w->view);
-  absl::StatusOr<Tensor> nt = gpu.UploadWeight(norm->view);
   absl::StatusOr<Tensor> x = Upload(gpu, RandomFloats(k, 13), {1, k});
-  absl::StatusOr<Tensor> normed = gpu.Allocate(DType::kF32, {1, k});
   absl::StatusOr<Tensor> out = gpu.Allocate(DType::kF32, {1, m});
-  if (!wt.ok() || !nt.ok() || !x.ok() || !normed.ok() || !out.ok()) {
-    return absl::InternalError("GEMV bench setup failed");
-  }
-  auto op = [&]() -> absl::Status {
-    if (after_norm) {
-      if (absl::Status s = gpu.RmsNorm(*x, *nt, 1e-5f, *normed); !s.ok()) return s;
-    }
-    return gpu.MatMul(after_norm ? *normed : *x, *wt, *out, 1.0f, false);
-  };
-  Row(absl::StrCat(after_norm ? "RmsNorm + " : "", "GEMV m=", m, " k=", k, ", ", what),
-      TimeIt(
-          op, [&] { return gpu.Synchronize(); }, 50),
+  if (!wt.ok() || !x.ok() || !out.ok()) return absl::InternalError("GEMV bench setup failed");
+  Row(absl::StrCat("GEMV m=", m, " k=", k, ", ", what),
+      TimeIt([&] { return gpu.MatMul(*x, *wt, *out, 1.0f, false); },
+             [&] { return gpu.Synchronize(); }, 50),
       static_cast<double>(w->bytes.size()), "TB/s");
   return absl::OkStatus();
 }
 
+// Times decode's GEMVs with the short kernel ahead of each (mplus-8b's shapes, no LoRA): the
+// input RMSNorm and q/k/v, and SiluMul and the down projection, through the backend's fused ops
+// (so folded with MPLUS_CUDA_FOLD_DECODE_OPS=1). TB/s of the weight bytes.
+absl::Status DecodePairRows(Backend& gpu, const std::string& what) {
+  const int64_t d = 4096, kv = 1024, inter = 14336;
+  std::vector<std::unique_ptr<HostWeight>> qkv;
+  std::vector<engine::TensorView> views;
+  for (int64_t m : {d, kv, kv}) {
+    qkv.push_back(MakeWeight(RandomFloats(m * d, 11), DType::kBF16, {m, d}));
+    views.push_back(qkv.back()->view);
+  }
+  auto down = MakeWeight(RandomFloats(d * inter, 12), DType::kBF16, {d, inter});
+  auto norm = MakeWeight(RandomFloats(d, 13), DType::kBF16, {d});
+  absl::StatusOr<std::vector<Tensor>> ws = gpu.UploadWeights(views);
+  absl::StatusOr<Tensor> down_t = gpu.UploadWeight(down->view);
+  absl::StatusOr<Tensor> norm_t = gpu.UploadWeight(norm->view);
+  absl::StatusOr<Tensor> x = Upload(gpu, RandomFloats(d, 14), {1, d});
+  absl::StatusOr<Tensor> gate = Upload(gpu, RandomFloats(inter, 15), {1, inter});
+  absl::StatusOr<Tensor> up = Upload(gpu, RandomFloats(inter, 16), {1, inter});
+  absl::StatusOr<Tensor> q = gpu.Allocate(DType::kF32, {1, d});
+  absl::StatusOr<Tensor> k = gpu.Allocate(DType::kF32, {1, kv});
+  absl::StatusOr<Tensor> v = gpu.Allocate(DType::kF32, {1, kv});
+  absl::StatusOr<Tensor> h = gpu.Allocate(DType::kF32, {1, d});
+  for (const absl::Status& s :
+       {ws.status(), down_t.status(), norm_t.status(), x.status(), gate.status(), up.status(),
+        q.status(), k.status(), v.status(), h.status()}) {
+    if (!s.ok()) return s;
+  }
+  const std::vector<engine::LoraLinear> group = {{(*ws)[0], Tensor(), Tensor()},
+                                                 {(*ws)[1], Tensor(), Tensor()},
+                                                 {(*ws)[2], Tensor(), Tensor()}};
+  const std::vector<Tensor> outs = {*q, *k, *v};
+  auto sync = [&] { return gpu.Synchronize(); };
+  Row(absl::StrCat("RmsNorm + GEMV q/k/v m=6144 k=4096, ", what),
+      TimeIt([&] { return gpu.RmsNormLoraMatMulGroup(*x, *norm_t, 1e-5f, group, 1.0f, outs); },
+             sync, 50),
+      2.0 * (d + 2 * kv) * d, "TB/s");
+  // gate is overwritten by the composed path: its values only change what is summed.
+  Row(absl::StrCat("SiluMul + GEMV down m=4096 k=14336, ", what),
+      TimeIt(
+          [&] {
+            return gpu.SiluMulLoraMatMul(*gate, *up, *down_t, Tensor(), Tensor(), 1.0f, *h, false);
+          },
+          sync, 50),
+      2.0 * d * inter, "TB/s");
+  return absl::OkStatus();
+}
+
 // Decode's GEMV shapes (mplus-8b: q/k/v, o, gate/up, down) by threads per weight row: how the
-// grid's blocks fill the GPU's (whole waves or a tail; GemvDevice::threads_per_row).
-// Then RmsNorm + GEMV pairs by L2 prefetch budget: a programmatic GEMV's first blocks fetch
-// their weights into L2 while the short kernel ahead runs (GemvDevice::l2_prefetch_bytes).
+// grid's blocks fill the GPU's (whole waves or a tail; GemvDevice::threads_per_row). Then
+// decode's GEMVs with the short kernels ahead of them, by L2 prefetch budget (a programmatic
+// GEMV's first blocks fetch their weights into L2 while the kernel ahead runs) and with those
+// kernels folded into the GEMVs or not.
 absl::Status GemvSweeps() {
   struct Shape {
     int64_t m, k;
@@ -104,21 +131,19 @@ absl::Status GemvSweeps() {
         for (const Shape& g : decode_shapes) {
           const std::string what =
               t == 0 ? std::string("threads/row by shape") : absl::StrCat(t, " threads/row");
-          if (absl::Status r = GemvRow(gpu, g.m, g.k, false, what); !r.ok()) return r;
+          if (absl::Status r = GemvRow(gpu, g.m, g.k, what); !r.ok()) return r;
         }
         return absl::OkStatus();
       });
   if (!s.ok()) return s;
-  return SweepGemvSetting("MPLUS_CUDA_GEMV_L2_PREFETCH_MIB", {0, 8, 16, 32},
-                          [&](Backend& gpu, int mib) {
-                            for (const Shape& g : {decode_shapes[0], decode_shapes[3]}) {
-                              const std::string what = absl::StrCat("L2 prefetch ", mib, " MiB");
-                              if (absl::Status r = GemvRow(gpu, g.m, g.k, true, what); !r.ok()) {
-                                return r;
-                              }
-                            }
-                            return absl::OkStatus();
-                          });
+  s = SweepGemvSetting("MPLUS_CUDA_GEMV_L2_PREFETCH_MIB", {0, 8, 16, 32},
+                       [](Backend& gpu, int mib) {
+                         return DecodePairRows(gpu, absl::StrCat("L2 prefetch ", mib, " MiB"));
+                       });
+  if (!s.ok()) return s;
+  return SweepGemvSetting("MPLUS_CUDA_FOLD_DECODE_OPS", {0, 1}, [](Backend& gpu, int fold) {
+    return DecodePairRows(gpu, fold ? "folded (one kernel)" : "two kernels");
+  });
 }
 
 absl::Status RunBenchmarks() {

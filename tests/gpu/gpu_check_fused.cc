@@ -173,11 +173,7 @@ TEST_F(GpuCheck, LoraMatMulGroupFusedMatchesComposedAndCpu) {
       } else {
         ASSERT_OK(be.LoraMatMulGroup(xt, group, scale, outs));
       }
-      std::vector<std::vector<float>> per_linear;
-      for (const Tensor& out : outs) {
-        ASSERT_OK_AND_ASSIGN(host, Download(be, out));
-        per_linear.push_back(std::move(host));
-      }
+      ASSERT_OK_AND_ASSIGN(per_linear, DownloadEach(be, outs));
       res.push_back(std::move(per_linear));
     }
     for (size_t i = 0; i < c.m.size(); ++i) {

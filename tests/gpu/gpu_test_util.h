@@ -1,12 +1,16 @@
-// Helpers shared by the GPU check and timing code (tests/gpu): host <-> backend tensors.
+// Helpers shared by the GPU check and timing code (tests/gpu): host <-> backend tensors, and
+// backend settings from the environment.
 #ifndef MPLUS_TESTS_GPU_GPU_TEST_UTIL_H_
 #define MPLUS_TESTS_GPU_GPU_TEST_UTIL_H_
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -88,6 +92,18 @@ inline absl::StatusOr<std::vector<float>> Download(Backend& backend, const Tenso
   return out;
 }
 
+// Download of each of `ts`.
+inline absl::StatusOr<std::vector<std::vector<float>>> DownloadEach(Backend& backend,
+                                                                  const std::vector<Tensor>& ts) {
+  std::vector<std::vector<float>> out;
+  for (const Tensor& t : ts) {
+    absl::StatusOr<std::vector<float>> host = Download(backend, t);
+    if (!host.ok()) return host.status();
+    out.push_back(std::move(*host));
+  }
+  return out;
+}
+
 // A checkpoint-like weight: keeps the host bytes alive for backends that borrow them.
 struct HostWeight {
   std::vector<uint8_t> bytes;
@@ -104,6 +120,30 @@ inline std::unique_ptr<HostWeight> MakeWeight(const std::vector<float>& values, 
   w->view.nbytes = w->bytes.size();
   return w;
 }
+
+// Sets an environment variable while it lives (the CUDA backend reads its MPLUS_CUDA_* settings
+// when one is made), then restores it.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const std::string& value) : name_(name) {
+    const char* old = std::getenv(name);
+    if (old != nullptr) saved_ = old;
+    setenv(name, value.c_str(), 1);
+  }
+  ~ScopedEnv() {
+    if (saved_) {
+      setenv(name_, saved_->c_str(), 1);
+    } else {
+      unsetenv(name_);
+    }
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+  std::optional<std::string> saved_;
+};
 
 }  // namespace mplus::gpu_test
 

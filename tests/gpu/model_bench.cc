@@ -27,6 +27,7 @@
 #include "engine/checkpoint_writer.h"
 #include "engine/cuda/device_info.h"
 #include "engine/status_macros.h"
+#include "tests/gpu/gpu_test_util.h"
 
 ABSL_FLAG(std::string, device, "cuda",
           "cuda: the mplus-8b shapes on GPU 0; cpu: the tiny-mplus shapes (bf16) on the CPU "
@@ -43,6 +44,10 @@ ABSL_FLAG(int64_t, ltm_keys, 0,
 ABSL_FLAG(int, kernel_trace_steps, 8,
           "CUDA: after its timings, the resident session traces this many decode steps and one "
           "long-prompt prefill with CUPTI and prints where the GPU time went (0: no trace).");
+ABSL_FLAG(bool, folded_decode_row, true,
+          "CUDA: also time the lean session with decode's RMSNorms and SiluMul folded into the "
+          "GEMVs (MPLUS_CUDA_FOLD_DECODE_OPS=1), on a backend of its own (run.sh turns it off "
+          "when the folded goldens fail).");
 ABSL_FLAG(int, threads, 0,
           "Host threads (checkpoint writing, key generation, CPU backend); 0: all.");
 
@@ -314,6 +319,23 @@ absl::Status Run() {
                                engine::Model::Load(dir, fp8_options));
         return RunLeanOffload(*fp8_model, sizes);
       }());
+  // And with decode's RMSNorms and SiluMul folded into the GEMVs, on a backend made for it (the
+  // setting is read when a backend is made; off by default until run.sh has passed with it).
+  const bool time_folded = cuda && absl::GetFlag(FLAGS_folded_decode_row);
+  const std::optional<LeanResult> lean_folded =
+      !time_folded
+          ? std::nullopt
+          : Soft("folded decode ops session", [&]() -> absl::StatusOr<LeanResult> {
+              engine::ModelOptions folded_options = options;
+              {
+                gpu_test::ScopedEnv fold("MPLUS_CUDA_FOLD_DECODE_OPS", "1");
+                MPLUS_ASSIGN_OR_RETURN(folded_options.backend, engine::cuda::CreateCudaBackend(0));
+              }
+              HangWatchdog folded_watchdog(folded_options.backend.get());
+              MPLUS_ASSIGN_OR_RETURN(std::unique_ptr<engine::Model> folded_model,
+                                     engine::Model::Load(dir, folded_options));
+              return RunLeanOffload(*folded_model, sizes);
+            }());
   // And with the decoder LoRA the other way (--merge_decoder_lora): what the merge saves a step.
   engine::ModelOptions other_merge_options = options;
   other_merge_options.merge_decoder_lora = !merged;
@@ -459,6 +481,13 @@ absl::Status Run() {
   };
   lean_rows("--prefix_cache=false", kv_dtype, lean);
   lean_rows("--prefix_cache=false --kv_cache_dtype=fp8", engine::DType::kF8E4M3, lean_fp8);
+  if (time_folded) {
+    rows.push_back({absl::StrFormat("  decode ms/token, --prefix_cache=false with "
+                                    "MPLUS_CUDA_FOLD_DECODE_OPS=1, after the %d-token prompt",
+                                    sizes.long_prompt),
+                    "", lean_folded ? decode_cell(lean_folded->decode_ms_per_token) : kFailed, "",
+                    ""});
+  }
   rows.push_back(
       {absl::StrFormat("  decode ms/token, --prefix_cache=false --merge_decoder_lora=%s "
                        "(the table's: %s), after the %d-token prompt",

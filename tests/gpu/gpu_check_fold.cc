@@ -1,0 +1,143 @@
+// Decode's RMSNorm and SiluMul folded into the GEMVs after them (MPLUS_CUDA_FOLD_DECODE_OPS=1,
+// engine/cuda/gemv.h's GemvInput): on a backend made with the fold on, each fused op must launch
+// one kernel (CUPTI's records) and give bit for bit what the separate kernels give (the GPU's
+// composed default, Backend::...), and match the CPU. Shapes the fold does not take (two rows)
+// go the composed way.
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tests/gpu/gpu_check.h"
+#include "tests/gpu/kernel_trace.h"
+
+namespace mplus::gpu_test {
+namespace {
+
+// A CUDA backend made with the fold switched on.
+absl::StatusOr<std::unique_ptr<Backend>> FoldingBackend() {
+  ScopedEnv fold("MPLUS_CUDA_FOLD_DECODE_OPS", "1");
+  return engine::cuda::CreateCudaBackend(0);
+}
+
+// Kernels `op` launches, by CUPTI's records.
+absl::StatusOr<int64_t> KernelsLaunchedBy(const std::function<absl::Status()>& op) {
+  if (absl::Status s = model_bench::KernelTrace::Start(); !s.ok()) return s;
+  const absl::Status ran = op();
+  absl::StatusOr<model_bench::TraceSummary> trace = model_bench::KernelTrace::Stop();
+  if (!ran.ok()) return ran;
+  if (!trace.ok()) return trace.status();
+  int64_t kernels = 0;
+  for (const model_bench::KernelTotal& k : trace->kernels) kernels += k.count;
+  return kernels;
+}
+
+bool SameBits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+// RMSNorm then q/k/v (mplus-8b's shapes) or gate/up: one kernel, the separate kernels' bits.
+TEST_F(GpuCheck, FoldedRmsNormGroupIsOneKernelAndMatchesTheSeparateKernels) {
+  ASSERT_OK_AND_ASSIGN(folding, FoldingBackend());
+  struct Case {
+    int64_t n, k;
+    std::vector<int64_t> m;
+    int64_t kernels;  // launched by the fused op: 1 folded; composed: RmsNorm + GEMV
+  };
+  const Case cases[] = {{1, 4096, {4096, 1024, 1024}, 1},
+                        {1, 4096, {14336, 14336}, 1},
+                        {1, 1000, {512, 256}, 1},
+                        {2, 4096, {4096, 1024, 1024}, 2}};
+  uint32_t seed = 900;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(testing::Message() << "n=" << c.n << " k=" << c.k << " linears=" << c.m.size());
+    const std::vector<float> x = RandomFloats(c.n * c.k, seed++, -3.0f, 3.0f);
+    const std::vector<float> norm = Rounded(RandomFloats(c.k, seed++, 0.5f, 1.5f), DType::kBF16);
+    auto hn = MakeWeight(norm, DType::kBF16, {c.k});
+    std::vector<std::unique_ptr<HostWeight>> hw;
+    std::vector<engine::TensorView> views;
+    for (int64_t m : c.m) {
+      hw.push_back(
+          MakeWeight(Rounded(RandomFloats(m * c.k, seed++), DType::kBF16), DType::kBF16, {m, c.k}));
+      views.push_back(hw.back()->view);
+    }
+    // [cpu, gpu folded, gpu composed][linear]
+    std::vector<std::vector<std::vector<float>>> res;
+    for (int run = 0; run < 3; ++run) {
+      Backend& be = run == 0 ? *cpu_ : *folding;
+      ASSERT_OK_AND_ASSIGN(xt, Upload(be, x, {c.n, c.k}));
+      ASSERT_OK_AND_ASSIGN(nt, be.UploadWeight(hn->view));
+      ASSERT_OK_AND_ASSIGN(ws, be.UploadWeights(views));
+      std::vector<engine::LoraLinear> group;
+      std::vector<Tensor> outs;
+      for (size_t i = 0; i < c.m.size(); ++i) {
+        group.push_back({ws[i], Tensor(), Tensor()});
+        ASSERT_OK_AND_ASSIGN(out, Poisoned(be, {c.n, c.m[i]}));
+        outs.push_back(std::move(out));
+      }
+      if (run == 1) {
+        ASSERT_OK_AND_ASSIGN(kernels, KernelsLaunchedBy([&] {
+                               return be.RmsNormLoraMatMulGroup(xt, nt, 1e-5f, group, 1.0f, outs);
+                             }));
+        EXPECT_EQ(kernels, c.kernels);
+      } else if (run == 2) {
+        ASSERT_OK(be.Backend::RmsNormLoraMatMulGroup(xt, nt, 1e-5f, group, 1.0f, outs));
+      } else {
+        ASSERT_OK(be.RmsNormLoraMatMulGroup(xt, nt, 1e-5f, group, 1.0f, outs));
+      }
+      ASSERT_OK_AND_ASSIGN(per_linear, DownloadEach(be, outs));
+      res.push_back(std::move(per_linear));
+    }
+    for (size_t i = 0; i < c.m.size(); ++i) {
+      SCOPED_TRACE(testing::Message() << "linear " << i);
+      EXPECT_TRUE(SameBits(res[1][i], res[2][i])) << "folded and separate kernels differ";
+      // Sums of k products of ~3 (normed x) and ~1: float32 orders differ by ~1e-5 relative.
+      ExpectNear(res[1][i], res[0][i], RelBound(res[0][i], 1e-3f, 1e-3f), "folded norm GPU vs CPU");
+    }
+  }
+}
+
+// SiluMul then the down projection (accumulating into the residual): one kernel, same bits.
+TEST_F(GpuCheck, FoldedSiluMulLinearIsOneKernelAndMatchesTheSeparateKernels) {
+  ASSERT_OK_AND_ASSIGN(folding, FoldingBackend());
+  struct Case {
+    int64_t n, k, m;
+    int64_t kernels;  // 1 folded; composed: SiluMul + GEMV
+  };
+  const Case cases[] = {{1, 14336, 4096, 1}, {1, 4096, 1024, 1}, {2, 1024, 512, 2}};
+  uint32_t seed = 950;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(testing::Message() << "n=" << c.n << " k=" << c.k << " m=" << c.m);
+    const std::vector<float> gate = RandomFloats(c.n * c.k, seed++, -4.0f, 4.0f);
+    const std::vector<float> up = RandomFloats(c.n * c.k, seed++);
+    const std::vector<float> residual = RandomFloats(c.n * c.m, seed++);
+    auto hw = MakeWeight(Rounded(RandomFloats(c.m * c.k, seed++), DType::kBF16), DType::kBF16,
+                         {c.m, c.k});
+    std::vector<std::vector<float>> res;  // cpu, gpu folded, gpu composed
+    for (int run = 0; run < 3; ++run) {
+      Backend& be = run == 0 ? *cpu_ : *folding;
+      ASSERT_OK_AND_ASSIGN(gt, Upload(be, gate, {c.n, c.k}));
+      ASSERT_OK_AND_ASSIGN(ut, Upload(be, up, {c.n, c.k}));
+      ASSERT_OK_AND_ASSIGN(wt, be.UploadWeight(hw->view));
+      ASSERT_OK_AND_ASSIGN(out, Upload(be, residual, {c.n, c.m}));
+      const Tensor none;
+      if (run == 1) {
+        ASSERT_OK_AND_ASSIGN(kernels, KernelsLaunchedBy([&] {
+                               return be.SiluMulLoraMatMul(gt, ut, wt, none, none, 1.0f, out, true);
+                             }));
+        EXPECT_EQ(kernels, c.kernels);
+      } else if (run == 2) {
+        ASSERT_OK(be.Backend::SiluMulLoraMatMul(gt, ut, wt, none, none, 1.0f, out, true));
+      } else {
+        ASSERT_OK(be.SiluMulLoraMatMul(gt, ut, wt, none, none, 1.0f, out, true));
+      }
+      ASSERT_OK_AND_ASSIGN(host, Download(be, out));
+      res.push_back(std::move(host));
+    }
+    EXPECT_TRUE(SameBits(res[1], res[2])) << "folded and separate kernels differ";
+    ExpectNear(res[1], res[0], RelBound(res[0], 1e-3f, 1e-3f), "folded SiluMul GPU vs CPU");
+  }
+}
+
+}  // namespace
+}  // namespace mplus::gpu_test
