@@ -128,6 +128,14 @@ absl::Status Backend::StoreKeysValuesAt(const Tensor& k, const Tensor& v, int64_
                          k_cache.Rows(p, p + 1), v_cache.Rows(p, p + 1));
 }
 
+absl::Status Backend::RopeStoreKeysValuesAt(const Tensor& q, const Tensor& k, const Tensor& v,
+                                            int64_t head_dim, const Tensor& position,
+                                            const Tensor& inv_freq, const Tensor& k_cache,
+                                            const Tensor& v_cache) {
+  MPLUS_RETURN_IF_ERROR(StoreKeysValuesAt(k, v, head_dim, position, inv_freq, k_cache, v_cache));
+  return RopeAt(q, head_dim, position, inv_freq);
+}
+
 absl::Status Backend::RopeAt(const Tensor& x, int64_t head_dim, const Tensor& position,
                              const Tensor& inv_freq) {
   MPLUS_ASSIGN_OR_RETURN(

@@ -240,6 +240,12 @@ class Backend {
   virtual absl::Status AttentionAt(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                                    const Tensor& position, int64_t num_heads, int64_t num_kv_heads,
                                    int64_t head_dim, const Tensor& out);
+  // StoreKeysValuesAt(k, v, ...) and RopeAt(q, ...) at the same position: a decode step's new
+  // key / value row stored and its query rotated. Default: those two ops.
+  virtual absl::Status RopeStoreKeysValuesAt(const Tensor& q, const Tensor& k, const Tensor& v,
+                                             int64_t head_dim, const Tensor& position,
+                                             const Tensor& inv_freq, const Tensor& k_cache,
+                                             const Tensor& v_cache);
   // Records the ops `enqueue` issues on the calling thread, without running them, for
   // Recording::Replay to run them as one unit (CUDA: a graph, one launch for hundreds of
   // kernels). Whatever must differ between replays has to be read from device memory (the *At

@@ -174,9 +174,9 @@ absl::StatusOr<Tensor> LayerForwardImpl(Backend& backend, const LayerDims& dims,
       MPLUS_RETURN_IF_ERROR(KeysValues(backend, dims, layer, adapter,
                                        normed.Rows(seg.seq_begin, seg.seq_begin + seg.rows), k, v));
     }
-    if (position != nullptr) {
-      MPLUS_RETURN_IF_ERROR(
-          backend.StoreKeysValuesAt(k, v, dims.head_dim, *position, inv_freq, k_cache, v_cache));
+    if (position != nullptr) {  // q, k and v of the one row: rotated, and stored at `position`
+      MPLUS_RETURN_IF_ERROR(backend.RopeStoreKeysValuesAt(q, k, v, dims.head_dim, *position,
+                                                          inv_freq, k_cache, v_cache));
       continue;
     }
     positions.resize(static_cast<size_t>(seg.rows));
@@ -189,7 +189,6 @@ absl::StatusOr<Tensor> LayerForwardImpl(Backend& backend, const LayerDims& dims,
   normed = Tensor();
   MPLUS_ASSIGN_OR_RETURN(Tensor attn, backend.Allocate(DType::kF32, {nq, q_cols}));
   if (position != nullptr) {
-    MPLUS_RETURN_IF_ERROR(backend.RopeAt(q, dims.head_dim, *position, inv_freq));
     MPLUS_RETURN_IF_ERROR(backend.AttentionAt(q, k_cache, v_cache, *position, dims.heads,
                                               dims.kv_heads, dims.head_dim, attn));
   } else {

@@ -122,6 +122,10 @@ class CudaBackend : public Backend {
   absl::Status Embedding(const Tensor& table, absl::Span<const int32_t> ids,
                          const Tensor& out) override;
 
+  absl::Status RopeStoreKeysValuesAt(const Tensor& q, const Tensor& k, const Tensor& v,
+                                     int64_t head_dim, const Tensor& position,
+                                     const Tensor& inv_freq, const Tensor& k_cache,
+                                     const Tensor& v_cache) override;
   absl::Status StoreKeysValuesAt(const Tensor& k, const Tensor& v, int64_t head_dim,
                                  const Tensor& position, const Tensor& inv_freq,
                                  const Tensor& k_cache, const Tensor& v_cache) override;
@@ -189,6 +193,10 @@ class CudaBackend : public Backend {
   cudaError_t WaitForStream(const void* src = nullptr, size_t bytes = 0, void* dst = nullptr);
   // Copy between different dtypes (float32 <-> bfloat16 or float8 e4m3 only); takes mu_.
   absl::Status ConvertingCopy(const Tensor& src, const Tensor& dst);
+  // StoreKeysValuesAt, and with q RopeStoreKeysValuesAt, as one kernel where it takes them.
+  absl::Status StoreAt(const Tensor* q, const Tensor& k, const Tensor& v, int64_t head_dim,
+                       const Tensor& position, const Tensor& inv_freq, const Tensor& k_cache,
+                       const Tensor& v_cache);
   // LoraMatMul / LoraMatMulGroup as GEMVs over `input` (x itself, or a folded RMSNorm or
   // SiluMul of it: gemv.h); nullopt where the operands do not fit them.
   std::optional<absl::Status> LinearGemv(const Tensor& x, const Tensor& w, const Tensor& a,
@@ -727,6 +735,24 @@ absl::Status CudaBackend::RopeAt(const Tensor& x, int64_t head_dim, const Tensor
 absl::Status CudaBackend::StoreKeysValuesAt(const Tensor& k, const Tensor& v, int64_t head_dim,
                                             const Tensor& position, const Tensor& inv_freq,
                                             const Tensor& k_cache, const Tensor& v_cache) {
+  return StoreAt(nullptr, k, v, head_dim, position, inv_freq, k_cache, v_cache);
+}
+
+// The query rotated by the kernel that stores the key / value row (MPLUS_CUDA_FOLD_DECODE_OPS=1):
+// one launch instead of two, the same float operations as RopeAt's.
+absl::Status CudaBackend::RopeStoreKeysValuesAt(const Tensor& q, const Tensor& k, const Tensor& v,
+                                                int64_t head_dim, const Tensor& position,
+                                                const Tensor& inv_freq, const Tensor& k_cache,
+                                                const Tensor& v_cache) {
+  if (!gemv_.fold_inputs) {
+    return Backend::RopeStoreKeysValuesAt(q, k, v, head_dim, position, inv_freq, k_cache, v_cache);
+  }
+  return StoreAt(&q, k, v, head_dim, position, inv_freq, k_cache, v_cache);
+}
+
+absl::Status CudaBackend::StoreAt(const Tensor* q, const Tensor& k, const Tensor& v,
+                                  int64_t head_dim, const Tensor& position, const Tensor& inv_freq,
+                                  const Tensor& k_cache, const Tensor& v_cache) {
   const int64_t cols = k.cols();
   const DType cache = k_cache.dtype();
   bool fused = k.rows() == 1 && IsPosition(position) && k.dtype() == DType::kF32 &&
@@ -743,7 +769,18 @@ absl::Status CudaBackend::StoreKeysValuesAt(const Tensor& k, const Tensor& v, in
       fused = fused && !Overlap(src->data(), src->nbytes(), dst->data(), dst->nbytes());
     }
   }
+  if (q != nullptr) {  // rotated in place: apart from everything the kernel reads or writes
+    fused = fused && q->rows() == 1 && q->dtype() == DType::kF32 && q->cols() % head_dim == 0 &&
+            q->device() == Device::kCuda;
+    for (const Tensor* other : {&k, &v, &inv_freq, &position, &k_cache, &v_cache}) {
+      fused = fused && !Overlap(q->data(), q->nbytes(), other->data(), other->nbytes());
+    }
+  }
   if (!fused || Overlap(k_cache.data(), k_cache.nbytes(), v_cache.data(), v_cache.nbytes())) {
+    if (q != nullptr) {
+      return Backend::RopeStoreKeysValuesAt(*q, k, v, head_dim, position, inv_freq, k_cache,
+                                            v_cache);
+    }
     return Backend::StoreKeysValuesAt(k, v, head_dim, position, inv_freq, k_cache, v_cache);
   }
   absl::MutexLock lock(&mu_);
@@ -751,7 +788,8 @@ absl::Status CudaBackend::StoreKeysValuesAt(const Tensor& k, const Tensor& v, in
   MPLUS_CUDA_RETURN_IF_ERROR(LaunchStoreKeysValues(
       k.data_as<const float>(), v.data_as<const float>(), 1, cols, head_dim,
       position.data_as<const int64_t>(), 0, inv_freq.data_as<const float>(), cache, k_cache.data(),
-      v_cache.data(), stream(), dependent(), /*rows_at_positions=*/true));
+      v_cache.data(), stream(), dependent(), /*rows_at_positions=*/true,
+      q != nullptr ? q->data_as<float>() : nullptr, q != nullptr ? q->cols() : 0));
   return absl::OkStatus();
 }
 

@@ -5,10 +5,10 @@
 #include <algorithm>
 #include <type_traits>
 
-#include "engine/cuda/shared_math.cuh"
 #include "engine/cuda/dependent_launch.cuh"
 #include "engine/cuda/f8e4m3.cuh"
 #include "engine/cuda/kernels.h"
+#include "engine/cuda/shared_math.cuh"
 
 namespace mplus::engine::cuda {
 namespace {
@@ -155,19 +155,31 @@ __global__ void NarrowKernel(const float* __restrict__ src, int64_t n, C* __rest
 
 // RoundTo + RopeKernel + two converting copies of the composed Backend::StoreKeysValues in one
 // pass, with the same float operations. Grid (row, block of items) as RopeKernel: item t < pairs
-// rotates key pair (t / half, t % half), the next cols items copy a value each.
+// rotates key pair (t / half, t % half), the next cols items copy a value each, and with q the
+// next q_pairs rotate q's pairs in place as RopeKernel does (a decode step's query).
 template <typename C>
 __global__ void StoreKeysValuesKernel(const float* k, const float* v, int64_t cols,
                                       int64_t head_dim, const int64_t* positions,
                                       int64_t first_position, const float* __restrict__ inv_freq,
-                                      C* k_rows, C* v_rows, bool rows_at_positions) {
+                                      C* k_rows, C* v_rows, bool rows_at_positions, float* q,
+                                      int64_t q_cols) {
   AllowDependentLaunch();
   WaitForPrecedingKernel();
   const int64_t half = head_dim / 2, pairs = cols / head_dim * half, row = blockIdx.x;
+  const int64_t q_pairs = q != nullptr ? q_cols / head_dim * half : 0;
   const int64_t t = blockIdx.y * int64_t{blockDim.x} + threadIdx.x;
-  if (t >= pairs + cols) return;
+  if (t >= pairs + cols + q_pairs) return;
   const int64_t position = positions != nullptr ? positions[row] : first_position + row;
   const int64_t dst_row = rows_at_positions ? position : row;
+  if (t >= pairs + cols) {
+    const int64_t qt = t - pairs - cols, j = qt % half;
+    const float angle = static_cast<float>(position) * inv_freq[j];
+    float* qr = q + row * q_cols + qt / half * head_dim;
+    const float2 r = Rotate(qr[j], qr[j + half], cosf(angle), sinf(angle));
+    qr[j] = r.x;
+    qr[j + half] = r.y;
+    return;
+  }
   if (t >= pairs) {
     StoreAs(v[row * cols + t - pairs], v_rows + dst_row * cols + t - pairs);
     return;
@@ -336,8 +348,9 @@ cudaError_t LaunchRmsNorm(const float* x, const void* w, DType w_dtype, int64_t 
   cudaError_t launched = cudaSuccess;
   const cudaError_t dispatched = DispatchFloat(w_dtype, [&](auto tag) {
     using T = std::remove_const_t<std::remove_pointer_t<decltype(tag)>>;
-    launched = LaunchKernel(RmsNormKernel<T>, dim3(static_cast<unsigned>(rows)), dim3(kRmsNormThreads),
-                            stream, dependent, x, static_cast<const T*>(w), d, eps, out);
+    launched =
+        LaunchKernel(RmsNormKernel<T>, dim3(static_cast<unsigned>(rows)), dim3(kRmsNormThreads),
+                     stream, dependent, x, static_cast<const T*>(w), d, eps, out);
   });
   return launched != cudaSuccess ? launched : dispatched;
 }
@@ -357,17 +370,20 @@ cudaError_t LaunchStoreKeysValues(const float* k, const float* v, int64_t rows, 
                                   int64_t head_dim, const int64_t* positions,
                                   int64_t first_position, const float* inv_freq, DType cache_dtype,
                                   void* k_rows, void* v_rows, cudaStream_t stream, bool dependent,
-                                  bool rows_at_positions) {
+                                  bool rows_at_positions, float* q, int64_t q_cols) {
   if (rows == 0) return cudaSuccess;
-  const dim3 grid = RowItemsGrid(rows, cols / head_dim * (head_dim / 2) + cols);
-  if (rows > 0x7fffffff || (rows_at_positions && positions == nullptr) || grid.y == 0) {
+  const int64_t half = head_dim / 2, q_pairs = q != nullptr ? q_cols / head_dim * half : 0;
+  const dim3 grid = RowItemsGrid(rows, cols / head_dim * half + cols + q_pairs);
+  if (rows > 0x7fffffff || (rows_at_positions && positions == nullptr) || grid.y == 0 ||
+      (q != nullptr && q_cols % head_dim != 0)) {
     return cudaErrorInvalidValue;
   }
   const auto launch = [&](auto* tag) {
     using C = std::remove_pointer_t<decltype(tag)>;
     return LaunchKernel(StoreKeysValuesKernel<C>, grid, dim3(kThreads), stream, dependent, k, v,
                         cols, head_dim, positions, first_position, inv_freq,
-                        static_cast<C*>(k_rows), static_cast<C*>(v_rows), rows_at_positions);
+                        static_cast<C*>(k_rows), static_cast<C*>(v_rows), rows_at_positions, q,
+                        q_cols);
   };
   switch (cache_dtype) {
     case DType::kF32:

@@ -42,11 +42,14 @@ cudaError_t LaunchRope(float* x, int64_t rows, int64_t cols, int64_t head_dim,
 // [rows, cols] of cache_dtype (F32, BF16 or F8E4M3), not overlapping k / v except exactly (in
 // place). Positions as LaunchRope. With rows_at_positions (positions given), k_rows / v_rows are
 // whole caches and row r goes to their row positions[r] (a decode step's row, placed by the GPU).
+// With q (float32 [rows, q_cols], q_cols a multiple of head_dim) also rotates q's rows in place
+// at the same positions, as LaunchRope.
 cudaError_t LaunchStoreKeysValues(const float* k, const float* v, int64_t rows, int64_t cols,
                                   int64_t head_dim, const int64_t* positions,
                                   int64_t first_position, const float* inv_freq, DType cache_dtype,
                                   void* k_rows, void* v_rows, cudaStream_t stream, bool dependent,
-                                  bool rows_at_positions = false);
+                                  bool rows_at_positions = false, float* q = nullptr,
+                                  int64_t q_cols = 0);
 // out = silu(gate) * up (out may alias either input).
 cudaError_t LaunchSiluMul(const float* gate, const float* up, float* out, int64_t n,
                           cudaStream_t stream, bool dependent);

@@ -60,14 +60,6 @@ std::string FixtureDir(const std::string& name) {
   return std::string(root != nullptr ? root : "tests/fixtures") + "/" + name;
 }
 
-// The position of a decode step as the ops read it: an int64 [1] tensor on `b`.
-absl::StatusOr<Tensor> Position(Backend& b, int64_t value) {
-  absl::StatusOr<Tensor> t = b.Allocate(DType::kI64, {1});
-  if (!t.ok()) return t.status();
-  if (absl::Status s = b.CopyFromHost(&value, DType::kI64, *t); !s.ok()) return s;
-  return t;
-}
-
 // StoreKeysValuesAt, RopeAt and AttentionAt read the position on the GPU (the kernels) and on
 // the CPU (Backend's defaults, which read it back): the same results, and no cache row past the
 // position is read (they hold NaN) or written but the position's.

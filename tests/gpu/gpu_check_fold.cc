@@ -1,8 +1,8 @@
-// Decode's RMSNorm and SiluMul folded into the GEMVs after them (MPLUS_CUDA_FOLD_DECODE_OPS=1,
-// engine/cuda/gemv.h's GemvInput): on a backend made with the fold on, each fused op must launch
-// one kernel (CUPTI's records) and give bit for bit what the separate kernels give (the GPU's
-// composed default, Backend::...), and match the CPU. Shapes the fold does not take (two rows)
-// go the composed way.
+// Decode's ops folded together (MPLUS_CUDA_FOLD_DECODE_OPS=1): the RMSNorm and SiluMul into the
+// GEMVs after them (engine/cuda/gemv.h's GemvInput), the query's RoPE into the K/V store. On a
+// backend made with the fold on, each fused op must launch one kernel (CUPTI's records) and give
+// bit for bit what the separate kernels give (the GPU's composed default, Backend::...), and
+// match the CPU. Shapes the fold does not take (two rows) go the composed way.
 #include <cstring>
 #include <memory>
 #include <string>
@@ -136,6 +136,64 @@ TEST_F(GpuCheck, FoldedSiluMulLinearIsOneKernelAndMatchesTheSeparateKernels) {
     }
     EXPECT_TRUE(SameBits(res[1], res[2])) << "folded and separate kernels differ";
     ExpectNear(res[1], res[0], RelBound(res[0], 1e-3f, 1e-3f), "folded SiluMul GPU vs CPU");
+  }
+}
+
+// A decode step's query rotated by the kernel that stores its key / value row
+// (RopeStoreKeysValuesAt): one kernel, caches and query bit for bit those of StoreKeysValuesAt
+// and RopeAt (which DecodeOpsAtADevicePosition checks against the CPU).
+TEST_F(GpuCheck, FoldedQueryRopeInTheKvStoreIsOneKernelAndMatchesTheSeparateKernels) {
+  ASSERT_OK_AND_ASSIGN(folding, FoldingBackend());
+  struct Case {
+    int64_t capacity, position, heads, kv_heads, hd;
+    DType cache;
+  };
+  const Case cases[] = {{3000, 1234, 32, 8, 128, DType::kBF16},
+                        {700, 0, 8, 8, 128, DType::kF32},
+                        {500, 499, 8, 2, 64, DType::kF8E4M3}};
+  uint32_t seed = 980;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(testing::Message()
+                 << "capacity=" << c.capacity << " position=" << c.position << " H=" << c.heads
+                 << "/" << c.kv_heads << " hd=" << c.hd << " " << DTypeName(c.cache));
+    const int64_t kv_cols = c.kv_heads * c.hd, q_cols = c.heads * c.hd;
+    const std::vector<float> cache =
+        Rounded(RandomFloats(c.capacity * kv_cols, seed++, -2, 2), c.cache);
+    const std::vector<float> q = RandomFloats(q_cols, seed++, -2, 2);
+    const std::vector<float> k = RandomFloats(kv_cols, seed++, -2, 2);
+    const std::vector<float> v = RandomFloats(kv_cols, seed++);
+    const std::vector<float> inv_freq = RandomFloats(c.hd / 2, seed++, 0, 1);
+    std::vector<std::vector<float>> res[2];  // [folded, separate]: key cache, value cache, query
+    for (int folded = 1; folded >= 0; --folded) {
+      Backend& b = *folding;
+      ASSERT_OK_AND_ASSIGN(pos, Position(b, c.position));
+      ASSERT_OK_AND_ASSIGN(wide, Upload(b, cache, {c.capacity, kv_cols}));
+      ASSERT_OK_AND_ASSIGN(kc, b.Allocate(c.cache, {c.capacity, kv_cols}));
+      ASSERT_OK_AND_ASSIGN(vc, b.Allocate(c.cache, {c.capacity, kv_cols}));
+      ASSERT_OK(b.Copy(wide, kc));
+      ASSERT_OK(b.Copy(wide, vc));
+      ASSERT_OK_AND_ASSIGN(kt, Upload(b, k, {1, kv_cols}));
+      ASSERT_OK_AND_ASSIGN(vt, Upload(b, v, {1, kv_cols}));
+      ASSERT_OK_AND_ASSIGN(qt, Upload(b, q, {1, q_cols}));
+      ASSERT_OK_AND_ASSIGN(freq, Upload(b, inv_freq, {c.hd / 2}));
+      if (folded) {
+        ASSERT_OK_AND_ASSIGN(kernels, KernelsLaunchedBy([&] {
+                               return b.RopeStoreKeysValuesAt(qt, kt, vt, c.hd, pos, freq, kc, vc);
+                             }));
+        EXPECT_EQ(kernels, 1);
+      } else {
+        ASSERT_OK(b.Backend::RopeStoreKeysValuesAt(qt, kt, vt, c.hd, pos, freq, kc, vc));
+      }
+      ASSERT_OK(b.Copy(kc, wide));
+      ASSERT_OK_AND_ASSIGN(k_host, Download(b, wide));
+      ASSERT_OK(b.Copy(vc, wide));
+      ASSERT_OK_AND_ASSIGN(v_host, Download(b, wide));
+      ASSERT_OK_AND_ASSIGN(q_host, Download(b, qt));
+      res[folded] = {std::move(k_host), std::move(v_host), std::move(q_host)};
+    }
+    EXPECT_TRUE(SameBits(res[1][0], res[0][0])) << "key caches differ";
+    EXPECT_TRUE(SameBits(res[1][1], res[0][1])) << "value caches differ";
+    EXPECT_TRUE(SameBits(res[1][2], res[0][2])) << "rotated queries differ";
   }
 }
 

@@ -92,9 +92,17 @@ inline absl::StatusOr<std::vector<float>> Download(Backend& backend, const Tenso
   return out;
 }
 
+// The position of a decode step as the ops read it: an int64 [1] tensor on `b`.
+inline absl::StatusOr<Tensor> Position(Backend& b, int64_t value) {
+  absl::StatusOr<Tensor> t = b.Allocate(DType::kI64, {1});
+  if (!t.ok()) return t.status();
+  if (absl::Status s = b.CopyFromHost(&value, DType::kI64, *t); !s.ok()) return s;
+  return t;
+}
+
 // Download of each of `ts`.
 inline absl::StatusOr<std::vector<std::vector<float>>> DownloadEach(Backend& backend,
-                                                                  const std::vector<Tensor>& ts) {
+                                                                    const std::vector<Tensor>& ts) {
   std::vector<std::vector<float>> out;
   for (const Tensor& t : ts) {
     absl::StatusOr<std::vector<float>> host = Download(backend, t);
