@@ -1,5 +1,7 @@
 // Timing table printed after the checks pass (mplus_gpu_check --no_bench skips it), and main().
 // Times are wall clock around Synchronize on the backend's stream, after one warm-up call.
+#include <cuda_runtime_api.h>
+
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -10,6 +12,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "engine/cuda/attention.h"
 #include "engine/cuda/cuda_backend.h"
 #include "engine/cuda/device_info.h"
 #include "engine/cuda/retrieval.h"
@@ -146,6 +149,64 @@ absl::Status GemvSweeps() {
   });
 }
 
+// Decode attention (one query row over mplus-8b's 14,849 keys, GQA 32/8, hd 128) by key
+// splits, bf16 and fp8 K/V, launched directly on a stream of its own: which split count reads
+// K/V fastest (the first row of each dtype is AttentionSplits' choice). TB/s of the K/V read.
+absl::Status DecodeAttentionSplitSweep(Backend& gpu) {
+  const engine::cuda::AttentionShape shape{1, 12800 + 2049, 32, 8, 128};
+  int device = 0, num_sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+    return absl::InternalError("split sweep: no device attributes");
+  }
+  cudaStream_t stream = nullptr;
+  if (cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) != cudaSuccess) {
+    return absl::InternalError("split sweep: no stream");
+  }
+  const int64_t kv_cols = shape.num_kv_heads * shape.head_dim, q_cols = 32 * 128;
+  absl::StatusOr<Tensor> k = Upload(gpu, RandomFloats(shape.nk * kv_cols, 21), {shape.nk, kv_cols});
+  absl::StatusOr<Tensor> v = Upload(gpu, RandomFloats(shape.nk * kv_cols, 22), {shape.nk, kv_cols});
+  absl::StatusOr<Tensor> q = Upload(gpu, RandomFloats(q_cols, 23), {1, q_cols});
+  absl::StatusOr<Tensor> out = gpu.Allocate(DType::kF32, {1, q_cols});
+  absl::Status status = k.status();
+  for (const absl::Status& s : {v.status(), q.status(), out.status()}) status.Update(s);
+  for (const DType kv_dtype : {DType::kBF16, DType::kF8E4M3}) {
+    if (!status.ok()) break;
+    absl::StatusOr<Tensor> kc = gpu.Allocate(kv_dtype, {shape.nk, kv_cols});
+    absl::StatusOr<Tensor> vc = gpu.Allocate(kv_dtype, {shape.nk, kv_cols});
+    if (!kc.ok() || !vc.ok() || !gpu.Copy(*k, *kc).ok() || !gpu.Copy(*v, *vc).ok() ||
+        !gpu.Synchronize().ok()) {
+      status = absl::InternalError("split sweep setup failed");
+      break;
+    }
+    const int chosen = engine::cuda::AttentionSplits(shape, num_sms, kv_dtype);
+    for (const int splits : {chosen, 16, 33, 66, 132, 198, 264, 396}) {
+      const int64_t ws_floats =
+          static_cast<int64_t>(engine::cuda::AttentionWorkspaceBytes(shape, splits) / 4) + 1;
+      absl::StatusOr<Tensor> ws = gpu.Allocate(DType::kF32, {ws_floats});
+      if (!ws.ok()) {
+        status = ws.status();
+        break;
+      }
+      auto op = [&]() -> absl::Status {
+        const cudaError_t err = engine::cuda::LaunchAttention(
+            q->data_as<const float>(), kc->data(), vc->data(), kv_dtype, out->data_as<float>(),
+            shape, splits, ws->data(), stream, /*dependent=*/false);
+        return err == cudaSuccess ? absl::OkStatus() : absl::InternalError(cudaGetErrorString(err));
+      };
+      auto sync = [&]() -> absl::Status {
+        const cudaError_t err = cudaStreamSynchronize(stream);
+        return err == cudaSuccess ? absl::OkStatus() : absl::InternalError(cudaGetErrorString(err));
+      };
+      Row(absl::StrCat("Attention decode nk=14849 ", engine::DTypeName(kv_dtype), ", ", splits,
+                       " splits", splits == chosen ? " (chosen)" : ""),
+          TimeIt(op, sync, 50), static_cast<double>(kc->nbytes() + vc->nbytes()), "TB/s");
+    }
+  }
+  cudaStreamDestroy(stream);
+  return status;
+}
+
 absl::Status RunBenchmarks() {
   absl::StatusOr<engine::cuda::DeviceInfo> info = engine::cuda::GetDeviceInfo(0);
   if (!info.ok()) return info.status();
@@ -244,6 +305,7 @@ absl::Status RunBenchmarks() {
   Row("Copy 1 GiB device-to-device (read + write)",
       TimeIt([&] { return gpu.Copy(*src, *dst); }, sync, 10), 2.0 * elems * 4, "TB/s");
   if (absl::Status s = GemvSweeps(); !s.ok()) return s;
+  if (absl::Status s = DecodeAttentionSplitSweep(gpu); !s.ok()) return s;
   absl::StatusOr<engine::cuda::CudaMemoryStats> mem = engine::cuda::GetCudaMemoryStats(gpu);
   if (mem.ok()) {
     std::printf(
