@@ -223,14 +223,6 @@ cudaError_t GetGemvDevice(GemvDevice* device) {
   if (err == cudaSuccess) {
     err = cudaFuncGetAttributes(&code, GemvBf16Kernel<1, GemvInputKind::kPlain>);
   }
-  // A folded input's row in shared memory may pass the 48 KiB a kernel gets without asking.
-  for (auto* folded : {GemvBf16Kernel<1, GemvInputKind::kRmsNorm>,
-                       GemvBf16Kernel<1, GemvInputKind::kSiluMul>}) {
-    if (err == cudaSuccess) {
-      err = cudaFuncSetAttribute(folded, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 static_cast<int>(kMaxFoldedInput * sizeof(float)));
-    }
-  }
   const char* env = std::getenv("MPLUS_CUDA_DEPENDENT_LAUNCH");
   const bool disabled = env != nullptr && std::string_view(env) == "0";
   device->programmatic_launch = major >= 9 && code.ptxVersion >= 90 && !disabled;
@@ -239,6 +231,14 @@ cudaError_t GetGemvDevice(GemvDevice* device) {
   }
   const char* fold = std::getenv("MPLUS_CUDA_FOLD_DECODE_OPS");
   device->fold_inputs = fold != nullptr && std::string_view(fold) == "1";
+  // A folded input's row in shared memory may pass the 48 KiB a kernel gets without asking.
+  for (auto* folded : {GemvBf16Kernel<1, GemvInputKind::kRmsNorm>,
+                       GemvBf16Kernel<1, GemvInputKind::kSiluMul>}) {
+    if (err == cudaSuccess && device->fold_inputs) {
+      err = cudaFuncSetAttribute(folded, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 static_cast<int>(kMaxFoldedInput * sizeof(float)));
+    }
+  }
   if (const char* t = std::getenv("MPLUS_CUDA_GEMV_THREADS_PER_ROW"); t != nullptr) {
     const long threads = std::strtol(t, nullptr, 10);
     const bool power_of_two = threads > 0 && (threads & (threads - 1)) == 0;
