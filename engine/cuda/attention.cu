@@ -521,6 +521,16 @@ template <typename KV, int G>
 __global__ void __launch_bounds__(kDecodeThreads, TileBlocksPerSm(G))
     DecodeAttentionTileKernel(Params p) {
   AllowDependentLaunch();  // as DecodeAttentionKernel
+  {
+    // While the kernel ahead (the step's K/V store) runs: each lane's key of its warp's first
+    // tile, K and V rows, fetched into L2 (the store's row too: PrefetchL2).
+    const int64_t key = min(blockIdx.y * p.keys_per_split + threadIdx.x, p.nk - 1);
+    const int64_t row = (key * p.kv_heads + blockIdx.x) * kTileHd * int64_t{sizeof(KV)};
+    for (int64_t at = 0; at < kTileHd * int64_t{sizeof(KV)}; at += 128) {
+      PrefetchL2(static_cast<const char*>(p.k) + row + at);
+      PrefetchL2(static_cast<const char*>(p.v) + row + at);
+    }
+  }
   WaitForPrecedingKernel();
   // bf16: a tile's K and V loads go out together (64 + 64 registers; fp8: 32 + 32). float32
   // (twice bf16's registers): K in two batches, then V in two batches after the softmax.

@@ -33,6 +33,13 @@ __device__ __forceinline__ void AllowDependentLaunch() {
 #endif
 }
 
+// The L2 cache line that holds `p` fetched from memory, without waiting or using a register: what
+// a kernel may do before its wait with memory that the kernel ahead may be writing too (L2 is
+// where global memory is coherent: a line written meanwhile is read as written after the wait).
+__device__ __forceinline__ void PrefetchL2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+
 // kernel<<<grid, block, shared_bytes, stream>>>(args...), as a programmatic dependent of the
 // kernel ahead when `dependent` (the kernel then follows the rules above). A failed launch's
 // error is returned and cleared from the thread's last error, which the next launch check would

@@ -29,11 +29,6 @@ __device__ __forceinline__ float Dot8(const uint4 w, const float* x) {
   return s;
 }
 
-// The L2 cache line that holds `p` fetched from memory, without waiting or using a register.
-__device__ __forceinline__ void PrefetchL2(const void* p) {
-  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
-}
-
 // A folded input's one row (GemvInput), computed by the whole block into `staged` (k floats) as
 // the kernel that would otherwise run ahead of the GEMV computes it, bit for bit: kernels.cu's
 // SiluMul, or its RmsNorm, whose kRmsNormThreads threads' sums of squares this block's threads
@@ -232,8 +227,8 @@ cudaError_t GetGemvDevice(GemvDevice* device) {
   const char* fold = std::getenv("MPLUS_CUDA_FOLD_DECODE_OPS");
   device->fold_inputs = fold != nullptr && std::string_view(fold) == "1";
   // A folded input's row in shared memory may pass the 48 KiB a kernel gets without asking.
-  for (auto* folded : {GemvBf16Kernel<1, GemvInputKind::kRmsNorm>,
-                       GemvBf16Kernel<1, GemvInputKind::kSiluMul>}) {
+  for (auto* folded :
+       {GemvBf16Kernel<1, GemvInputKind::kRmsNorm>, GemvBf16Kernel<1, GemvInputKind::kSiluMul>}) {
     if (err == cudaSuccess && device->fold_inputs) {
       err = cudaFuncSetAttribute(folded, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  static_cast<int>(kMaxFoldedInput * sizeof(float)));
