@@ -334,7 +334,9 @@ absl::Status Run() {
               HangWatchdog folded_watchdog(folded_options.backend.get());
               MPLUS_ASSIGN_OR_RETURN(std::unique_ptr<engine::Model> folded_model,
                                      engine::Model::Load(dir, folded_options));
-              return RunLeanOffload(*folded_model, sizes);
+              SessionSizes traced = sizes;
+              traced.kernel_trace_steps = trace_steps;
+              return RunLeanOffload(*folded_model, traced);
             }());
   // And with the decoder LoRA the other way (--merge_decoder_lora): what the merge saves a step.
   engine::ModelOptions other_merge_options = options;
@@ -512,6 +514,13 @@ absl::Status Run() {
         "to the last, host work between steps included, and the first step also records the "
         "CUDA graph the others replay, host time that shows as GPU idle):\n\n%s",
         trace_steps, sizes.short_prompt, res.decode_trace);
+  }
+  if (lean_folded && !lean_folded->decode_trace.empty()) {
+    absl::PrintF(
+        "\nThe same with decode's RMSNorms, SiluMul and query RoPE folded "
+        "(MPLUS_CUDA_FOLD_DECODE_OPS=1; lean offload session, %d steps after the %d-token "
+        "prompt):\n\n%s",
+        trace_steps, sizes.long_prompt, lean_folded->decode_trace);
   }
   if (!res.prefill_trace.empty()) {
     absl::PrintF(

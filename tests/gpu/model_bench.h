@@ -75,6 +75,8 @@ struct LeanResult {
   double decode_ms_per_token = 0;     // after the long prompt, the first step (recording) untimed
   // The long prompt's prefill: its whole memory prefix gathered and projected (nothing cached).
   double prefill_ms = 0;
+  // CUDA, sizes.kernel_trace_steps > 0: where the GPU time of that many more decode steps went.
+  std::string decode_trace;
 };
 absl::StatusOr<LeanResult> RunLeanOffload(const engine::Model& model, const SessionSizes& sizes);
 

@@ -58,6 +58,18 @@ std::string Traced(int steps, const std::function<absl::Status()>& work) {
   return FormatTrace(*summary, steps, kTopKernels);
 }
 
+// `steps` more decode steps of `state` from `token` (picked on the host), traced.
+std::string TracedDecode(const engine::Model& model, engine::DecodeState& state, int32_t& token,
+                         int steps) {
+  return Traced(steps, [&]() -> absl::Status {
+    for (int i = 0; i < steps; ++i) {
+      MPLUS_ASSIGN_OR_RETURN(std::vector<float> logits, model.Decode(state, token));
+      token = Argmax(logits);
+    }
+    return absl::OkStatus();
+  });
+}
+
 }  // namespace
 
 absl::StatusOr<SessionResult> RunSession(const engine::Model& model, memstore::LongTermMode mode,
@@ -178,13 +190,7 @@ absl::StatusOr<SessionResult> RunSession(const engine::Model& model, memstore::L
     MPLUS_ASSIGN_OR_RETURN(
         state, model.Prefill(*session, prompt, sizes.kernel_trace_steps + 1, false, &out));
     token = Argmax(out.logits);
-    r.decode_trace = Traced(sizes.kernel_trace_steps, [&]() -> absl::Status {
-      for (int i = 0; i < sizes.kernel_trace_steps; ++i) {
-        MPLUS_ASSIGN_OR_RETURN(logits, model.Decode(*state, token));
-        token = Argmax(logits);
-      }
-      return absl::OkStatus();
-    });
+    r.decode_trace = TracedDecode(model, *state, token, sizes.kernel_trace_steps);
     state.reset();
   }
   return r;
@@ -208,8 +214,10 @@ absl::StatusOr<LeanResult> RunLeanOffload(const engine::Model& model, const Sess
   const std::vector<int32_t> prompt = RandomIds(sizes.long_prompt, c.vocab_size, rng);
   LeanResult r;
   Clock::time_point start = Clock::now();
-  MPLUS_ASSIGN_OR_RETURN(std::unique_ptr<engine::DecodeState> state,
-                         model.Prefill(*session, prompt, sizes.decode_tokens + 1, false, &out));
+  const int trace_steps = cuda ? sizes.kernel_trace_steps : 0;
+  MPLUS_ASSIGN_OR_RETURN(
+      std::unique_ptr<engine::DecodeState> state,
+      model.Prefill(*session, prompt, sizes.decode_tokens + 1 + trace_steps, false, &out));
   r.prefill_ms = SecondsSince(start) * 1e3;
   int32_t token = Argmax(out.logits);
   MPLUS_ASSIGN_OR_RETURN(std::vector<float> logits, model.Decode(*state, token));
@@ -220,6 +228,9 @@ absl::StatusOr<LeanResult> RunLeanOffload(const engine::Model& model, const Sess
     token = Argmax(logits);
   }
   r.decode_ms_per_token = SecondsSince(start) * 1e3 / sizes.decode_tokens;
+  if (trace_steps > 0) {
+    r.decode_trace = TracedDecode(model, *state, token, trace_steps);
+  }
   if (cuda) {
     MPLUS_ASSIGN_OR_RETURN(engine::cuda::CudaMemoryStats mem,
                            engine::cuda::GetCudaMemoryStats(model.backend()));
