@@ -144,9 +144,18 @@ absl::Status GemvSweeps() {
                          return DecodePairRows(gpu, absl::StrCat("L2 prefetch ", mib, " MiB"));
                        });
   if (!s.ok()) return s;
-  return SweepGemvSetting("MPLUS_CUDA_FOLD_DECODE_OPS", {0, 1}, [](Backend& gpu, int fold) {
-    return DecodePairRows(gpu, fold ? "folded (one kernel)" : "two kernels");
-  });
+  // The folded kernels use fewer registers and some shared memory: their best threads per row
+  // may differ from the plain GEMV's.
+  for (const int t : {0, 64, 128}) {
+    ScopedEnv threads("MPLUS_CUDA_GEMV_THREADS_PER_ROW", std::to_string(t));
+    s = SweepGemvSetting("MPLUS_CUDA_FOLD_DECODE_OPS", {0, 1}, [t](Backend& gpu, int fold) {
+      return DecodePairRows(gpu, absl::StrCat(fold ? "folded (one kernel)" : "two kernels", ", ",
+                                              t == 0 ? std::string("threads/row by shape")
+                                                     : absl::StrCat(t, " threads/row")));
+    });
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
 }
 
 // Decode attention (one query row over mplus-8b's 14,849 keys, GQA 32/8, hd 128) by key
