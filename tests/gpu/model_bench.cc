@@ -319,25 +319,37 @@ absl::Status Run() {
                                engine::Model::Load(dir, fp8_options));
         return RunLeanOffload(*fp8_model, sizes);
       }());
-  // And with decode's RMSNorms and SiluMul folded into the GEMVs, on a backend made for it (the
-  // setting is read when a backend is made; off by default until run.sh has passed with it).
+  // And with decode's RMSNorms, SiluMul and query RoPE folded (MPLUS_CUDA_FOLD_DECODE_OPS=1; off
+  // by default until run.sh has passed with it), on a backend made for it (the setting is read
+  // when a backend is made): with the checkpoint's KV cache (traced) and with fp8.
   const bool time_folded = cuda && absl::GetFlag(FLAGS_folded_decode_row);
-  const std::optional<LeanResult> lean_folded =
-      !time_folded
-          ? std::nullopt
-          : Soft("folded decode ops session", [&]() -> absl::StatusOr<LeanResult> {
-              engine::ModelOptions folded_options = options;
-              {
-                gpu_test::ScopedEnv fold("MPLUS_CUDA_FOLD_DECODE_OPS", "1");
-                MPLUS_ASSIGN_OR_RETURN(folded_options.backend, engine::cuda::CreateCudaBackend(0));
-              }
-              HangWatchdog folded_watchdog(folded_options.backend.get());
-              MPLUS_ASSIGN_OR_RETURN(std::unique_ptr<engine::Model> folded_model,
-                                     engine::Model::Load(dir, folded_options));
-              SessionSizes traced = sizes;
-              traced.kernel_trace_steps = trace_steps;
-              return RunLeanOffload(*folded_model, traced);
-            }());
+  std::shared_ptr<engine::Backend> folded_backend;
+  if (time_folded) {
+    gpu_test::ScopedEnv fold("MPLUS_CUDA_FOLD_DECODE_OPS", "1");
+    absl::StatusOr<std::unique_ptr<engine::Backend>> made = engine::cuda::CreateCudaBackend(0);
+    if (made.ok()) {
+      folded_backend = std::move(*made);
+    } else {
+      Progress("folded decode ops: " + made.status().ToString());
+    }
+  }
+  HangWatchdog folded_watchdog(folded_backend.get());
+  const auto folded_session = [&](std::optional<engine::DType> kv_dtype,
+                                  int traced_steps) -> std::optional<LeanResult> {
+    if (!folded_backend) return std::nullopt;
+    return Soft("folded decode ops session", [&]() -> absl::StatusOr<LeanResult> {
+      engine::ModelOptions folded_options = options;
+      folded_options.backend = folded_backend;
+      folded_options.kv_cache_dtype = kv_dtype;
+      MPLUS_ASSIGN_OR_RETURN(std::unique_ptr<engine::Model> folded_model,
+                             engine::Model::Load(dir, folded_options));
+      SessionSizes traced = sizes;
+      traced.kernel_trace_steps = traced_steps;
+      return RunLeanOffload(*folded_model, traced);
+    }());
+  };
+  const std::optional<LeanResult> lean_folded = folded_session(options.kv_cache_dtype, trace_steps);
+  const std::optional<LeanResult> lean_folded_fp8 = folded_session(engine::DType::kF8E4M3, 0);
   // And with the decoder LoRA the other way (--merge_decoder_lora): what the merge saves a step.
   engine::ModelOptions other_merge_options = options;
   other_merge_options.merge_decoder_lora = !merged;
@@ -484,11 +496,13 @@ absl::Status Run() {
   lean_rows("--prefix_cache=false", kv_dtype, lean);
   lean_rows("--prefix_cache=false --kv_cache_dtype=fp8", engine::DType::kF8E4M3, lean_fp8);
   if (time_folded) {
-    rows.push_back({absl::StrFormat("  decode ms/token, --prefix_cache=false with "
-                                    "MPLUS_CUDA_FOLD_DECODE_OPS=1, after the %d-token prompt",
-                                    sizes.long_prompt),
-                    "", lean_folded ? decode_cell(lean_folded->decode_ms_per_token) : kFailed, "",
-                    ""});
+    for (const auto& [flags, folded] :
+         {std::pair{"", &lean_folded}, std::pair{" --kv_cache_dtype=fp8", &lean_folded_fp8}}) {
+      rows.push_back({absl::StrFormat("  decode ms/token, --prefix_cache=false%s with "
+                                      "MPLUS_CUDA_FOLD_DECODE_OPS=1, after the %d-token prompt",
+                                      flags, sizes.long_prompt),
+                      "", *folded ? decode_cell((*folded)->decode_ms_per_token) : kFailed, "", ""});
+    }
   }
   rows.push_back(
       {absl::StrFormat("  decode ms/token, --prefix_cache=false --merge_decoder_lora=%s "
