@@ -305,6 +305,27 @@ TEST_F(MemoryServiceTest, PrefixCacheFollowsInjects) {
   EXPECT_EQ(generated[true], generated[false]);
 }
 
+// --merge_decoder_lora=true on the CPU, end to end: the server injects through the widened
+// encoder adapter and generates through the merged weights, giving the unmerged server's tokens
+// (the merge moves fp32 results by ~1e-7; lora_merge_test and golden.*.merged-lora.* check the
+// arithmetic itself).
+TEST_F(MemoryServiceTest, MergedDecoderLoraServesTheSameTokens) {
+  std::vector<std::vector<int32_t>> generated[2];
+  for (bool merge : {false, true}) {
+    data_dir_.clear();
+    StartServer({merge ? "--merge_decoder_lora=true" : "--merge_decoder_lora=false"});
+    Create("merged");
+    for (const char* text : {"The first fact: the sky was green.", "The second: water was dry."}) {
+      v1::InjectResponse r;
+      ASSERT_TRUE(InjectText("merged", text, &r).ok());
+      const Generated g = GenerateIds("merged", kPrompt, 6);
+      ASSERT_TRUE(g.status.ok()) << g.status.error_message();
+      generated[merge].push_back(g.ids);
+    }
+  }
+  EXPECT_EQ(generated[true], generated[false]);
+}
+
 TEST_F(MemoryServiceTest, RestartKeepsSessionsAndTheirMemory) {
   StartServer();
   Create("keep");
