@@ -679,9 +679,11 @@ absl::Status CudaBackend::LaunchAttentionOp(const Tensor& q, const Tensor& k, co
   if (const size_t bytes = AttentionWorkspaceBytes(shape, splits); bytes > 0) {
     MPLUS_ASSIGN_OR_RETURN(ws, attention_.Get(bytes));
   }
+  // Decode's splits merged by the wide combine with the folds on (attention.h).
+  const bool wide_combine = gemv_.fold_inputs && last_position != nullptr;
   MPLUS_CUDA_RETURN_IF_ERROR(LaunchAttention(q.data_as<const float>(), k.data(), v.data(),
                                              k.dtype(), out.data_as<float>(), shape, splits, ws,
-                                             stream(), dependent(), last_position));
+                                             stream(), dependent(), last_position, wide_combine));
   return absl::OkStatus();
 }
 

@@ -1,5 +1,6 @@
 // Decode's ops folded together (MPLUS_CUDA_FOLD_DECODE_OPS=1): the RMSNorm and SiluMul into the
-// GEMVs after them (engine/cuda/gemv.h's GemvInput), the query's RoPE into the K/V store. On a
+// GEMVs after them (engine/cuda/gemv.h's GemvInput), the query's RoPE into the K/V store (and
+// decode attention's splits merged by the wide combine, checked against the CPU). On a
 // backend made with the fold on, each fused op must launch one kernel (CUPTI's records) and give
 // bit for bit what the separate kernels give (the GPU's composed default, Backend::...; the
 // norm: within 1e-5, see there), and match the CPU. Shapes the fold does not take (two rows) go the
@@ -204,6 +205,48 @@ TEST_F(GpuCheck, FoldedQueryRopeInTheKvStoreIsOneKernelAndMatchesTheSeparateKern
     EXPECT_TRUE(SameBits(res[1][0], res[0][0])) << "key caches differ";
     EXPECT_TRUE(SameBits(res[1][1], res[0][1])) << "value caches differ";
     EXPECT_TRUE(SameBits(res[1][2], res[0][2])) << "rotated queries differ";
+  }
+}
+
+// Decode attention's splits merged by the wide combine (the folds' AttentionAt): the CPU's
+// result within the decode check's bounds, and the narrow combine's (the default backend) to
+// summation order.
+TEST_F(GpuCheck, FoldedDecodeAttentionWideCombineMatchesCpu) {
+  ASSERT_OK_AND_ASSIGN(folding, FoldingBackend());
+  struct Case {
+    int64_t capacity, position, heads, kv_heads, hd;
+    DType cache;
+  };
+  const Case cases[] = {{14849, 14848, 32, 8, 128, DType::kBF16},
+                        {3000, 1234, 32, 8, 128, DType::kF8E4M3},
+                        {500, 77, 8, 2, 64, DType::kF32}};
+  uint32_t seed = 990;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(testing::Message()
+                 << "capacity=" << c.capacity << " position=" << c.position << " H=" << c.heads
+                 << "/" << c.kv_heads << " hd=" << c.hd << " " << DTypeName(c.cache));
+    const int64_t kv_cols = c.kv_heads * c.hd, q_cols = c.heads * c.hd;
+    const std::vector<float> k =
+        Rounded(RandomFloats(c.capacity * kv_cols, seed++, -2, 2), c.cache);
+    const std::vector<float> v = Rounded(RandomFloats(c.capacity * kv_cols, seed++), c.cache);
+    const std::vector<float> q = RandomFloats(q_cols, seed++, -1, 1);
+    std::vector<std::vector<float>> outs;  // cpu, gpu wide (folding), gpu narrow (default)
+    for (Backend* b : {cpu_, folding.get(), gpu_}) {
+      ASSERT_OK_AND_ASSIGN(pos, Position(*b, c.position));
+      ASSERT_OK_AND_ASSIGN(k_wide, Upload(*b, k, {c.capacity, kv_cols}));
+      ASSERT_OK_AND_ASSIGN(v_wide, Upload(*b, v, {c.capacity, kv_cols}));
+      ASSERT_OK_AND_ASSIGN(kc, b->Allocate(c.cache, {c.capacity, kv_cols}));
+      ASSERT_OK_AND_ASSIGN(vc, b->Allocate(c.cache, {c.capacity, kv_cols}));
+      ASSERT_OK(b->Copy(k_wide, kc));
+      ASSERT_OK(b->Copy(v_wide, vc));
+      ASSERT_OK_AND_ASSIGN(qt, Upload(*b, q, {1, q_cols}));
+      ASSERT_OK_AND_ASSIGN(out, Poisoned(*b, {1, q_cols}));
+      ASSERT_OK(b->AttentionAt(qt, kc, vc, pos, c.heads, c.kv_heads, c.hd, out));
+      ASSERT_OK_AND_ASSIGN(host, Download(*b, out));
+      outs.push_back(std::move(host));
+    }
+    ExpectNear(outs[1], outs[0], RelBound(outs[0], 2e-5f, 1e-4f), "wide combine GPU vs CPU");
+    ExpectNear(outs[1], outs[2], RelBound(outs[2], 1e-6f, 1e-5f), "wide vs narrow combine");
   }
 }
 
