@@ -37,6 +37,16 @@ void Negate(uint8_t* data, int64_t n, DType dtype) {
   for (int64_t i = 0; i < n; ++i) data[(i + 1) * size - 1] ^= 0x80;  // little-endian: top byte
 }
 
+// n elements of `src_type` at `dst` in `dtype`: their bytes when the types agree, else widened
+// (`dtype` is then float32).
+void CopyAs(const void* src, DType src_type, int64_t n, DType dtype, uint8_t* dst) {
+  if (src_type == dtype) {
+    std::memcpy(dst, src, n * DTypeSize(dtype));
+  } else {
+    DTypeToFloats(src, src_type, n, reinterpret_cast<float*>(dst));
+  }
+}
+
 // The rows of each present view (all [*, cols]) in order, in `dtype` (theirs, or float32).
 std::vector<uint8_t> StackRows(std::initializer_list<const TensorView*> views, DType dtype) {
   int64_t total = 0;
@@ -45,11 +55,7 @@ std::vector<uint8_t> StackRows(std::initializer_list<const TensorView*> views, D
   uint8_t* dst = out.data();
   for (const TensorView* t : views) {
     if (t->data == nullptr) continue;
-    if (t->dtype == dtype) {
-      std::memcpy(dst, t->data, t->nbytes);
-    } else {
-      DTypeToFloats(t->data, t->dtype, t->numel(), reinterpret_cast<float*>(dst));
-    }
+    CopyAs(t->data, t->dtype, t->numel(), dtype, dst);
     dst += t->numel() * DTypeSize(dtype);
   }
   return out;
@@ -62,12 +68,8 @@ std::vector<uint8_t> ConcatColumnsNegatingRight(const TensorView& left, const Te
   const size_t size = DTypeSize(dtype);
   std::vector<uint8_t> out(rows * (lc + rc) * size);
   const auto copy_row = [&](const TensorView& t, int64_t row, int64_t cols, uint8_t* dst) {
-    const auto* src = static_cast<const uint8_t*>(t.data) + row * cols * DTypeSize(t.dtype);
-    if (t.dtype == dtype) {
-      std::memcpy(dst, src, cols * size);
-    } else {
-      DTypeToFloats(src, t.dtype, cols, reinterpret_cast<float*>(dst));
-    }
+    CopyAs(static_cast<const uint8_t*>(t.data) + row * cols * DTypeSize(t.dtype), t.dtype, cols,
+           dtype, dst);
   };
   for (int64_t i = 0; i < rows; ++i) {
     uint8_t* row = out.data() + i * (lc + rc) * size;
