@@ -680,7 +680,7 @@ absl::Status CudaBackend::LaunchAttentionOp(const Tensor& q, const Tensor& k, co
     MPLUS_ASSIGN_OR_RETURN(ws, attention_.Get(bytes));
   }
   // Decode's splits merged by the wide combine with the folds on (attention.h).
-  const bool wide_combine = gemv_.fold_inputs && last_position != nullptr;
+  const bool wide_combine = gemv_.fold_decode_ops && last_position != nullptr;
   MPLUS_CUDA_RETURN_IF_ERROR(LaunchAttention(q.data_as<const float>(), k.data(), v.data(),
                                              k.dtype(), out.data_as<float>(), shape, splits, ws,
                                              stream(), dependent(), last_position, wide_combine));
@@ -746,7 +746,7 @@ absl::Status CudaBackend::RopeStoreKeysValuesAt(const Tensor& q, const Tensor& k
                                                 int64_t head_dim, const Tensor& position,
                                                 const Tensor& inv_freq, const Tensor& k_cache,
                                                 const Tensor& v_cache) {
-  if (!gemv_.fold_inputs) {
+  if (!gemv_.fold_decode_ops) {
     return Backend::RopeStoreKeysValuesAt(q, k, v, head_dim, position, inv_freq, k_cache, v_cache);
   }
   return StoreAt(&q, k, v, head_dim, position, inv_freq, k_cache, v_cache);
@@ -896,12 +896,12 @@ std::optional<absl::Status> CudaBackend::LinearGemv(const Tensor& x, const Tenso
   const int64_t n = x.rows(), k = x.cols(), m = w.rows(), r = a.empty() ? 0 : a.rows();
   bool fused = x.dtype() == DType::kF32 && out.dtype() == DType::kF32 &&
                w.dtype() == DType::kBF16 && n > 0 && m > 0 && w.cols() == k && out.rows() == n &&
-               out.cols() == m && GemvSupported(n, k, x.data(), w.data());
+               out.cols() == m && GemvSupported(n, k, x.data(), w.data(), input);
   for (const Tensor* t : {&x, &w, &out}) fused = fused && t->device() == Device::kCuda;
   if (!a.empty()) {
     fused = fused && a.dtype() == DType::kBF16 && b.dtype() == DType::kBF16 && r > 0 &&
             a.cols() == k && b.rows() == m && b.cols() == r &&
-            GemvSupported(n, k, x.data(), a.data()) && a.device() == Device::kCuda &&
+            GemvSupported(n, k, x.data(), a.data(), input) && a.device() == Device::kCuda &&
             b.device() == Device::kCuda;
   }
   if (!fused || Overlap(x.data(), x.nbytes(), out.data(), out.nbytes())) return std::nullopt;
@@ -965,8 +965,8 @@ std::optional<absl::Status> CudaBackend::GroupGemv(const Tensor& x,
     ws.push_back(&l.w);
     m += l.w.rows();
   }
-  fused = fused && BackToBack(ws) && GemvSupported(n, k, x.data(), ws[0]->data());
-  if (lora) fused = fused && BackToBack(as) && GemvSupported(n, k, x.data(), as[0]->data());
+  fused = fused && BackToBack(ws) && GemvSupported(n, k, x.data(), ws[0]->data(), input);
+  if (lora) fused = fused && BackToBack(as) && GemvSupported(n, k, x.data(), as[0]->data(), input);
   if (!fused) return std::nullopt;
   Tensor t;
   if (lora) {
@@ -1001,14 +1001,14 @@ std::optional<absl::Status> CudaBackend::GroupGemv(const Tensor& x,
 }
 
 // Decode's pre-norm linears and down projection with the RMSNorm / SiluMul folded into their
-// GEMV (MPLUS_CUDA_FOLD_DECODE_OPS=1; gemv.h's GemvInput): one row, bf16 norm weight, no LoRA
-// (the decoder's merged into the weights; a LoRA A product would need the folded row in memory).
+// GEMV (MPLUS_CUDA_FOLD_DECODE_OPS=1; gemv.h's GemvInput, whose shapes GemvSupported says):
+// bf16 norm weight, and no LoRA, the merged decoder's case and the one the GPU checks cover (a
+// LoRA A GEMV would stage the same row).
 absl::Status CudaBackend::RmsNormLoraMatMulGroup(const Tensor& x, const Tensor& norm_weight,
                                                  float eps, absl::Span<const LoraLinear> group,
                                                  float scale, absl::Span<const Tensor> outs) {
-  bool fold = gemv_.fold_inputs && x.rows() == 1 && x.cols() <= kMaxFoldedInput &&
-              norm_weight.dtype() == DType::kBF16 && norm_weight.numel() == x.cols() &&
-              norm_weight.device() == Device::kCuda;
+  bool fold = gemv_.fold_decode_ops && norm_weight.dtype() == DType::kBF16 &&
+              norm_weight.numel() == x.cols() && norm_weight.device() == Device::kCuda;
   for (const LoraLinear& l : group) fold = fold && l.a.empty();
   if (fold) {
     GemvInput input;
@@ -1023,9 +1023,8 @@ absl::Status CudaBackend::RmsNormLoraMatMulGroup(const Tensor& x, const Tensor& 
 absl::Status CudaBackend::SiluMulLoraMatMul(const Tensor& gate, const Tensor& up, const Tensor& w,
                                             const Tensor& a, const Tensor& b, float scale,
                                             const Tensor& out, bool accumulate) {
-  const bool fold = gemv_.fold_inputs && a.empty() && gate.rows() == 1 &&
-                    gate.cols() <= kMaxFoldedInput && up.dtype() == DType::kF32 && up.rows() == 1 &&
-                    up.cols() == gate.cols() && up.device() == Device::kCuda &&
+  const bool fold = gemv_.fold_decode_ops && a.empty() && up.dtype() == DType::kF32 &&
+                    up.shape() == gate.shape() && up.device() == Device::kCuda &&
                     !Overlap(up.data(), up.nbytes(), out.data(), out.nbytes());
   if (fold) {
     GemvInput input;

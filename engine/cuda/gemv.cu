@@ -225,13 +225,15 @@ cudaError_t GetGemvDevice(GemvDevice* device) {
     device->l2_prefetch_bytes = std::max(0L, std::strtol(mib, nullptr, 10)) << 20;
   }
   const char* fold = std::getenv("MPLUS_CUDA_FOLD_DECODE_OPS");
-  device->fold_inputs = fold != nullptr && std::string_view(fold) == "1";
+  device->fold_decode_ops = fold != nullptr && std::string_view(fold) == "1";
   // A folded input's row in shared memory may pass the 48 KiB a kernel gets without asking.
-  for (auto* folded :
-       {GemvBf16Kernel<1, GemvInputKind::kRmsNorm>, GemvBf16Kernel<1, GemvInputKind::kSiluMul>}) {
-    if (err == cudaSuccess && device->fold_inputs) {
-      err = cudaFuncSetAttribute(folded, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 static_cast<int>(kMaxFoldedInput * sizeof(float)));
+  if (device->fold_decode_ops) {
+    for (auto* folded :
+         {GemvBf16Kernel<1, GemvInputKind::kRmsNorm>, GemvBf16Kernel<1, GemvInputKind::kSiluMul>}) {
+      if (err == cudaSuccess) {
+        err = cudaFuncSetAttribute(folded, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   static_cast<int>(kMaxFoldedInput * sizeof(float)));
+      }
     }
   }
   if (const char* t = std::getenv("MPLUS_CUDA_GEMV_THREADS_PER_ROW"); t != nullptr) {
@@ -242,19 +244,17 @@ cudaError_t GetGemvDevice(GemvDevice* device) {
   return err;
 }
 
-bool GemvSupported(int64_t n, int64_t k, const void* x, const void* w) {
-  return n >= 1 && n <= kMaxGemvRows && k > 0 && k % 8 == 0 &&
-         reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0;
-}
-
-bool FoldableInput(const GemvInput& input, int64_t n, int64_t k) {
+bool GemvSupported(int64_t n, int64_t k, const void* x, const void* w, const GemvInput& input) {
+  const bool operands = n >= 1 && n <= kMaxGemvRows && k > 0 && k % 8 == 0 &&
+                        reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+                        reinterpret_cast<uintptr_t>(w) % 16 == 0;
   switch (input.kind) {
     case GemvInputKind::kPlain:
-      return true;
+      return operands;
     case GemvInputKind::kRmsNorm:
-      return n == 1 && k <= kMaxFoldedInput && input.norm_weight != nullptr;
+      return operands && n == 1 && k <= kMaxFoldedInput && input.norm_weight != nullptr;
     case GemvInputKind::kSiluMul:
-      return n == 1 && k <= kMaxFoldedInput && input.up != nullptr;
+      return operands && n == 1 && k <= kMaxFoldedInput && input.up != nullptr;
   }
   return false;
 }
@@ -263,8 +263,8 @@ cudaError_t LaunchGemvBf16(const float* x, const uint16_t* w, int64_t n, int64_t
                            float alpha, bool accumulate, const GemvEpilogue& epilogue,
                            const GemvDevice& device, cudaStream_t stream, const GemvInput& input) {
   if (m == 0) return cudaSuccess;
-  if (!GemvSupported(n, k, x, w) || m > (int64_t{1} << 31) || device.num_sms < 1 ||
-      !ValidEpilogue(epilogue, m) || !FoldableInput(input, n, k)) {
+  if (!GemvSupported(n, k, x, w, input) || m > (int64_t{1} << 31) || device.num_sms < 1 ||
+      !ValidEpilogue(epilogue, m)) {
     return cudaErrorInvalidValue;
   }
   const int t = ThreadsPerRow(m, k, device);

@@ -69,9 +69,10 @@ struct GemvDevice {
   int64_t l2_prefetch_bytes = int64_t{16} << 20;  // a third of an H100's L2
   // Threads that share a weight row (a power of two up to 256); 0: chosen by the shape.
   int threads_per_row = 0;
-  // Whether the backend folds decode's RMSNorms and SiluMul into the GEMVs after them
-  // (GemvInput): MPLUS_CUDA_FOLD_DECODE_OPS=1. Off by default until it has passed run.sh.
-  bool fold_inputs = false;
+  // Whether the backend folds decode's ops (MPLUS_CUDA_FOLD_DECODE_OPS=1): the RMSNorms and
+  // SiluMul into the GEMVs after them (GemvInput), and more (cuda_backend.cc). Off by default
+  // until it has passed run.sh.
+  bool fold_decode_ops = false;
 };
 // The current device's; MPLUS_CUDA_GEMV_L2_PREFETCH_MIB overrides l2_prefetch_bytes (0: off)
 // and MPLUS_CUDA_GEMV_THREADS_PER_ROW threads_per_row (for the op table's sweeps). Also lets
@@ -79,12 +80,13 @@ struct GemvDevice {
 cudaError_t GetGemvDevice(GemvDevice* device);
 
 // Whether LaunchGemvBf16 takes these operands: 1 <= n <= kMaxGemvRows, k a multiple of 8, and
-// x, w 16-byte aligned (k a multiple of 8 keeps every row aligned after the first).
-bool GemvSupported(int64_t n, int64_t k, const void* x, const void* w);
+// x, w 16-byte aligned (k a multiple of 8 keeps every row aligned after the first); a folded
+// `input` also needs n = 1, k <= kMaxFoldedInput and its operand.
+bool GemvSupported(int64_t n, int64_t k, const void* x, const void* w,
+                   const GemvInput& input = GemvInput());
 // out = alpha * x · w^T (+ the LoRA terms), plus out when accumulate (out is not read
-// otherwise), routed by `epilogue` (whose last end must be m), x being `input`'s (a folded
-// input needs n = 1 and k <= kMaxFoldedInput). Operands as GemvSupported; `device.num_sms`
-// sizes the grid.
+// otherwise), routed by `epilogue` (whose last end must be m), x being `input`'s. Operands as
+// GemvSupported; `device.num_sms` sizes the grid.
 cudaError_t LaunchGemvBf16(const float* x, const uint16_t* w, int64_t n, int64_t m, int64_t k,
                            float alpha, bool accumulate, const GemvEpilogue& epilogue,
                            const GemvDevice& device, cudaStream_t stream,
