@@ -110,6 +110,17 @@ __device__ __forceinline__ float2 Rotate(float a, float b, float c, float s) {
                      __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s)));
 }
 
+// Pair (j, j + half) of one head's row rotated in place at `position`: float32 angle and precise
+// cosf/sinf, as the HF reference (no fast-math intrinsics). RopeKernel's and the decode query's
+// in StoreKeysValuesKernel.
+__device__ __forceinline__ void RopePairInPlace(float* head, int64_t j, int64_t half,
+                                                float position, const float* inv_freq) {
+  const float angle = position * inv_freq[j];
+  const float2 r = Rotate(head[j], head[j + half], cosf(angle), sinf(angle));
+  head[j] = r.x;
+  head[j + half] = r.y;
+}
+
 // Grid (row, block of pairs): thread t of a row rotates pair (t / half, t % half), i.e. head
 // t / half at frequency j = t % half. One load pair per thread: a decode row's heads are not a
 // chain of dependent loads (8 us a row on an H100 when one thread walked every head).
@@ -120,16 +131,9 @@ __global__ void RopeKernel(float* x, int64_t cols, int64_t head_dim, const int64
   const int64_t half = head_dim / 2, pairs = cols / head_dim * half;
   const int64_t t = blockIdx.y * int64_t{blockDim.x} + threadIdx.x;
   if (t >= pairs) return;
-  const int64_t j = t % half;
   const float pos = static_cast<float>(positions != nullptr ? positions[blockIdx.x]
                                                             : first_position + blockIdx.x);
-  // float32 angle and precise cosf/sinf, as the HF reference (no fast-math intrinsics).
-  const float angle = pos * inv_freq[j];
-  const float c = cosf(angle), s = sinf(angle);
-  float* v = x + blockIdx.x * cols + t / half * head_dim;
-  const float2 r = Rotate(v[j], v[j + half], c, s);
-  v[j] = r.x;
-  v[j + half] = r.y;
+  RopePairInPlace(x + blockIdx.x * cols + t / half * head_dim, t % half, half, pos, inv_freq);
 }
 
 // Narrowed element types: float, uint16_t bfloat16 bits, F8E4M3. StoreAs stores x rounded to
@@ -172,12 +176,9 @@ __global__ void StoreKeysValuesKernel(const float* k, const float* v, int64_t co
   const int64_t position = positions != nullptr ? positions[row] : first_position + row;
   const int64_t dst_row = rows_at_positions ? position : row;
   if (t >= pairs + cols) {
-    const int64_t qt = t - pairs - cols, j = qt % half;
-    const float angle = static_cast<float>(position) * inv_freq[j];
-    float* qr = q + row * q_cols + qt / half * head_dim;
-    const float2 r = Rotate(qr[j], qr[j + half], cosf(angle), sinf(angle));
-    qr[j] = r.x;
-    qr[j + half] = r.y;
+    const int64_t qt = t - pairs - cols;
+    RopePairInPlace(q + row * q_cols + qt / half * head_dim, qt % half, half,
+                    static_cast<float>(position), inv_freq);
     return;
   }
   if (t >= pairs) {
