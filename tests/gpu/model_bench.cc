@@ -308,17 +308,22 @@ absl::Status Run() {
   const engine::DType kv_dtype = model->kv_dtype();
   const int64_t prefix_length = model->prefix_length();
   const bool merged = model->decoder_lora_merged();
-  // The lean session again with an fp8 KV cache (--kv_cache_dtype=fp8), on the model loaded
-  // afresh with it: one model's weights at a time, so the two peaks compare.
+  // The lean session again on the model loaded afresh with other options: one model's weights
+  // at a time, so the peaks compare.
   model.reset();
+  const auto lean_session = [&](const char* name, const engine::ModelOptions& lean_options,
+                                const SessionSizes& lean_sizes) {
+    return Soft(name, [&]() -> absl::StatusOr<LeanResult> {
+      MPLUS_ASSIGN_OR_RETURN(std::unique_ptr<engine::Model> lean_model,
+                             engine::Model::Load(dir, lean_options));
+      return RunLeanOffload(*lean_model, lean_sizes);
+    }());
+  };
+  // With an fp8 KV cache (--kv_cache_dtype=fp8).
   engine::ModelOptions fp8_options = options;
   fp8_options.kv_cache_dtype = engine::DType::kF8E4M3;
   const std::optional<LeanResult> lean_fp8 =
-      Soft("fp8 KV cache session", [&]() -> absl::StatusOr<LeanResult> {
-        MPLUS_ASSIGN_OR_RETURN(std::unique_ptr<engine::Model> fp8_model,
-                               engine::Model::Load(dir, fp8_options));
-        return RunLeanOffload(*fp8_model, sizes);
-      }());
+      lean_session("fp8 KV cache session", fp8_options, sizes);
   // And with decode's RMSNorms, SiluMul and query RoPE folded (MPLUS_CUDA_FOLD_DECODE_OPS=1; off
   // by default until run.sh has passed with it), on a backend made for it (the setting is read
   // when a backend is made): with the checkpoint's KV cache (traced) and with fp8.
@@ -337,16 +342,12 @@ absl::Status Run() {
   const auto folded_session = [&](std::optional<engine::DType> kv_dtype,
                                   int traced_steps) -> std::optional<LeanResult> {
     if (!folded_backend) return std::nullopt;
-    return Soft("folded decode ops session", [&]() -> absl::StatusOr<LeanResult> {
-      engine::ModelOptions folded_options = options;
-      folded_options.backend = folded_backend;
-      folded_options.kv_cache_dtype = kv_dtype;
-      MPLUS_ASSIGN_OR_RETURN(std::unique_ptr<engine::Model> folded_model,
-                             engine::Model::Load(dir, folded_options));
-      SessionSizes traced = sizes;
-      traced.kernel_trace_steps = traced_steps;
-      return RunLeanOffload(*folded_model, traced);
-    }());
+    engine::ModelOptions folded_options = options;
+    folded_options.backend = folded_backend;
+    folded_options.kv_cache_dtype = kv_dtype;
+    SessionSizes traced = sizes;
+    traced.kernel_trace_steps = traced_steps;
+    return lean_session("folded decode ops session", folded_options, traced);
   };
   const std::optional<LeanResult> lean_folded = folded_session(options.kv_cache_dtype, trace_steps);
   const std::optional<LeanResult> lean_folded_fp8 = folded_session(engine::DType::kF8E4M3, 0);
@@ -354,11 +355,7 @@ absl::Status Run() {
   engine::ModelOptions other_merge_options = options;
   other_merge_options.merge_decoder_lora = !merged;
   const std::optional<LeanResult> lean_other_merge =
-      Soft("other LoRA merge session", [&]() -> absl::StatusOr<LeanResult> {
-        MPLUS_ASSIGN_OR_RETURN(std::unique_ptr<engine::Model> other_model,
-                               engine::Model::Load(dir, other_merge_options));
-        return RunLeanOffload(*other_model, sizes);
-      }());
+      lean_session("other LoRA merge session", other_merge_options, sizes);
 
   // Decode roofline: the weight bytes each step reads at the measured bandwidth. Each step also
   // reads the KV cache of the whole prefix + prompt (shown, not in the target).
