@@ -82,12 +82,39 @@ class MemoryServiceTest : public ::testing::Test {
     return out;
   }
 
+  // On a fresh server started with `flag`: one session and, after each of `texts` injected into
+  // it, the ids of a 6-token Generate of kPrompt; a failed call fails the test and ends the list.
+  std::vector<std::vector<int32_t>> GeneratedAfterEachInject(const std::string& flag,
+                                                             const std::vector<std::string>& texts);
+
   std::string data_dir_;
   std::unique_ptr<ServerProcess> server_;
   std::unique_ptr<MemoryService::Stub> stub_;
 };
 
 const std::vector<int32_t> kPrompt = {329, 17, 113, 352, 171, 192};
+
+std::vector<std::vector<int32_t>> MemoryServiceTest::GeneratedAfterEachInject(
+    const std::string& flag, const std::vector<std::string>& texts) {
+  std::vector<std::vector<int32_t>> generated;
+  data_dir_.clear();
+  StartServer({flag});
+  Create("s");
+  for (const std::string& text : texts) {
+    v1::InjectResponse r;
+    if (grpc::Status s = InjectText("s", text, &r); !s.ok()) {
+      ADD_FAILURE() << flag << ": inject: " << s.error_message();
+      break;
+    }
+    const Generated g = GenerateIds("s", kPrompt, 6);
+    if (!g.status.ok()) {
+      ADD_FAILURE() << flag << ": generate: " << g.status.error_message();
+      break;
+    }
+    generated.push_back(g.ids);
+  }
+  return generated;
+}
 
 TEST_F(MemoryServiceTest, WholeFlow) {
   StartServer();
@@ -287,22 +314,11 @@ TEST_F(MemoryServiceTest, GenerateKeepsThePrefixCacheOfItsSession) {
 // A cached prefix follows the session's injects: Generate, Inject, Generate gives the tokens a
 // server without the cache gives.
 TEST_F(MemoryServiceTest, PrefixCacheFollowsInjects) {
-  std::vector<std::vector<int32_t>> generated[2];
-  for (bool cache : {true, false}) {
-    data_dir_.clear();
-    StartServer({cache ? "--prefix_cache=true" : "--prefix_cache=false"});
-    Create("pc");
-    for (const char* text :
-         {"The first fact: the sky was green.", "The second fact: water was dry.",
-          "The third fact: the moon was square and the sun was cold."}) {
-      v1::InjectResponse r;
-      ASSERT_TRUE(InjectText("pc", text, &r).ok());
-      const Generated g = GenerateIds("pc", kPrompt, 6);
-      ASSERT_TRUE(g.status.ok()) << g.status.error_message();
-      generated[cache].push_back(g.ids);
-    }
-  }
-  EXPECT_EQ(generated[true], generated[false]);
+  const std::vector<std::string> texts = {
+      "The first fact: the sky was green.", "The second fact: water was dry.",
+      "The third fact: the moon was square and the sun was cold."};
+  EXPECT_EQ(GeneratedAfterEachInject("--prefix_cache=true", texts),
+            GeneratedAfterEachInject("--prefix_cache=false", texts));
 }
 
 // --merge_decoder_lora=true on the CPU, end to end: the server injects through the widened
@@ -310,20 +326,10 @@ TEST_F(MemoryServiceTest, PrefixCacheFollowsInjects) {
 // (the merge moves fp32 results by ~1e-7; lora_merge_test and golden.*.merged-lora.* check the
 // arithmetic itself).
 TEST_F(MemoryServiceTest, MergedDecoderLoraServesTheSameTokens) {
-  std::vector<std::vector<int32_t>> generated[2];
-  for (bool merge : {false, true}) {
-    data_dir_.clear();
-    StartServer({merge ? "--merge_decoder_lora=true" : "--merge_decoder_lora=false"});
-    Create("merged");
-    for (const char* text : {"The first fact: the sky was green.", "The second: water was dry."}) {
-      v1::InjectResponse r;
-      ASSERT_TRUE(InjectText("merged", text, &r).ok());
-      const Generated g = GenerateIds("merged", kPrompt, 6);
-      ASSERT_TRUE(g.status.ok()) << g.status.error_message();
-      generated[merge].push_back(g.ids);
-    }
-  }
-  EXPECT_EQ(generated[true], generated[false]);
+  const std::vector<std::string> texts = {"The first fact: the sky was green.",
+                                          "The second: water was dry."};
+  EXPECT_EQ(GeneratedAfterEachInject("--merge_decoder_lora=true", texts),
+            GeneratedAfterEachInject("--merge_decoder_lora=false", texts));
 }
 
 TEST_F(MemoryServiceTest, RestartKeepsSessionsAndTheirMemory) {
