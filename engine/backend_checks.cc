@@ -72,4 +72,17 @@ absl::Status CheckEmbedding(const Tensor& table, absl::Span<const int32_t> ids, 
   return absl::OkStatus();
 }
 
+absl::Status CheckRope(const Tensor& x, Device device, int64_t head_dim,
+                       absl::Span<const int64_t> positions, const Tensor& inv_freq) {
+  if (absl::Status s = CheckF32(x, device, "Rope x"); !s.ok()) return s;
+  if (absl::Status s = CheckF32(inv_freq, device, "Rope inv_freq"); !s.ok()) return s;
+  if (head_dim <= 0 || head_dim % 2 != 0 || x.cols() % head_dim != 0 ||
+      inv_freq.numel() != head_dim / 2 || static_cast<int64_t>(positions.size()) != x.rows()) {
+    return absl::InvalidArgumentError(absl::StrCat("Rope: x ", ShapeString(x), ", head_dim ",
+                                                   head_dim, ", ", positions.size(),
+                                                   " positions, inv_freq ", inv_freq.numel()));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace mplus::engine

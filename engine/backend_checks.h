@@ -32,6 +32,11 @@ bool Overlap(const void* a, size_t a_bytes, const void* b, size_t b_bytes);
 // every id in range (all checked before anything is written).
 absl::Status CheckEmbedding(const Tensor& table, absl::Span<const int32_t> ids, const Tensor& out);
 
+// Backend::Rope's contract: x and inv_freq float32 on `device`, head_dim even and dividing x's
+// columns, inv_freq [head_dim / 2], one position per row of x.
+absl::Status CheckRope(const Tensor& x, Device device, int64_t head_dim,
+                       absl::Span<const int64_t> positions, const Tensor& inv_freq);
+
 }  // namespace mplus::engine
 
 #endif  // MPLUS_ENGINE_BACKEND_CHECKS_H_

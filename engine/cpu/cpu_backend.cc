@@ -196,15 +196,10 @@ absl::Status CpuBackend::RmsNorm(const Tensor& x, const Tensor& weight, float ep
 
 absl::Status CpuBackend::Rope(const Tensor& x, int64_t head_dim,
                               absl::Span<const int64_t> positions, const Tensor& inv_freq) {
-  if (absl::Status s = CheckF32(x, "Rope x"); !s.ok()) return s;
-  if (absl::Status s = CheckF32(inv_freq, "Rope inv_freq"); !s.ok()) return s;
-  const int64_t n = x.rows(), cols = x.cols(), half = head_dim / 2;
-  if (head_dim <= 0 || head_dim % 2 != 0 || cols % head_dim != 0 || inv_freq.numel() != half ||
-      static_cast<int64_t>(positions.size()) != n) {
-    return absl::InvalidArgumentError(absl::StrCat("Rope: x ", ShapeString(x), ", head_dim ",
-                                                   head_dim, ", ", positions.size(),
-                                                   " positions, inv_freq ", inv_freq.numel()));
+  if (absl::Status s = CheckRope(x, Device::kCpu, head_dim, positions, inv_freq); !s.ok()) {
+    return s;
   }
+  const int64_t n = x.rows(), cols = x.cols(), half = head_dim / 2;
   const float* freq = inv_freq.data_as<const float>();
   float* xd = x.data_as<float>();
   pool_.ParallelFor(n, 4, [&](int64_t r0, int64_t r1) {

@@ -622,15 +622,8 @@ absl::StatusOr<const int64_t*> CudaBackend::DevicePositions(absl::Span<const int
 
 absl::Status CudaBackend::Rope(const Tensor& x, int64_t head_dim,
                                absl::Span<const int64_t> positions, const Tensor& inv_freq) {
-  MPLUS_RETURN_IF_ERROR(CheckF32(x, "Rope x"));
-  MPLUS_RETURN_IF_ERROR(CheckF32(inv_freq, "Rope inv_freq"));
-  const int64_t n = x.rows(), cols = x.cols(), half = head_dim / 2;
-  if (head_dim <= 0 || head_dim % 2 != 0 || cols % head_dim != 0 || inv_freq.numel() != half ||
-      static_cast<int64_t>(positions.size()) != n) {
-    return absl::InvalidArgumentError(absl::StrCat("Rope: x ", ShapeString(x), ", head_dim ",
-                                                   head_dim, ", ", positions.size(),
-                                                   " positions, inv_freq ", inv_freq.numel()));
-  }
+  MPLUS_RETURN_IF_ERROR(CheckRope(x, Device::kCuda, head_dim, positions, inv_freq));
+  const int64_t n = x.rows(), cols = x.cols();
   if (n == 0) return absl::OkStatus();
   absl::MutexLock lock(&mu_);
   MPLUS_RETURN_IF_ERROR(state_->Activate());

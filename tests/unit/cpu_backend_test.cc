@@ -325,6 +325,30 @@ TEST_F(CpuBackendTest, Bfloat16KeysAndValues) {
   EXPECT_FALSE(backend_.Embedding(table, ids, *backend_.Allocate(DType::kF16, {2, 3})).ok());
 }
 
+TEST_F(CpuBackendTest, RopeRefusesMismatchedShapesWithoutWriting) {
+  const int64_t hd = 8;
+  const std::vector<float> x = Values(2 * hd, 0.5);
+  Tensor xt = Make({2, hd}, x);
+  const Tensor freq = Make({hd / 2}, {1.f, 0.1f, 0.01f, 0.001f});
+  const std::vector<int64_t> two = {0, 1}, one = {0};
+  const Tensor i32 = *backend_.Allocate(DType::kI32, {2, hd});
+  const struct {
+    absl::Status status;
+    const char* names;
+  } refusals[] = {
+      {backend_.Rope(xt, 6, two, freq), "head_dim 6"},  // does not divide 8 columns
+      {backend_.Rope(xt, 0, two, freq), "head_dim 0"},
+      {backend_.Rope(xt, hd, one, freq), "1 positions"},  // two rows
+      {backend_.Rope(xt, hd, two, Make({3}, {1.f, 2.f, 3.f})), "inv_freq 3"},
+      {backend_.Rope(i32, hd, two, freq), "Rope x: expected F32"},
+  };
+  for (const auto& [status, names] : refusals) {
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << names;
+    EXPECT_NE(status.message().find(names), std::string::npos) << status.message();
+  }
+  for (int64_t i = 0; i < 2 * hd; ++i) EXPECT_EQ(F(xt)[i], x[i]);
+}
+
 TEST(RopeInvFreqTest, Llama3ScalingBands) {
   ModelConfig c;
   c.head_dim = 64;
