@@ -212,9 +212,13 @@ class CudaBackend : public Backend {
     g.programmatic_launch = g.programmatic_launch && state_->HoldsWeights(w.data());
     return g;
   }
-  // Whether kernels that wait before reading anything launch as programmatic dependents of the
-  // kernel ahead (kernels.h): every kernel of a decode step may, so no launch gap is exposed.
-  bool dependent() const { return gemv_.programmatic_launch; }
+  // Whether a kernel over `rows` rows that waits before reading anything launches as a
+  // programmatic dependent of the kernel ahead (kernels.h): a decode step's (one row), so that no
+  // launch gap is exposed between its short kernels. Not a prefill's: there the gaps are small
+  // next to the kernels, and on an H100 (session 11) launching those programmatically too left
+  // ~25 ms more GPU idle time in a resident 1024-token prefill. A plain launch only waits longer,
+  // so results cannot change.
+  bool dependent(int64_t rows) const { return gemv_.programmatic_launch && rows == 1; }
 
   const std::shared_ptr<DeviceState> state_;
   int num_sms_ = 0;
@@ -609,7 +613,8 @@ absl::Status CudaBackend::RmsNorm(const Tensor& x, const Tensor& weight, float e
   absl::MutexLock lock(&mu_);
   MPLUS_RETURN_IF_ERROR(state_->Activate());
   MPLUS_CUDA_RETURN_IF_ERROR(LaunchRmsNorm(x.data_as<const float>(), weight.data(), weight.dtype(),
-                                           n, d, eps, out.data_as<float>(), stream(), dependent()));
+                                           n, d, eps, out.data_as<float>(), stream(),
+                                           dependent(n)));
   return absl::OkStatus();
 }
 
@@ -629,7 +634,7 @@ absl::Status CudaBackend::Rope(const Tensor& x, int64_t head_dim,
   MPLUS_RETURN_IF_ERROR(state_->Activate());
   MPLUS_ASSIGN_OR_RETURN(const int64_t* pos, DevicePositions(positions));
   MPLUS_CUDA_RETURN_IF_ERROR(LaunchRope(x.data_as<float>(), n, cols, head_dim, pos, positions[0],
-                                        inv_freq.data_as<const float>(), stream(), dependent()));
+                                        inv_freq.data_as<const float>(), stream(), dependent(n)));
   return absl::OkStatus();
 }
 
@@ -674,9 +679,9 @@ absl::Status CudaBackend::LaunchAttentionOp(const Tensor& q, const Tensor& k, co
   }
   // Decode's splits merged by the wide combine with the folds on (attention.h).
   const bool wide_combine = gemv_.fold_decode_ops && last_position != nullptr;
-  MPLUS_CUDA_RETURN_IF_ERROR(LaunchAttention(q.data_as<const float>(), k.data(), v.data(),
-                                             k.dtype(), out.data_as<float>(), shape, splits, ws,
-                                             stream(), dependent(), last_position, wide_combine));
+  MPLUS_CUDA_RETURN_IF_ERROR(LaunchAttention(
+      q.data_as<const float>(), k.data(), v.data(), k.dtype(), out.data_as<float>(), shape, splits,
+      ws, stream(), dependent(shape.nq), last_position, wide_combine));
   return absl::OkStatus();
 }
 
@@ -722,7 +727,7 @@ absl::Status CudaBackend::RopeAt(const Tensor& x, int64_t head_dim, const Tensor
   MPLUS_RETURN_IF_ERROR(state_->Activate());
   MPLUS_CUDA_RETURN_IF_ERROR(LaunchRope(x.data_as<float>(), 1, cols, head_dim,
                                         position.data_as<const int64_t>(), 0,
-                                        inv_freq.data_as<const float>(), stream(), dependent()));
+                                        inv_freq.data_as<const float>(), stream(), dependent(1)));
   return absl::OkStatus();
 }
 
@@ -783,7 +788,7 @@ absl::Status CudaBackend::StoreAt(const Tensor* q, const Tensor& k, const Tensor
   MPLUS_CUDA_RETURN_IF_ERROR(LaunchStoreKeysValues(
       k.data_as<const float>(), v.data_as<const float>(), 1, cols, head_dim,
       position.data_as<const int64_t>(), 0, inv_freq.data_as<const float>(), cache, k_cache.data(),
-      v_cache.data(), stream(), dependent(), /*rows_at_positions=*/true,
+      v_cache.data(), stream(), dependent(1), /*rows_at_positions=*/true,
       q != nullptr ? q->data_as<float>() : nullptr, q != nullptr ? q->cols() : 0));
   return absl::OkStatus();
 }
@@ -1061,9 +1066,10 @@ absl::Status CudaBackend::StoreKeysValues(const Tensor& k, const Tensor& v, int6
   absl::MutexLock lock(&mu_);
   MPLUS_RETURN_IF_ERROR(state_->Activate());
   MPLUS_ASSIGN_OR_RETURN(const int64_t* pos, DevicePositions(positions));
-  MPLUS_CUDA_RETURN_IF_ERROR(LaunchStoreKeysValues(
-      k.data_as<const float>(), v.data_as<const float>(), n, cols, head_dim, pos, positions[0],
-      inv_freq.data_as<const float>(), cache, k_rows.data(), v_rows.data(), stream(), dependent()));
+  MPLUS_CUDA_RETURN_IF_ERROR(
+      LaunchStoreKeysValues(k.data_as<const float>(), v.data_as<const float>(), n, cols, head_dim,
+                            pos, positions[0], inv_freq.data_as<const float>(), cache,
+                            k_rows.data(), v_rows.data(), stream(), dependent(n)));
   return absl::OkStatus();
 }
 
@@ -1076,7 +1082,7 @@ absl::Status CudaBackend::SiluMul(const Tensor& gate, const Tensor& up, const Te
   MPLUS_RETURN_IF_ERROR(state_->Activate());
   MPLUS_CUDA_RETURN_IF_ERROR(LaunchSiluMul(gate.data_as<const float>(), up.data_as<const float>(),
                                            out.data_as<float>(), gate.numel(), stream(),
-                                           dependent()));
+                                           dependent(gate.rows())));
   return absl::OkStatus();
 }
 
