@@ -144,9 +144,12 @@ absl::Status GemvSweeps() {
                          return DecodePairRows(gpu, absl::StrCat("L2 prefetch ", mib, " MiB"));
                        });
   if (!s.ok()) return s;
-  // The folded kernels use fewer registers and some shared memory: their best threads per row
-  // may differ from the plain GEMV's.
-  for (const int t : {0, 64, 128}) {
+  // The folded kernels use fewer registers and some shared memory, and every block computes the
+  // whole input row from L2 (the down projection's: 112 KiB of gate and up) before streaming its
+  // weights: their best threads per row may differ from the plain GEMV's, and fewer threads a
+  // row (more rows a block) restage it less often. (The fold is bit for bit the two kernels only
+  // with the same threads per row: a choice for the folded GEMV is one for the plain one too.)
+  for (const int t : {0, 16, 32, 64, 128}) {
     ScopedEnv threads("MPLUS_CUDA_GEMV_THREADS_PER_ROW", std::to_string(t));
     s = SweepGemvSetting("MPLUS_CUDA_FOLD_DECODE_OPS", {0, 1}, [t](Backend& gpu, int fold) {
       return DecodePairRows(gpu, absl::StrCat(fold ? "folded (one kernel)" : "two kernels", ", ",
