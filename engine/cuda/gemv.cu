@@ -263,8 +263,11 @@ cudaError_t LaunchGemvBf16(const float* x, const uint16_t* w, int64_t n, int64_t
                            float alpha, bool accumulate, const GemvEpilogue& epilogue,
                            const GemvDevice& device, cudaStream_t stream, const GemvInput& input) {
   if (m == 0) return cudaSuccess;
-  if (!GemvSupported(n, k, x, w, input) || m > (int64_t{1} << 31) || device.num_sms < 1 ||
-      !ValidEpilogue(epilogue, m)) {
+  // A folded input's kernels may use more shared memory than a kernel gets unasked: only a
+  // device whose GetGemvDevice raised their limit (fold_decode_ops) launches them.
+  const bool input_allowed = input.kind == GemvInputKind::kPlain || device.fold_decode_ops;
+  if (!GemvSupported(n, k, x, w, input) || !input_allowed || m > (int64_t{1} << 31) ||
+      device.num_sms < 1 || !ValidEpilogue(epilogue, m)) {
     return cudaErrorInvalidValue;
   }
   const int t = ThreadsPerRow(m, k, device);

@@ -86,7 +86,8 @@ bool GemvSupported(int64_t n, int64_t k, const void* x, const void* w,
                    const GemvInput& input = GemvInput());
 // out = alpha * x · w^T (+ the LoRA terms), plus out when accumulate (out is not read
 // otherwise), routed by `epilogue` (whose last end must be m), x being `input`'s. Operands as
-// GemvSupported; `device.num_sms` sizes the grid.
+// GemvSupported, a folded `input` only with `device.fold_decode_ops`; `device.num_sms` sizes
+// the grid.
 cudaError_t LaunchGemvBf16(const float* x, const uint16_t* w, int64_t n, int64_t m, int64_t k,
                            float alpha, bool accumulate, const GemvEpilogue& epilogue,
                            const GemvDevice& device, cudaStream_t stream,
