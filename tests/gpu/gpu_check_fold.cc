@@ -17,11 +17,18 @@
 namespace mplus::gpu_test {
 namespace {
 
-// A CUDA backend made with the fold switched on.
-absl::StatusOr<std::unique_ptr<Backend>> FoldingBackend() {
+// A CUDA backend made with the fold switched on; threads_per_row > 0 fixes the GEMVs' threads a
+// row (MPLUS_CUDA_GEMV_THREADS_PER_ROW, as the op table's sweeps) instead of the shape's choice.
+absl::StatusOr<std::unique_ptr<Backend>> FoldingBackend(int threads_per_row = 0) {
   ScopedEnv fold("MPLUS_CUDA_FOLD_DECODE_OPS", "1");
+  ScopedEnv threads("MPLUS_CUDA_GEMV_THREADS_PER_ROW", std::to_string(threads_per_row));
   return engine::cuda::CreateCudaBackend(0);
 }
+
+// The folded GEMVs are checked with the threads a row the shape picks and with the sweeps'
+// extremes: 16 (16 rows a block, so a partial last block where m is not a multiple) and a whole
+// block a row.
+constexpr int kFoldThreadsPerRow[] = {0, 16, 256};
 
 // Kernels `op` launches, by CUPTI's records.
 absl::StatusOr<int64_t> KernelsLaunchedBy(const std::function<absl::Status()>& op) {
@@ -41,7 +48,6 @@ bool SameBits(const std::vector<float>& a, const std::vector<float>& b) {
 
 // RMSNorm then q/k/v (mplus-8b's shapes) or gate/up: one kernel, the separate kernels' bits.
 TEST_F(GpuCheck, FoldedRmsNormGroupIsOneKernelAndMatchesTheSeparateKernels) {
-  ASSERT_OK_AND_ASSIGN(folding, FoldingBackend());
   struct Case {
     int64_t n, k;
     std::vector<int64_t> m;
@@ -50,103 +56,115 @@ TEST_F(GpuCheck, FoldedRmsNormGroupIsOneKernelAndMatchesTheSeparateKernels) {
   const Case cases[] = {{1, 4096, {4096, 1024, 1024}, 1},
                         {1, 4096, {14336, 14336}, 1},
                         {1, 1000, {512, 256}, 1},
+                        {1, 1000, {500, 261}, 1},
                         {2, 4096, {4096, 1024, 1024}, 2}};
   uint32_t seed = 900;
-  for (const Case& c : cases) {
-    SCOPED_TRACE(testing::Message() << "n=" << c.n << " k=" << c.k << " linears=" << c.m.size());
-    const std::vector<float> x = RandomFloats(c.n * c.k, seed++, -3.0f, 3.0f);
-    const std::vector<float> norm = Rounded(RandomFloats(c.k, seed++, 0.5f, 1.5f), DType::kBF16);
-    auto hn = MakeWeight(norm, DType::kBF16, {c.k});
-    std::vector<std::unique_ptr<HostWeight>> hw;
-    std::vector<engine::TensorView> views;
-    for (int64_t m : c.m) {
-      hw.push_back(
-          MakeWeight(Rounded(RandomFloats(m * c.k, seed++), DType::kBF16), DType::kBF16, {m, c.k}));
-      views.push_back(hw.back()->view);
-    }
-    // [cpu, gpu folded, gpu composed][linear]
-    std::vector<std::vector<std::vector<float>>> res;
-    for (int run = 0; run < 3; ++run) {
-      Backend& be = run == 0 ? *cpu_ : *folding;
-      ASSERT_OK_AND_ASSIGN(xt, Upload(be, x, {c.n, c.k}));
-      ASSERT_OK_AND_ASSIGN(nt, be.UploadWeight(hn->view));
-      ASSERT_OK_AND_ASSIGN(ws, be.UploadWeights(views));
-      std::vector<engine::LoraLinear> group;
-      std::vector<Tensor> outs;
+  for (int threads_per_row : kFoldThreadsPerRow) {
+    SCOPED_TRACE(testing::Message() << "threads a row " << threads_per_row);
+    ASSERT_OK_AND_ASSIGN(folding, FoldingBackend(threads_per_row));
+    for (const Case& c : cases) {
+      SCOPED_TRACE(testing::Message() << "n=" << c.n << " k=" << c.k << " linears=" << c.m.size());
+      const std::vector<float> x = RandomFloats(c.n * c.k, seed++, -3.0f, 3.0f);
+      const std::vector<float> norm = Rounded(RandomFloats(c.k, seed++, 0.5f, 1.5f), DType::kBF16);
+      auto hn = MakeWeight(norm, DType::kBF16, {c.k});
+      std::vector<std::unique_ptr<HostWeight>> hw;
+      std::vector<engine::TensorView> views;
+      for (int64_t m : c.m) {
+        hw.push_back(MakeWeight(Rounded(RandomFloats(m * c.k, seed++), DType::kBF16), DType::kBF16,
+                                {m, c.k}));
+        views.push_back(hw.back()->view);
+      }
+      // [cpu, gpu folded, gpu composed][linear]
+      std::vector<std::vector<std::vector<float>>> res;
+      for (int run = 0; run < 3; ++run) {
+        Backend& be = run == 0 ? *cpu_ : *folding;
+        ASSERT_OK_AND_ASSIGN(xt, Upload(be, x, {c.n, c.k}));
+        ASSERT_OK_AND_ASSIGN(nt, be.UploadWeight(hn->view));
+        ASSERT_OK_AND_ASSIGN(ws, be.UploadWeights(views));
+        std::vector<engine::LoraLinear> group;
+        std::vector<Tensor> outs;
+        for (size_t i = 0; i < c.m.size(); ++i) {
+          group.push_back({ws[i], Tensor(), Tensor()});
+          ASSERT_OK_AND_ASSIGN(out, Poisoned(be, {c.n, c.m[i]}));
+          outs.push_back(std::move(out));
+        }
+        if (run == 1) {
+          ASSERT_OK_AND_ASSIGN(kernels, KernelsLaunchedBy([&] {
+                                 return be.RmsNormLoraMatMulGroup(xt, nt, 1e-5f, group, 1.0f, outs);
+                               }));
+          EXPECT_EQ(kernels, c.kernels);
+        } else if (run == 2) {
+          ASSERT_OK(be.Backend::RmsNormLoraMatMulGroup(xt, nt, 1e-5f, group, 1.0f, outs));
+        } else {
+          ASSERT_OK(be.RmsNormLoraMatMulGroup(xt, nt, 1e-5f, group, 1.0f, outs));
+        }
+        ASSERT_OK_AND_ASSIGN(per_linear, DownloadEach(be, outs));
+        res.push_back(std::move(per_linear));
+      }
       for (size_t i = 0; i < c.m.size(); ++i) {
-        group.push_back({ws[i], Tensor(), Tensor()});
-        ASSERT_OK_AND_ASSIGN(out, Poisoned(be, {c.n, c.m[i]}));
-        outs.push_back(std::move(out));
+        SCOPED_TRACE(testing::Message() << "linear " << i);
+        // The same float operations in the same order; should the compiler still round the
+        // norm's 1/sqrt differently in the two kernels, every output moves by ~1e-7 relative:
+        // reported, and held to a bound a real slip (a wrong element, sum or weight) is far
+        // beyond.
+        if (!SameBits(res[1][i], res[2][i])) {
+          std::printf("note: folded RmsNorm GEMV not bitwise the separate kernels' (linear %zu)\n",
+                      i);
+        }
+        ExpectNear(res[1][i], res[2][i], RelBound(res[2][i], 1e-6f, 1e-5f),
+                   "folded vs separate kernels");
+        // Sums of k products of ~3 (normed x) and ~1: float32 orders differ by ~1e-5 relative.
+        ExpectNear(res[1][i], res[0][i], RelBound(res[0][i], 1e-3f, 1e-3f),
+                   "folded norm GPU vs CPU");
       }
-      if (run == 1) {
-        ASSERT_OK_AND_ASSIGN(kernels, KernelsLaunchedBy([&] {
-                               return be.RmsNormLoraMatMulGroup(xt, nt, 1e-5f, group, 1.0f, outs);
-                             }));
-        EXPECT_EQ(kernels, c.kernels);
-      } else if (run == 2) {
-        ASSERT_OK(be.Backend::RmsNormLoraMatMulGroup(xt, nt, 1e-5f, group, 1.0f, outs));
-      } else {
-        ASSERT_OK(be.RmsNormLoraMatMulGroup(xt, nt, 1e-5f, group, 1.0f, outs));
-      }
-      ASSERT_OK_AND_ASSIGN(per_linear, DownloadEach(be, outs));
-      res.push_back(std::move(per_linear));
-    }
-    for (size_t i = 0; i < c.m.size(); ++i) {
-      SCOPED_TRACE(testing::Message() << "linear " << i);
-      // The same float operations in the same order; should the compiler still round the norm's
-      // 1/sqrt differently in the two kernels, every output moves by ~1e-7 relative: reported,
-      // and held to a bound a real slip (a wrong element, sum or weight) is far beyond.
-      if (!SameBits(res[1][i], res[2][i])) {
-        std::printf("note: folded RmsNorm GEMV not bitwise the separate kernels' (linear %zu)\n",
-                    i);
-      }
-      ExpectNear(res[1][i], res[2][i], RelBound(res[2][i], 1e-6f, 1e-5f),
-                 "folded vs separate kernels");
-      // Sums of k products of ~3 (normed x) and ~1: float32 orders differ by ~1e-5 relative.
-      ExpectNear(res[1][i], res[0][i], RelBound(res[0][i], 1e-3f, 1e-3f), "folded norm GPU vs CPU");
     }
   }
 }
 
 // SiluMul then the down projection (accumulating into the residual): one kernel, same bits.
 TEST_F(GpuCheck, FoldedSiluMulLinearIsOneKernelAndMatchesTheSeparateKernels) {
-  ASSERT_OK_AND_ASSIGN(folding, FoldingBackend());
   struct Case {
     int64_t n, k, m;
     int64_t kernels;  // 1 folded; composed: SiluMul + GEMV
   };
-  const Case cases[] = {{1, 14336, 4096, 1}, {1, 4096, 1024, 1}, {2, 1024, 512, 2}};
+  const Case cases[] = {
+      {1, 14336, 4096, 1}, {1, 4096, 1024, 1}, {1, 1000, 761, 1}, {2, 1024, 512, 2}};
   uint32_t seed = 950;
-  for (const Case& c : cases) {
-    SCOPED_TRACE(testing::Message() << "n=" << c.n << " k=" << c.k << " m=" << c.m);
-    const std::vector<float> gate = RandomFloats(c.n * c.k, seed++, -4.0f, 4.0f);
-    const std::vector<float> up = RandomFloats(c.n * c.k, seed++);
-    const std::vector<float> residual = RandomFloats(c.n * c.m, seed++);
-    auto hw = MakeWeight(Rounded(RandomFloats(c.m * c.k, seed++), DType::kBF16), DType::kBF16,
-                         {c.m, c.k});
-    std::vector<std::vector<float>> res;  // cpu, gpu folded, gpu composed
-    for (int run = 0; run < 3; ++run) {
-      Backend& be = run == 0 ? *cpu_ : *folding;
-      ASSERT_OK_AND_ASSIGN(gt, Upload(be, gate, {c.n, c.k}));
-      ASSERT_OK_AND_ASSIGN(ut, Upload(be, up, {c.n, c.k}));
-      ASSERT_OK_AND_ASSIGN(wt, be.UploadWeight(hw->view));
-      ASSERT_OK_AND_ASSIGN(out, Upload(be, residual, {c.n, c.m}));
-      const Tensor none;
-      if (run == 1) {
-        ASSERT_OK_AND_ASSIGN(kernels, KernelsLaunchedBy([&] {
-                               return be.SiluMulLoraMatMul(gt, ut, wt, none, none, 1.0f, out, true);
-                             }));
-        EXPECT_EQ(kernels, c.kernels);
-      } else if (run == 2) {
-        ASSERT_OK(be.Backend::SiluMulLoraMatMul(gt, ut, wt, none, none, 1.0f, out, true));
-      } else {
-        ASSERT_OK(be.SiluMulLoraMatMul(gt, ut, wt, none, none, 1.0f, out, true));
+  for (int threads_per_row : kFoldThreadsPerRow) {
+    SCOPED_TRACE(testing::Message() << "threads a row " << threads_per_row);
+    ASSERT_OK_AND_ASSIGN(folding, FoldingBackend(threads_per_row));
+    for (const Case& c : cases) {
+      SCOPED_TRACE(testing::Message() << "n=" << c.n << " k=" << c.k << " m=" << c.m);
+      const std::vector<float> gate = RandomFloats(c.n * c.k, seed++, -4.0f, 4.0f);
+      const std::vector<float> up = RandomFloats(c.n * c.k, seed++);
+      const std::vector<float> residual = RandomFloats(c.n * c.m, seed++);
+      auto hw = MakeWeight(Rounded(RandomFloats(c.m * c.k, seed++), DType::kBF16), DType::kBF16,
+                           {c.m, c.k});
+      std::vector<std::vector<float>> res;  // cpu, gpu folded, gpu composed
+      for (int run = 0; run < 3; ++run) {
+        Backend& be = run == 0 ? *cpu_ : *folding;
+        ASSERT_OK_AND_ASSIGN(gt, Upload(be, gate, {c.n, c.k}));
+        ASSERT_OK_AND_ASSIGN(ut, Upload(be, up, {c.n, c.k}));
+        ASSERT_OK_AND_ASSIGN(wt, be.UploadWeight(hw->view));
+        ASSERT_OK_AND_ASSIGN(out, Upload(be, residual, {c.n, c.m}));
+        const Tensor none;
+        if (run == 1) {
+          ASSERT_OK_AND_ASSIGN(kernels, KernelsLaunchedBy([&] {
+                                 return be.SiluMulLoraMatMul(gt, ut, wt, none, none, 1.0f, out,
+                                                             true);
+                               }));
+          EXPECT_EQ(kernels, c.kernels);
+        } else if (run == 2) {
+          ASSERT_OK(be.Backend::SiluMulLoraMatMul(gt, ut, wt, none, none, 1.0f, out, true));
+        } else {
+          ASSERT_OK(be.SiluMulLoraMatMul(gt, ut, wt, none, none, 1.0f, out, true));
+        }
+        ASSERT_OK_AND_ASSIGN(host, Download(be, out));
+        res.push_back(std::move(host));
       }
-      ASSERT_OK_AND_ASSIGN(host, Download(be, out));
-      res.push_back(std::move(host));
+      EXPECT_TRUE(SameBits(res[1], res[2])) << "folded and separate kernels differ";
+      ExpectNear(res[1], res[0], RelBound(res[0], 1e-3f, 1e-3f), "folded SiluMul GPU vs CPU");
     }
-    EXPECT_TRUE(SameBits(res[1], res[2])) << "folded and separate kernels differ";
-    ExpectNear(res[1], res[0], RelBound(res[0], 1e-3f, 1e-3f), "folded SiluMul GPU vs CPU");
   }
 }
 
