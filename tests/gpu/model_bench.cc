@@ -532,11 +532,12 @@ absl::Status Run() {
       if (!*folded || !*unfolded) continue;
       const double distance =
           LogitDistance((*folded)->first_step_logits, (*unfolded)->first_step_logits);
-      folds_match = folds_match && distance <= kFoldedLogitTolerance;
+      const bool match = distance <= kFoldedLogitTolerance;
+      folds_match = folds_match && match;
       rows.push_back({"    its first step's logits against the unfolded: max |diff| / max |logit|",
                       "", absl::StrFormat("%.1e", distance),
                       absl::StrFormat("check ≤ %.0e", kFoldedLogitTolerance),
-                      distance <= kFoldedLogitTolerance ? "PASS" : "FAIL"});
+                      match ? "PASS" : "FAIL"});
     }
   }
   rows.push_back(
