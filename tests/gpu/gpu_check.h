@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <memory>
+#include <ostream>
 #include <utility>
 #include <vector>
 
@@ -40,6 +41,17 @@ class GpuCheck : public ::testing::Test {
   static Backend* cpu_;
   static Backend* gpu_;
 };
+
+// A decode step's shapes, as the decode checks sweep them: a K/V cache of `capacity` rows of
+// `cache` type, the step at `position`, heads / kv_heads query / key-value heads of hd dims.
+struct DecodeCase {
+  int64_t capacity, position, heads, kv_heads, hd;
+  DType cache;
+};
+inline std::ostream& operator<<(std::ostream& os, const DecodeCase& c) {
+  return os << "capacity=" << c.capacity << " position=" << c.position << " H=" << c.heads << "/"
+            << c.kv_heads << " hd=" << c.hd << " " << DTypeName(c.cache);
+}
 
 // Element-wise check with a per-element bound.
 inline void ExpectNear(const std::vector<float>& got, const std::vector<float>& want,

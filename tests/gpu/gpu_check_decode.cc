@@ -64,20 +64,14 @@ std::string FixtureDir(const std::string& name) {
 // the CPU (Backend's defaults, which read it back): the same results, and no cache row past the
 // position is read (they hold NaN) or written but the position's.
 TEST_F(GpuCheck, DecodeOpsAtADevicePosition) {
-  struct Case {
-    int64_t capacity, position, heads, kv_heads, hd;
-    DType cache;
-  };
-  const Case cases[] = {
+  const DecodeCase cases[] = {
       {3000, 1234, 32, 8, 128, DType::kBF16},   {3000, 0, 32, 8, 128, DType::kBF16},
       {700, 699, 8, 8, 128, DType::kF32},       {500, 77, 8, 2, 64, DType::kF32},
       {3000, 1234, 32, 8, 128, DType::kF8E4M3},  // tiles, GQA 4, key splits
       {700, 699, 8, 8, 128, DType::kF8E4M3},    {500, 77, 8, 2, 64, DType::kF8E4M3}};
   uint32_t seed = 900;
-  for (const Case& c : cases) {
-    SCOPED_TRACE(testing::Message()
-                 << "capacity=" << c.capacity << " position=" << c.position << " H=" << c.heads
-                 << "/" << c.kv_heads << " hd=" << c.hd << " " << DTypeName(c.cache));
+  for (const DecodeCase& c : cases) {
+    SCOPED_TRACE(testing::Message() << c);
     const int64_t kv_cols = c.kv_heads * c.hd, q_cols = c.heads * c.hd;
     const int64_t valid = c.position * kv_cols;  // cache elements before the position's row
     std::vector<float> cache = Rounded(RandomFloats(c.capacity * kv_cols, seed++, -2, 2), c.cache);
@@ -92,11 +86,8 @@ TEST_F(GpuCheck, DecodeOpsAtADevicePosition) {
     for (Backend* b : {cpu_, gpu_}) {
       SCOPED_TRACE(b->name());
       ASSERT_OK_AND_ASSIGN(pos, Position(*b, c.position));
-      ASSERT_OK_AND_ASSIGN(kc_f, Upload(*b, cache, {c.capacity, kv_cols}));
-      ASSERT_OK_AND_ASSIGN(kc, b->Allocate(c.cache, {c.capacity, kv_cols}));
-      ASSERT_OK_AND_ASSIGN(vc, b->Allocate(c.cache, {c.capacity, kv_cols}));
-      ASSERT_OK(b->Copy(kc_f, kc));
-      ASSERT_OK(b->Copy(kc_f, vc));
+      ASSERT_OK_AND_ASSIGN(kc, UploadAs(*b, cache, c.cache, {c.capacity, kv_cols}));
+      ASSERT_OK_AND_ASSIGN(vc, UploadAs(*b, cache, c.cache, {c.capacity, kv_cols}));
       ASSERT_OK_AND_ASSIGN(kt, Upload(*b, k, {1, kv_cols}));
       ASSERT_OK_AND_ASSIGN(vt, Upload(*b, v, {1, kv_cols}));
       ASSERT_OK_AND_ASSIGN(freq, Upload(*b, inv_freq, {c.hd / 2}));
@@ -134,12 +125,8 @@ TEST_F(GpuCheck, DecodeOpsAtADevicePosition) {
     // The CPU's AttentionAt over the GPU's own cache and query: a stored key one cache step off
     // the CPU's (cosf/sinf may differ in the last bit) must not move this comparison.
     ASSERT_OK_AND_ASSIGN(cpu_pos, Position(*cpu_, c.position));
-    ASSERT_OK_AND_ASSIGN(k_wide, Upload(*cpu_, caches[1], {c.capacity, kv_cols}));
-    ASSERT_OK_AND_ASSIGN(v_wide, Upload(*cpu_, value_caches[1], {c.capacity, kv_cols}));
-    ASSERT_OK_AND_ASSIGN(k_cache, cpu_->Allocate(c.cache, {c.capacity, kv_cols}));
-    ASSERT_OK_AND_ASSIGN(v_cache, cpu_->Allocate(c.cache, {c.capacity, kv_cols}));
-    ASSERT_OK(cpu_->Copy(k_wide, k_cache));
-    ASSERT_OK(cpu_->Copy(v_wide, v_cache));
+    ASSERT_OK_AND_ASSIGN(k_cache, UploadAs(*cpu_, caches[1], c.cache, {c.capacity, kv_cols}));
+    ASSERT_OK_AND_ASSIGN(v_cache, UploadAs(*cpu_, value_caches[1], c.cache, {c.capacity, kv_cols}));
     ASSERT_OK_AND_ASSIGN(gpu_query, Upload(*cpu_, queries[1], {1, q_cols}));
     ASSERT_OK_AND_ASSIGN(want, Poisoned(*cpu_, {1, q_cols}));
     ASSERT_OK(

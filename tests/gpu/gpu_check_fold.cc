@@ -173,18 +173,12 @@ TEST_F(GpuCheck, FoldedSiluMulLinearIsOneKernelAndMatchesTheSeparateKernels) {
 // and RopeAt (which DecodeOpsAtADevicePosition checks against the CPU).
 TEST_F(GpuCheck, FoldedQueryRopeInTheKvStoreIsOneKernelAndMatchesTheSeparateKernels) {
   ASSERT_OK_AND_ASSIGN(folding, FoldingBackend());
-  struct Case {
-    int64_t capacity, position, heads, kv_heads, hd;
-    DType cache;
-  };
-  const Case cases[] = {{3000, 1234, 32, 8, 128, DType::kBF16},
-                        {700, 0, 8, 8, 128, DType::kF32},
-                        {500, 499, 8, 2, 64, DType::kF8E4M3}};
+  const DecodeCase cases[] = {{3000, 1234, 32, 8, 128, DType::kBF16},
+                              {700, 0, 8, 8, 128, DType::kF32},
+                              {500, 499, 8, 2, 64, DType::kF8E4M3}};
   uint32_t seed = 980;
-  for (const Case& c : cases) {
-    SCOPED_TRACE(testing::Message()
-                 << "capacity=" << c.capacity << " position=" << c.position << " H=" << c.heads
-                 << "/" << c.kv_heads << " hd=" << c.hd << " " << DTypeName(c.cache));
+  for (const DecodeCase& c : cases) {
+    SCOPED_TRACE(testing::Message() << c);
     const int64_t kv_cols = c.kv_heads * c.hd, q_cols = c.heads * c.hd;
     const std::vector<float> cache =
         Rounded(RandomFloats(c.capacity * kv_cols, seed++, -2, 2), c.cache);
@@ -196,11 +190,9 @@ TEST_F(GpuCheck, FoldedQueryRopeInTheKvStoreIsOneKernelAndMatchesTheSeparateKern
     for (int folded = 1; folded >= 0; --folded) {
       Backend& b = *folding;
       ASSERT_OK_AND_ASSIGN(pos, Position(b, c.position));
-      ASSERT_OK_AND_ASSIGN(wide, Upload(b, cache, {c.capacity, kv_cols}));
-      ASSERT_OK_AND_ASSIGN(kc, b.Allocate(c.cache, {c.capacity, kv_cols}));
-      ASSERT_OK_AND_ASSIGN(vc, b.Allocate(c.cache, {c.capacity, kv_cols}));
-      ASSERT_OK(b.Copy(wide, kc));
-      ASSERT_OK(b.Copy(wide, vc));
+      ASSERT_OK_AND_ASSIGN(kc, UploadAs(b, cache, c.cache, {c.capacity, kv_cols}));
+      ASSERT_OK_AND_ASSIGN(vc, UploadAs(b, cache, c.cache, {c.capacity, kv_cols}));
+      ASSERT_OK_AND_ASSIGN(wide, b.Allocate(DType::kF32, {c.capacity, kv_cols}));
       ASSERT_OK_AND_ASSIGN(kt, Upload(b, k, {1, kv_cols}));
       ASSERT_OK_AND_ASSIGN(vt, Upload(b, v, {1, kv_cols}));
       ASSERT_OK_AND_ASSIGN(qt, Upload(b, q, {1, q_cols}));
@@ -231,18 +223,12 @@ TEST_F(GpuCheck, FoldedQueryRopeInTheKvStoreIsOneKernelAndMatchesTheSeparateKern
 // summation order.
 TEST_F(GpuCheck, FoldedDecodeAttentionWideCombineMatchesCpu) {
   ASSERT_OK_AND_ASSIGN(folding, FoldingBackend());
-  struct Case {
-    int64_t capacity, position, heads, kv_heads, hd;
-    DType cache;
-  };
-  const Case cases[] = {{14849, 14848, 32, 8, 128, DType::kBF16},
-                        {3000, 1234, 32, 8, 128, DType::kF8E4M3},
-                        {500, 77, 8, 2, 64, DType::kF32}};
+  const DecodeCase cases[] = {{14849, 14848, 32, 8, 128, DType::kBF16},
+                              {3000, 1234, 32, 8, 128, DType::kF8E4M3},
+                              {500, 77, 8, 2, 64, DType::kF32}};
   uint32_t seed = 990;
-  for (const Case& c : cases) {
-    SCOPED_TRACE(testing::Message()
-                 << "capacity=" << c.capacity << " position=" << c.position << " H=" << c.heads
-                 << "/" << c.kv_heads << " hd=" << c.hd << " " << DTypeName(c.cache));
+  for (const DecodeCase& c : cases) {
+    SCOPED_TRACE(testing::Message() << c);
     const int64_t kv_cols = c.kv_heads * c.hd, q_cols = c.heads * c.hd;
     const std::vector<float> k =
         Rounded(RandomFloats(c.capacity * kv_cols, seed++, -2, 2), c.cache);
@@ -251,12 +237,8 @@ TEST_F(GpuCheck, FoldedDecodeAttentionWideCombineMatchesCpu) {
     std::vector<std::vector<float>> outs;  // cpu, gpu wide (folding), gpu narrow (default)
     for (Backend* b : {cpu_, folding.get(), gpu_}) {
       ASSERT_OK_AND_ASSIGN(pos, Position(*b, c.position));
-      ASSERT_OK_AND_ASSIGN(k_wide, Upload(*b, k, {c.capacity, kv_cols}));
-      ASSERT_OK_AND_ASSIGN(v_wide, Upload(*b, v, {c.capacity, kv_cols}));
-      ASSERT_OK_AND_ASSIGN(kc, b->Allocate(c.cache, {c.capacity, kv_cols}));
-      ASSERT_OK_AND_ASSIGN(vc, b->Allocate(c.cache, {c.capacity, kv_cols}));
-      ASSERT_OK(b->Copy(k_wide, kc));
-      ASSERT_OK(b->Copy(v_wide, vc));
+      ASSERT_OK_AND_ASSIGN(kc, UploadAs(*b, k, c.cache, {c.capacity, kv_cols}));
+      ASSERT_OK_AND_ASSIGN(vc, UploadAs(*b, v, c.cache, {c.capacity, kv_cols}));
       ASSERT_OK_AND_ASSIGN(qt, Upload(*b, q, {1, q_cols}));
       ASSERT_OK_AND_ASSIGN(out, Poisoned(*b, {1, q_cols}));
       ASSERT_OK(b->AttentionAt(qt, kc, vc, pos, c.heads, c.kv_heads, c.hd, out));

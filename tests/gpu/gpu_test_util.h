@@ -77,6 +77,18 @@ inline absl::StatusOr<Tensor> Upload(Backend& backend, const std::vector<float>&
   return t;
 }
 
+// A `dtype` tensor on `backend` holding `values` (representable in dtype: rounded to it first),
+// converted on the backend from a float32 upload.
+inline absl::StatusOr<Tensor> UploadAs(Backend& backend, const std::vector<float>& values,
+                                       DType dtype, std::vector<int64_t> shape) {
+  absl::StatusOr<Tensor> wide = Upload(backend, values, shape);
+  if (!wide.ok()) return wide;
+  absl::StatusOr<Tensor> t = backend.Allocate(dtype, std::move(shape));
+  if (!t.ok()) return t;
+  if (absl::Status s = backend.Copy(*wide, *t); !s.ok()) return s;
+  return t;
+}
+
 // A float32 tensor filled with NaN, so that any element an op fails to write shows up.
 inline absl::StatusOr<Tensor> Poisoned(Backend& backend, std::vector<int64_t> shape) {
   int64_t n = 1;
