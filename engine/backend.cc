@@ -95,21 +95,6 @@ absl::Status Backend::LoraMatMulGroup(const Tensor& x, absl::Span<const LoraLine
   return absl::OkStatus();
 }
 
-absl::Status Backend::RmsNormLoraMatMulGroup(const Tensor& x, const Tensor& norm_weight, float eps,
-                                             absl::Span<const LoraLinear> group, float scale,
-                                             absl::Span<const Tensor> outs) {
-  MPLUS_ASSIGN_OR_RETURN(Tensor normed, Allocate(DType::kF32, {x.rows(), x.cols()}));
-  MPLUS_RETURN_IF_ERROR(RmsNorm(x, norm_weight, eps, normed));
-  return LoraMatMulGroup(normed, group, scale, outs);
-}
-
-absl::Status Backend::SiluMulLoraMatMul(const Tensor& gate, const Tensor& up, const Tensor& w,
-                                        const Tensor& a, const Tensor& b, float scale,
-                                        const Tensor& out, bool accumulate) {
-  MPLUS_RETURN_IF_ERROR(SiluMul(gate, up, gate));
-  return LoraMatMul(gate, w, a, b, scale, out, accumulate);
-}
-
 absl::Status Backend::StoreKeysValues(const Tensor& k, const Tensor& v, int64_t head_dim,
                                       absl::Span<const int64_t> positions, const Tensor& inv_freq,
                                       const Tensor& k_rows, const Tensor& v_rows) {

@@ -207,16 +207,6 @@ class Backend {
   // Default: MatMul / LoraMatMul each.
   virtual absl::Status LoraMatMulGroup(const Tensor& x, absl::Span<const LoraLinear> group,
                                        float scale, absl::Span<const Tensor> outs);
-  // LoraMatMulGroup over RmsNorm(x, norm_weight, eps) (a pre-norm layer's first linears).
-  // Default: RmsNorm into a transient, then LoraMatMulGroup.
-  virtual absl::Status RmsNormLoraMatMulGroup(const Tensor& x, const Tensor& norm_weight, float eps,
-                                              absl::Span<const LoraLinear> group, float scale,
-                                              absl::Span<const Tensor> outs);
-  // LoraMatMul over SiluMul(gate, up) (the MLP's down projection), accumulate as there; gate
-  // holds unspecified values afterwards. Default: SiluMul into gate, then LoraMatMul.
-  virtual absl::Status SiluMulLoraMatMul(const Tensor& gate, const Tensor& up, const Tensor& w,
-                                         const Tensor& a, const Tensor& b, float scale,
-                                         const Tensor& out, bool accumulate = false);
   // Writes float32 keys k (before RoPE) and values v ([n, kv_cols]) into KV cache rows k_rows /
   // v_rows ([n, kv_cols], both F32 or both BF16): keys are rounded to the cache dtype (the
   // official bf16 model projects in bf16), rotated in float32 at `positions` (as Rope), and

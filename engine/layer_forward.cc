@@ -88,15 +88,13 @@ absl::Status Linear(Backend& backend, const Tensor& x, const DeviceLinear& linea
                             accumulate);
 }
 
-// Linears reading RmsNorm(x, norm_weight) (q/k/v, gate/up): Backend::RmsNormLoraMatMulGroup.
-absl::Status NormLinearGroup(Backend& backend, const Tensor& x, const Tensor& norm_weight,
-                             float eps, std::initializer_list<const DeviceLinear*> linears,
-                             Adapter adapter, float lora_scale,
-                             std::initializer_list<Tensor> outs) {
+absl::Status LinearGroup(Backend& backend, const Tensor& x,
+                         std::initializer_list<const DeviceLinear*> linears, Adapter adapter,
+                         float lora_scale, std::initializer_list<Tensor> outs) {
   const int a = static_cast<int>(adapter);
   std::vector<LoraLinear> group;
   for (const DeviceLinear* l : linears) group.push_back({l->weight, l->lora_a[a], l->lora_b[a]});
-  return backend.RmsNormLoraMatMulGroup(x, norm_weight, eps, group, lora_scale, outs);
+  return backend.LoraMatMulGroup(x, group, lora_scale, outs);
 }
 
 absl::StatusOr<Tensor> Project(Backend& backend, const Tensor& normed,
@@ -151,28 +149,26 @@ absl::StatusOr<Tensor> LayerForwardImpl(Backend& backend, const LayerDims& dims,
   if (!consistent || covered != s) {
     return absl::InternalError("LayerForward: inconsistent sequence / cache sizes");
   }
+  // One norm over all rows; keys and values from every row, queries from the last nq.
+  MPLUS_ASSIGN_OR_RETURN(Tensor normed, backend.Allocate(DType::kF32, {s, d}));
+  MPLUS_RETURN_IF_ERROR(backend.RmsNorm(seq, layer.input_layernorm, dims.rms_eps, normed));
   MPLUS_ASSIGN_OR_RETURN(Tensor q, backend.Allocate(DType::kF32, {nq, q_cols}));
-  // Every row a query (decode): the norm, q, k and v in one grouped op; else one norm over all
-  // rows, keys and values from every row, queries from the last nq.
+  // Every row a query (decode): q, k and v in one grouped op; else q of the last nq rows alone.
   const bool fused_qkv = segments.size() == 1 && nq == s;
-  Tensor normed;
   if (!fused_qkv) {
-    MPLUS_ASSIGN_OR_RETURN(normed, backend.Allocate(DType::kF32, {s, d}));
-    MPLUS_RETURN_IF_ERROR(backend.RmsNorm(seq, layer.input_layernorm, dims.rms_eps, normed));
     MPLUS_RETURN_IF_ERROR(
         Linear(backend, normed.Rows(s - nq, s), layer.q_proj, adapter, dims.lora_scale, q));
   }
   std::vector<int64_t> positions;
   for (const SeqSegment& seg : segments) {
+    const Tensor x = normed.Rows(seg.seq_begin, seg.seq_begin + seg.rows);
     MPLUS_ASSIGN_OR_RETURN(Tensor k, backend.Allocate(DType::kF32, {seg.rows, dims.kv_cols()}));
     MPLUS_ASSIGN_OR_RETURN(Tensor v, backend.Allocate(DType::kF32, {seg.rows, dims.kv_cols()}));
     if (fused_qkv) {
-      MPLUS_RETURN_IF_ERROR(NormLinearGroup(backend, seq, layer.input_layernorm, dims.rms_eps,
-                                            {&layer.q_proj, &layer.k_proj, &layer.v_proj}, adapter,
-                                            dims.lora_scale, {q, k, v}));
+      MPLUS_RETURN_IF_ERROR(LinearGroup(backend, x, {&layer.q_proj, &layer.k_proj, &layer.v_proj},
+                                        adapter, dims.lora_scale, {q, k, v}));
     } else {
-      MPLUS_RETURN_IF_ERROR(KeysValues(backend, dims, layer, adapter,
-                                       normed.Rows(seg.seq_begin, seg.seq_begin + seg.rows), k, v));
+      MPLUS_RETURN_IF_ERROR(KeysValues(backend, dims, layer, adapter, x, k, v));
     }
     if (position != nullptr) {  // q, k and v of the one row: rotated, and stored at `position`
       MPLUS_RETURN_IF_ERROR(backend.RopeStoreKeysValuesAt(q, k, v, dims.head_dim, *position,
@@ -212,15 +208,15 @@ absl::StatusOr<Tensor> LayerForwardImpl(Backend& backend, const LayerDims& dims,
   for (int64_t c = 0; c < chunks; ++c) {
     const Tensor hc = h.Rows(nq * c / chunks, nq * (c + 1) / chunks);
     const int64_t rows = hc.rows();
+    MPLUS_ASSIGN_OR_RETURN(Tensor n2, backend.Allocate(DType::kF32, {rows, d}));
+    MPLUS_RETURN_IF_ERROR(backend.RmsNorm(hc, layer.post_attention_layernorm, dims.rms_eps, n2));
     MPLUS_ASSIGN_OR_RETURN(Tensor gate, backend.Allocate(DType::kF32, {rows, dims.intermediate}));
     MPLUS_ASSIGN_OR_RETURN(Tensor up, backend.Allocate(DType::kF32, {rows, dims.intermediate}));
-    MPLUS_RETURN_IF_ERROR(NormLinearGroup(backend, hc, layer.post_attention_layernorm, dims.rms_eps,
-                                          {&layer.gate_proj, &layer.up_proj}, adapter,
-                                          dims.lora_scale, {gate, up}));
-    const int a = static_cast<int>(adapter);
-    MPLUS_RETURN_IF_ERROR(backend.SiluMulLoraMatMul(
-        gate, up, layer.down_proj.weight, layer.down_proj.lora_a[a], layer.down_proj.lora_b[a],
-        dims.lora_scale, hc, /*accumulate=*/true));
+    MPLUS_RETURN_IF_ERROR(LinearGroup(backend, n2, {&layer.gate_proj, &layer.up_proj}, adapter,
+                                      dims.lora_scale, {gate, up}));
+    MPLUS_RETURN_IF_ERROR(backend.SiluMul(gate, up, gate));
+    MPLUS_RETURN_IF_ERROR(
+        Linear(backend, gate, layer.down_proj, adapter, dims.lora_scale, hc, true));
   }
   return h;
 }

@@ -42,12 +42,10 @@ size_t AttentionWorkspaceBytes(const AttentionShape& shape, int splits);
 // attends to key rows [0, *last_position] of the nk given (splits for nk), read when the kernel
 // runs: a recorded launch then serves every decode step. `dependent`: the decode kernel and the
 // split combine launch as programmatic dependents of the kernel ahead (as kernels.h).
-// `wide_combine`: the splits' merge with 4x the threads (each thread's splits loaded at once;
-// a different summation order), for MPLUS_CUDA_FOLD_DECODE_OPS=1 until it has run on a GPU.
 cudaError_t LaunchAttention(const float* q, const void* k, const void* v, DType kv_dtype,
                             float* out, const AttentionShape& shape, int splits, void* workspace,
                             cudaStream_t stream, bool dependent,
-                            const int64_t* last_position = nullptr, bool wide_combine = false);
+                            const int64_t* last_position = nullptr);
 // Whether the shape and operands go to the dedicated decode kernel (one query row, GQA group of
 // 1, 2, 4 or 8, head_dim = 8 * 2^i <= 128, K/V rows aligned to 16 bytes, fp8: 8 bytes).
 bool DecodeKernelTakes(const AttentionShape& shape, const void* k, const void* v, DType kv_dtype,

@@ -7,7 +7,6 @@
 #include <chrono>
 #include <cstdint>
 #include <cstring>
-#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -106,12 +105,6 @@ class CudaBackend : public Backend {
                           float scale, const Tensor& out, bool accumulate) override;
   absl::Status LoraMatMulGroup(const Tensor& x, absl::Span<const LoraLinear> group, float scale,
                                absl::Span<const Tensor> outs) override;
-  absl::Status RmsNormLoraMatMulGroup(const Tensor& x, const Tensor& norm_weight, float eps,
-                                      absl::Span<const LoraLinear> group, float scale,
-                                      absl::Span<const Tensor> outs) override;
-  absl::Status SiluMulLoraMatMul(const Tensor& gate, const Tensor& up, const Tensor& w,
-                                 const Tensor& a, const Tensor& b, float scale, const Tensor& out,
-                                 bool accumulate) override;
   absl::Status StoreKeysValues(const Tensor& k, const Tensor& v, int64_t head_dim,
                                absl::Span<const int64_t> positions, const Tensor& inv_freq,
                                const Tensor& k_rows, const Tensor& v_rows) override;
@@ -197,14 +190,6 @@ class CudaBackend : public Backend {
   absl::Status StoreAt(const Tensor* q, const Tensor& k, const Tensor& v, int64_t head_dim,
                        const Tensor& position, const Tensor& inv_freq, const Tensor& k_cache,
                        const Tensor& v_cache);
-  // LoraMatMul / LoraMatMulGroup as GEMVs over `input` (x itself, or a folded RMSNorm or
-  // SiluMul of it: gemv.h); nullopt where the operands do not fit them.
-  std::optional<absl::Status> LinearGemv(const Tensor& x, const Tensor& w, const Tensor& a,
-                                         const Tensor& b, float scale, const Tensor& out,
-                                         bool accumulate, const GemvInput& input);
-  std::optional<absl::Status> GroupGemv(const Tensor& x, absl::Span<const LoraLinear> group,
-                                        float scale, absl::Span<const Tensor> outs,
-                                        const GemvInput& input);
   // gemv_ for a GEMV over `w`: programmatic only when w is weight memory, which no kernel
   // writes (the GEMV streams its first rows before waiting for the kernel ahead).
   GemvDevice GemvFor(const Tensor& w) const {
@@ -677,11 +662,9 @@ absl::Status CudaBackend::LaunchAttentionOp(const Tensor& q, const Tensor& k, co
   if (const size_t bytes = AttentionWorkspaceBytes(shape, splits); bytes > 0) {
     MPLUS_ASSIGN_OR_RETURN(ws, attention_.Get(bytes));
   }
-  // Decode's splits merged by the wide combine with the folds on (attention.h).
-  const bool wide_combine = gemv_.fold_decode_ops && last_position != nullptr;
-  MPLUS_CUDA_RETURN_IF_ERROR(LaunchAttention(
-      q.data_as<const float>(), k.data(), v.data(), k.dtype(), out.data_as<float>(), shape, splits,
-      ws, stream(), dependent(shape.nq), last_position, wide_combine));
+  MPLUS_CUDA_RETURN_IF_ERROR(LaunchAttention(q.data_as<const float>(), k.data(), v.data(),
+                                             k.dtype(), out.data_as<float>(), shape, splits, ws,
+                                             stream(), dependent(shape.nq), last_position));
   return absl::OkStatus();
 }
 
@@ -738,15 +721,12 @@ absl::Status CudaBackend::StoreKeysValuesAt(const Tensor& k, const Tensor& v, in
   return StoreAt(nullptr, k, v, head_dim, position, inv_freq, k_cache, v_cache);
 }
 
-// The query rotated by the kernel that stores the key / value row (MPLUS_CUDA_FOLD_DECODE_OPS=1):
-// one launch instead of two, the same float operations as RopeAt's.
+// The query rotated by the kernel that stores the key / value row: one launch instead of two, the
+// same float operations as RopeAt's.
 absl::Status CudaBackend::RopeStoreKeysValuesAt(const Tensor& q, const Tensor& k, const Tensor& v,
                                                 int64_t head_dim, const Tensor& position,
                                                 const Tensor& inv_freq, const Tensor& k_cache,
                                                 const Tensor& v_cache) {
-  if (!gemv_.fold_decode_ops) {
-    return Backend::RopeStoreKeysValuesAt(q, k, v, head_dim, position, inv_freq, k_cache, v_cache);
-  }
   return StoreAt(&q, k, v, head_dim, position, inv_freq, k_cache, v_cache);
 }
 
@@ -883,26 +863,20 @@ absl::StatusOr<std::unique_ptr<Recording>> CudaBackend::Record(
 absl::Status CudaBackend::LoraMatMul(const Tensor& x, const Tensor& w, const Tensor& a,
                                      const Tensor& b, float scale, const Tensor& out,
                                      bool accumulate) {
-  if (auto gemv = LinearGemv(x, w, a, b, scale, out, accumulate, GemvInput())) return *gemv;
-  return Backend::LoraMatMul(x, w, a, b, scale, out, accumulate);
-}
-
-std::optional<absl::Status> CudaBackend::LinearGemv(const Tensor& x, const Tensor& w,
-                                                    const Tensor& a, const Tensor& b, float scale,
-                                                    const Tensor& out, bool accumulate,
-                                                    const GemvInput& input) {
   const int64_t n = x.rows(), k = x.cols(), m = w.rows(), r = a.empty() ? 0 : a.rows();
   bool fused = x.dtype() == DType::kF32 && out.dtype() == DType::kF32 &&
                w.dtype() == DType::kBF16 && n > 0 && m > 0 && w.cols() == k && out.rows() == n &&
-               out.cols() == m && GemvSupported(n, k, x.data(), w.data(), input);
+               out.cols() == m && GemvSupported(n, k, x.data(), w.data());
   for (const Tensor* t : {&x, &w, &out}) fused = fused && t->device() == Device::kCuda;
   if (!a.empty()) {
     fused = fused && a.dtype() == DType::kBF16 && b.dtype() == DType::kBF16 && r > 0 &&
             a.cols() == k && b.rows() == m && b.cols() == r &&
-            GemvSupported(n, k, x.data(), a.data(), input) && a.device() == Device::kCuda &&
+            GemvSupported(n, k, x.data(), a.data()) && a.device() == Device::kCuda &&
             b.device() == Device::kCuda;
   }
-  if (!fused || Overlap(x.data(), x.nbytes(), out.data(), out.nbytes())) return std::nullopt;
+  if (!fused || Overlap(x.data(), x.nbytes(), out.data(), out.nbytes())) {
+    return Backend::LoraMatMul(x, w, a, b, scale, out, accumulate);
+  }
   Tensor t;
   if (r > 0) {
     MPLUS_ASSIGN_OR_RETURN(t, Allocate(DType::kF32, {n, r}));
@@ -913,15 +887,14 @@ std::optional<absl::Status> CudaBackend::LinearGemv(const Tensor& x, const Tenso
   if (r > 0) {
     MPLUS_CUDA_RETURN_IF_ERROR(
         LaunchGemvBf16(x.data_as<const float>(), a.data_as<const uint16_t>(), n, r, k, 1.0f, false,
-                       PlainGemv(t.data_as<float>(), r), GemvFor(a), stream(), input));
+                       PlainGemv(t.data_as<float>(), r), GemvFor(a), stream()));
     ep.lora_b[0] = b.data_as<const uint16_t>();
     ep.lora_t = t.data_as<const float>();
     ep.lora_r = ep.lora_t_cols = r;
     ep.lora_scale = scale;
   }
   MPLUS_CUDA_RETURN_IF_ERROR(LaunchGemvBf16(x.data_as<const float>(), w.data_as<const uint16_t>(),
-                                            n, m, k, 1.0f, accumulate, ep, GemvFor(w), stream(),
-                                            input));
+                                            n, m, k, 1.0f, accumulate, ep, GemvFor(w), stream()));
   return absl::OkStatus();
 }
 
@@ -931,14 +904,6 @@ std::optional<absl::Status> CudaBackend::LinearGemv(const Tensor& x, const Tenso
 // LoRA (every linear's A empty: the decoder's, merged into the weights) the one GEMV alone.
 absl::Status CudaBackend::LoraMatMulGroup(const Tensor& x, absl::Span<const LoraLinear> group,
                                           float scale, absl::Span<const Tensor> outs) {
-  if (auto gemv = GroupGemv(x, group, scale, outs, GemvInput())) return *gemv;
-  return Backend::LoraMatMulGroup(x, group, scale, outs);
-}
-
-std::optional<absl::Status> CudaBackend::GroupGemv(const Tensor& x,
-                                                   absl::Span<const LoraLinear> group, float scale,
-                                                   absl::Span<const Tensor> outs,
-                                                   const GemvInput& input) {
   const int64_t n = x.rows(), k = x.cols();
   const int count = static_cast<int>(group.size());
   bool fused = count >= 2 && count <= kMaxGemvSegments && outs.size() == group.size() &&
@@ -963,9 +928,9 @@ std::optional<absl::Status> CudaBackend::GroupGemv(const Tensor& x,
     ws.push_back(&l.w);
     m += l.w.rows();
   }
-  fused = fused && BackToBack(ws) && GemvSupported(n, k, x.data(), ws[0]->data(), input);
-  if (lora) fused = fused && BackToBack(as) && GemvSupported(n, k, x.data(), as[0]->data(), input);
-  if (!fused) return std::nullopt;
+  fused = fused && BackToBack(ws) && GemvSupported(n, k, x.data(), ws[0]->data());
+  if (lora) fused = fused && BackToBack(as) && GemvSupported(n, k, x.data(), as[0]->data());
+  if (!fused) return Backend::LoraMatMulGroup(x, group, scale, outs);
   Tensor t;
   if (lora) {
     MPLUS_ASSIGN_OR_RETURN(t, Allocate(DType::kF32, {n, count * r}));
@@ -990,47 +955,12 @@ std::optional<absl::Status> CudaBackend::GroupGemv(const Tensor& x,
   if (lora) {
     MPLUS_CUDA_RETURN_IF_ERROR(LaunchGemvBf16(
         x.data_as<const float>(), as[0]->data_as<const uint16_t>(), n, count * r, k, 1.0f, false,
-        PlainGemv(t.data_as<float>(), count * r), GemvFor(*as[0]), stream(), input));
+        PlainGemv(t.data_as<float>(), count * r), GemvFor(*as[0]), stream()));
   }
   MPLUS_CUDA_RETURN_IF_ERROR(LaunchGemvBf16(x.data_as<const float>(),
                                             ws[0]->data_as<const uint16_t>(), n, m, k, 1.0f, false,
-                                            ep, GemvFor(*ws[0]), stream(), input));
+                                            ep, GemvFor(*ws[0]), stream()));
   return absl::OkStatus();
-}
-
-// Decode's pre-norm linears and down projection with the RMSNorm / SiluMul folded into their
-// GEMV (MPLUS_CUDA_FOLD_DECODE_OPS=1; gemv.h's GemvInput, whose shapes GemvSupported says):
-// bf16 norm weight, and no LoRA, the merged decoder's case and the one the GPU checks cover (a
-// LoRA A GEMV would stage the same row).
-absl::Status CudaBackend::RmsNormLoraMatMulGroup(const Tensor& x, const Tensor& norm_weight,
-                                                 float eps, absl::Span<const LoraLinear> group,
-                                                 float scale, absl::Span<const Tensor> outs) {
-  bool fold = gemv_.fold_decode_ops && norm_weight.dtype() == DType::kBF16 &&
-              norm_weight.numel() == x.cols() && norm_weight.device() == Device::kCuda;
-  for (const LoraLinear& l : group) fold = fold && l.a.empty();
-  if (fold) {
-    GemvInput input;
-    input.kind = GemvInputKind::kRmsNorm;
-    input.norm_weight = norm_weight.data_as<const uint16_t>();
-    input.eps = eps;
-    if (auto gemv = GroupGemv(x, group, scale, outs, input)) return *gemv;
-  }
-  return Backend::RmsNormLoraMatMulGroup(x, norm_weight, eps, group, scale, outs);
-}
-
-absl::Status CudaBackend::SiluMulLoraMatMul(const Tensor& gate, const Tensor& up, const Tensor& w,
-                                            const Tensor& a, const Tensor& b, float scale,
-                                            const Tensor& out, bool accumulate) {
-  const bool fold = gemv_.fold_decode_ops && a.empty() && up.dtype() == DType::kF32 &&
-                    up.shape() == gate.shape() && up.device() == Device::kCuda &&
-                    !Overlap(up.data(), up.nbytes(), out.data(), out.nbytes());
-  if (fold) {
-    GemvInput input;
-    input.kind = GemvInputKind::kSiluMul;
-    input.up = up.data_as<const float>();
-    if (auto gemv = LinearGemv(gate, w, a, b, scale, out, accumulate, input)) return *gemv;
-  }
-  return Backend::SiluMulLoraMatMul(gate, up, w, a, b, scale, out, accumulate);
 }
 
 // One kernel instead of the composed five (round, widen, RoPE, two converting copies). Shapes

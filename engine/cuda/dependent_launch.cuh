@@ -40,18 +40,16 @@ __device__ __forceinline__ void PrefetchL2(const void* p) {
   asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
 }
 
-// kernel<<<grid, block, shared_bytes, stream>>>(args...), as a programmatic dependent of the
-// kernel ahead when `dependent` (the kernel then follows the rules above). A failed launch's
-// error is returned and cleared from the thread's last error, which the next launch check would
+// kernel<<<grid, block, 0, stream>>>(args...), as a programmatic dependent of the kernel ahead
+// when `dependent` (the kernel then follows the rules above). A failed launch's error is
+// returned and cleared from the thread's last error, which the next launch check would
 // otherwise report as its own.
 template <typename... Params, typename... Args>
-cudaError_t LaunchWithSharedMemory(void (*kernel)(Params...), dim3 grid, dim3 block,
-                                   size_t shared_bytes, cudaStream_t stream, bool dependent,
-                                   Args&&... args) {
+cudaError_t LaunchKernel(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream,
+                         bool dependent, Args&&... args) {
   cudaLaunchConfig_t config = {};
   config.gridDim = grid;
   config.blockDim = block;
-  config.dynamicSmemBytes = shared_bytes;
   config.stream = stream;
   cudaLaunchAttribute attribute = {};
   attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -61,14 +59,6 @@ cudaError_t LaunchWithSharedMemory(void (*kernel)(Params...), dim3 grid, dim3 bl
   const cudaError_t launched = cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
   if (launched != cudaSuccess) (void)cudaGetLastError();
   return launched;
-}
-
-// The same without dynamic shared memory.
-template <typename... Params, typename... Args>
-cudaError_t LaunchKernel(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream,
-                         bool dependent, Args&&... args) {
-  return LaunchWithSharedMemory(kernel, grid, block, 0, stream, dependent,
-                                std::forward<Args>(args)...);
 }
 
 }  // namespace mplus::engine::cuda

@@ -5,7 +5,6 @@
 
 #include "engine/cuda/dependent_launch.cuh"
 #include "engine/cuda/gemv.h"
-#include "engine/cuda/shared_math.cuh"
 
 namespace mplus::engine::cuda {
 namespace {
@@ -29,51 +28,15 @@ __device__ __forceinline__ float Dot8(const uint4 w, const float* x) {
   return s;
 }
 
-// A folded input's one row (GemvInput), computed by the whole block into `staged` (k floats) as
-// the kernel that would otherwise run ahead of the GEMV computes it, bit for bit: kernels.cu's
-// SiluMul, or its RmsNorm, whose kRmsNormThreads threads' sums of squares this block's threads
-// compute kRmsNormThreads / kThreads each and reduce in the same order.
-template <GemvInputKind kInput>
-__device__ void StageInput(const float* x, const GemvInput& in, int64_t k, float* staged) {
-  const int tid = threadIdx.x;
-  if constexpr (kInput == GemvInputKind::kSiluMul) {
-    for (int64_t i = tid; i < k; i += kThreads) staged[i] = SiluF(x[i]) * in.up[i];
-  } else {
-    constexpr int kPerThread = kRmsNormThreads / kThreads;
-    __shared__ float warp_sums[kRmsNormThreads / 32];
-    __shared__ float inv;
-    for (int j = 0; j < kPerThread; ++j) {
-      const int norm_thread = tid + j * kThreads;
-      float sum = 0.0f;
-      for (int64_t i = norm_thread; i < k; i += kRmsNormThreads) sum += x[i] * x[i];
-      for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-      if (norm_thread % 32 == 0) warp_sums[norm_thread / 32] = sum;
-    }
-    __syncthreads();
-    if (tid < 32) {
-      float total = warp_sums[tid];
-      for (int off = 16; off > 0; off >>= 1) total += __shfl_xor_sync(0xffffffffu, total, off);
-      if (tid == 0) inv = 1.0f / sqrtf(total / static_cast<float>(k) + in.eps);
-    }
-    __syncthreads();
-    for (int64_t i = tid; i < k; i += kThreads) {
-      const float weight = __uint_as_float(static_cast<uint32_t>(in.norm_weight[i]) << 16);
-      staged[i] = weight * (x[i] * inv);
-    }
-  }
-  __syncthreads();
-}
-
 // T threads (a power of two up to kThreads) per weight row: thread `part` of a row reads the
 // row's 8-element chunks part, part + T, ...; the T partial sums are reduced by shuffles within
 // a warp and through shared memory across warps. Blocks below `prefetch_blocks` first fetch all
-// their weight rows into L2 (see GemvDevice). A folded input (N = 1) is staged in dynamic shared
-// memory after the wait.
-template <int N, GemvInputKind kInput>
+// their weight rows into L2 (see GemvDevice).
+template <int N>
 __global__ void __launch_bounds__(kThreads)
     GemvBf16Kernel(const float* x, const uint16_t* __restrict__ w, int64_t m, int64_t k,
                    float alpha, bool accumulate, GemvEpilogue ep, int threads_per_row,
-                   int64_t prefetch_blocks, GemvInput input) {
+                   int64_t prefetch_blocks) {
   AllowDependentLaunch();
   const int T = threads_per_row, tid = threadIdx.x, part = tid % T;
   const int64_t first_row = blockIdx.x * int64_t{kThreads / T};
@@ -95,12 +58,6 @@ __global__ void __launch_bounds__(kThreads)
     for (int u = 0; u < kUnroll; ++u) wv[u] = __ldcs(wrow + part + u * T);  // read once: stream
   }
   WaitForPrecedingKernel();
-  const float* xin = x;
-  if constexpr (kInput != GemvInputKind::kPlain) {
-    extern __shared__ float4 staged_input[];
-    StageInput<kInput>(x, input, k, reinterpret_cast<float*>(staged_input));
-    xin = reinterpret_cast<const float*>(staged_input);
-  }
   float acc[N];
   for (int r = 0; r < N; ++r) acc[r] = 0.0f;
   if (row < m) {
@@ -110,12 +67,12 @@ __global__ void __launch_bounds__(kThreads)
         for (int u = 0; u < kUnroll; ++u) wv[u] = __ldcs(wrow + c + u * T);
       }
       for (int u = 0; u < kUnroll; ++u) {
-        for (int r = 0; r < N; ++r) acc[r] += Dot8(wv[u], xin + r * k + (c + u * T) * 8);
+        for (int r = 0; r < N; ++r) acc[r] += Dot8(wv[u], x + r * k + (c + u * T) * 8);
       }
     }
     for (; c < chunks; c += T) {
       const uint4 tail = __ldcs(wrow + c);
-      for (int r = 0; r < N; ++r) acc[r] += Dot8(tail, xin + r * k + c * 8);
+      for (int r = 0; r < N; ++r) acc[r] += Dot8(tail, x + r * k + c * 8);
     }
   }
   for (int off = min(T, 32) / 2; off > 0; off >>= 1) {
@@ -157,32 +114,36 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// A warp per row while rows are plentiful; more threads per row (up to a block) when there are
-// too few rows to fill the GPU, as long as each thread keeps a few chunks to read. A device's
-// threads_per_row, when set, instead.
+// At least a warp per row (where the row has the chunks), and up to 4 warps while a thread would
+// otherwise read more than one unrolled batch: the batch read before the wait for the kernel
+// ahead is then the whole row at k = 4096 (on an H100, 128 threads a row ran decode's k = 4096
+// GEMVs 3-6% faster than 32 or 64, and k = 14336 alike). More threads per row (up to a block)
+// when there are too few rows to fill the GPU, as long as each thread keeps a few chunks to read.
+// A device's threads_per_row, when set, instead.
 int ThreadsPerRow(int64_t m, int64_t k, const GemvDevice& device) {
   if (device.threads_per_row > 0) return device.threads_per_row;
+  constexpr int kMaxBatchThreads = 128;
   const int64_t chunks = k / 8, want_threads = int64_t{device.num_sms} * 1024;
   int t = 1;
   while (t < 32 && t < chunks) t *= 2;
+  while (t < kMaxBatchThreads && chunks > int64_t{kUnroll} * t) t *= 2;
   while (t < kThreads && m * t < want_threads && chunks >= 4 * int64_t{t}) t *= 2;
   return t;
 }
 
 // A programmatic GEMV's first blocks prefetch up to `device.l2_prefetch_bytes` of weights.
-template <int N, GemvInputKind kInput = GemvInputKind::kPlain>
+template <int N>
 cudaError_t Launch(const float* x, const uint16_t* w, int64_t m, int64_t k, float alpha,
                    bool accumulate, const GemvEpilogue& ep, int threads_per_row,
-                   const GemvDevice& device, cudaStream_t stream, const GemvInput& input = {}) {
+                   const GemvDevice& device, cudaStream_t stream) {
   const int64_t rows_per_block = kThreads / threads_per_row;
   const int64_t blocks = (m + rows_per_block - 1) / rows_per_block;
   const bool programmatic = device.programmatic_launch;
   const int64_t prefetch_blocks =
       programmatic ? std::min(blocks, device.l2_prefetch_bytes / (rows_per_block * k * 2)) : 0;
-  const size_t staged_bytes = kInput == GemvInputKind::kPlain ? 0 : k * sizeof(float);
-  return LaunchWithSharedMemory(GemvBf16Kernel<N, kInput>, dim3(static_cast<unsigned>(blocks)),
-                                dim3(kThreads), staged_bytes, stream, programmatic, x, w, m, k,
-                                alpha, accumulate, ep, threads_per_row, prefetch_blocks, input);
+  return LaunchKernel(GemvBf16Kernel<N>, dim3(static_cast<unsigned>(blocks)), dim3(kThreads),
+                      stream, programmatic, x, w, m, k, alpha, accumulate, ep, threads_per_row,
+                      prefetch_blocks);
 }
 
 // The segments tile [0, m) in order, each with an output; LoRA terms have their t.
@@ -215,26 +176,12 @@ cudaError_t GetGemvDevice(GemvDevice* device) {
   // The code that runs must have the wait compiled in: an sm_90 device running this library's
   // sm_80 PTX (JIT) would read x before the kernel ahead has written it.
   cudaFuncAttributes code = {};
-  if (err == cudaSuccess) {
-    err = cudaFuncGetAttributes(&code, GemvBf16Kernel<1, GemvInputKind::kPlain>);
-  }
+  if (err == cudaSuccess) err = cudaFuncGetAttributes(&code, GemvBf16Kernel<1>);
   const char* env = std::getenv("MPLUS_CUDA_DEPENDENT_LAUNCH");
   const bool disabled = env != nullptr && std::string_view(env) == "0";
   device->programmatic_launch = major >= 9 && code.ptxVersion >= 90 && !disabled;
   if (const char* mib = std::getenv("MPLUS_CUDA_GEMV_L2_PREFETCH_MIB"); mib != nullptr) {
     device->l2_prefetch_bytes = std::max(0L, std::strtol(mib, nullptr, 10)) << 20;
-  }
-  const char* fold = std::getenv("MPLUS_CUDA_FOLD_DECODE_OPS");
-  device->fold_decode_ops = fold != nullptr && std::string_view(fold) == "1";
-  // A folded input's row in shared memory may pass the 48 KiB a kernel gets without asking.
-  if (device->fold_decode_ops) {
-    for (auto* folded :
-         {GemvBf16Kernel<1, GemvInputKind::kRmsNorm>, GemvBf16Kernel<1, GemvInputKind::kSiluMul>}) {
-      if (err == cudaSuccess) {
-        err = cudaFuncSetAttribute(folded, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   static_cast<int>(kMaxFoldedInput * sizeof(float)));
-      }
-    }
   }
   if (const char* t = std::getenv("MPLUS_CUDA_GEMV_THREADS_PER_ROW"); t != nullptr) {
     const long threads = std::strtol(t, nullptr, 10);
@@ -244,41 +191,20 @@ cudaError_t GetGemvDevice(GemvDevice* device) {
   return err;
 }
 
-bool GemvSupported(int64_t n, int64_t k, const void* x, const void* w, const GemvInput& input) {
-  const bool operands = n >= 1 && n <= kMaxGemvRows && k > 0 && k % 8 == 0 &&
-                        reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
-                        reinterpret_cast<uintptr_t>(w) % 16 == 0;
-  switch (input.kind) {
-    case GemvInputKind::kPlain:
-      return operands;
-    case GemvInputKind::kRmsNorm:
-      return operands && n == 1 && k <= kMaxFoldedInput && input.norm_weight != nullptr;
-    case GemvInputKind::kSiluMul:
-      return operands && n == 1 && k <= kMaxFoldedInput && input.up != nullptr;
-  }
-  return false;
+bool GemvSupported(int64_t n, int64_t k, const void* x, const void* w) {
+  return n >= 1 && n <= kMaxGemvRows && k > 0 && k % 8 == 0 &&
+         reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0;
 }
 
 cudaError_t LaunchGemvBf16(const float* x, const uint16_t* w, int64_t n, int64_t m, int64_t k,
                            float alpha, bool accumulate, const GemvEpilogue& epilogue,
-                           const GemvDevice& device, cudaStream_t stream, const GemvInput& input) {
+                           const GemvDevice& device, cudaStream_t stream) {
   if (m == 0) return cudaSuccess;
-  // A folded input's kernels may use more shared memory than a kernel gets unasked: only a
-  // device whose GetGemvDevice raised their limit (fold_decode_ops) launches them.
-  const bool input_allowed = input.kind == GemvInputKind::kPlain || device.fold_decode_ops;
-  if (!GemvSupported(n, k, x, w, input) || !input_allowed || m > (int64_t{1} << 31) ||
-      device.num_sms < 1 || !ValidEpilogue(epilogue, m)) {
+  if (!GemvSupported(n, k, x, w) || m > (int64_t{1} << 31) || device.num_sms < 1 ||
+      !ValidEpilogue(epilogue, m)) {
     return cudaErrorInvalidValue;
   }
   const int t = ThreadsPerRow(m, k, device);
-  if (input.kind == GemvInputKind::kRmsNorm) {
-    return Launch<1, GemvInputKind::kRmsNorm>(x, w, m, k, alpha, accumulate, epilogue, t, device,
-                                              stream, input);
-  }
-  if (input.kind == GemvInputKind::kSiluMul) {
-    return Launch<1, GemvInputKind::kSiluMul>(x, w, m, k, alpha, accumulate, epilogue, t, device,
-                                              stream, input);
-  }
   switch (n) {
     case 1:
       return Launch<1>(x, w, m, k, alpha, accumulate, epilogue, t, device, stream);

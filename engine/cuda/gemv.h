@@ -39,20 +39,6 @@ inline GemvEpilogue PlainGemv(float* out, int64_t m) {
   return e;
 }
 
-// What the GEMV multiplies: x as given, or, for one row (n = 1, k <= kMaxFoldedInput), the
-// result of the kernel that would otherwise run ahead of it, computed bit for bit alike by each
-// block into shared memory (one launch and one round trip through memory fewer): kRmsNorm:
-// RmsNorm(x, norm_weight (bf16 [k]), eps), as kernels.cu's RmsNorm; kSiluMul: silu(x) * up
-// (float32 [k]), as its SiluMul. Each block recomputes it from x (~16-112 KiB read from L2).
-enum class GemvInputKind { kPlain, kRmsNorm, kSiluMul };
-inline constexpr int64_t kMaxFoldedInput = 16384;  // floats: 64 KiB of shared memory
-struct GemvInput {
-  GemvInputKind kind = GemvInputKind::kPlain;
-  const uint16_t* norm_weight = nullptr;
-  float eps = 0.0f;
-  const float* up = nullptr;
-};
-
 // What a GEMV launch needs to know of the device. On sm_90+ a GEMV is launched as a programmatic
 // dependent of the kernel before it: it may start while that kernel's last blocks run, reading
 // its first weights (which no kernel writes) meanwhile, and waits for that kernel (PTX
@@ -69,29 +55,20 @@ struct GemvDevice {
   int64_t l2_prefetch_bytes = int64_t{16} << 20;  // a third of an H100's L2
   // Threads that share a weight row (a power of two up to 256); 0: chosen by the shape.
   int threads_per_row = 0;
-  // Whether the backend folds decode's ops (MPLUS_CUDA_FOLD_DECODE_OPS=1): the RMSNorms and
-  // SiluMul into the GEMVs after them (GemvInput), and more (cuda_backend.cc). Off by default
-  // until it has passed run.sh.
-  bool fold_decode_ops = false;
 };
 // The current device's; MPLUS_CUDA_GEMV_L2_PREFETCH_MIB overrides l2_prefetch_bytes (0: off)
-// and MPLUS_CUDA_GEMV_THREADS_PER_ROW threads_per_row (for the op table's sweeps). Also lets
-// the folded-input kernels have kMaxFoldedInput floats of shared memory.
+// and MPLUS_CUDA_GEMV_THREADS_PER_ROW threads_per_row (for the op table's sweeps).
 cudaError_t GetGemvDevice(GemvDevice* device);
 
 // Whether LaunchGemvBf16 takes these operands: 1 <= n <= kMaxGemvRows, k a multiple of 8, and
-// x, w 16-byte aligned (k a multiple of 8 keeps every row aligned after the first); a folded
-// `input` also needs n = 1, k <= kMaxFoldedInput and its operand.
-bool GemvSupported(int64_t n, int64_t k, const void* x, const void* w,
-                   const GemvInput& input = GemvInput());
+// x, w 16-byte aligned (k a multiple of 8 keeps every row aligned after the first).
+bool GemvSupported(int64_t n, int64_t k, const void* x, const void* w);
 // out = alpha * x · w^T (+ the LoRA terms), plus out when accumulate (out is not read
-// otherwise), routed by `epilogue` (whose last end must be m), x being `input`'s. Operands as
-// GemvSupported, a folded `input` only with `device.fold_decode_ops`; `device.num_sms` sizes
-// the grid.
+// otherwise), routed by `epilogue` (whose last end must be m). Operands as GemvSupported;
+// `device.num_sms` sizes the grid.
 cudaError_t LaunchGemvBf16(const float* x, const uint16_t* w, int64_t n, int64_t m, int64_t k,
                            float alpha, bool accumulate, const GemvEpilogue& epilogue,
-                           const GemvDevice& device, cudaStream_t stream,
-                           const GemvInput& input = GemvInput());
+                           const GemvDevice& device, cudaStream_t stream);
 
 }  // namespace mplus::engine::cuda
 

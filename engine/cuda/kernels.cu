@@ -8,7 +8,6 @@
 #include "engine/cuda/dependent_launch.cuh"
 #include "engine/cuda/f8e4m3.cuh"
 #include "engine/cuda/kernels.h"
-#include "engine/cuda/shared_math.cuh"
 
 namespace mplus::engine::cuda {
 namespace {
@@ -55,6 +54,8 @@ dim3 RowItemsGrid(int64_t rows, int64_t items) {
   return dim3(static_cast<unsigned>(rows), blocks > 65535 ? 0u : static_cast<unsigned>(blocks));
 }
 
+__device__ __forceinline__ float SiluF(float x) { return x / (1.0f + expf(-x)); }
+
 template <typename T>
 __global__ void WidenKernel(const T* __restrict__ src, int64_t n, float* __restrict__ dst) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
@@ -76,9 +77,10 @@ __device__ __forceinline__ uint16_t FloatToBF16Bits(float f) {
 // One block per row; the sum of squares is reduced in float32 over warps. A decode step's row
 // is one block: 1024 threads with their few loads unrolled keep it from being a chain of
 // dependent memory latencies (13 us a norm on an H100 with 256 threads, 65 norms a step).
+constexpr int kNormThreads = 1024;
 
 template <typename T>
-__global__ void __launch_bounds__(kRmsNormThreads)
+__global__ void __launch_bounds__(kNormThreads)
     RmsNormKernel(const float* x, const T* __restrict__ w, int64_t d, float eps, float* out) {
   AllowDependentLaunch();  // the GEMV behind a norm may start streaming its weights
   WaitForPrecedingKernel();
@@ -88,7 +90,7 @@ __global__ void __launch_bounds__(kRmsNormThreads)
 #pragma unroll 4
   for (int64_t i = threadIdx.x; i < d; i += blockDim.x) sum += xr[i] * xr[i];
   for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-  __shared__ float warp_sums[kRmsNormThreads / 32];
+  __shared__ float warp_sums[kNormThreads / 32];
   __shared__ float inv;
   if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = sum;
   __syncthreads();
@@ -349,9 +351,8 @@ cudaError_t LaunchRmsNorm(const float* x, const void* w, DType w_dtype, int64_t 
   cudaError_t launched = cudaSuccess;
   const cudaError_t dispatched = DispatchFloat(w_dtype, [&](auto tag) {
     using T = std::remove_const_t<std::remove_pointer_t<decltype(tag)>>;
-    launched =
-        LaunchKernel(RmsNormKernel<T>, dim3(static_cast<unsigned>(rows)), dim3(kRmsNormThreads),
-                     stream, dependent, x, static_cast<const T*>(w), d, eps, out);
+    launched = LaunchKernel(RmsNormKernel<T>, dim3(static_cast<unsigned>(rows)), dim3(kNormThreads),
+                            stream, dependent, x, static_cast<const T*>(w), d, eps, out);
   });
   return launched != cudaSuccess ? launched : dispatched;
 }

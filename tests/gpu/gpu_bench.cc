@@ -72,8 +72,7 @@ absl::Status GemvRow(Backend& gpu, int64_t m, int64_t k, const std::string& what
 }
 
 // Times decode's GEMVs with the short kernel ahead of each (mplus-8b's shapes, no LoRA): the
-// input RMSNorm and q/k/v, and SiluMul and the down projection, through the backend's fused ops
-// (so folded with MPLUS_CUDA_FOLD_DECODE_OPS=1). TB/s of the weight bytes.
+// input RMSNorm and q/k/v, and SiluMul and the down projection. TB/s of the weight bytes.
 absl::Status DecodePairRows(Backend& gpu, const std::string& what) {
   const int64_t d = 4096, kv = 1024, inter = 14336;
   std::vector<std::unique_ptr<HostWeight>> qkv;
@@ -88,6 +87,7 @@ absl::Status DecodePairRows(Backend& gpu, const std::string& what) {
   absl::StatusOr<Tensor> down_t = gpu.UploadWeight(down->view);
   absl::StatusOr<Tensor> norm_t = gpu.UploadWeight(norm->view);
   absl::StatusOr<Tensor> x = Upload(gpu, RandomFloats(d, 14), {1, d});
+  absl::StatusOr<Tensor> normed = gpu.Allocate(DType::kF32, {1, d});
   absl::StatusOr<Tensor> gate = Upload(gpu, RandomFloats(inter, 15), {1, inter});
   absl::StatusOr<Tensor> up = Upload(gpu, RandomFloats(inter, 16), {1, inter});
   absl::StatusOr<Tensor> q = gpu.Allocate(DType::kF32, {1, d});
@@ -95,8 +95,8 @@ absl::Status DecodePairRows(Backend& gpu, const std::string& what) {
   absl::StatusOr<Tensor> v = gpu.Allocate(DType::kF32, {1, kv});
   absl::StatusOr<Tensor> h = gpu.Allocate(DType::kF32, {1, d});
   for (const absl::Status& s :
-       {ws.status(), down_t.status(), norm_t.status(), x.status(), gate.status(), up.status(),
-        q.status(), k.status(), v.status(), h.status()}) {
+       {ws.status(), down_t.status(), norm_t.status(), x.status(), normed.status(), gate.status(),
+        up.status(), q.status(), k.status(), v.status(), h.status()}) {
     if (!s.ok()) return s;
   }
   const std::vector<engine::LoraLinear> group = {{(*ws)[0], Tensor(), Tensor()},
@@ -105,14 +105,19 @@ absl::Status DecodePairRows(Backend& gpu, const std::string& what) {
   const std::vector<Tensor> outs = {*q, *k, *v};
   auto sync = [&] { return gpu.Synchronize(); };
   Row(absl::StrCat("RmsNorm + GEMV q/k/v m=6144 k=4096, ", what),
-      TimeIt([&] { return gpu.RmsNormLoraMatMulGroup(*x, *norm_t, 1e-5f, group, 1.0f, outs); },
-             sync, 50),
+      TimeIt(
+          [&] {
+            absl::Status s = gpu.RmsNorm(*x, *norm_t, 1e-5f, *normed);
+            return s.ok() ? gpu.LoraMatMulGroup(*normed, group, 1.0f, outs) : s;
+          },
+          sync, 50),
       2.0 * (d + 2 * kv) * d, "TB/s");
-  // gate is overwritten by the composed path: its values only change what is summed.
+  // gate is overwritten in place: its values only change what is summed.
   Row(absl::StrCat("SiluMul + GEMV down m=4096 k=14336, ", what),
       TimeIt(
           [&] {
-            return gpu.SiluMulLoraMatMul(*gate, *up, *down_t, Tensor(), Tensor(), 1.0f, *h, false);
+            absl::Status s = gpu.SiluMul(*gate, *up, *gate);
+            return s.ok() ? gpu.MatMul(*gate, *down_t, *h, 1.0f, false) : s;
           },
           sync, 50),
       2.0 * d * inter, "TB/s");
@@ -122,8 +127,7 @@ absl::Status DecodePairRows(Backend& gpu, const std::string& what) {
 // Decode's GEMV shapes (mplus-8b: q/k/v, o, gate/up, down) by threads per weight row: how the
 // grid's blocks fill the GPU's (whole waves or a tail; GemvDevice::threads_per_row). Then
 // decode's GEMVs with the short kernels ahead of them, by L2 prefetch budget (a programmatic
-// GEMV's first blocks fetch their weights into L2 while the kernel ahead runs) and with those
-// kernels folded into the GEMVs or not.
+// GEMV's first blocks fetch their weights into L2 while the kernel ahead runs).
 absl::Status GemvSweeps() {
   struct Shape {
     int64_t m, k;
@@ -139,26 +143,10 @@ absl::Status GemvSweeps() {
         return absl::OkStatus();
       });
   if (!s.ok()) return s;
-  s = SweepGemvSetting("MPLUS_CUDA_GEMV_L2_PREFETCH_MIB", {0, 8, 16, 32},
-                       [](Backend& gpu, int mib) {
-                         return DecodePairRows(gpu, absl::StrCat("L2 prefetch ", mib, " MiB"));
-                       });
-  if (!s.ok()) return s;
-  // The folded kernels use fewer registers and some shared memory, and every block computes the
-  // whole input row from L2 (the down projection's: 112 KiB of gate and up) before streaming its
-  // weights: their best threads per row may differ from the plain GEMV's, and fewer threads a
-  // row (more rows a block) restage it less often. (The fold is bit for bit the two kernels only
-  // with the same threads per row: a choice for the folded GEMV is one for the plain one too.)
-  for (const int t : {0, 16, 32, 64, 128}) {
-    ScopedEnv threads("MPLUS_CUDA_GEMV_THREADS_PER_ROW", std::to_string(t));
-    s = SweepGemvSetting("MPLUS_CUDA_FOLD_DECODE_OPS", {0, 1}, [t](Backend& gpu, int fold) {
-      return DecodePairRows(gpu, absl::StrCat(fold ? "folded (one kernel)" : "two kernels", ", ",
-                                              t == 0 ? std::string("threads/row by shape")
-                                                     : absl::StrCat(t, " threads/row")));
-    });
-    if (!s.ok()) return s;
-  }
-  return absl::OkStatus();
+  return SweepGemvSetting("MPLUS_CUDA_GEMV_L2_PREFETCH_MIB", {0, 8, 16, 32},
+                          [](Backend& gpu, int mib) {
+                            return DecodePairRows(gpu, absl::StrCat("L2 prefetch ", mib, " MiB"));
+                          });
 }
 
 // Decode attention (one query row over mplus-8b's 14,849 keys, GQA 32/8, hd 128) by key
@@ -192,11 +180,7 @@ absl::Status DecodeAttentionSplitSweep(Backend& gpu) {
       break;
     }
     const int chosen = engine::cuda::AttentionSplits(shape, num_sms, kv_dtype);
-    // The chosen count a second time with the wide combine (MPLUS_CUDA_FOLD_DECODE_OPS=1).
-    const std::pair<int, bool> runs[] = {{chosen, false}, {chosen, true}, {16, false},
-                                         {33, false},     {66, false},    {132, false},
-                                         {198, false},    {264, false},   {396, false}};
-    for (const auto& [splits, wide] : runs) {
+    for (const int splits : {chosen, 16, 33, 66, 132, 198, 264, 396}) {
       const int64_t ws_floats =
           static_cast<int64_t>(engine::cuda::AttentionWorkspaceBytes(shape, splits) / 4) + 1;
       absl::StatusOr<Tensor> ws = gpu.Allocate(DType::kF32, {ws_floats});
@@ -207,7 +191,7 @@ absl::Status DecodeAttentionSplitSweep(Backend& gpu) {
       auto op = [&]() -> absl::Status {
         const cudaError_t err = engine::cuda::LaunchAttention(
             q->data_as<const float>(), kc->data(), vc->data(), kv_dtype, out->data_as<float>(),
-            shape, splits, ws->data(), stream, /*dependent=*/false, nullptr, wide);
+            shape, splits, ws->data(), stream, /*dependent=*/false);
         return err == cudaSuccess ? absl::OkStatus() : absl::InternalError(cudaGetErrorString(err));
       };
       auto sync = [&]() -> absl::Status {
@@ -215,8 +199,7 @@ absl::Status DecodeAttentionSplitSweep(Backend& gpu) {
         return err == cudaSuccess ? absl::OkStatus() : absl::InternalError(cudaGetErrorString(err));
       };
       Row(absl::StrCat("Attention decode nk=14849 ", engine::DTypeName(kv_dtype), ", ", splits,
-                       " splits", splits == chosen ? " (chosen)" : "",
-                       wide ? ", wide combine" : ""),
+                       " splits", splits == chosen ? " (chosen)" : ""),
           TimeIt(op, sync, 50), static_cast<double>(kc->nbytes() + vc->nbytes()), "TB/s");
     }
   }

@@ -1,7 +1,6 @@
 // The GPU check fixture: a CPU reference backend and the CUDA backend shared by every test of
 // mplus_gpu_check (gpu_check.cc: ops and retrieval; gpu_check_copies.cc: staged copies;
-// gpu_check_kv_cache.cc: bf16 / fp8 K/V; gpu_check_fused.cc, gpu_check_fold.cc,
-// gpu_check_decode.cc), and the
+// gpu_check_kv_cache.cc: bf16 / fp8 K/V; gpu_check_fused.cc, gpu_check_decode.cc), and the
 // element-wise comparisons they use.
 #ifndef MPLUS_TESTS_GPU_GPU_CHECK_H_
 #define MPLUS_TESTS_GPU_GPU_CHECK_H_

@@ -1,13 +1,17 @@
 // The CUDA backend's fused ops (one launch where the Backend defaults compose several): the
-// decode LoRA linear and the KV-cache store. Each is checked against the CPU and against the
-// GPU's own composed default (Backend::...), with NaN-poisoned outputs. Also GEMVs launched as
-// programmatic dependents of the kernel before them (sm_90).
+// decode LoRA linear, the KV-cache store, and a decode step's store with its query's RoPE. Each
+// is checked against the GPU's own composed default (Backend::...) and against the CPU (the
+// store with RoPE through DecodeOpsAtADevicePosition), with NaN-poisoned outputs. Also GEMVs
+// launched as programmatic dependents of the kernel before them (sm_90).
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <functional>
 #include <memory>
 #include <vector>
 
 #include "tests/gpu/gpu_check.h"
+#include "tests/gpu/kernel_trace.h"
 
 namespace mplus::gpu_test {
 namespace {
@@ -19,6 +23,22 @@ absl::StatusOr<std::vector<float>> DownloadWidened(Backend& b, const Tensor& t) 
   if (!wide.ok()) return wide.status();
   if (absl::Status s = b.Copy(t, *wide); !s.ok()) return s;
   return Download(b, *wide);
+}
+
+// Kernels `op` launches, by CUPTI's records.
+absl::StatusOr<int64_t> KernelsLaunchedBy(const std::function<absl::Status()>& op) {
+  if (absl::Status s = model_bench::KernelTrace::Start(); !s.ok()) return s;
+  const absl::Status ran = op();
+  absl::StatusOr<model_bench::TraceSummary> trace = model_bench::KernelTrace::Stop();
+  if (!ran.ok()) return ran;
+  if (!trace.ok()) return trace.status();
+  int64_t kernels = 0;
+  for (const model_bench::KernelTotal& k : trace->kernels) kernels += k.count;
+  return kernels;
+}
+
+bool SameBits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
 // Bound as the MatMul check's for bf16 (the composed GPU path rounds x to bf16 for cuBLAS when
@@ -243,6 +263,55 @@ TEST_F(GpuCheck, StoreKeysValuesFusedMatchesComposedAndCpu) {
         ExpectNear(got, want, CacheRowBound(want, cache), "StoreKeysValues keys GPU vs CPU");
       }
     }
+  }
+}
+
+// A decode step's query rotated by the kernel that stores its key / value row
+// (RopeStoreKeysValuesAt): one kernel, caches and query bit for bit those of StoreKeysValuesAt
+// and RopeAt (which DecodeOpsAtADevicePosition checks against the CPU).
+TEST_F(GpuCheck, QueryRopeInTheKvStoreIsOneKernelAndMatchesTheSeparateKernels) {
+  const DecodeCase cases[] = {{3000, 1234, 32, 8, 128, DType::kBF16},
+                              {700, 0, 8, 8, 128, DType::kF32},
+                              {500, 499, 8, 2, 64, DType::kF8E4M3}};
+  uint32_t seed = 980;
+  for (const DecodeCase& c : cases) {
+    SCOPED_TRACE(testing::Message() << c);
+    const int64_t kv_cols = c.kv_heads * c.hd, q_cols = c.heads * c.hd;
+    const std::vector<float> cache =
+        Rounded(RandomFloats(c.capacity * kv_cols, seed++, -2, 2), c.cache);
+    const std::vector<float> q = RandomFloats(q_cols, seed++, -2, 2);
+    const std::vector<float> k = RandomFloats(kv_cols, seed++, -2, 2);
+    const std::vector<float> v = RandomFloats(kv_cols, seed++);
+    const std::vector<float> inv_freq = RandomFloats(c.hd / 2, seed++, 0, 1);
+    std::vector<std::vector<float>> res[2];  // [folded, separate]: key cache, value cache, query
+    for (int folded = 1; folded >= 0; --folded) {
+      Backend& b = *gpu_;
+      ASSERT_OK_AND_ASSIGN(pos, Position(b, c.position));
+      ASSERT_OK_AND_ASSIGN(kc, UploadAs(b, cache, c.cache, {c.capacity, kv_cols}));
+      ASSERT_OK_AND_ASSIGN(vc, UploadAs(b, cache, c.cache, {c.capacity, kv_cols}));
+      ASSERT_OK_AND_ASSIGN(wide, b.Allocate(DType::kF32, {c.capacity, kv_cols}));
+      ASSERT_OK_AND_ASSIGN(kt, Upload(b, k, {1, kv_cols}));
+      ASSERT_OK_AND_ASSIGN(vt, Upload(b, v, {1, kv_cols}));
+      ASSERT_OK_AND_ASSIGN(qt, Upload(b, q, {1, q_cols}));
+      ASSERT_OK_AND_ASSIGN(freq, Upload(b, inv_freq, {c.hd / 2}));
+      if (folded) {
+        ASSERT_OK_AND_ASSIGN(kernels, KernelsLaunchedBy([&] {
+                               return b.RopeStoreKeysValuesAt(qt, kt, vt, c.hd, pos, freq, kc, vc);
+                             }));
+        EXPECT_EQ(kernels, 1);
+      } else {
+        ASSERT_OK(b.Backend::RopeStoreKeysValuesAt(qt, kt, vt, c.hd, pos, freq, kc, vc));
+      }
+      ASSERT_OK(b.Copy(kc, wide));
+      ASSERT_OK_AND_ASSIGN(k_host, Download(b, wide));
+      ASSERT_OK(b.Copy(vc, wide));
+      ASSERT_OK_AND_ASSIGN(v_host, Download(b, wide));
+      ASSERT_OK_AND_ASSIGN(q_host, Download(b, qt));
+      res[folded] = {std::move(k_host), std::move(v_host), std::move(q_host)};
+    }
+    EXPECT_TRUE(SameBits(res[1][0], res[0][0])) << "key caches differ";
+    EXPECT_TRUE(SameBits(res[1][1], res[0][1])) << "value caches differ";
+    EXPECT_TRUE(SameBits(res[1][2], res[0][2])) << "rotated queries differ";
   }
 }
 

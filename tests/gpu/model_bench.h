@@ -78,9 +78,6 @@ struct LeanResult {
   double prefill_ms = 0;
   // CUDA, sizes.kernel_trace_steps > 0: where the GPU time of that many more decode steps went.
   std::string decode_trace;
-  // The first decode step's logits: the session is the same for every model and backend (fixed
-  // seeds), so two configurations' logits compare.
-  std::vector<float> first_step_logits;
 };
 absl::StatusOr<LeanResult> RunLeanOffload(const engine::Model& model, const SessionSizes& sizes);
 

@@ -222,7 +222,6 @@ absl::StatusOr<LeanResult> RunLeanOffload(const engine::Model& model, const Sess
   int32_t token = Argmax(out.logits);
   MPLUS_ASSIGN_OR_RETURN(std::vector<float> logits, model.Decode(*state, token));
   token = Argmax(logits);
-  r.first_step_logits = logits;
   start = Clock::now();
   for (int i = 0; i < sizes.decode_tokens; ++i) {
     MPLUS_ASSIGN_OR_RETURN(logits, model.Decode(*state, token));

@@ -121,16 +121,6 @@ run_goldens cuda "" --merge_decoder_lora=false || failed=1
 run_goldens cpu || failed=1
 # An fp8 KV cache holds the bf16 fixture's goldens at bf16's tolerance (as ctest checks on the CPU).
 run_goldens cuda tiny-mplus-bf16 --kv_cache_dtype=fp8 || failed=1
-# Decode's RMSNorms and SiluMul folded into the GEMVs after them: off by default until they pass
-# here. If they fail, the GPU checks and the model bench leave the fold out (a hang there would
-# cost the rest of the run).
-fold_args=()
-bench_args=()
-if ! MPLUS_CUDA_FOLD_DECODE_OPS=1 run_goldens cuda "" "" "MPLUS_CUDA_FOLD_DECODE_OPS=1"; then
-  failed=1
-  fold_args=(--gtest_filter=-*Folded*)
-  bench_args=(--folded_decode_row=false)
-fi
 
 # run_bounded RESERVE BINARY ARGS...: runs BINARY until RESERVE seconds before the deadline,
 # prints and returns its exit status (124 when no time was left, 137 when killed).
@@ -151,13 +141,12 @@ run_bounded() {
 }
 
 # Checks then their op timing table, in what is left of the run less the 8B table's share.
-MPLUS_GPU_FIXTURES="$dir/fixtures" run_bounded "$model_reserve" "$bin" --gtest_color=no \
-  ${fold_args[@]+"${fold_args[@]}"} "${@:2}"
+MPLUS_GPU_FIXTURES="$dir/fixtures" run_bounded "$model_reserve" "$bin" --gtest_color=no "${@:2}"
 rc=$?
 ((rc == 0)) && rc=$failed
 
 # The 8B-shaped M+ timing table (markdown on stdout, progress on stderr), in what is left.
-run_bounded 0 "$model_bench" ${bench_args[@]+"${bench_args[@]}"}
+run_bounded 0 "$model_bench"
 model_rc=$?
 ((rc == 0)) && rc=$model_rc
 echo "run.sh: exit status $rc"
