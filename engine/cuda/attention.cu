@@ -477,9 +477,12 @@ __global__ void __launch_bounds__(kDecodeThreads)
 // are issued before any arithmetic on them: ~16 KB in flight per warp (bf16).
 constexpr int kTileKeys = 32;
 constexpr int kTileHd = 128;
-// Blocks per SM the kernel is built for (registers a thread: 65536 / (128 * this)). GQA 8 keeps
-// eight heads' state per lane: at 3 blocks (168 registers) its K/V batches spill to local memory.
-constexpr int TileBlocksPerSm(int64_t group) { return group >= 8 ? 2 : 3; }
+// Blocks per SM the kernel is built for (registers a thread: 65536 / (128 * this) = 256). At 3
+// blocks (168 registers) GQA 8's K/V batches spill to local memory, and so do GQA 4's pipelined
+// bf16 tiles (a tile's V and the next tile's K live together). Decode's split count gives every
+// SM this many blocks (on an H100, mplus-8b's 14,849 keys took as long in 33 splits, 2 blocks an
+// SM, as in 47, 3 an SM, with the unpipelined kernel).
+constexpr int kTileBlocksPerSm = 2;
 
 // Four consecutive K/V elements (8 bytes of bf16 bits, 4 of e4m3 bits, or a float4), widened
 // where used.
@@ -518,8 +521,14 @@ __device__ __forceinline__ void Widen4(const Raw4<float>& r, float (&f)[4]) {
   f[0] = r.f.x, f[1] = r.f.y, f[2] = r.f.z, f[3] = r.f.w;
 }
 
-template <typename KV, int G>
-__global__ void __launch_bounds__(kDecodeThreads, TileBlocksPerSm(G))
+// kPipelined (bf16 / fp8 K/V, whose tile's K and V loads go out together): a warp issues its
+// next tile's K loads once this tile's scores are summed and its V loads once the values are,
+// so they stream in while it computes (a warp has 2-3 tiles at mplus-8b's split counts; loaded
+// one after another, its loads and arithmetic do not overlap). The same float operations:
+// results are bit for bit the unpipelined kernel's. Not yet run on a GPU: launched only with
+// MPLUS_CUDA_DECODE_PIPELINE=1 (cuda_backend.cc).
+template <typename KV, int G, bool kPipelined>
+__global__ void __launch_bounds__(kDecodeThreads, kTileBlocksPerSm)
     DecodeAttentionTileKernel(Params p) {
   AllowDependentLaunch();  // as DecodeAttentionKernel
   {
@@ -537,8 +546,10 @@ __global__ void __launch_bounds__(kDecodeThreads, TileBlocksPerSm(G))
   // (twice bf16's registers): K in two batches, then V in two batches after the softmax.
   constexpr int kBatches = sizeof(KV) == 4 ? 2 : 1;
   constexpr bool kVWithK = kBatches == 1;
-  constexpr int kKChunks = kTileHd / 8 / kBatches;  // 8-element K chunks per lane per batch
-  constexpr int kVKeys = kTileKeys / kBatches;      // keys whose V a lane holds at once
+  static_assert(!kPipelined || kVWithK, "pipelined tiles hold a whole tile's K and V");
+  constexpr int kKChunks = kTileHd / 8 / kBatches;   // 8-element K chunks per lane per batch
+  constexpr int kVKeys = kTileKeys / kBatches;       // keys whose V a lane holds at once
+  constexpr int kStride = kDecodeWarps * kTileKeys;  // from one of a warp's tiles to its next
   const KV* k = static_cast<const KV*>(p.k);
   const KV* v = static_cast<const KV*>(p.v);
   __shared__ __align__(16) float q_s[G][kTileHd];
@@ -566,42 +577,40 @@ __global__ void __launch_bounds__(kDecodeThreads, TileBlocksPerSm(G))
     for (int e = 0; e < 4; ++e) acc[h][e] = 0.0f;
   }
   // Every lane of a warp runs the same tiles (the reductions need the whole warp): a lane past
-  // the end reads the last key again and weighs it 0.
-  for (int base = warp * kTileKeys; base < n; base += kDecodeWarps * kTileKeys) {
-    const bool in = base + lane < n;
+  // the end reads the last key again and weighs it 0. Lane i holds key i of the tile at `base`
+  // (K chunks of batch b), and dims 4i .. 4i + 3 of the V rows of keys first_key ...
+  const KV* v_dims = v + key_begin * kv_cols + g * kTileHd + 4 * lane;
+  const auto load_k = [&](int base, int b, Raw8<KV>(&kraw)[kKChunks]) {
     const KV* k_row = k + (key_begin + min(base + lane, n - 1)) * kv_cols + g * kTileHd;
-    const KV* v_dims = v + key_begin * kv_cols + g * kTileHd + 4 * lane;
-    float s[G];
 #pragma unroll
-    for (int h = 0; h < G; ++h) s[h] = 0.0f;
-    Raw4<KV> vraw[kVKeys];
-    const auto load_v = [&](int first_key) {
+    for (int c = 0; c < kKChunks; ++c) kraw[c] = LoadRaw8(k_row, (b * kKChunks + c) * 8);
+  };
+  const auto load_v = [&](int first_key, Raw4<KV>(&vraw)[kVKeys]) {
 #pragma unroll
-      for (int t = 0; t < kVKeys; ++t) {
-        vraw[t] = LoadRaw4(v_dims, static_cast<int64_t>(min(first_key + t, n - 1)) * kv_cols);
-      }
-    };
+    for (int t = 0; t < kVKeys; ++t) {
+      vraw[t] = LoadRaw4(v_dims, static_cast<int64_t>(min(first_key + t, n - 1)) * kv_cols);
+    }
+  };
+  // The lane's key's scores, summed over batch b's chunks.
+  const auto add_scores = [&](const Raw8<KV>(&kraw)[kKChunks], int b, float(&s)[G]) {
 #pragma unroll
-    for (int b = 0; b < kBatches; ++b) {
-      Raw8<KV> kraw[kKChunks];
+    for (int c = 0; c < kKChunks; ++c) {
+      float kf[8];
+      Widen8(kraw[c], kf);
+      const int d0 = (b * kKChunks + c) * 8;
 #pragma unroll
-      for (int c = 0; c < kKChunks; ++c) kraw[c] = LoadRaw8(k_row, (b * kKChunks + c) * 8);
-      if (kVWithK) load_v(base);
-#pragma unroll
-      for (int c = 0; c < kKChunks; ++c) {
-        float kf[8];
-        Widen8(kraw[c], kf);
-        const int d0 = (b * kKChunks + c) * 8;
-#pragma unroll
-        for (int h = 0; h < G; ++h) {
-          const float4 qa = *reinterpret_cast<const float4*>(&q_s[h][d0]);
-          const float4 qb = *reinterpret_cast<const float4*>(&q_s[h][d0 + 4]);
-          s[h] += qa.x * kf[0] + qa.y * kf[1] + qa.z * kf[2] + qa.w * kf[3] + qb.x * kf[4] +
-                  qb.y * kf[5] + qb.z * kf[6] + qb.w * kf[7];
-        }
+      for (int h = 0; h < G; ++h) {
+        const float4 qa = *reinterpret_cast<const float4*>(&q_s[h][d0]);
+        const float4 qb = *reinterpret_cast<const float4*>(&q_s[h][d0 + 4]);
+        s[h] += qa.x * kf[0] + qa.y * kf[1] + qa.z * kf[2] + qa.w * kf[3] + qb.x * kf[4] +
+                qb.y * kf[5] + qb.z * kf[6] + qb.w * kf[7];
       }
     }
-    // The tile's online-softmax update, per head (m and l are the same in every lane).
+  };
+  // The tile's online-softmax update, per head (m and l are the same in every lane): the
+  // probabilities into prob_s, the output so far rescaled.
+  const auto softmax = [&](int base, const float(&s)[G]) {
+    const bool in = base + lane < n;
     float corr[G];
 #pragma unroll
     for (int h = 0; h < G; ++h) {
@@ -619,22 +628,63 @@ __global__ void __launch_bounds__(kDecodeThreads, TileBlocksPerSm(G))
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[h][e] *= corr[h];
     }
+  };
+  // The values of the tile's keys b * kVKeys ... weighted by their probabilities.
+  const auto add_values = [&](const Raw4<KV>(&vraw)[kVKeys], int b) {
 #pragma unroll
-    for (int b = 0; b < kBatches; ++b) {
-      if (!kVWithK) load_v(base + b * kVKeys);
+    for (int t = 0; t < kVKeys; ++t) {
+      float vf[4];
+      Widen4(vraw[t], vf);
 #pragma unroll
-      for (int t = 0; t < kVKeys; ++t) {
-        float vf[4];
-        Widen4(vraw[t], vf);
+      for (int h = 0; h < G; ++h) {
+        const float prob = prob_s[warp][b * kVKeys + t][h];
 #pragma unroll
-        for (int h = 0; h < G; ++h) {
-          const float prob = prob_s[warp][b * kVKeys + t][h];
-#pragma unroll
-          for (int e = 0; e < 4; ++e) acc[h][e] += prob * vf[e];
-        }
+        for (int e = 0; e < 4; ++e) acc[h][e] += prob * vf[e];
       }
     }
-    __syncwarp();  // the next tile overwrites prob_s
+  };
+
+  if constexpr (kPipelined) {
+    Raw8<KV> kraw[kKChunks];
+    Raw4<KV> vraw[kVKeys];
+    int base = warp * kTileKeys;
+    if (base < n) {
+      load_k(base, 0, kraw);
+      load_v(base, vraw);
+    }
+    for (; base < n; base += kStride) {
+      const int next = base + kStride;
+      float s[G];
+#pragma unroll
+      for (int h = 0; h < G; ++h) s[h] = 0.0f;
+      add_scores(kraw, 0, s);
+      if (next < n) load_k(next, 0, kraw);
+      softmax(base, s);
+      add_values(vraw, 0);
+      if (next < n) load_v(next, vraw);
+      __syncwarp();  // the next tile overwrites prob_s
+    }
+  } else {
+    for (int base = warp * kTileKeys; base < n; base += kStride) {
+      float s[G];
+#pragma unroll
+      for (int h = 0; h < G; ++h) s[h] = 0.0f;
+      Raw4<KV> vraw[kVKeys];
+#pragma unroll
+      for (int b = 0; b < kBatches; ++b) {
+        Raw8<KV> kraw[kKChunks];
+        load_k(base, b, kraw);
+        if (kVWithK) load_v(base, vraw);
+        add_scores(kraw, b, s);
+      }
+      softmax(base, s);
+#pragma unroll
+      for (int b = 0; b < kBatches; ++b) {
+        if (!kVWithK) load_v(base + b * kVKeys, vraw);
+        add_values(vraw, b);
+      }
+      __syncwarp();  // the next tile overwrites prob_s
+    }
   }
   StoreWarpState(acc, m, l, warp, 4 * lane, lane == 0, partial, warp_m, warp_l);
   __syncthreads();
@@ -857,23 +907,26 @@ bool IsTileDecodeShape(const AttentionShape& shape) { return shape.head_dim == k
 int64_t DecodeKeysPerSplit(const AttentionShape& shape, int num_sms) {
   // As many blocks as fit on the GPU at once (one wave), splits of at least 64 keys: more
   // splits only add merging work.
-  const int64_t blocks_per_sm =
-      IsTileDecodeShape(shape) ? TileBlocksPerSm(shape.num_heads / shape.num_kv_heads) : 4;
+  const int64_t blocks_per_sm = IsTileDecodeShape(shape) ? kTileBlocksPerSm : 4;
   const int64_t want_splits =
       std::max<int64_t>(1, blocks_per_sm * int64_t{num_sms} / shape.num_kv_heads);
   const int64_t per = (shape.nk + want_splits - 1) / want_splits;
   return std::max<int64_t>((per + 31) / 32 * 32, 64);
 }
 
-// The decode kernel for the group G = p.group (1, 2, 4 or 8: IsDecodeShape).
+// The decode kernel for the group G = p.group (1, 2, 4 or 8: IsDecodeShape); `pipelined` picks
+// the tile kernel's pipelined loads where the K/V type has them (bf16, fp8).
 template <typename KV>
-cudaError_t LaunchDecode(const Params& p, int splits, cudaStream_t stream, bool dependent) {
+cudaError_t LaunchDecode(const Params& p, int splits, cudaStream_t stream, bool dependent,
+                         bool pipelined) {
   const dim3 grid(static_cast<unsigned>(p.kv_heads), static_cast<unsigned>(splits));
   const auto launch = [&](auto group) {
     constexpr int G = decltype(group)::value;
     if (p.hd == kTileHd) {
-      return LaunchKernel(DecodeAttentionTileKernel<KV, G>, grid, dim3(kDecodeThreads), stream,
-                          dependent, p);
+      constexpr bool kCanPipeline = sizeof(KV) < 4;
+      const auto kernel = pipelined && kCanPipeline ? DecodeAttentionTileKernel<KV, G, kCanPipeline>
+                                                    : DecodeAttentionTileKernel<KV, G, false>;
+      return LaunchKernel(kernel, grid, dim3(kDecodeThreads), stream, dependent, p);
     }
     return LaunchKernel(DecodeAttentionKernel<KV, G>, grid, dim3(kDecodeThreads), stream, dependent,
                         p, static_cast<int>(p.hd / 8));
@@ -992,7 +1045,8 @@ bool DecodeKernelTakes(const AttentionShape& shape, const void* k, const void* v
 
 cudaError_t LaunchAttention(const float* q, const void* k, const void* v, DType kv_dtype,
                             float* out, const AttentionShape& shape, int splits, void* workspace,
-                            cudaStream_t stream, bool dependent, const int64_t* last_position) {
+                            cudaStream_t stream, bool dependent, const int64_t* last_position,
+                            bool pipelined_decode) {
   if (shape.nq == 0) return cudaSuccess;
   const bool decode_kernel = DecodeKernelTakes(shape, k, v, kv_dtype, splits);
   if (last_position != nullptr && !decode_kernel) return cudaErrorInvalidValue;
@@ -1044,7 +1098,7 @@ cudaError_t LaunchAttention(const float* q, const void* k, const void* v, DType 
       }
     }
     if (decode_kernel) {
-      launched = LaunchDecode<KV>(p, splits, stream, dependent);
+      launched = LaunchDecode<KV>(p, splits, stream, dependent, pipelined_decode);
     } else {
       LaunchTiles<KV>(grid, p, shape.head_dim, stream);
     }

@@ -42,10 +42,12 @@ size_t AttentionWorkspaceBytes(const AttentionShape& shape, int splits);
 // attends to key rows [0, *last_position] of the nk given (splits for nk), read when the kernel
 // runs: a recorded launch then serves every decode step. `dependent`: the decode kernel and the
 // split combine launch as programmatic dependents of the kernel ahead (as kernels.h).
+// `pipelined_decode`: the head_dim-128 decode kernel over bf16 / fp8 K/V loads a warp's next
+// tile while it computes the current one (the same results; off until it has run on a GPU).
 cudaError_t LaunchAttention(const float* q, const void* k, const void* v, DType kv_dtype,
                             float* out, const AttentionShape& shape, int splits, void* workspace,
                             cudaStream_t stream, bool dependent,
-                            const int64_t* last_position = nullptr);
+                            const int64_t* last_position = nullptr, bool pipelined_decode = false);
 // Whether the shape and operands go to the dedicated decode kernel (one query row, GQA group of
 // 1, 2, 4 or 8, head_dim = 8 * 2^i <= 128, K/V rows aligned to 16 bytes, fp8: 8 bytes).
 bool DecodeKernelTakes(const AttentionShape& shape, const void* k, const void* v, DType kv_dtype,

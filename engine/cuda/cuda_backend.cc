@@ -6,8 +6,10 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -208,6 +210,9 @@ class CudaBackend : public Backend {
   const std::shared_ptr<DeviceState> state_;
   int num_sms_ = 0;
   GemvDevice gemv_;
+  // Decode attention's pipelined tile loads (attention.h), with MPLUS_CUDA_DECODE_PIPELINE=1:
+  // off by default until it has run on a GPU (the same results by construction).
+  bool pipelined_decode_ = false;
   std::atomic<int64_t> wait_ns_{0};
   mutable absl::Mutex mu_;
   std::shared_ptr<void> gemm_workspace_;
@@ -240,6 +245,8 @@ absl::StatusOr<std::unique_ptr<Backend>> CudaBackend::Create(int ordinal) {
   MPLUS_CUDA_RETURN_IF_ERROR(
       cudaDeviceGetAttribute(&backend->num_sms_, cudaDevAttrMultiProcessorCount, ordinal));
   MPLUS_CUDA_RETURN_IF_ERROR(GetGemvDevice(&backend->gemv_));
+  const char* pipeline = std::getenv("MPLUS_CUDA_DECODE_PIPELINE");
+  backend->pipelined_decode_ = pipeline != nullptr && std::string_view(pipeline) == "1";
   MPLUS_ASSIGN_OR_RETURN(backend->gemm_workspace_,
                          DeviceState::Alloc(state, kGemmWorkspaceBytes, MemCategory::kWorkspace));
   absl::MutexLock lock(&backend->mu_);
@@ -662,9 +669,9 @@ absl::Status CudaBackend::LaunchAttentionOp(const Tensor& q, const Tensor& k, co
   if (const size_t bytes = AttentionWorkspaceBytes(shape, splits); bytes > 0) {
     MPLUS_ASSIGN_OR_RETURN(ws, attention_.Get(bytes));
   }
-  MPLUS_CUDA_RETURN_IF_ERROR(LaunchAttention(q.data_as<const float>(), k.data(), v.data(),
-                                             k.dtype(), out.data_as<float>(), shape, splits, ws,
-                                             stream(), dependent(shape.nq), last_position));
+  MPLUS_CUDA_RETURN_IF_ERROR(LaunchAttention(
+      q.data_as<const float>(), k.data(), v.data(), k.dtype(), out.data_as<float>(), shape, splits,
+      ws, stream(), dependent(shape.nq), last_position, pipelined_decode_));
   return absl::OkStatus();
 }
 

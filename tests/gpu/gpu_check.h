@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <ostream>
 #include <utility>
@@ -50,6 +51,11 @@ struct DecodeCase {
 inline std::ostream& operator<<(std::ostream& os, const DecodeCase& c) {
   return os << "capacity=" << c.capacity << " position=" << c.position << " H=" << c.heads << "/"
             << c.kv_heads << " hd=" << c.hd << " " << DTypeName(c.cache);
+}
+
+// Whether a and b hold the same floats bit for bit (NaNs included).
+inline bool SameBits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
 // Element-wise check with a per-element bound.

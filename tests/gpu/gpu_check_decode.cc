@@ -140,6 +140,43 @@ TEST_F(GpuCheck, DecodeOpsAtADevicePosition) {
   }
 }
 
+// Decode attention's pipelined tiles (MPLUS_CUDA_DECODE_PIPELINE=1) against the unpipelined
+// kernel (the default): bit for bit, over bf16 and fp8 caches, each GQA group the tile kernel
+// takes, partial tiles and splits, and mplus-8b's shape.
+TEST_F(GpuCheck, PipelinedDecodeTilesMatchUnpipelinedBitwise) {
+  std::unique_ptr<Backend> pipelined;
+  {
+    ScopedEnv on("MPLUS_CUDA_DECODE_PIPELINE", "1");
+    ASSERT_OK_AND_ASSIGN(made, engine::cuda::CreateCudaBackend(0));
+    pipelined = std::move(made);
+  }
+  const DecodeCase cases[] = {
+      {14849, 14848, 32, 8, 128, DType::kBF16}, {14849, 14848, 32, 8, 128, DType::kF8E4M3},
+      {3000, 1234, 64, 8, 128, DType::kBF16},   {700, 299, 16, 8, 128, DType::kBF16},
+      {500, 77, 8, 8, 128, DType::kF8E4M3},     {97, 40, 8, 1, 128, DType::kBF16}};
+  uint32_t seed = 1300;
+  for (const DecodeCase& c : cases) {
+    SCOPED_TRACE(testing::Message() << c);
+    const int64_t kv_cols = c.kv_heads * c.hd, q_cols = c.heads * c.hd;
+    const std::vector<float> k = RandomFloats(c.capacity * kv_cols, seed++, -2, 2);
+    const std::vector<float> v = RandomFloats(c.capacity * kv_cols, seed++);
+    const std::vector<float> q = RandomFloats(q_cols, seed++, -1, 1);
+    std::vector<std::vector<float>> outs;  // pipelined, unpipelined
+    for (Backend* b : {pipelined.get(), gpu_}) {
+      ASSERT_OK_AND_ASSIGN(pos, Position(*b, c.position));
+      ASSERT_OK_AND_ASSIGN(kc, UploadAs(*b, k, c.cache, {c.capacity, kv_cols}));
+      ASSERT_OK_AND_ASSIGN(vc, UploadAs(*b, v, c.cache, {c.capacity, kv_cols}));
+      ASSERT_OK_AND_ASSIGN(qt, Upload(*b, q, {1, q_cols}));
+      ASSERT_OK_AND_ASSIGN(out, Poisoned(*b, {1, q_cols}));
+      ASSERT_OK(b->AttentionAt(qt, kc, vc, pos, c.heads, c.kv_heads, c.hd, out));
+      ASSERT_OK_AND_ASSIGN(host, Download(*b, out));
+      outs.push_back(std::move(host));
+    }
+    for (float x : outs[0]) ASSERT_FALSE(std::isnan(x));
+    EXPECT_TRUE(SameBits(outs[0], outs[1])) << "pipelined and unpipelined decode attention differ";
+  }
+}
+
 // Two generations per model, with different capacities: the second records afresh while the
 // first one's recording (and its arena) is freed.
 TEST_F(GpuCheck, RecordedDecodeStepsMatchStepByStepBitwise) {

@@ -37,10 +37,6 @@ absl::StatusOr<int64_t> KernelsLaunchedBy(const std::function<absl::Status()>& o
   return kernels;
 }
 
-bool SameBits(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
-}
-
 // Bound as the MatMul check's for bf16 (the composed GPU path rounds x to bf16 for cuBLAS when
 // it has more rows than the GEMV takes), over both terms of x·w^T + scale (x·a^T)·b^T.
 std::vector<float> LoraBound(const std::vector<float>& x, const std::vector<float>& w,
