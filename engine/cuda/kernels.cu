@@ -77,18 +77,40 @@ __device__ __forceinline__ uint16_t FloatToBF16Bits(float f) {
 // One block per row; the sum of squares is reduced in float32 over warps. A decode step's row
 // is one block: 1024 threads with their few loads unrolled keep it from being a chain of
 // dependent memory latencies (13 us a norm on an H100 with 256 threads, 65 norms a step).
+// A row of up to kNormAhead * kNormThreads elements (mplus-8b's 4096) stays in registers, its
+// weights read before the wait for the kernel ahead (no kernel writes them): the scaling after
+// the reduction then waits for no memory. The same float operations either way.
 constexpr int kNormThreads = 1024;
+constexpr int kNormAhead = 4;
 
 template <typename T>
 __global__ void __launch_bounds__(kNormThreads)
     RmsNormKernel(const float* x, const T* __restrict__ w, int64_t d, float eps, float* out) {
   AllowDependentLaunch();  // the GEMV behind a norm may start streaming its weights
+  const bool in_registers = d <= int64_t{kNormAhead} * kNormThreads;
+  float wv[kNormAhead], xv[kNormAhead];
+  if (in_registers) {
+#pragma unroll
+    for (int u = 0; u < kNormAhead; ++u) {
+      const int64_t i = threadIdx.x + int64_t{u} * kNormThreads;
+      wv[u] = i < d ? ToFloat(w[i]) : 0.0f;
+    }
+  }
   WaitForPrecedingKernel();
   const float* xr = x + blockIdx.x * d;
   float* orow = out + blockIdx.x * d;
   float sum = 0.0f;
+  if (in_registers) {
+#pragma unroll
+    for (int u = 0; u < kNormAhead; ++u) {
+      const int64_t i = threadIdx.x + int64_t{u} * kNormThreads;
+      xv[u] = i < d ? xr[i] : 0.0f;
+      if (i < d) sum += xv[u] * xv[u];
+    }
+  } else {
 #pragma unroll 4
-  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) sum += xr[i] * xr[i];
+    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) sum += xr[i] * xr[i];
+  }
   for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
   __shared__ float warp_sums[kNormThreads / 32];
   __shared__ float inv;
@@ -100,8 +122,16 @@ __global__ void __launch_bounds__(kNormThreads)
     if (threadIdx.x == 0) inv = 1.0f / sqrtf(total / static_cast<float>(d) + eps);
   }
   __syncthreads();
+  if (in_registers) {
+#pragma unroll
+    for (int u = 0; u < kNormAhead; ++u) {
+      const int64_t i = threadIdx.x + int64_t{u} * kNormThreads;
+      if (i < d) orow[i] = wv[u] * (xv[u] * inv);
+    }
+  } else {
 #pragma unroll 4
-  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) orow[i] = ToFloat(w[i]) * (xr[i] * inv);
+    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) orow[i] = ToFloat(w[i]) * (xr[i] * inv);
+  }
 }
 
 // The pair (a, b) rotated by the angle of cosine c and sine s, each rounding spelled out:
