@@ -181,10 +181,13 @@ absl::Status DecodeAttentionSplitSweep(Backend& gpu) {
       break;
     }
     const int chosen = engine::cuda::AttentionSplits(shape, num_sms, kv_dtype);
-    // The chosen count a second time with the tiles' loads pipelined (attention.h).
-    const std::pair<int, bool> runs[] = {{chosen, false}, {chosen, true}, {16, false},
-                                         {47, false},     {66, false},    {132, false},
-                                         {198, false},    {264, false},   {396, false}};
+    // Split counts with the tiles' loads as loaded by default, and pipelined (attention.h).
+    std::vector<std::pair<int, bool>> runs;
+    for (const int splits : {chosen, 16, 33, 47, 66, 132, 198, 264, 396}) {
+      if (splits == chosen && !runs.empty()) continue;
+      runs.push_back({splits, false});
+    }
+    for (const int splits : {chosen, 16, 47}) runs.push_back({splits, true});
     for (const auto& [splits, pipelined] : runs) {
       const int64_t ws_floats =
           static_cast<int64_t>(engine::cuda::AttentionWorkspaceBytes(shape, splits) / 4) + 1;
@@ -332,7 +335,7 @@ int main(int argc, char** argv) {
     if (std::strcmp(argv[i], "--no_bench") == 0) bench = false;
   }
   int rc = RUN_ALL_TESTS();
-  if (rc != 0 || !bench) return rc;
+  if (rc != 0 || !bench || GTEST_FLAG_GET(list_tests)) return rc;
   if (absl::Status s = mplus::gpu_test::RunBenchmarks(); !s.ok()) {
     std::fprintf(stderr, "benchmark failed: %s\n", s.ToString().c_str());
     return 1;

@@ -144,6 +144,12 @@ run_bounded() {
 MPLUS_GPU_FIXTURES="$dir/fixtures" run_bounded "$model_reserve" "$bin" --gtest_color=no "${@:2}"
 rc=$?
 ((rc == 0)) && rc=$failed
+# Decode attention's pipelined tiles (MPLUS_CUDA_DECODE_PIPELINE=1, off by default until they
+# pass here): the attention and decode checks again with the checks' backend pipelined.
+MPLUS_CUDA_DECODE_PIPELINE=1 MPLUS_GPU_FIXTURES="$dir/fixtures" run_bounded "$model_reserve" \
+  "$bin" --gtest_color=no --no_bench --gtest_filter='*Attention*:*Decode*'
+pipelined_rc=$?
+((rc == 0)) && rc=$pipelined_rc
 
 # The 8B-shaped M+ timing table (markdown on stdout, progress on stderr), in what is left.
 run_bounded 0 "$model_bench"
