@@ -477,12 +477,14 @@ __global__ void __launch_bounds__(kDecodeThreads)
 // are issued before any arithmetic on them: ~16 KB in flight per warp (bf16).
 constexpr int kTileKeys = 32;
 constexpr int kTileHd = 128;
-// Blocks per SM the kernel is built for (registers a thread: 65536 / (128 * this) = 256). At 3
-// blocks (168 registers) GQA 8's K/V batches spill to local memory, and so do GQA 4's pipelined
-// bf16 tiles (a tile's V and the next tile's K live together). Decode's split count gives every
-// SM about this many blocks (mplus-8b's 14,849 keys on 132 SMs: 31 splits of 480 keys; on an
-// H100 the unpipelined kernel built for 3 blocks an SM took as long in 33 splits as in 47).
-constexpr int kTileBlocksPerSm = 2;
+// Blocks per SM the kernel is built for (registers a thread: 65536 / (128 * this)), which
+// decode's split count fills (mplus-8b's 14,849 keys on 132 SMs: 47 splits at 3 an SM, 31 at
+// 2). GQA 8 keeps eight heads' state per lane: at 3 blocks (168 registers) its K/V batches spill
+// to local memory; so do GQA 4's pipelined bf16 tiles (a tile's V and the next tile's K live
+// together).
+constexpr int TileBlocksPerSm(int64_t group, bool pipelined) {
+  return group >= 8 || pipelined ? 2 : 3;
+}
 
 // Four consecutive K/V elements (8 bytes of bf16 bits, 4 of e4m3 bits, or a float4), widened
 // where used.
@@ -528,7 +530,7 @@ __device__ __forceinline__ void Widen4(const Raw4<float>& r, float (&f)[4]) {
 // results are bit for bit the unpipelined kernel's. Not yet run on a GPU: launched only with
 // MPLUS_CUDA_DECODE_PIPELINE=1 (cuda_backend.cc).
 template <typename KV, int G, bool kPipelined>
-__global__ void __launch_bounds__(kDecodeThreads, kTileBlocksPerSm)
+__global__ void __launch_bounds__(kDecodeThreads, TileBlocksPerSm(G, kPipelined))
     DecodeAttentionTileKernel(Params p) {
   AllowDependentLaunch();  // as DecodeAttentionKernel
   {
@@ -904,10 +906,12 @@ bool IsDecodeShape(const AttentionShape& shape) {
 // head_dim 128 takes DecodeAttentionTileKernel, other decode shapes DecodeAttentionKernel.
 bool IsTileDecodeShape(const AttentionShape& shape) { return shape.head_dim == kTileHd; }
 
-int64_t DecodeKeysPerSplit(const AttentionShape& shape, int num_sms) {
+int64_t DecodeKeysPerSplit(const AttentionShape& shape, int num_sms, bool pipelined) {
   // As many blocks as fit on the GPU at once (one wave), splits of at least 64 keys: more
   // splits only add merging work.
-  const int64_t blocks_per_sm = IsTileDecodeShape(shape) ? kTileBlocksPerSm : 4;
+  const int64_t blocks_per_sm =
+      IsTileDecodeShape(shape) ? TileBlocksPerSm(shape.num_heads / shape.num_kv_heads, pipelined)
+                               : 4;
   const int64_t want_splits =
       std::max<int64_t>(1, blocks_per_sm * int64_t{num_sms} / shape.num_kv_heads);
   const int64_t per = (shape.nk + want_splits - 1) / want_splits;
@@ -1007,9 +1011,10 @@ int64_t KeysPerSplit(const AttentionShape& shape, int splits) {
 
 }  // namespace
 
-int AttentionSplits(const AttentionShape& shape, int num_sms, DType kv_dtype) {
+int AttentionSplits(const AttentionShape& shape, int num_sms, DType kv_dtype,
+                    bool pipelined_decode) {
   if (IsDecodeShape(shape)) {
-    const int64_t per = DecodeKeysPerSplit(shape, num_sms);
+    const int64_t per = DecodeKeysPerSplit(shape, num_sms, pipelined_decode);
     return static_cast<int>(std::min<int64_t>((shape.nk + per - 1) / per, 65535));
   }
   if (IsTensorCoreShape(shape, kv_dtype)) {

@@ -28,8 +28,10 @@ struct AttentionShape {
 };
 
 // How many key splits to use on a device with `num_sms` multiprocessors (1: no split), for K/V
-// of `kv_dtype`.
-int AttentionSplits(const AttentionShape& shape, int num_sms, DType kv_dtype);
+// of `kv_dtype`, launched with `pipelined_decode` as LaunchAttention (decode splits depend on it,
+// but not on the dtype: bf16 / fp8 K/V stay bit for bit float32's).
+int AttentionSplits(const AttentionShape& shape, int num_sms, DType kv_dtype,
+                    bool pipelined_decode = false);
 // Scratch bytes LaunchAttention needs for `splits` (0 when splits == 1).
 size_t AttentionWorkspaceBytes(const AttentionShape& shape, int splits);
 // q [nq, H*hd], k/v [nk, Hkv*hd], out [nq, H*hd]; row-major, on the device. q and out are

@@ -680,8 +680,8 @@ absl::Status CudaBackend::Attention(const Tensor& q, const Tensor& k, const Tens
                                     const Tensor& out) {
   MPLUS_ASSIGN_OR_RETURN(const AttentionShape shape,
                          AttentionArgs(q, k, v, num_heads, num_kv_heads, head_dim, out));
-  return LaunchAttentionOp(q, k, v, shape, AttentionSplits(shape, num_sms_, k.dtype()), out,
-                           nullptr);
+  return LaunchAttentionOp(
+      q, k, v, shape, AttentionSplits(shape, num_sms_, k.dtype(), pipelined_decode_), out, nullptr);
 }
 
 // --- Decode steps at a device-held position (recordable: nothing is read back) -----------------
@@ -694,7 +694,7 @@ absl::Status CudaBackend::AttentionAt(const Tensor& q, const Tensor& k_cache, co
   // The splits cover the whole cache; those past the position see no key.
   MPLUS_ASSIGN_OR_RETURN(const AttentionShape shape, AttentionArgs(q, k_cache, v_cache, num_heads,
                                                                    num_kv_heads, head_dim, out));
-  const int splits = AttentionSplits(shape, num_sms_, k_cache.dtype());
+  const int splits = AttentionSplits(shape, num_sms_, k_cache.dtype(), pipelined_decode_);
   if (q.rows() != 1 || !IsPosition(position) ||
       !DecodeKernelTakes(shape, k_cache.data(), v_cache.data(), k_cache.dtype(), splits)) {
     return Backend::AttentionAt(q, k_cache, v_cache, position, num_heads, num_kv_heads, head_dim,

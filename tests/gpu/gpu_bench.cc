@@ -8,7 +8,6 @@
 #include <functional>
 #include <memory>
 #include <string>
-#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -180,15 +179,23 @@ absl::Status DecodeAttentionSplitSweep(Backend& gpu) {
       status = absl::InternalError("split sweep setup failed");
       break;
     }
-    const int chosen = engine::cuda::AttentionSplits(shape, num_sms, kv_dtype);
-    // Split counts with the tiles' loads as loaded by default, and pipelined (attention.h).
-    std::vector<std::pair<int, bool>> runs;
-    for (const int splits : {chosen, 16, 33, 47, 66, 132, 198, 264, 396}) {
-      if (splits == chosen && !runs.empty()) continue;
-      runs.push_back({splits, false});
+    // Split counts with the tiles loaded as by default, then pipelined (attention.h); the first
+    // row of each is AttentionSplits' choice.
+    struct Run {
+      int splits;
+      bool pipelined, chosen;
+    };
+    std::vector<Run> runs;
+    for (const bool pipelined : {false, true}) {
+      const int chosen = engine::cuda::AttentionSplits(shape, num_sms, kv_dtype, pipelined);
+      runs.push_back({chosen, pipelined, true});
+      for (const int splits : {16, 31, 33, 47, 66, 132, 198, 264, 396}) {
+        if (splits != chosen && (!pipelined || splits <= 66)) {
+          runs.push_back({splits, pipelined, false});
+        }
+      }
     }
-    for (const int splits : {chosen, 16, 47}) runs.push_back({splits, true});
-    for (const auto& [splits, pipelined] : runs) {
+    for (const auto& [splits, pipelined, chosen] : runs) {
       const int64_t ws_floats =
           static_cast<int64_t>(engine::cuda::AttentionWorkspaceBytes(shape, splits) / 4) + 1;
       absl::StatusOr<Tensor> ws = gpu.Allocate(DType::kF32, {ws_floats});
@@ -207,8 +214,7 @@ absl::Status DecodeAttentionSplitSweep(Backend& gpu) {
         return err == cudaSuccess ? absl::OkStatus() : absl::InternalError(cudaGetErrorString(err));
       };
       Row(absl::StrCat("Attention decode nk=14849 ", engine::DTypeName(kv_dtype), ", ", splits,
-                       " splits", splits == chosen ? " (chosen)" : "",
-                       pipelined ? ", pipelined" : ""),
+                       " splits", chosen ? " (chosen)" : "", pipelined ? ", pipelined" : ""),
           TimeIt(op, sync, 50), static_cast<double>(kc->nbytes() + vc->nbytes()), "TB/s");
     }
   }

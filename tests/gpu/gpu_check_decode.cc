@@ -1,6 +1,8 @@
 // Decode steps recorded once and replayed (Backend::Record: a CUDA graph per generation) against
 // the same steps enqueued op by op, on the tiny M+ checkpoints: bitwise equal logits, step after
 // step, since both run the same kernels with the same parameters.
+#include <cuda_runtime_api.h>
+
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -10,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/cuda/attention.h"
 #include "engine/model.h"
 #include "engine/session_memory.h"
 #include "tests/gpu/gpu_check.h"
@@ -141,16 +144,15 @@ TEST_F(GpuCheck, DecodeOpsAtADevicePosition) {
 }
 
 // Decode attention's pipelined tiles (MPLUS_CUDA_DECODE_PIPELINE=1) against the unpipelined
-// kernel: bit for bit, over bf16 and fp8 caches and each GQA group the tile kernel takes. The
-// 14,849-row caches give a warp 3-4 tiles of a split (the pipelined loads carried from tile to
-// tile; splits past the position see no key), the small ones partial tiles and one a warp.
+// kernel at the same split counts (each variant's choice, and 3: many tiles a warp), launched
+// directly: bit for bit, over bf16 and fp8 caches and each GQA group the tile kernel takes. The
+// 14,849-row caches give a warp 3 or more tiles of a split (the pipelined loads carried from
+// tile to tile; splits past the position see no key), the small ones partial tiles.
 TEST_F(GpuCheck, PipelinedDecodeTilesMatchUnpipelinedBitwise) {
-  std::unique_ptr<Backend> backends[2];  // pipelined, unpipelined
-  for (int i = 0; i < 2; ++i) {
-    ScopedEnv setting("MPLUS_CUDA_DECODE_PIPELINE", i == 0 ? "1" : "0");
-    ASSERT_OK_AND_ASSIGN(made, engine::cuda::CreateCudaBackend(0));
-    backends[i] = std::move(made);
-  }
+  int sms = 0;
+  ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), cudaSuccess);
+  cudaStream_t stream = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
   const DecodeCase cases[] = {
       {14849, 14848, 32, 8, 128, DType::kBF16}, {14849, 14848, 32, 8, 128, DType::kF8E4M3},
       {14849, 14848, 64, 8, 128, DType::kBF16}, {14849, 9000, 64, 8, 128, DType::kF8E4M3},
@@ -162,23 +164,40 @@ TEST_F(GpuCheck, PipelinedDecodeTilesMatchUnpipelinedBitwise) {
   for (const DecodeCase& c : cases) {
     SCOPED_TRACE(testing::Message() << c);
     const int64_t kv_cols = c.kv_heads * c.hd, q_cols = c.heads * c.hd;
-    const std::vector<float> k = RandomFloats(c.capacity * kv_cols, seed++, -2, 2);
-    const std::vector<float> v = RandomFloats(c.capacity * kv_cols, seed++);
-    const std::vector<float> q = RandomFloats(q_cols, seed++, -1, 1);
-    std::vector<std::vector<float>> outs;  // pipelined, unpipelined
-    for (const std::unique_ptr<Backend>& b : backends) {
-      ASSERT_OK_AND_ASSIGN(pos, Position(*b, c.position));
-      ASSERT_OK_AND_ASSIGN(kc, UploadAs(*b, k, c.cache, {c.capacity, kv_cols}));
-      ASSERT_OK_AND_ASSIGN(vc, UploadAs(*b, v, c.cache, {c.capacity, kv_cols}));
-      ASSERT_OK_AND_ASSIGN(qt, Upload(*b, q, {1, q_cols}));
-      ASSERT_OK_AND_ASSIGN(out, Poisoned(*b, {1, q_cols}));
-      ASSERT_OK(b->AttentionAt(qt, kc, vc, pos, c.heads, c.kv_heads, c.hd, out));
-      ASSERT_OK_AND_ASSIGN(host, Download(*b, out));
-      outs.push_back(std::move(host));
+    const engine::cuda::AttentionShape shape{1, c.capacity, c.heads, c.kv_heads, c.hd};
+    ASSERT_OK_AND_ASSIGN(pos, Position(*gpu_, c.position));
+    ASSERT_OK_AND_ASSIGN(kc, UploadAs(*gpu_, RandomFloats(c.capacity * kv_cols, seed++, -2, 2),
+                                      c.cache, {c.capacity, kv_cols}));
+    ASSERT_OK_AND_ASSIGN(vc, UploadAs(*gpu_, RandomFloats(c.capacity * kv_cols, seed++), c.cache,
+                                      {c.capacity, kv_cols}));
+    ASSERT_OK_AND_ASSIGN(qt, Upload(*gpu_, RandomFloats(q_cols, seed++, -1, 1), {1, q_cols}));
+    for (const int splits : {engine::cuda::AttentionSplits(shape, sms, c.cache, true),
+                             engine::cuda::AttentionSplits(shape, sms, c.cache, false), 3}) {
+      SCOPED_TRACE(testing::Message() << splits << " splits");
+      ASSERT_OK_AND_ASSIGN(
+          ws, gpu_->Allocate(
+                  DType::kF32,
+                  {static_cast<int64_t>(engine::cuda::AttentionWorkspaceBytes(shape, splits) / 4) +
+                   1}));
+      std::vector<std::vector<float>> outs;  // pipelined, unpipelined
+      for (const bool pipelined : {true, false}) {
+        ASSERT_OK_AND_ASSIGN(out, Poisoned(*gpu_, {1, q_cols}));
+        ASSERT_OK(gpu_->Synchronize());  // the uploads, on the backend's stream
+        ASSERT_EQ(engine::cuda::LaunchAttention(
+                      qt.data_as<const float>(), kc.data(), vc.data(), c.cache,
+                      out.data_as<float>(), shape, splits, ws.data(), stream,
+                      /*dependent=*/false, pos.data_as<const int64_t>(), pipelined),
+                  cudaSuccess);
+        ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+        ASSERT_OK_AND_ASSIGN(host, Download(*gpu_, out));
+        outs.push_back(std::move(host));
+      }
+      for (float x : outs[0]) ASSERT_FALSE(std::isnan(x));
+      EXPECT_TRUE(SameBits(outs[0], outs[1]))
+          << "pipelined and unpipelined decode attention differ";
     }
-    for (float x : outs[0]) ASSERT_FALSE(std::isnan(x));
-    EXPECT_TRUE(SameBits(outs[0], outs[1])) << "pipelined and unpipelined decode attention differ";
   }
+  cudaStreamDestroy(stream);
 }
 
 // Two generations per model, with different capacities: the second records afresh while the
