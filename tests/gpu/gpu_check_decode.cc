@@ -66,7 +66,7 @@ std::string FixtureDir(const std::string& name) {
 // StoreKeysValuesAt, RopeAt and AttentionAt read the position on the GPU (the kernels) and on
 // the CPU (Backend's defaults, which read it back): the same results, and no cache row past the
 // position is read (they hold NaN) or written but the position's. The first case is mplus-8b's
-// decode after a 1024-token prompt (an H100 splits its keys 31 ways, merged by the wide combine).
+// decode after a 1024-token prompt (an H100 splits its keys 47 ways, merged by the wide combine).
 TEST_F(GpuCheck, DecodeOpsAtADevicePosition) {
   const DecodeCase cases[] = {{14849, 14848, 32, 8, 128, DType::kBF16},
                               {3000, 1234, 32, 8, 128, DType::kBF16},
