@@ -53,6 +53,22 @@ inline std::ostream& operator<<(std::ostream& os, const DecodeCase& c) {
             << c.kv_heads << " hd=" << c.hd << " " << DTypeName(c.cache);
 }
 
+// A decode step's random inputs for case c: its cache (capacity rows, rounded to the cache type),
+// the step's query, key and value rows and RoPE frequencies. Advances seed.
+struct DecodeStepInputs {
+  std::vector<float> cache, q, k, v, inv_freq;
+};
+inline DecodeStepInputs RandomDecodeStep(const DecodeCase& c, uint32_t& seed) {
+  const int64_t kv_cols = c.kv_heads * c.hd;
+  DecodeStepInputs in;
+  in.cache = Rounded(RandomFloats(c.capacity * kv_cols, seed++, -2, 2), c.cache);
+  in.q = RandomFloats(c.heads * c.hd, seed++, -2, 2);
+  in.k = RandomFloats(kv_cols, seed++, -2, 2);
+  in.v = RandomFloats(kv_cols, seed++);
+  in.inv_freq = RandomFloats(c.hd / 2, seed++, 0, 1);
+  return in;
+}
+
 // Whether a and b hold the same floats bit for bit (NaNs included).
 inline bool SameBits(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;

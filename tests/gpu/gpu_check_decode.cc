@@ -81,14 +81,10 @@ TEST_F(GpuCheck, DecodeOpsAtADevicePosition) {
     SCOPED_TRACE(testing::Message() << c);
     const int64_t kv_cols = c.kv_heads * c.hd, q_cols = c.heads * c.hd;
     const int64_t valid = c.position * kv_cols;  // cache elements before the position's row
-    std::vector<float> cache = Rounded(RandomFloats(c.capacity * kv_cols, seed++, -2, 2), c.cache);
+    auto [cache, q, k, v, inv_freq] = RandomDecodeStep(c, seed);
     for (int64_t i = valid; i < c.capacity * kv_cols; ++i) {
       cache[i] = std::numeric_limits<float>::quiet_NaN();
     }
-    const std::vector<float> q = RandomFloats(q_cols, seed++, -2, 2);
-    const std::vector<float> k = RandomFloats(kv_cols, seed++, -2, 2);
-    const std::vector<float> v = RandomFloats(kv_cols, seed++);
-    const std::vector<float> inv_freq = RandomFloats(c.hd / 2, seed++, 0, 1);
     std::vector<std::vector<float>> caches, value_caches, queries, outs;
     for (Backend* b : {cpu_, gpu_}) {
       SCOPED_TRACE(b->name());

@@ -273,12 +273,7 @@ TEST_F(GpuCheck, QueryRopeInTheKvStoreIsOneKernelAndMatchesTheSeparateKernels) {
   for (const DecodeCase& c : cases) {
     SCOPED_TRACE(testing::Message() << c);
     const int64_t kv_cols = c.kv_heads * c.hd, q_cols = c.heads * c.hd;
-    const std::vector<float> cache =
-        Rounded(RandomFloats(c.capacity * kv_cols, seed++, -2, 2), c.cache);
-    const std::vector<float> q = RandomFloats(q_cols, seed++, -2, 2);
-    const std::vector<float> k = RandomFloats(kv_cols, seed++, -2, 2);
-    const std::vector<float> v = RandomFloats(kv_cols, seed++);
-    const std::vector<float> inv_freq = RandomFloats(c.hd / 2, seed++, 0, 1);
+    const auto [cache, q, k, v, inv_freq] = RandomDecodeStep(c, seed);
     std::vector<std::vector<float>> res[2];  // [folded, separate]: key cache, value cache, query
     for (int folded = 1; folded >= 0; --folded) {
       Backend& b = *gpu_;
