@@ -14,6 +14,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -28,6 +29,7 @@
 #include "engine/checkpoint_writer.h"
 #include "engine/cuda/device_info.h"
 #include "engine/status_macros.h"
+#include "tests/gpu/gpu_test_util.h"
 
 ABSL_FLAG(std::string, device, "cuda",
           "cuda: the mplus-8b shapes on GPU 0; cpu: the tiny-mplus shapes (bf16) on the CPU "
@@ -325,6 +327,26 @@ absl::Status Run() {
   other_merge_options.merge_decoder_lora = !merged;
   const std::optional<LeanResult> lean_other_merge =
       lean_session("other LoRA merge session", other_merge_options, sizes);
+  // And with decode attention's tiles pipelined (MPLUS_CUDA_DECODE_PIPELINE=1, off by default
+  // until run.sh has passed with it), on a backend made for it (the setting is read when a
+  // backend is made): bf16 and fp8 K/V.
+  std::optional<LeanResult> lean_pipelined, lean_pipelined_fp8;
+  if (cuda) {
+    absl::StatusOr<std::unique_ptr<engine::Backend>> made = [] {
+      gpu_test::ScopedEnv on("MPLUS_CUDA_DECODE_PIPELINE", "1");
+      return engine::cuda::CreateCudaBackend(0);
+    }();
+    if (made.ok()) {
+      engine::ModelOptions pipelined_options = options;
+      pipelined_options.backend = std::move(*made);
+      HangWatchdog pipelined_watchdog(pipelined_options.backend.get());
+      lean_pipelined = lean_session("pipelined decode session", pipelined_options, sizes);
+      pipelined_options.kv_cache_dtype = engine::DType::kF8E4M3;
+      lean_pipelined_fp8 = lean_session("pipelined decode fp8 session", pipelined_options, sizes);
+    } else {
+      Progress("pipelined decode: " + made.status().ToString());
+    }
+  }
 
   // Decode roofline: the weight bytes each step reads at the measured bandwidth. Each step also
   // reads the KV cache of the whole prefix + prompt (shown, not in the target).
@@ -468,6 +490,17 @@ absl::Status Run() {
   };
   lean_rows("--prefix_cache=false", kv_dtype, lean);
   lean_rows("--prefix_cache=false --kv_cache_dtype=fp8", engine::DType::kF8E4M3, lean_fp8);
+  if (cuda) {
+    for (const auto& [flags, pipelined] :
+         {std::pair{"", &lean_pipelined},
+          std::pair{" --kv_cache_dtype=fp8", &lean_pipelined_fp8}}) {
+      rows.push_back({absl::StrFormat("  decode ms/token, --prefix_cache=false%s with "
+                                      "MPLUS_CUDA_DECODE_PIPELINE=1, after the %d-token prompt",
+                                      flags, sizes.long_prompt),
+                      "", *pipelined ? decode_cell((*pipelined)->decode_ms_per_token) : kFailed, "",
+                      ""});
+    }
+  }
   rows.push_back(
       {absl::StrFormat("  decode ms/token, --prefix_cache=false --merge_decoder_lora=%s "
                        "(the table's: %s), after the %d-token prompt",
