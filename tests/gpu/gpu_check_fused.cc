@@ -274,8 +274,8 @@ TEST_F(GpuCheck, QueryRopeInTheKvStoreIsOneKernelAndMatchesTheSeparateKernels) {
     SCOPED_TRACE(testing::Message() << c);
     const int64_t kv_cols = c.kv_heads * c.hd, q_cols = c.heads * c.hd;
     const auto [cache, q, k, v, inv_freq] = RandomDecodeStep(c, seed);
-    std::vector<std::vector<float>> res[2];  // [folded, separate]: key cache, value cache, query
-    for (int folded = 1; folded >= 0; --folded) {
+    std::vector<std::vector<float>> res[2];  // [fused, separate]: key cache, value cache, query
+    for (int fused = 1; fused >= 0; --fused) {
       Backend& b = *gpu_;
       ASSERT_OK_AND_ASSIGN(pos, Position(b, c.position));
       ASSERT_OK_AND_ASSIGN(kc, UploadAs(b, cache, c.cache, {c.capacity, kv_cols}));
@@ -285,7 +285,7 @@ TEST_F(GpuCheck, QueryRopeInTheKvStoreIsOneKernelAndMatchesTheSeparateKernels) {
       ASSERT_OK_AND_ASSIGN(vt, Upload(b, v, {1, kv_cols}));
       ASSERT_OK_AND_ASSIGN(qt, Upload(b, q, {1, q_cols}));
       ASSERT_OK_AND_ASSIGN(freq, Upload(b, inv_freq, {c.hd / 2}));
-      if (folded) {
+      if (fused) {
         ASSERT_OK_AND_ASSIGN(kernels, KernelsLaunchedBy([&] {
                                return b.RopeStoreKeysValuesAt(qt, kt, vt, c.hd, pos, freq, kc, vc);
                              }));
@@ -298,7 +298,7 @@ TEST_F(GpuCheck, QueryRopeInTheKvStoreIsOneKernelAndMatchesTheSeparateKernels) {
       ASSERT_OK(b.Copy(vc, wide));
       ASSERT_OK_AND_ASSIGN(v_host, Download(b, wide));
       ASSERT_OK_AND_ASSIGN(q_host, Download(b, qt));
-      res[folded] = {std::move(k_host), std::move(v_host), std::move(q_host)};
+      res[fused] = {std::move(k_host), std::move(v_host), std::move(q_host)};
     }
     EXPECT_TRUE(SameBits(res[1][0], res[0][0])) << "key caches differ";
     EXPECT_TRUE(SameBits(res[1][1], res[0][1])) << "value caches differ";
