@@ -525,7 +525,7 @@ __device__ __forceinline__ void Widen4(const Raw4<float>& r, float (&f)[4]) {
 
 // kPipelined (bf16 / fp8 K/V, whose tile's K and V loads go out together): a warp issues its
 // next tile's K loads once this tile's scores are summed and its V loads once the values are,
-// so they stream in while it computes (a warp has 2-3 tiles at mplus-8b's split counts; loaded
+// so they stream in while it computes (a warp has 2-4 tiles at mplus-8b's split counts; loaded
 // one after another, its loads and arithmetic do not overlap). The same float operations:
 // results are bit for bit the unpipelined kernel's. Not yet run on a GPU: launched only with
 // MPLUS_CUDA_DECODE_PIPELINE=1 (cuda_backend.cc).
