@@ -605,8 +605,8 @@ absl::Status CudaBackend::RmsNorm(const Tensor& x, const Tensor& weight, float e
   absl::MutexLock lock(&mu_);
   MPLUS_RETURN_IF_ERROR(state_->Activate());
   MPLUS_CUDA_RETURN_IF_ERROR(LaunchRmsNorm(x.data_as<const float>(), weight.data(), weight.dtype(),
-                                           n, d, eps, out.data_as<float>(), stream(),
-                                           dependent(n)));
+                                           n, d, eps, out.data_as<float>(), stream(), dependent(n),
+                                           state_->HoldsWeights(weight.data())));
   return absl::OkStatus();
 }
 

@@ -78,25 +78,29 @@ __device__ __forceinline__ uint16_t FloatToBF16Bits(float f) {
 // is one block: 1024 threads with their few loads unrolled keep it from being a chain of
 // dependent memory latencies (13 us a norm on an H100 with 256 threads, 65 norms a step).
 // A row of up to kNormAhead * kNormThreads elements (mplus-8b's 4096) stays in registers, its
-// weights read before the wait for the kernel ahead (no kernel writes them): the scaling after
-// the reduction then waits for no memory. The same float operations either way.
+// weights, when weight memory (`w_is_weight`: no kernel writes it), read before the wait for
+// the kernel ahead: the scaling after the reduction then waits for no memory. The same float
+// operations either way.
 constexpr int kNormThreads = 1024;
 constexpr int kNormAhead = 4;
 
 template <typename T>
 __global__ void __launch_bounds__(kNormThreads)
-    RmsNormKernel(const float* x, const T* __restrict__ w, int64_t d, float eps, float* out) {
+    RmsNormKernel(const float* x, const T* __restrict__ w, int64_t d, float eps, float* out,
+                  bool w_is_weight) {
   AllowDependentLaunch();  // the GEMV behind a norm may start streaming its weights
   const bool in_registers = d <= int64_t{kNormAhead} * kNormThreads;
   float wv[kNormAhead], xv[kNormAhead];
-  if (in_registers) {
+  const auto load_weights = [&] {
 #pragma unroll
     for (int u = 0; u < kNormAhead; ++u) {
       const int64_t i = threadIdx.x + int64_t{u} * kNormThreads;
       wv[u] = i < d ? ToFloat(w[i]) : 0.0f;
     }
-  }
+  };
+  if (in_registers && w_is_weight) load_weights();
   WaitForPrecedingKernel();
+  if (in_registers && !w_is_weight) load_weights();
   const float* xr = x + blockIdx.x * d;
   float* orow = out + blockIdx.x * d;
   float sum = 0.0f;
@@ -375,14 +379,16 @@ cudaError_t LaunchNarrowF32(const float* src, int64_t n, DType dst_dtype, void* 
 }
 
 cudaError_t LaunchRmsNorm(const float* x, const void* w, DType w_dtype, int64_t rows, int64_t d,
-                          float eps, float* out, cudaStream_t stream, bool dependent) {
+                          float eps, float* out, cudaStream_t stream, bool dependent,
+                          bool w_is_weight) {
   if (rows == 0) return cudaSuccess;
   if (rows > 0x7fffffff) return cudaErrorInvalidValue;
   cudaError_t launched = cudaSuccess;
   const cudaError_t dispatched = DispatchFloat(w_dtype, [&](auto tag) {
     using T = std::remove_const_t<std::remove_pointer_t<decltype(tag)>>;
-    launched = LaunchKernel(RmsNormKernel<T>, dim3(static_cast<unsigned>(rows)), dim3(kNormThreads),
-                            stream, dependent, x, static_cast<const T*>(w), d, eps, out);
+    launched =
+        LaunchKernel(RmsNormKernel<T>, dim3(static_cast<unsigned>(rows)), dim3(kNormThreads),
+                     stream, dependent, x, static_cast<const T*>(w), d, eps, out, w_is_weight);
   });
   return launched != cudaSuccess ? launched : dispatched;
 }

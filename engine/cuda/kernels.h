@@ -30,9 +30,11 @@ cudaError_t LaunchArgmax(const float* x, int64_t n, int64_t* index, cudaStream_t
 // programmatic_launch; engine/cuda/dependent_launch.cuh), hiding the launch behind it. The
 // kernels that take it wait for the kernel ahead before reading anything.
 
-// out[r, :] = w * x[r, :] / sqrt(mean(x[r, :]^2) + eps); out may alias x.
+// out[r, :] = w * x[r, :] / sqrt(mean(x[r, :]^2) + eps); out may alias x. `w_is_weight`: w is
+// weight memory, which no kernel writes, so a dependent launch may read it before its wait.
 cudaError_t LaunchRmsNorm(const float* x, const void* w, DType w_dtype, int64_t rows, int64_t d,
-                          float eps, float* out, cudaStream_t stream, bool dependent);
+                          float eps, float* out, cudaStream_t stream, bool dependent,
+                          bool w_is_weight);
 // In-place HF rotate_half RoPE of x [rows, cols] with heads of head_dim; positions [rows] on
 // the device, or null for consecutive positions first_position, first_position + 1, ...
 cudaError_t LaunchRope(float* x, int64_t rows, int64_t cols, int64_t head_dim,
